@@ -1,0 +1,110 @@
+"""Plain data that crosses the hooks.
+
+Everything here is stdlib-only, immutable and picklable: values travel between processes (a Ray
+actor, a rollout worker) unchanged.
+
+Units: progress and step targets are counted in **samples** (trajectories), never in prompt
+groups. An integration whose framework counts groups (miles) multiplies by the group size once, at
+its edge, so that the scheduler compares the remaining work of different pipelines in one unit.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+#: Cluster names a pipeline may register. ``actor_infer`` is the elastic generation cluster.
+ACTOR_TRAIN = "actor_train"
+ACTOR_INFER = "actor_infer"
+CRITIC = "critic"
+REFERENCE = "reference"
+CLUSTER_NAMES: tuple[str, ...] = (ACTOR_TRAIN, ACTOR_INFER, CRITIC, REFERENCE)
+
+#: Progress stream modes. A pipeline reports either one ``full`` stream (full fine-tune) or one
+#: ``lora`` stream per adapter; mixing the two in one pipeline is an error.
+MODE_FULL = "full"
+MODE_LORA = "lora"
+PROGRESS_MODES: tuple[str, ...] = (MODE_FULL, MODE_LORA)
+
+
+class Priority(enum.IntEnum):
+    """Stage priorities: a lower number wins. Stages 0-5 have fixed device mappings and may preempt
+    generation workers on their GPUs; GENERATION is elastic and shared by gap ratio."""
+
+    INITIALIZATION = 0
+    ACTOR_TRAINING = 1
+    CRITIC_TRAINING = 2
+    OLD_LOG_PROBS = 3
+    REF_LOG_PROBS = 4
+    VALUE_COMPUTE = 5
+    GENERATION = 6
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """How one cluster of a pipeline maps onto the GPU pool.
+
+    ``gpus`` are global GPU ids (node ``k`` owns ids ``k*gpus_per_node ..``). They are split, in
+    order, into data-parallel bundles of ``tp_size`` GPUs; bundle ``i`` is DP rank ``i``. Every
+    bundle must be contiguous and inside one node.
+    """
+
+    tp_size: int
+    gpus: tuple[int, ...]
+
+    @property
+    def dp_size(self) -> int:
+        return len(self.gpus) // self.tp_size if self.tp_size > 0 else 0
+
+    def bundle(self, dp_rank: int) -> tuple[int, ...]:
+        """GPU ids of DP rank ``dp_rank``."""
+        start = dp_rank * self.tp_size
+        return self.gpus[start : start + self.tp_size]
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a blocking request returns once it is answered.
+
+    ``scheduled`` is False when no scheduler answered (the no-op default): the framework then runs
+    as if it owned its GPUs. ``dp_ranks`` is set for generation grants (the awake DP workers).
+    """
+
+    pipeline_id: str
+    cluster: str
+    gpus: tuple[int, ...] = ()
+    dp_ranks: tuple[int, ...] = ()
+    scheduled: bool = False
+    waited_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class StreamProgress:
+    """Latest progress of one stream, as the scheduler saw it."""
+
+    mode: str
+    adapter_id: str | None
+    step_target: int
+    completed: int
+    target_weight_version: int = 0
+    open: bool = True
+
+    @property
+    def remaining(self) -> int:
+        return self.step_target - self.completed
+
+
+__all__ = [
+    "ACTOR_INFER",
+    "ACTOR_TRAIN",
+    "CLUSTER_NAMES",
+    "CRITIC",
+    "ClusterSpec",
+    "Grant",
+    "MODE_FULL",
+    "MODE_LORA",
+    "PROGRESS_MODES",
+    "Priority",
+    "REFERENCE",
+    "StreamProgress",
+]

@@ -1,0 +1,1 @@
+"""miles integration (see the README section "Using with miles")."""

@@ -1,0 +1,1 @@
+"""verl integration (see the README section "Using with verl")."""

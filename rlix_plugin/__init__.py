@@ -1,0 +1,37 @@
+"""rlix-plugin: share one GPU pool among several RL training pipelines, through pluggy hooks.
+
+``import rlix_plugin`` is cheap (pluggy and the standard library): ray, torch and frameworks are
+imported only by the backends and integrations that need them.
+
+Start here:
+
+* :func:`get_plugin_manager` -- build the manager (entry points, defaults, the selected backend);
+* :class:`RlixHooks` -- the typed front end a framework integration calls;
+* :data:`hookimpl` -- the marker for writing a plugin;
+* :mod:`rlix_plugin.hookspecs` -- the contract.
+"""
+
+from __future__ import annotations
+
+from rlix_plugin.frontend import DEFAULT_TIMEOUT_S, RlixHooks
+from rlix_plugin.hookspecs import hookimpl
+from rlix_plugin.manager import PluginOrigin, RlixPluginManager, get_plugin_manager
+
+__version__ = "0.1.0"
+
+
+def get_hooks(backend: str | None = None, **kwargs: object) -> RlixHooks:
+    """Shorthand: ``RlixHooks(get_plugin_manager(backend, **kwargs))``."""
+    return RlixHooks(get_plugin_manager(backend, **kwargs))  # type: ignore[arg-type]
+
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "PluginOrigin",
+    "RlixHooks",
+    "RlixPluginManager",
+    "__version__",
+    "get_hooks",
+    "get_plugin_manager",
+    "hookimpl",
+]
