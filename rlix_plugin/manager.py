@@ -248,6 +248,9 @@ def get_plugin_manager(
             name=BACKEND_PLUGIN_NAME,
             origin=PluginOrigin("backend", f"{backend_name}: {_describe(backend_plugin)}"),
         )
+        bind = getattr(backend_plugin, "bind", None)
+        if bind is not None:
+            bind(pm)  # a backend that calls supply-side hooks needs the manager to call them on
     pm.check_pending()
     if trace if trace is not None else _env_flag(ENV_TRACE):
         _install_tracing(pm)

@@ -1,0 +1,2 @@
+"""The scheduler: a pure core (topology, state, planner, validation) and the async driver that
+runs it (:mod:`.service`). Nothing here imports ray."""

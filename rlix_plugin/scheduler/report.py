@@ -1,0 +1,89 @@
+"""Read-only views of the scheduler state: the snapshot (JSON-able, for the CLI and tests) and
+the diagnostic text a timeout or the watchdog prints. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlix_plugin.hookspecs import ACTOR_INFER
+
+from .state import SchedulerState
+
+
+def snapshot(state: SchedulerState, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything an operator needs to see who holds which GPU and why, as plain data."""
+    now = state.clock()
+    pipelines: dict[str, Any] = {}
+    for pid, spec in sorted(state.pipelines.items()):
+        clusters = {}
+        for name, cluster in sorted(spec.clusters.items()):
+            entry: dict[str, Any] = {"tp": cluster.tp_size, "gpus": list(cluster.gpus)}
+            if name == ACTOR_INFER:
+                gpus, ranks = state.gen_grant(pid)
+                entry.update(held=pid in state.generation, gpus_held=list(gpus), awake_dp_ranks=list(ranks),
+                             dp_size=spec.dp_size)
+            else:
+                alloc = state.fixed.get(f"{pid}_{name}")
+                entry.update(held=alloc is not None, gpus_held=list(alloc.gpus) if alloc else [],
+                             priority=alloc.priority if alloc else None)
+            clusters[name] = entry
+        pipelines[pid] = {
+            "admitted": pid in state.admitted,
+            "clusters": clusters,
+            "open_demand": state.open_demand.get(pid),
+            "remaining": state.remaining(pid),
+            "progress": [
+                {"mode": s.mode, "adapter_id": s.adapter_id, "completed": s.completed,
+                 "step_target": s.step_target, "target_weight_version": s.target_weight_version}
+                for s in state.progress.get(pid, {}).values()
+            ],
+            "fenced": state.fenced.get(pid),
+            "releasing": sorted(state.planned_releases[pid].ranks) if pid in state.planned_releases else None,
+        }
+    pending: dict[str, list[dict[str, Any]]] = {}
+    for request in sorted(state.pending.values(), key=lambda r: (r.priority, r.seq)):
+        pending.setdefault(str(request.priority), []).append(
+            {"cluster_id": request.cluster_id, "pipeline_id": request.pipeline_id, "cluster": request.cluster,
+             "step_target": request.step_target, "waiting_s": round(now - request.enqueued_at, 3)}
+        )
+    holders = [owner if owner is None or isinstance(owner, str) else f"{owner[0]}_{ACTOR_INFER}[dp{owner[1]}]"
+               for owner in state.owner]
+    result = {
+        "pool": {"num_gpus": state.pool.num_gpus, "gpus_per_node": state.pool.gpus_per_node},
+        "idle_gpus": state.idle_gpus(),
+        "gpu_holders": holders,
+        "open_demand": dict(sorted(state.open_demand.items())),
+        "pending": pending,
+        "pipelines": pipelines,
+    }
+    if extra:
+        result.update(extra)
+    return result
+
+
+def diagnostic(state: SchedulerState, headline: str = "") -> str:
+    """A multi-line explanation of who holds what and who waits: the text a stall reports."""
+    snap = snapshot(state)
+    lines = [headline] if headline else []
+    lines.append(f"open demand (pipeline -> step target): {snap['open_demand'] or 'none'}")
+    by_holder: dict[str, list[int]] = {}
+    for gpu, holder in enumerate(snap["gpu_holders"]):
+        by_holder.setdefault(holder or "idle", []).append(gpu)
+    lines.append("GPU holders: " + "; ".join(f"{h}: {g}" for h, g in sorted(by_holder.items())))
+    if snap["pending"]:
+        for priority, requests in sorted(snap["pending"].items()):
+            waiting = ", ".join(f"{r['cluster_id']} ({r['waiting_s']:.1f}s)" for r in requests)
+            lines.append(f"pending at priority {priority}: {waiting}")
+    else:
+        lines.append("pending: none")
+    for pid, info in snap["pipelines"].items():
+        progress = ", ".join(f"{p['mode']}{'/' + p['adapter_id'] if p['adapter_id'] else ''} "
+                             f"{p['completed']}/{p['step_target']}" for p in info["progress"]) or "no progress"
+        infer = info["clusters"][ACTOR_INFER]
+        extra = f" FENCED: {info['fenced']}" if info["fenced"] else ""
+        lines.append(f"{pid}: awake dp {infer['awake_dp_ranks']} of {infer['dp_size']}, {progress}, "
+                     f"remaining {info['remaining']}{extra}")
+    return "\n".join(lines)
+
+
+__all__ = ["diagnostic", "snapshot"]
