@@ -252,13 +252,12 @@ class SchedulerService:
             if future.done() and future.exception() is None:
                 grant = future.result()
             else:
+                # The diagnostic is taken before the request is withdrawn, so it shows it waiting.
+                report = self.diagnostic("scheduler state at the timeout:")
                 self._waiters.pop(cid, None)
                 self.state.cancel_request(pipeline_id, cluster)
                 self._changed("request")
-                raise SchedulerTimeoutError(
-                    f"{cid} was not granted within {timeout_s:.1f}s",
-                    self.diagnostic("scheduler state at the timeout:"),
-                ) from None
+                raise SchedulerTimeoutError(f"{cid} was not granted within {timeout_s:.1f}s", report) from None
         except asyncio.CancelledError:
             self._waiters.pop(cid, None)
             self.state.cancel_request(pipeline_id, cluster)
@@ -385,6 +384,10 @@ class SchedulerService:
         for pid, reason in failures.items():
             self._fence(pid, reason)
         for request in satisfied:
+            if request.pipeline_id in failures:
+                self._resolve(request.cluster_id, error=PipelineGoneError(
+                    f"pipeline {request.pipeline_id!r} is fenced: {failures[request.pipeline_id]}"))
+                continue
             if request.cluster == ACTOR_INFER:
                 gpus, ranks = state.gen_grant(request.pipeline_id)
             else:

@@ -1,0 +1,219 @@
+"""Scheduler API semantics on the pure state: requests, releases, the open-demand registry,
+progress. Bad input raises naming the value and changes nothing."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, InvalidRequestError, PipelineGoneError, Priority
+from rlix_plugin.scheduler.planner import Plan, plan_cycle
+from rlix_plugin.scheduler.validation import check_state, validate_plan
+
+from .support import seed_clusters, seed_state
+
+GEN = Priority.GENERATION
+TRAIN = Priority.ACTOR_TRAINING
+
+
+def cycle(state):
+    plan = plan_cycle(state)
+    validate_plan(state, plan)
+    satisfied = state.apply(plan)
+    check_state(state)
+    return plan, satisfied
+
+
+def frozen(state):
+    return copy.deepcopy({k: v for k, v in vars(state).items() if k not in ("clock", "_seq")})
+
+
+def test_generation_request_enqueues_writes_registry_then_short_circuits():
+    state = seed_state()
+    outcome = state.request("p1", ACTOR_INFER, GEN, 64)
+    assert not outcome.granted
+    assert state.open_demand == {"p1": 64}, "an enqueued GENERATION request writes the registry"
+    assert "p1_actor_infer" in state.pending
+    _, satisfied = cycle(state)
+    assert [r.cluster_id for r in satisfied] == ["p1_actor_infer"]
+    state.clear_progress("p1")
+    del state.open_demand["p1"]
+    outcome = state.request("p1", ACTOR_INFER, GEN, 32)
+    assert outcome.granted and outcome.dp_ranks == (0, 1, 2, 3)
+    assert state.open_demand == {"p1": 32}, "a short-circuited GENERATION request writes the registry too"
+
+
+def test_generation_cluster_with_no_awake_worker_enqueues_again():
+    state = seed_state()
+    state.request("p1", ACTOR_INFER, GEN, 8)
+    cycle(state)
+    state.plan_release("p1", [0, 1, 2, 3])
+    cycle(state)
+    assert state.generation["p1"].active == set(), "held but suspended"
+    assert not state.request("p1", ACTOR_INFER, GEN, 8).granted
+
+
+def test_stage_at_same_priority_returns_at_once_and_mismatch_is_an_error():
+    state = seed_state()
+    state.request("p1", ACTOR_TRAIN, TRAIN, None)
+    cycle(state)
+    assert state.request("p1", ACTOR_TRAIN, TRAIN, None).gpus == (0, 1)
+    before = frozen(state)
+    with pytest.raises(InvalidRequestError, match="held at priority 1, requested at 3"):
+        state.request("p1", ACTOR_TRAIN, Priority.OLD_LOG_PROBS, None)
+    assert frozen(state) == before
+
+
+def test_duplicate_pending_request_is_an_error_and_changes_nothing():
+    state = seed_state()
+    state.request("p1", ACTOR_INFER, GEN, 8)
+    state.request("p2", ACTOR_TRAIN, TRAIN, None)
+    before = frozen(state)
+    with pytest.raises(InvalidRequestError, match="'p2_actor_train' is already pending"):
+        state.request("p2", ACTOR_TRAIN, TRAIN, None)
+    assert frozen(state) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("nope", ACTOR_INFER, 6, 8), "unknown pipeline 'nope'"),
+        (("p1", "critic", 2, None), "has no cluster 'critic'"),
+        (("p1", ACTOR_INFER, 1, 8), "must be requested at priority 6"),
+        (("p1", ACTOR_TRAIN, 6, None), "only for 'actor_infer'"),
+        (("p1", ACTOR_INFER, 6, 0), "step_target of 'p1_actor_infer' must be an int >= 1, got 0"),
+        (("p1", ACTOR_INFER, 6, None), "got None"),
+        (("p1", ACTOR_TRAIN, 1, 5), "step_target is only for generation"),
+        (("p1", ACTOR_TRAIN, 9, None), "priority must be an int in 0..6, got 9"),
+    ],
+)
+def test_bad_requests_name_the_value_and_change_nothing(args, message):
+    state = seed_state()
+    before = frozen(state)
+    with pytest.raises(InvalidRequestError, match=message):
+        state.request(*args)
+    assert frozen(state) == before
+
+
+def test_not_admitted_pipeline_cannot_request():
+    state = seed_state()
+    state.register("p3", seed_clusters((0,)))
+    with pytest.raises(InvalidRequestError, match="registered but not admitted"):
+        state.request("p3", ACTOR_TRAIN, TRAIN, None)
+    with pytest.raises(InvalidRequestError, match="already registered"):
+        state.register("p3", seed_clusters((0,)))
+
+
+def test_release_generation_retires_demand_and_sleeps_workers():
+    state = seed_state()
+    state.request("p1", ACTOR_INFER, GEN, 8)
+    cycle(state)
+    state.report_progress("p1", "full", None, 8, 3)
+    assert state.release("p1", ACTOR_INFER) is True
+    assert "p1" not in state.open_demand and "p1" not in state.progress
+    plan, _ = cycle(state)
+    assert plan.shrinks == {"p1": {0, 1, 2, 3}}
+    assert all(plan.reasons[("p1", r)] == "released" for r in range(4))
+    assert "p1" not in state.generation and "p1" not in state.planned_releases
+    assert state.idle_gpus() == [0, 1, 2, 3]
+
+
+def test_release_of_stage_frees_at_once_and_of_nothing_is_a_noop():
+    state = seed_state()
+    assert state.release("p1", ACTOR_TRAIN) is False
+    state.request("p1", ACTOR_TRAIN, TRAIN, None)
+    cycle(state)
+    assert state.owner[:2] == ["p1_actor_train"] * 2
+    assert state.release("p1", ACTOR_TRAIN) is False
+    assert state.idle_gpus() == [0, 1, 2, 3]
+
+
+def test_clearing_the_last_stream_retires_open_demand():
+    state = seed_state()
+    state.request("p1", ACTOR_INFER, GEN, 8)
+    state.report_progress("p1", "lora", "a", 4, 1)
+    state.report_progress("p1", "lora", "b", 4, 1)
+    assert state.clear_progress("p1", "lora", "a") is False
+    assert state.open_demand == {"p1": 8}
+    assert state.clear_progress("p1", "lora", "b") is True
+    assert state.open_demand == {}
+
+
+def test_unregister_frees_everything_and_returns_cancelled_requests():
+    state = seed_state()
+    state.request("p1", ACTOR_INFER, GEN, 8)
+    cycle(state)
+    state.request("p1", ACTOR_TRAIN, TRAIN, None)
+    state.request("p2", ACTOR_INFER, GEN, 8)
+    cancelled = state.unregister("p1")
+    assert [r.cluster_id for r in cancelled] == ["p1_actor_train"]
+    assert state.idle_gpus() == [0, 1, 2, 3]
+    assert "p1" not in state.open_demand and "p1" not in state.pipelines
+    check_state(state)
+    assert state.unregister("p1") == [], "idempotent"
+
+
+def test_progress_latest_wins_and_is_clamped():
+    state = seed_state()
+    state.report_progress("p1", "full", None, 10, 4)
+    state.report_progress("p1", "full", None, 10, 2)
+    assert state.remaining("p1") == 8, "latest wins, even if lower"
+    state.report_progress("p1", "full", None, 10, 99)
+    assert state.progress["p1"][("full", None)].completed == 10
+    state.report_progress("p1", "full", None, 10, -5)
+    assert state.progress["p1"][("full", None)].completed == 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "adapter", "message"),
+    [
+        ("lora", "a", r"reports \['full'\] progress; mixing in 'lora'"),
+        ("sparse", None, "progress mode must be one of"),
+        ("full", "a", "takes no adapter_id"),
+    ],
+)
+def test_bad_progress_is_refused(mode, adapter, message):
+    state = seed_state()
+    state.report_progress("p1", "full", None, 10, 1)
+    before = frozen(state)
+    with pytest.raises(InvalidRequestError, match=message):
+        state.report_progress("p1", mode, adapter, 10, 1)
+    assert frozen(state) == before
+
+
+def test_lora_needs_adapter():
+    state = seed_state()
+    with pytest.raises(InvalidRequestError, match="needs an adapter_id"):
+        state.report_progress("p1", "lora", None, 10, 1)
+
+
+def test_registry_inflates_remaining_before_any_progress():
+    state = seed_state()
+    state.request("p1", ACTOR_INFER, GEN, 48)
+    assert state.remaining("p1") == 48
+    state.report_progress("p1", "full", None, 48, 40)
+    assert state.remaining("p1") == 8
+
+
+def test_fenced_pipeline_is_refused_with_the_reason():
+    state = seed_state()
+    state.request("p1", ACTOR_TRAIN, TRAIN, None)
+    cancelled = state.fence("p1", "wake failed")
+    assert [r.cluster_id for r in cancelled] == ["p1_actor_train"]
+    with pytest.raises(PipelineGoneError, match="fenced: wake failed"):
+        state.request("p1", ACTOR_TRAIN, TRAIN, None)
+
+
+def test_planned_release_validates_ranks():
+    state = seed_state()
+    with pytest.raises(InvalidRequestError, match=r"DP ranks \[4\] out of range 0..3"):
+        state.plan_release("p1", [4])
+    assert state.plan_release("p1", [0]) is False, "nothing awake to give back"
+
+
+def test_apply_of_empty_plan_changes_nothing():
+    state = seed_state()
+    before = frozen(state)
+    state.apply(Plan())
+    assert frozen(state) == before
