@@ -141,8 +141,11 @@ def plan_cycle(state: SchedulerState, *, durable_demand: bool = True) -> Plan:
     return cycle.plan
 
 
-def _targets(cycle: _Cycle, demand: dict[str, int]) -> tuple[dict[str, int], dict[str, float]]:
-    """Integer bundle targets (and fractional ideals) for the pipelines with demand."""
+def _targets(
+    cycle: _Cycle, demand: dict[str, int]
+) -> tuple[dict[str, int], dict[str, float], dict[str, int]]:
+    """Integer bundle targets, fractional ideals, and the most bundles each pipeline with demand
+    could hold (bundles not blocked by a stage or a fenced pipeline)."""
     state, owner, fenced = cycle.state, cycle.owner, cycle.state.fenced
     pipelines = state.pipelines
     blocked_gpus = [g for g, h in enumerate(owner) if type(h) is str or (type(h) is tuple and h[0] in fenced)]
@@ -155,7 +158,7 @@ def _targets(cycle: _Cycle, demand: dict[str, int]) -> tuple[dict[str, int], dic
     weight = {pid: demand[pid] * pipelines[pid].tp for pid in demand}
     total_weight = sum(weight.values())
     if not total_weight or capacity <= 0:
-        return {}, {}
+        return {}, {}, max_bundles
     ideal = {pid: capacity * weight[pid] / total_weight / pipelines[pid].tp for pid in demand}
 
     target = {pid: 0 for pid in demand}
@@ -186,22 +189,18 @@ def _targets(cycle: _Cycle, demand: dict[str, int]) -> tuple[dict[str, int], dic
             if tp <= budget:
                 target[pid] += 1
                 budget -= tp
-    return target, ideal
+    return target, ideal, max_bundles
 
 
 def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
     state, plan = cycle.state, cycle.plan
-    pipelines, fenced = state.pipelines, state.fenced
-    target, ideal = _targets(cycle, demand)
+    fenced = state.fenced
+    target, ideal, max_bundles = _targets(cycle, demand)
     for pid in cycle.active:
         if pid not in fenced and pid not in state.planned_releases:
             target.setdefault(pid, 0)
     plan.targets, plan.ideal = target, ideal
     count = {pid: len(cycle.active[pid]) for pid in target}
-
-    receivers = [p for p in target if count[p] < target[p]]
-    if not receivers:
-        return
     # Donors: pipelines without demand first (their engines are idle), then the one with the most
     # remaining work; ties by id. Each gives at most its surplus.
     donors = sorted(
@@ -212,7 +211,10 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
     queues = {p: sorted(cycle.active[p]) for p in donors}
     idle = [g for g, h in enumerate(cycle.owner) if h is None]
 
-    receivers.sort(key=lambda p: (count[p] > 0, -(target[p] - count[p]) / target[p], p))
+    receivers = sorted(
+        (p for p in target if count[p] < target[p]),
+        key=lambda p: (count[p] > 0, -(target[p] - count[p]) / target[p], p),
+    )
     for first_round in (True, False):
         for pid in receivers:
             want = (1 if count[pid] == 0 else 0) if first_round else target[pid] - count[pid]
@@ -223,6 +225,23 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
                 got += _take_from_donors(cycle, pid, want - got, donors, surplus, queues)
             count[pid] += got
         idle = [g for g in idle if cycle.owner[g] is None]
+
+    # Work-conserving pass. Targets come from a pool-wide GPU count, so for a given mapping they
+    # can be out of reach (a pipeline whose only bundle a peer holds at its minimum). Capacity left
+    # that way goes to pipelines with demand that can use it: idle bundles, and for a pipeline
+    # with no worker, the engines of pipelines without demand. Targets are raised to match, so
+    # they stay the allocation this plan moves toward.
+    idle_donors = [p for p in donors if p not in demand]
+    for pid in sorted(demand, key=lambda p: (count.get(p, 0) > 0, -demand[p], p)):
+        if pid not in count:
+            continue
+        got = _take_idle(cycle, pid, max_bundles[pid] - count[pid], idle) if idle else 0
+        if count[pid] + got == 0:
+            got += _take_from_donors(cycle, pid, 1, idle_donors, surplus, queues)
+        if got:
+            count[pid] += got
+            target[pid] = max(target[pid], count[pid])
+            idle = [g for g in idle if cycle.owner[g] is None]
 
 
 def _bundle_free(cycle: _Cycle, pid: str, rank: int) -> bool:
@@ -235,6 +254,8 @@ def _bundle_free(cycle: _Cycle, pid: str, rank: int) -> bool:
 def _take_idle(cycle: _Cycle, pid: str, want: int, idle: list[int]) -> int:
     rank_of_gpu = cycle.state.pipelines[pid].rank_of_gpu
     got = 0
+    if want <= 0:
+        return 0
     for gpu in idle:
         rank = rank_of_gpu.get(gpu)
         if rank is not None and cycle.owner[gpu] is None and _bundle_free(cycle, pid, rank):
@@ -262,15 +283,21 @@ def _take_from_donors(
             worker = queue.pop()
             if worker not in cycle.active[donor]:
                 continue  # already taken this cycle
-            rank = rank_of_gpu.get(cycle.state.pipelines[donor].bundles[worker][0])
-            victims = _victims(cycle, pid, rank, surplus) if rank is not None else None
-            if victims is None:
+            # The receiver's bundles that overlap this worker (one when TP sizes match).
+            victims, rank = None, None
+            for gpu in cycle.state.pipelines[donor].bundles[worker]:
+                rank = rank_of_gpu.get(gpu)
+                if rank is not None:
+                    victims = _victims(cycle, pid, rank, surplus)
+                    if victims is not None:
+                        break
+            if victims is None or rank is None:
                 skipped.append(worker)
                 continue
             for victim_pid, victim_rank in victims:
                 cycle.shrink(victim_pid, victim_rank, f"donated to {pid}")
                 surplus[victim_pid] -= 1
-            cycle.expand(pid, rank)  # type: ignore[arg-type]
+            cycle.expand(pid, rank)
             got += 1
         queue.extend(reversed(skipped))
         if got == want:
