@@ -310,7 +310,9 @@ class SchedulerService:
             self._wakeup.set()
 
     def needs_cycle(self) -> bool:
-        """Plan when a request or release waits; otherwise only when a rebalance is warranted."""
+        """Plan when a request or release waits; otherwise only when a rebalance is warranted: a
+        suspended generation cluster with demand, idle GPUs a pipeline with demand could use, or
+        the least-complete half of the pipelines off its share by more than 10 points."""
         state = self.state
         if state.pending or state.planned_releases:
             return True
@@ -320,7 +322,25 @@ class SchedulerService:
         # A suspended generation cluster (held, no worker awake) with remaining demand.
         if any(not state.generation[pid].active for pid in demand):
             return True
+        # Idle GPUs a pipeline with demand could generate on (a training stage just released
+        # them): leaving them idle mid-rollout is the waste sharing exists to remove.
+        if self._idle_bundle_for(demand):
+            return True
         return self._share_deviation(demand) > REBALANCE_DEVIATION
+
+    def _idle_bundle_for(self, demand: dict[str, int]) -> bool:
+        state = self.state
+        owner = state.owner
+        idle = [gpu for gpu, holder in enumerate(owner) if holder is None]
+        if not idle:
+            return False
+        for pid in demand:
+            spec = state.pipelines[pid]
+            for gpu in idle:
+                rank = spec.rank_of_gpu.get(gpu)
+                if rank is not None and all(owner[g] is None for g in spec.bundles[rank]):
+                    return True
+        return False
 
     def _share_deviation(self, demand: dict[str, int]) -> float:
         """|remaining-work share - GPU share| of the least-complete half of the pipelines."""

@@ -122,6 +122,8 @@ def test_planned_release_waits_until_workers_sleep():
         engines = FakeEngines()
         service = await started(engines)
         await service.signal_demand("p1", 0, 8, timeout_s=5)
+        service.report_progress("p1", "full", None, 8, 8)
+        service.clear_progress("p1", "full", None)  # rollout over: no demand to re-wake them for
         await service.planned_release("p1", [1, 2], timeout_s=5)
         assert engines.awake["p1"] == {0, 3} and service.state.generation["p1"].active == {0, 3}
         await service.release("p1", ACTOR_INFER, timeout_s=5)
