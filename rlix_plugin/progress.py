@@ -40,14 +40,13 @@ class ProgressReport:
 
 
 class _Stream:
-    __slots__ = ("completed", "dirty", "lost_logged", "step_target", "version")
+    __slots__ = ("completed", "dirty", "step_target", "version")
 
     def __init__(self, step_target: int, completed: int, version: int) -> None:
         self.step_target = step_target
         self.completed = completed
         self.version = version
         self.dirty = False
-        self.lost_logged = False
 
 
 class ProgressCoalescer:
@@ -61,6 +60,8 @@ class ProgressCoalescer:
         self._events: deque[ProgressReport] = deque()
         self._dirty: dict[tuple[str, str, str | None], None] = {}
         self._last_sent: dict[str, float] = {}
+        #: Streams whose current batch already logged a lost signal (logged once per batch).
+        self._lost: set[tuple[str, str, str | None]] = set()
         self._closed = False
         self.sent = 0
         self._thread: threading.Thread | None = None
@@ -75,6 +76,7 @@ class ProgressCoalescer:
             stream = _Stream(step_target, initial_completed, target_weight_version)
             self._streams[key] = stream
             self._dirty.pop(key, None)
+            self._lost.discard(key)
             self._events.append(self._report(BEGIN, key, stream))
             self._ensure_thread()
             self._lock.notify()
@@ -183,10 +185,8 @@ class ProgressCoalescer:
         except Exception as exc:
             key = (report.pipeline_id, report.mode, report.adapter_id)
             with self._lock:
-                stream = self._streams.get(key)
-                first = stream is None or not stream.lost_logged
-                if stream is not None:
-                    stream.lost_logged = True
+                first = key not in self._lost
+                self._lost.add(key)
             if first:
                 log.warning("progress signal lost for pipeline %s (%s): %r; the rollout continues",
                             report.pipeline_id, report.kind, exc)

@@ -1,0 +1,147 @@
+"""The ``local`` backend through the hooks, with pipelines in threads as a framework runs them."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from rlix_plugin import RlixHooks, get_plugin_manager, hookimpl
+from rlix_plugin.backends.local import LocalScheduler
+from rlix_plugin.hookspecs import (
+    ACTOR_INFER,
+    ACTOR_TRAIN,
+    ClusterSpec,
+    InvalidRequestError,
+    PipelineGoneError,
+    Priority,
+)
+
+
+class Engines:
+    def __init__(self, pipeline_id):
+        self.pipeline_id = pipeline_id
+        self.awake = set()
+        self.lock = threading.Lock()
+
+    @hookimpl
+    def rlix_resize_infer(self, pipeline_id, dp_ranks_to_remove, dp_ranks_to_add):
+        if pipeline_id != self.pipeline_id:
+            return None
+        with self.lock:
+            self.awake -= set(dp_ranks_to_remove)
+            self.awake |= set(dp_ranks_to_add)
+            return tuple(sorted(self.awake))
+
+
+@pytest.fixture
+def scheduler():
+    sched = LocalScheduler(4, 4, resize_timeout_s=5)
+    yield sched
+    sched.close()
+
+
+def pipeline(scheduler, pid, train, engines=True):
+    pm = get_plugin_manager("local", backend_options={"scheduler": scheduler}, autoload=False)
+    eng = Engines(pid)
+    if engines:
+        pm.register(eng, name=f"engines-{pid}")
+    hooks = RlixHooks(pm)
+    hooks.register_pipeline(
+        pipeline_id=pid, clusters={ACTOR_INFER: ClusterSpec(1, (0, 1, 2, 3)), ACTOR_TRAIN: ClusterSpec(2, train)}
+    )
+    return hooks, eng
+
+
+def test_progress_reaches_the_scheduler_and_end_retires_demand(scheduler):
+    hooks, _ = pipeline(scheduler, "p1", (0, 1))
+    backend = hooks.plugin_manager.get_plugin("rlix-backend")
+    hooks.signal_demand(pipeline_id="p1", rollout_id=0, step_target=10, timeout_s=5)
+    hooks.begin_progress_batch(pipeline_id="p1", step_target=10, target_weight_version=2)
+    for _ in range(4):
+        hooks.bump_completed(pipeline_id="p1", target_weight_version=2)
+    assert backend.flush_progress()
+    snap = scheduler.snapshot()
+    assert snap["pipelines"]["p1"]["progress"] == [
+        {"mode": "full", "adapter_id": None, "completed": 4, "step_target": 10, "target_weight_version": 2}
+    ]
+    assert snap["open_demand"] == {"p1": 10}
+    hooks.end_progress_batch(pipeline_id="p1")
+    assert backend.flush_progress()
+    assert scheduler.snapshot()["open_demand"] == {}, "the last stream's end retires the demand"
+
+
+def test_seed_scenario_through_the_hooks_in_threads(scheduler):
+    results, errors = {}, []
+
+    def run(pid, train):
+        try:
+            hooks, engines = pipeline(scheduler, pid, train)
+            for rollout in range(5):
+                grant = hooks.signal_demand(pipeline_id=pid, rollout_id=rollout, step_target=6, timeout_s=10)
+                assert grant.scheduled and grant.dp_ranks
+                hooks.begin_progress_batch(pipeline_id=pid, step_target=6)
+                for _ in range(6):
+                    assert engines.awake, f"{pid}: dispatch with no awake engine"
+                    hooks.bump_completed(pipeline_id=pid)
+                hooks.end_progress_batch(pipeline_id=pid)
+                train_grant = hooks.request_gpus(
+                    pipeline_id=pid, cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=10
+                )
+                try:
+                    assert not engines.awake & set(train_grant.gpus), "training GPUs still have my engines"
+                finally:
+                    hooks.release(pipeline_id=pid, cluster=ACTOR_TRAIN)
+                results[pid] = rollout + 1
+            hooks.release(pipeline_id=pid, cluster=ACTOR_INFER)
+            hooks.unregister_pipeline(pipeline_id=pid)
+        except Exception as exc:  # surfaced below
+            errors.append((pid, exc))
+
+    threads = [threading.Thread(target=run, args=a) for a in (("p1", (0, 1)), ("p2", (2, 3)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert results == {"p1": 5, "p2": 5}
+    assert scheduler.snapshot()["idle_gpus"] == [0, 1, 2, 3]
+
+
+def test_pipeline_without_supply_side_fails_loudly(scheduler):
+    hooks, _ = pipeline(scheduler, "p1", (0, 1), engines=False)
+    start = time.monotonic()
+    with pytest.raises(PipelineGoneError, match="hooks were never installed"):
+        hooks.signal_demand(pipeline_id="p1", rollout_id=0, step_target=4, timeout_s=10)
+    assert time.monotonic() - start < 5
+
+
+def test_bad_input_is_refused_through_the_hooks(scheduler):
+    hooks, _ = pipeline(scheduler, "p1", (0, 1))
+    with pytest.raises(InvalidRequestError, match="step_target of 'p1_actor_infer' must be an int >= 1, got -3"):
+        hooks.signal_demand(pipeline_id="p1", rollout_id=0, step_target=-3, timeout_s=5)
+    with pytest.raises(InvalidRequestError, match="unknown pipeline 'ghost'"):
+        hooks.request_gpus(pipeline_id="ghost", cluster=ACTOR_TRAIN, priority=1, timeout_s=5)
+    with pytest.raises(InvalidRequestError, match="already registered"):
+        pipeline(scheduler, "p1", (0, 1))
+    assert scheduler.snapshot()["open_demand"] == {}
+
+
+def test_default_scheduler_reads_the_environment(monkeypatch):
+    from rlix_plugin.backends import local
+
+    monkeypatch.setattr(local, "_default", None)
+    monkeypatch.setenv("RLIX_LOCAL_GPUS", "six")
+    with pytest.raises(InvalidRequestError, match="RLIX_LOCAL_GPUS"):
+        get_plugin_manager("local", autoload=False)
+    monkeypatch.setenv("RLIX_LOCAL_GPUS", "6")
+    monkeypatch.setenv("RLIX_LOCAL_GPUS_PER_NODE", "2")
+    first = get_plugin_manager("local", autoload=False).get_plugin("rlix-backend")
+    second = get_plugin_manager("local", autoload=False).get_plugin("rlix-backend")
+    try:
+        assert first.scheduler is second.scheduler, "one process-wide scheduler"
+        assert first.scheduler.snapshot()["pool"] == {"num_gpus": 6, "gpus_per_node": 2}
+    finally:
+        first.scheduler.close()
+        monkeypatch.setattr(local, "_default", None)

@@ -1,0 +1,115 @@
+"""The progress coalescer: begin at once, bounded report rate, final count before end, failures
+logged once per batch, and the caller never blocked by delivery."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from rlix_plugin.progress import BEGIN, END, PROGRESS, ProgressCoalescer
+
+
+class Sink:
+    def __init__(self, block: threading.Event | None = None, fail: bool = False):
+        self.reports = []
+        self.block = block
+        self.fail = fail
+        self.arrived = threading.Condition()
+
+    def __call__(self, report):
+        if self.block is not None:
+            self.block.wait(10)
+        if self.fail:
+            raise ConnectionError("scheduler unreachable")
+        with self.arrived:
+            self.reports.append(report)
+            self.arrived.notify_all()
+
+    def wait_for(self, predicate, timeout_s=5.0):
+        deadline = time.monotonic() + timeout_s
+        with self.arrived:
+            while not predicate(self.reports):
+                left = deadline - time.monotonic()
+                assert left > 0, f"timed out; got {self.reports}"
+                self.arrived.wait(left)
+
+
+def test_begin_is_delivered_at_once_and_end_after_the_final_count():
+    sink = Sink()
+    progress = ProgressCoalescer(sink, min_interval_s=10.0)  # bumps alone would wait 10 s
+    progress.begin("p", "full", None, 3, 100, 5)
+    sink.wait_for(lambda r: len(r) == 1)
+    assert sink.reports[0].kind == BEGIN and sink.reports[0].completed == 5
+    for _ in range(40):
+        progress.bump("p", "full", None, 3, 1)
+    progress.end("p", "full", None)
+    sink.wait_for(lambda r: r and r[-1].kind == END)
+    assert [r.kind for r in sink.reports] == [BEGIN, PROGRESS, END]
+    assert sink.reports[1].completed == 45, "the final count precedes the end"
+    progress.close()
+
+
+def test_report_rate_is_bounded_whatever_the_bump_rate():
+    sink = Sink()
+    progress = ProgressCoalescer(sink, min_interval_s=0.05)
+    progress.begin("p", "full", None, 0, 10**9, 0)
+    start = time.monotonic()
+    bumps = 0
+    while time.monotonic() - start < 0.5:
+        progress.bump("p", "full", None, 0, 1)
+        bumps += 1
+    assert progress.flush(5.0)
+    elapsed = time.monotonic() - start
+    updates = [r for r in sink.reports if r.kind == PROGRESS]
+    assert bumps > 10_000
+    assert len(updates) <= elapsed / 0.05 + 2, f"{len(updates)} reports in {elapsed:.2f}s"
+    assert updates[-1].completed == bumps, "nothing is lost by coalescing"
+    progress.close()
+
+
+def test_a_blocked_delivery_never_blocks_the_caller():
+    release = threading.Event()
+    sink = Sink(block=release)
+    progress = ProgressCoalescer(sink, min_interval_s=0.0)
+    progress.begin("p", "full", None, 0, 100, 0)  # the delivery thread is now stuck in send
+    start = time.monotonic()
+    for _ in range(1000):
+        progress.bump("p", "full", None, 0, 1)
+    progress.end("p", "full", None)
+    assert time.monotonic() - start < 1.0
+    release.set()
+    sink.wait_for(lambda r: r and r[-1].kind == END)
+    assert sink.reports[-2].completed == 100, "clamped to the step target"
+    progress.close()
+
+
+def test_failed_delivery_is_logged_once_per_batch(caplog):
+    sink = Sink(fail=True)
+    progress = ProgressCoalescer(sink, min_interval_s=0.0)
+    with caplog.at_level(logging.WARNING, logger="rlix_plugin.progress"):
+        progress.begin("p", "full", None, 0, 100, 0)
+        for _ in range(5):
+            progress.bump("p", "full", None, 0, 1)
+            assert progress.flush(5.0)
+        progress.end("p", "full", None)
+        assert progress.flush(5.0)
+    lost = [r for r in caplog.records if "progress signal lost" in r.getMessage()]
+    assert len(lost) == 1 and "scheduler unreachable" in lost[0].getMessage()
+    progress.close()
+
+
+def test_begin_without_end_replaces_the_stale_batch_and_bump_without_begin_is_ignored():
+    sink = Sink()
+    progress = ProgressCoalescer(sink, min_interval_s=0.0)
+    progress.bump("p", "full", None, 0, 7)  # no open batch
+    progress.begin("p", "full", None, 1, 10, 0)
+    progress.bump("p", "full", None, 1, 4)
+    progress.begin("p", "full", None, 2, 20, 0)  # previous batch never ended
+    progress.bump("p", "full", None, 2, 1)
+    progress.end("p", "full", None)
+    sink.wait_for(lambda r: r and r[-1].kind == END)
+    last_begin = max(i for i, r in enumerate(sink.reports) if r.kind == BEGIN)
+    assert sink.reports[last_begin].step_target == 20
+    assert [r.completed for r in sink.reports[last_begin + 1 :]] == [1, 1]
+    progress.close()
