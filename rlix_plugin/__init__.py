@@ -8,7 +8,9 @@ Start here:
 * :func:`get_plugin_manager` -- build the manager (entry points, defaults, the selected backend);
 * :class:`RlixHooks` -- the typed front end a framework integration calls;
 * :data:`hookimpl` -- the marker for writing a plugin;
-* :mod:`rlix_plugin.hookspecs` -- the contract.
+* :mod:`rlix_plugin.hookspecs` -- the contract;
+* ``rlix_plugin.connect(address="auto", create_if_missing=True)`` -- attach to the rlix actors on a
+  Ray cluster (:func:`rlix_plugin.ray.connect`); imports ray on first access only.
 """
 
 from __future__ import annotations
@@ -23,6 +25,16 @@ __version__ = "0.1.0"
 def get_hooks(backend: str | None = None, **kwargs: object) -> RlixHooks:
     """Shorthand: ``RlixHooks(get_plugin_manager(backend, **kwargs))``."""
     return RlixHooks(get_plugin_manager(backend, **kwargs))  # type: ignore[arg-type]
+
+
+def __getattr__(name: str) -> object:
+    # ``connect`` lives with the Ray deployment; resolving it lazily keeps ``import rlix_plugin``
+    # free of ray.
+    if name == "connect":
+        from rlix_plugin.ray.client import connect
+
+        return connect
+    raise AttributeError(f"module 'rlix_plugin' has no attribute {name!r}")
 
 
 __all__ = [

@@ -8,7 +8,10 @@ import sys
 from collections.abc import Sequence
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = ("rlix_plugin.commands.plugins",)
+COMMANDS = (
+    "rlix_plugin.commands.plugins",
+    "rlix_plugin.commands.status",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

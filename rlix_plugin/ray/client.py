@@ -1,0 +1,268 @@
+"""``connect()``: attach to (or start) Ray and the rlix actors, and call them.
+
+Works the same from a driver, an actor or a task: inside Ray (actor or task) Ray is already
+initialised and ``address`` is ignored; a driver that has not called ``ray.init`` is connected to
+``address`` (``"auto"``: the running cluster; ``None``: ``RAY_ADDRESS`` or a new local one). The
+rlix actors are found by name in namespace ``rlix`` whatever namespace the caller's job uses, and
+created if missing (get-if-exists, so concurrent first callers end up sharing one).
+
+Stale state (failure mode 10): detached actors outlive the driver that made them. A scheduler
+left by an earlier run is reused when compatible. When it speaks another protocol version, or
+the caller asks explicitly for a different pool or resize timeout, it is replaced if it serves no
+pipeline and refused with a message naming both otherwise. Pipelines of crashed runs do not
+linger: the scheduler unregisters a pipeline when its coordinator (owned by the pipeline's
+process) dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from rlix_plugin.hookspecs import ClusterSpec, InvalidRequestError, SchedulerUnavailableError
+
+from .calls import GRACE_S, wait
+from .names import NAMESPACE, ORCHESTRATOR_NAME, PROTOCOL, SCHEDULER_NAME
+from .orchestrator import ORCHESTRATOR_OPTIONS, OrchestratorActorClass
+from .scheduler_actor import SCHEDULER_OPTIONS, SchedulerActorClass
+
+log = logging.getLogger("rlix_plugin.ray")
+
+#: Longest wait for a control-plane call (describe, register, unregister, status): these never
+#: wait for GPUs, so anything longer means the actor is stuck.
+CONTROL_TIMEOUT_S = 60.0
+#: Default per-resize timeout of a new scheduler: long enough for a real engine to load weights
+#: and wake, short enough that a hung engine is fenced before its peers notice.
+DEFAULT_RESIZE_TIMEOUT_S = 120.0
+
+_connect_lock = threading.Lock()
+
+
+class RlixClient:
+    """Handles to the rlix actors of one Ray cluster, with timeout-bounded calls on them.
+
+    ``scheduler`` and ``orchestrator`` are Ray actor handles (picklable: pass them to actors).
+    Blocking methods raise :class:`SchedulerUnavailableError` when the scheduler dies and
+    :class:`SchedulerTimeoutError` when it does not answer in time.
+    """
+
+    def __init__(self, scheduler: Any, orchestrator: Any, info: dict[str, Any]) -> None:
+        self.scheduler = scheduler
+        self._orchestrator = orchestrator
+        self.info = info
+
+    # -- scheduler calls ----------------------------------------------------------------------------
+
+    def call(self, method: str, *args: Any, timeout_s: float, what: str | None = None) -> Any:
+        """Call ``method`` on the scheduler and wait at most ``timeout_s`` seconds for it."""
+        ref = getattr(self.scheduler, method).remote(*args)
+        return wait(ref, timeout_s, what or method, SCHEDULER_NAME)
+
+    def describe(self, timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
+        return self.call("describe", timeout_s=timeout_s)
+
+    def snapshot(self, timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
+        """The scheduler's full view: pipelines, allocations, open demand, progress, queue."""
+        return self.call("snapshot", timeout_s=timeout_s)
+
+    def diagnostic(self, headline: str = "", timeout_s: float = 10.0) -> str:
+        return self.call("diagnostic", headline, timeout_s=timeout_s)
+
+    def is_registered(self, pipeline_id: str, timeout_s: float = CONTROL_TIMEOUT_S) -> bool:
+        return bool(self.call("is_registered", pipeline_id, timeout_s=timeout_s))
+
+    def unregister_pipeline(self, pipeline_id: str, reason: str, timeout_s: float = CONTROL_TIMEOUT_S) -> None:
+        """Straight to the scheduler: a pipeline must be able to give its GPUs back while the
+        orchestrator is down."""
+        self.call("unregister_pipeline", pipeline_id, reason, timeout_s=timeout_s,
+                  what=f"unregister_pipeline({pipeline_id})")
+
+    # -- orchestrator calls -------------------------------------------------------------------------
+
+    @property
+    def orchestrator(self) -> Any:
+        if self._orchestrator is None:
+            self._orchestrator = _get_or_create(ORCHESTRATOR_NAME, OrchestratorActorClass, ORCHESTRATOR_OPTIONS, ())
+        return self._orchestrator
+
+    def _orchestrate(self, method: str, *args: Any, timeout_s: float = CONTROL_TIMEOUT_S) -> Any:
+        """Call the orchestrator; if it died since this client found it, start a new one and try
+        once more (it holds nothing a retry would lose)."""
+        for attempt in (1, 2):
+            ref = getattr(self.orchestrator, method).remote(*args)
+            try:
+                return wait(ref, timeout_s, method, ORCHESTRATOR_NAME)
+            except SchedulerUnavailableError:
+                if attempt == 2 or _lookup(ORCHESTRATOR_NAME) is not None and _alive(self._orchestrator):
+                    raise  # the scheduler behind it is the one that is gone
+                log.warning("the rlix orchestrator is gone; starting a new one")
+                self._orchestrator = None
+        raise AssertionError("unreachable")
+
+    def register_pipeline(self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], coordinator: Any) -> None:
+        """Register and admit through the orchestrator (the front door)."""
+        self._orchestrate("register_pipeline", pipeline_id, dict(clusters), coordinator)
+
+    def allocate_pipeline_id(self, prefix: str = "pipeline") -> str:
+        return str(self._orchestrate("allocate_pipeline_id", prefix))
+
+    def kill_pipeline(self, pipeline_id: str, reason: str = "killed by the orchestrator") -> list[str]:
+        """Unregister a pipeline and kill every named actor in its namespace."""
+        return list(self._orchestrate("kill_pipeline", pipeline_id, reason))
+
+    def shutdown(self, timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
+        """Kill every pipeline, the scheduler and the orchestrator."""
+        result = self._orchestrate("shutdown", timeout_s=timeout_s)
+        ray.kill(self.orchestrator, no_restart=True)
+        self._orchestrator = None
+        return dict(result)
+
+
+def _lookup(name: str) -> Any:
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def _alive(handle: Any) -> bool:
+    try:
+        ray.get(handle.ping.remote(), timeout=5.0)
+        return True
+    except RayActorError:
+        return False
+    except Exception:
+        return True  # slow is not dead
+
+
+def _get_or_create(name: str, actor_class: Any, options: dict[str, Any], args: tuple[Any, ...]) -> Any:
+    return actor_class.options(name=name, namespace=NAMESPACE, get_if_exists=True, **options).remote(*args)
+
+
+def _ensure_ray(address: str | None, init_options: Mapping[str, Any] | None) -> None:
+    if ray.is_initialized():
+        return  # a driver that called ray.init, or code inside an actor or task
+    try:
+        ray.init(address=address, **dict(init_options or {}))
+    except ConnectionError as exc:
+        raise SchedulerUnavailableError(
+            f"no Ray cluster found at {address!r} ({exc}); start one with `ray start --head`, "
+            "or call connect(address=None) to start a local one"
+        ) from None
+
+
+def detect_pool() -> tuple[int, int]:
+    """(GPUs in the cluster, GPUs per node) from Ray's alive nodes. Global GPU ids assume
+    identical nodes: node ``k`` holds ids ``k*gpus_per_node ..``."""
+    per_node = [int(node["Resources"].get("GPU", 0)) for node in ray.nodes() if node.get("Alive")]
+    per_node = [n for n in per_node if n > 0]
+    if not per_node:
+        return 0, 0
+    return sum(per_node), max(per_node)
+
+
+def _wanted(num_gpus: int | None, gpus_per_node: int | None, resize_timeout_s: float | None) -> dict[str, Any]:
+    wanted: dict[str, Any] = {"protocol": PROTOCOL}
+    if num_gpus is not None:
+        wanted["num_gpus"] = num_gpus
+    if gpus_per_node is not None:
+        wanted["gpus_per_node"] = gpus_per_node
+    if resize_timeout_s is not None:
+        wanted["resize_timeout_s"] = float(resize_timeout_s)
+    return wanted
+
+
+def _mismatch(info: dict[str, Any], wanted: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    return {key: (info.get(key), value) for key, value in wanted.items() if info.get(key) != value}
+
+
+def _create_scheduler(num_gpus: int | None, gpus_per_node: int | None, resize_timeout_s: float | None) -> Any:
+    detected_gpus, detected_per_node = detect_pool()
+    gpus = num_gpus if num_gpus is not None else detected_gpus
+    if not gpus:
+        raise InvalidRequestError(
+            "the Ray cluster has no GPUs to schedule; pass num_gpus= to connect() (logical GPUs work)"
+        )
+    per_node = gpus_per_node if gpus_per_node is not None else (detected_per_node or gpus)
+    timeout = float(resize_timeout_s) if resize_timeout_s is not None else DEFAULT_RESIZE_TIMEOUT_S
+    return _get_or_create(SCHEDULER_NAME, SchedulerActorClass, SCHEDULER_OPTIONS, (gpus, per_node, timeout))
+
+
+def _replace_idle(handle: Any, info: dict[str, Any], mismatch: dict[str, tuple[Any, Any]]) -> None:
+    if info.get("pipelines"):
+        differences = ", ".join(f"{k}: running {have!r}, asked {want!r}" for k, (have, want) in mismatch.items())
+        raise InvalidRequestError(
+            f"the rlix scheduler on this cluster serves pipelines {info['pipelines']} and differs from what "
+            f"was asked ({differences}); connect without those options, or shut it down first "
+            "(`rlix-plugin status` shows what it serves)"
+        )
+    log.warning("replacing an idle rlix scheduler left by an earlier run (%s)", mismatch)
+    ray.kill(handle, no_restart=True)
+    deadline = time.monotonic() + 30.0
+    while _lookup(SCHEDULER_NAME) is not None:  # the name is released asynchronously
+        if time.monotonic() > deadline:
+            raise SchedulerUnavailableError("the stale rlix scheduler did not go away within 30s")
+        time.sleep(0.05)
+
+
+def connect(
+    address: str | None = "auto",
+    create_if_missing: bool = True,
+    *,
+    num_gpus: int | None = None,
+    gpus_per_node: int | None = None,
+    resize_timeout_s: float | None = None,
+    init_options: Mapping[str, Any] | None = None,
+) -> RlixClient:
+    """Attach to (or start) Ray and the rlix actors; return a :class:`RlixClient`.
+
+    :param address: For a driver that has not called ``ray.init``: ``"auto"`` (the running
+        cluster) or ``None`` (``RAY_ADDRESS``, else start a local cluster), or an address.
+        Ignored inside actors and tasks.
+    :param create_if_missing: Start the scheduler and orchestrator when they are not running;
+        with ``False`` a missing scheduler raises :class:`SchedulerUnavailableError`.
+    :param num_gpus: Pool size of a new scheduler (default: the cluster's GPUs).
+    :param gpus_per_node: GPUs per node of a new scheduler (default: the largest node's GPUs).
+    :param resize_timeout_s: Per-resize timeout of a new scheduler (default 120 s).
+    :param init_options: Extra keyword arguments for ``ray.init`` when this call starts Ray.
+    :raises SchedulerUnavailableError: no Ray cluster, or no scheduler and ``create_if_missing``
+        is False.
+    :raises InvalidRequestError: a running scheduler that serves pipelines differs from the
+        explicit options; a cluster without GPUs and no ``num_gpus``.
+    """
+    with _connect_lock:
+        _ensure_ray(address, init_options)
+        wanted = _wanted(num_gpus, gpus_per_node, resize_timeout_s)
+        for _ in range(3):
+            scheduler = _lookup(SCHEDULER_NAME)
+            if scheduler is None:
+                if not create_if_missing:
+                    raise SchedulerUnavailableError(
+                        f"no rlix scheduler is running on this Ray cluster (actor {SCHEDULER_NAME!r} in namespace "
+                        f"{NAMESPACE!r}); it starts with the first pipeline that uses the ray backend, "
+                        "or with rlix_plugin.connect()"
+                    )
+                scheduler = _create_scheduler(num_gpus, gpus_per_node, resize_timeout_s)
+            try:
+                info = wait(scheduler.describe.remote(), CONTROL_TIMEOUT_S + GRACE_S, "describe", SCHEDULER_NAME)
+            except SchedulerUnavailableError:
+                continue  # it died between the lookup and the call: look again
+            mismatch = _mismatch(info, wanted)
+            if not mismatch:
+                break
+            _replace_idle(scheduler, info, mismatch)
+        else:
+            raise SchedulerUnavailableError("could not start or reach the rlix scheduler (3 attempts)")
+        orchestrator = _lookup(ORCHESTRATOR_NAME)
+        if orchestrator is None and create_if_missing:
+            orchestrator = _get_or_create(ORCHESTRATOR_NAME, OrchestratorActorClass, ORCHESTRATOR_OPTIONS, ())
+        return RlixClient(scheduler, orchestrator, info)
+
+
+__all__ = ["CONTROL_TIMEOUT_S", "DEFAULT_RESIZE_TIMEOUT_S", "RlixClient", "connect", "detect_pool"]

@@ -1,0 +1,161 @@
+"""The orchestrator: ``rlix:orchestrator`` in namespace ``rlix``, the pipelines' front door.
+
+It allocates pipeline ids, registers and admits pipelines, unregisters them, kills a pipeline and
+every named actor in its namespace, and shuts the whole deployment down. It calls the scheduler;
+the scheduler never calls it. Only starting, stopping and killing go through it, so while it is
+down running pipelines keep requesting, reporting and releasing as before, and
+:func:`rlix_plugin.ray.client.connect` starts a new one for the next pipeline.
+
+Admission policy today: admit at once. Registration and admission are separate steps on the
+scheduler so that a policy (quotas, a maximum number of pipelines) can hold pipelines here later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from rlix_plugin.hookspecs import ClusterSpec, SchedulerUnavailableError
+
+from .calls import unwrap
+from .names import HEAD_NODE_RESOURCE, NAMESPACE, SCHEDULER_NAME, pipeline_namespace
+
+log = logging.getLogger("rlix_plugin.ray.orchestrator")
+
+#: Options of the orchestrator actor. Why each value:
+ORCHESTRATOR_OPTIONS: dict[str, Any] = {
+    # Same reason as the scheduler: a silent restart would come back with an empty id counter and
+    # its callers would not know. Unlike the scheduler it holds nothing a running pipeline needs,
+    # so when it dies connect() simply starts a new one.
+    "max_restarts": 0,
+    # Registering or killing twice is not harmless (a second register is refused, a second kill
+    # may hit the next run's actors); callers see the error instead.
+    "max_task_retries": 0,
+    # Control-plane calls that each wait on at most one scheduler call or a few kills. 64 lets a
+    # sweep start or stop dozens of pipelines at once without one slow kill queuing the others;
+    # nothing on a hot path comes here.
+    "max_concurrency": 64,
+    # Bookkeeping only: no CPU slot taken from the pipelines.
+    "num_cpus": 0,
+    # Outlives the driver that happened to start it; one per cluster.
+    "lifetime": "detached",
+    # Next to the scheduler, on the node that lives as long as the cluster.
+    "resources": {HEAD_NODE_RESOURCE: 0.001},
+}
+
+
+class Orchestrator:
+    """Front door for pipelines. Every method is a coroutine; Ray lookups run in a thread so that
+    the actor's event loop keeps serving other calls."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._allocated: set[str] = set()
+        self._killed: dict[str, list[str]] = {}
+        self._started_at = time.time()
+        self._scheduler_handle: Any = None
+
+    async def _scheduler(self) -> Any:
+        if self._scheduler_handle is None:
+            try:
+                self._scheduler_handle = await asyncio.to_thread(ray.get_actor, SCHEDULER_NAME, namespace=NAMESPACE)
+            except ValueError:
+                raise SchedulerUnavailableError(
+                    f"no scheduler actor {SCHEDULER_NAME!r} in namespace {NAMESPACE!r}"
+                ) from None
+        return self._scheduler_handle
+
+    async def _call_scheduler(self, method: str, *args: Any) -> Any:
+        scheduler = await self._scheduler()
+        try:
+            return await getattr(scheduler, method).remote(*args)
+        except RayActorError as exc:
+            self._scheduler_handle = None
+            raise SchedulerUnavailableError(f"the scheduler actor is gone: {exc}") from None
+        except RayTaskError as exc:
+            raise unwrap(exc) from None
+
+    # -- pipelines ----------------------------------------------------------------------------------
+
+    async def allocate_pipeline_id(self, prefix: str = "pipeline") -> str:
+        """A pipeline id not registered on the scheduler and never handed out by this actor."""
+        registered = set((await self._call_scheduler("describe"))["pipelines"])
+        while True:
+            candidate = f"{prefix}-{next(self._ids)}"
+            if candidate not in registered and candidate not in self._allocated:
+                self._allocated.add(candidate)
+                return candidate
+
+    async def register_pipeline(self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], coordinator: Any) -> None:
+        """Register the pipeline on the scheduler, then admit it."""
+        await self._call_scheduler("register_pipeline", pipeline_id, dict(clusters), coordinator, False)
+        self._allocated.add(pipeline_id)
+        await self.admit_pipeline(pipeline_id)
+
+    async def admit_pipeline(self, pipeline_id: str) -> None:
+        await self._call_scheduler("admit_pipeline", pipeline_id)
+
+    async def unregister_pipeline(self, pipeline_id: str, reason: str = "unregistered by the orchestrator") -> None:
+        await self._call_scheduler("unregister_pipeline", pipeline_id, reason)
+
+    async def kill_pipeline(self, pipeline_id: str, reason: str = "killed by the orchestrator") -> list[str]:
+        """Unregister the pipeline (its GPUs go back at once), then kill every named actor in its
+        namespace: its coordinator and the framework's actors. Unnamed actors they own die with
+        them (Ray's owner fate-sharing). Returns the names killed."""
+        try:
+            await self.unregister_pipeline(pipeline_id, reason)
+        except SchedulerUnavailableError:
+            log.warning("scheduler unavailable while killing %s; killing its actors anyway", pipeline_id)
+        namespace = pipeline_namespace(pipeline_id)
+        named = await asyncio.to_thread(ray.util.list_named_actors, all_namespaces=True)
+        killed = []
+        for entry in named:
+            if entry.get("namespace") != namespace:
+                continue
+            try:
+                handle = await asyncio.to_thread(ray.get_actor, entry["name"], namespace=namespace)
+            except ValueError:
+                continue  # it died meanwhile
+            ray.kill(handle, no_restart=True)
+            killed.append(entry["name"])
+        self._killed[pipeline_id] = sorted(killed)
+        return sorted(killed)
+
+    async def shutdown(self) -> dict[str, Any]:
+        """Kill every registered pipeline and the scheduler. The caller kills this actor after."""
+        pipelines: list[str] = []
+        try:
+            pipelines = list((await self._call_scheduler("describe"))["pipelines"])
+        except SchedulerUnavailableError:
+            pass
+        killed = {pid: await self.kill_pipeline(pid, "rlix shutdown") for pid in pipelines}
+        try:
+            ray.kill(await self._scheduler(), no_restart=True)
+        except SchedulerUnavailableError:
+            pass
+        self._scheduler_handle = None
+        return {"pipelines": killed}
+
+    async def describe(self) -> dict[str, Any]:
+        return {
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "started_at": self._started_at,
+            "allocated": sorted(self._allocated),
+            "killed": dict(self._killed),
+        }
+
+    async def ping(self) -> str:
+        return "ok"
+
+
+#: The actor class; :func:`rlix_plugin.ray.client.connect` creates it with ``ORCHESTRATOR_OPTIONS``.
+OrchestratorActorClass = ray.remote(Orchestrator)
+
+__all__ = ["ORCHESTRATOR_OPTIONS", "Orchestrator", "OrchestratorActorClass"]
