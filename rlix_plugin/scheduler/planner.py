@@ -274,24 +274,37 @@ def _take_from_donors(
     surplus: dict[str, int],
     queues: dict[str, list[int]],
 ) -> int:
-    rank_of_gpu = cycle.state.pipelines[pid].rank_of_gpu
+    spec = cycle.state.pipelines[pid]
+    rank_of_gpu, bundles = spec.rank_of_gpu, spec.bundles
+    active, lost = cycle.active[pid], cycle.lost.get(pid, ())
     got = 0
     for donor in donors:
         queue = queues[donor]
+        donor_bundles = cycle.state.pipelines[donor].bundles
+        donor_active = cycle.active[donor]
         skipped: list[int] = []
         while got < want and surplus[donor] > 0 and queue:
             worker = queue.pop()
-            if worker not in cycle.active[donor]:
+            if worker not in donor_active:
                 continue  # already taken this cycle
-            # The receiver's bundles that overlap this worker (one when TP sizes match).
-            victims, rank = None, None
-            for gpu in cycle.state.pipelines[donor].bundles[worker]:
+            worker_gpus = donor_bundles[worker]
+            rank = rank_of_gpu.get(worker_gpus[0])
+            if rank is not None and bundles[rank] == worker_gpus and rank not in active and rank not in lost:
+                # Same bundle in both mappings (the common case): exactly this worker moves.
+                cycle.shrink(donor, worker, f"donated to {pid}")
+                surplus[donor] -= 1
+                cycle.expand(pid, rank)
+                got += 1
+                continue
+            # The receiver's bundles that overlap this worker (TP sizes or offsets differ).
+            victims = None
+            for gpu in worker_gpus:
                 rank = rank_of_gpu.get(gpu)
                 if rank is not None:
                     victims = _victims(cycle, pid, rank, surplus)
                     if victims is not None:
                         break
-            if victims is None or rank is None:
+            if victims is None:
                 skipped.append(worker)
                 continue
             for victim_pid, victim_rank in victims:
