@@ -187,8 +187,11 @@ class SchedulerService:
         """Release one cluster and request another with no scheduling cycle in between."""
         timeout_s = _check_timeout(timeout_s)
         started = self.state.clock()
-        self.state._spec(pipeline_id)
-        self.state._cluster(self.state.pipelines[pipeline_id], cluster)
+        if release_cluster == cluster:
+            raise InvalidRequestError(f"release_and_request of {cluster!r} for itself; use request_gpus")
+        # Validate both halves first: a bad call must not leave the cluster released.
+        self.state.check_request(pipeline_id, cluster, int(priority), step_target)
+        self.state._cluster(self.state.pipelines[pipeline_id], release_cluster)
         needs_resize = self.state.release(pipeline_id, release_cluster)
         outcome = self.state.request(pipeline_id, cluster, int(priority), step_target)
         self._changed("request")
@@ -431,6 +434,8 @@ class SchedulerService:
         )
         for pid, result in zip(calls, results):
             if isinstance(result, BaseException):
+                if pid not in self.state.pipelines:
+                    continue  # unregistered while its resize was in flight: nothing left to fence
                 failures[pid] = f"{'wake' if add else 'sleep'} of DP ranks {sorted(calls[pid])} failed: {result!r}"
                 log.error("pipeline %s: %s; fencing it", pid, failures[pid])
 

@@ -171,6 +171,28 @@ class SchedulerState:
         """Grant at once when the cluster is already held at this priority (a generation cluster
         only with an awake worker); otherwise enqueue. Every GENERATION request writes the
         open-demand registry, whether it enqueues or short-circuits."""
+        spec, cid, generation = self.check_request(pipeline_id, cluster, priority, step_target)
+        if generation:
+            assert step_target is not None
+            self.open_demand[pipeline_id] = step_target
+            alloc = self.generation.get(pipeline_id)
+            if alloc is not None and alloc.active:
+                return RequestOutcome(True, self._gen_gpus(spec, alloc.active), tuple(sorted(alloc.active)))
+            if alloc is None:
+                self.generation[pipeline_id] = GenerationAllocation(pipeline_id, set(), self.clock())
+        elif cid in self.fixed:
+            return RequestOutcome(True, self.fixed[cid].gpus)
+        self.pending[cid] = PendingRequest(pipeline_id, cluster, priority, step_target, next(self._seq), self.clock())
+        return RequestOutcome(False)
+
+    def check_request(
+        self, pipeline_id: str, cluster: str, priority: int, step_target: int | None
+    ) -> tuple[PipelineSpec, str, bool]:
+        """Validate a request without changing anything: (spec, cluster id, is generation).
+
+        :raises InvalidRequestError: naming the bad value.
+        :raises PipelineGoneError: the pipeline is fenced.
+        """
         spec = self._spec(pipeline_id)
         cid = self._cluster(spec, cluster)
         if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 6:
@@ -194,19 +216,7 @@ class SchedulerState:
             )
         if pipeline_id in self.planned_releases and generation:
             raise InvalidRequestError(f"{cid!r} is being released; wait for the release to finish")
-
-        if generation:
-            assert step_target is not None
-            self.open_demand[pipeline_id] = step_target
-            alloc = self.generation.get(pipeline_id)
-            if alloc is not None and alloc.active:
-                return RequestOutcome(True, self._gen_gpus(spec, alloc.active), tuple(sorted(alloc.active)))
-            if alloc is None:
-                self.generation[pipeline_id] = GenerationAllocation(pipeline_id, set(), self.clock())
-        elif cid in self.fixed:
-            return RequestOutcome(True, self.fixed[cid].gpus)
-        self.pending[cid] = PendingRequest(pipeline_id, cluster, priority, step_target, next(self._seq), self.clock())
-        return RequestOutcome(False)
+        return spec, cid, generation
 
     def cancel_request(self, pipeline_id: str, cluster: str) -> bool:
         """Drop a pending request (its caller gave up). True if there was one."""

@@ -111,7 +111,12 @@ def test_release_and_request_is_atomic():
         assert service.cycles == cycles + 1, "one cycle served both the release and the request"
         with pytest.raises(InvalidRequestError, match="no cluster 'critic'"):
             await service.release_and_request("p1", ACTOR_INFER, "critic", 2, None, timeout_s=5)
+        with pytest.raises(InvalidRequestError, match="for itself"):
+            await service.release_and_request("p1", ACTOR_INFER, ACTOR_INFER, 6, 8, timeout_s=5)
+        with pytest.raises(InvalidRequestError, match="priority must be an int in 0..6, got 7"):
+            await service.release_and_request("p1", ACTOR_INFER, ACTOR_TRAIN, 7, None, timeout_s=5)
         assert service.state.generation["p1"].active == {0, 1, 2, 3}, "a bad call changes nothing"
+        assert service.state.open_demand == {"p1": 8}
         await service.stop()
 
     run(scenario())
