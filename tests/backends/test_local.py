@@ -23,16 +23,24 @@ class Engines:
     def __init__(self, pipeline_id):
         self.pipeline_id = pipeline_id
         self.awake = set()
-        self.lock = threading.Lock()
+        self.changed = threading.Condition()
 
     @hookimpl
     def rlix_resize_infer(self, pipeline_id, dp_ranks_to_remove, dp_ranks_to_add):
         if pipeline_id != self.pipeline_id:
             return None
-        with self.lock:
+        with self.changed:
             self.awake -= set(dp_ranks_to_remove)
             self.awake |= set(dp_ranks_to_add)
+            self.changed.notify_all()
             return tuple(sorted(self.awake))
+
+    def wait_awake(self, timeout_s):
+        """Block until an engine is awake (the peer's training may preempt mine mid-rollout;
+        the scheduler must wake one again)."""
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.awake, timeout_s):
+                raise AssertionError(f"{self.pipeline_id}: no engine awake for {timeout_s}s")
 
 
 @pytest.fixture
@@ -83,7 +91,7 @@ def test_seed_scenario_through_the_hooks_in_threads(scheduler):
                 assert grant.scheduled and grant.dp_ranks
                 hooks.begin_progress_batch(pipeline_id=pid, step_target=6)
                 for _ in range(6):
-                    assert engines.awake, f"{pid}: dispatch with no awake engine"
+                    engines.wait_awake(5.0)
                     hooks.bump_completed(pipeline_id=pid)
                 hooks.end_progress_batch(pipeline_id=pid)
                 train_grant = hooks.request_gpus(
