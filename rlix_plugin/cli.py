@@ -11,6 +11,7 @@ from collections.abc import Sequence
 COMMANDS = (
     "rlix_plugin.commands.plugins",
     "rlix_plugin.commands.status",
+    "rlix_plugin.commands.demo",
 )
 
 

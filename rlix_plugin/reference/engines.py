@@ -1,0 +1,298 @@
+"""Generation engines of one pipeline, and the supply-side plugin that sleeps and wakes them.
+
+One :class:`Engine` per generation DP rank; each is served by one thread. An engine generates only
+while awake, i.e. while the scheduler has granted it its TP bundle of GPUs:
+
+* waking loads the latest weights from the :class:`~.policy.WeightStore` (a CPU copy) and
+  records their version; sleeping drops the weights, so a sleeping engine provably holds nothing;
+* sleep (and weight sync) first *pauses* the engine: its in-flight sample is retracted and put
+  back at the front of the queue, to be re-dispatched to an awake engine, and the preemption is
+  reported with ``rlix_report_preempt`` -- idle is not quiescent. A retracted sample keeps what it
+  generated so far (a partial rollout, as engines that return the aborted request's tokens allow)
+  and resumes for its remaining time wherever it is re-dispatched;
+* resizing is idempotent per rank: waking an awake engine or sleeping a sleeping one is a no-op.
+
+:class:`EnginePool` is registered as a plugin on the pipeline's plugin manager and answers
+``rlix_resize_infer`` for its own pipeline (``None`` for any other), returning the DP ranks awake
+afterwards. One condition variable guards all engines of the pool; every state change notifies it,
+so waiting threads never poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from rlix_plugin.hookspecs import hookimpl
+
+from .policy import Sample, WeightStore, load_policy, sample_answer
+from .status import PipelineStatus
+from .task import reward
+
+if TYPE_CHECKING:
+    from rlix_plugin.frontend import RlixHooks
+
+log = logging.getLogger("rlix_plugin.reference")
+
+#: Longest a serving thread sleeps on the condition before re-checking; only bounds the reaction
+#: to a lost notification, never on the normal path (every change notifies).
+_IDLE_WAIT_S = 1.0
+
+
+class PoolAborted(RuntimeError):
+    """The run was aborted while the pipeline waited for samples."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One sample to generate: which rollout, its index, its prompt, and how long it takes."""
+
+    rollout: int
+    index: int
+    prompt: int
+    seconds: float
+
+
+class Engine:
+    """One generation DP worker (state only; :class:`EnginePool` drives it under its lock)."""
+
+    def __init__(self, rank: int, gpus: tuple[int, ...]) -> None:
+        self.rank = rank
+        self.gpus = gpus
+        self.awake = False
+        self.model: Any = None
+        self.weight_version: int | None = None
+        self.current: Job | None = None
+        self.started = 0.0  # when the current job started on this engine
+        self.wakes = 0
+        self.sleeps = 0
+
+
+class EnginePool:
+    """The engines of one pipeline, their job queue and the ``rlix_resize_infer`` plugin."""
+
+    def __init__(
+        self,
+        pipeline_id: str,
+        bundles: Sequence[tuple[int, ...]],
+        store: WeightStore,
+        status: PipelineStatus,
+        *,
+        seed: int,
+        offset: int,
+        clock: Callable[[], float] = time.monotonic,
+        on_resize: Callable[[str, tuple[int, ...]], None] | None = None,
+    ) -> None:
+        self.pipeline_id = pipeline_id
+        self.engines = [Engine(rank, tuple(gpus)) for rank, gpus in enumerate(bundles)]
+        self.hooks: RlixHooks | None = None  # set once the pool's plugin manager exists
+        self._store = store
+        self._status = status
+        self._seed = seed
+        self._offset = offset
+        self._clock = clock
+        self._on_resize = on_resize
+        self._cond = threading.Condition()
+        self._queue: deque[Job] = deque()
+        self._results: list[Sample] = []
+        self._closed = False
+        self._aborted: str | None = None
+        self._threads = [
+            threading.Thread(target=self._serve, args=(engine,), name=f"{pipeline_id}-engine{engine.rank}", daemon=True)
+            for engine in self.engines
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # -- supply side: the plugin ------------------------------------------------------------------
+
+    @hookimpl
+    def rlix_resize_infer(
+        self, pipeline_id: str, dp_ranks_to_remove: tuple[int, ...], dp_ranks_to_add: tuple[int, ...]
+    ) -> tuple[int, ...] | None:
+        if pipeline_id != self.pipeline_id:
+            return None
+        bad = sorted(r for r in (*dp_ranks_to_remove, *dp_ranks_to_add) if not 0 <= r < len(self.engines))
+        if bad:
+            raise ValueError(f"pipeline {pipeline_id!r}: DP ranks {bad} out of range 0..{len(self.engines) - 1}")
+        preempted: list[int] = []
+        with self._cond:
+            for rank in dp_ranks_to_remove:
+                engine = self.engines[rank]
+                if not engine.awake:
+                    continue  # idempotent: a second sleep must not touch the engine again
+                if self._retract(engine):
+                    preempted.append(rank)
+                engine.awake = False
+                engine.model = None  # release the weights: the GPUs are about to change hands
+                engine.weight_version = None
+                engine.sleeps += 1
+            if dp_ranks_to_add:
+                version, state = self._store.latest()
+                for rank in dp_ranks_to_add:
+                    engine = self.engines[rank]
+                    if engine.awake:
+                        continue  # idempotent
+                    engine.model = load_policy(state)
+                    engine.weight_version = version
+                    engine.awake = True
+                    engine.wakes += 1
+            # Verify rather than assume: a sleeping engine must hold no weights.
+            leaked = [e.rank for e in self.engines if not e.awake and e.model is not None]
+            if leaked:
+                raise RuntimeError(f"pipeline {pipeline_id!r}: engines {leaked} still hold weights after sleep")
+            awake = tuple(e.rank for e in self.engines if e.awake)
+            self._cond.notify_all()
+        self._status.set_awake(len(awake))
+        if preempted:
+            self._status.add_retracted(len(preempted))
+        for rank in preempted:
+            self._report_preempt(rank)
+        if self._on_resize is not None:
+            self._on_resize(pipeline_id, awake)
+        return awake
+
+    # -- framework side ---------------------------------------------------------------------------
+
+    def submit(self, jobs: Iterable[Job]) -> None:
+        """Queue a rollout's samples; awake engines pick them up in order."""
+        with self._cond:
+            self._queue.extend(jobs)
+            self._cond.notify_all()
+
+    def collect(self, count: int, timeout_s: float) -> list[Sample]:
+        """Block until ``count`` samples finished; return them (and forget them).
+
+        :raises PoolAborted: the run was aborted meanwhile.
+        :raises TimeoutError: not done within ``timeout_s``, with the pool's state in the message.
+        """
+        deadline = self._clock() + timeout_s
+        with self._cond:
+            while len(self._results) < count:
+                if self._aborted is not None:
+                    raise PoolAborted(self._aborted)
+                left = deadline - self._clock()
+                if left <= 0:
+                    raise TimeoutError(
+                        f"pipeline {self.pipeline_id!r}: {len(self._results)}/{count} samples after "
+                        f"{timeout_s:.1f}s; {self._describe()}"
+                    )
+                self._cond.wait(left)
+            results, self._results = self._results[:count], self._results[count:]
+            return sorted(results, key=lambda s: s.index)
+
+    def sync_weights(self) -> int:
+        """Load the latest published weights into every awake engine; return their version.
+        Engines are paused first (an in-flight sample is retracted), as a real weight sync needs."""
+        version, state = self._store.latest()
+        retracted = 0
+        with self._cond:
+            for engine in self.engines:
+                if engine.awake:
+                    retracted += self._retract(engine)
+                    engine.model = load_policy(state)
+                    engine.weight_version = version
+            self._cond.notify_all()
+        if retracted:
+            self._status.add_retracted(retracted)
+        return version
+
+    def awake_ranks(self) -> tuple[int, ...]:
+        with self._cond:
+            return tuple(e.rank for e in self.engines if e.awake)
+
+    def weight_versions(self) -> dict[int, int | None]:
+        with self._cond:
+            return {e.rank: e.weight_version for e in self.engines}
+
+    def abort(self, reason: str) -> None:
+        """Make :meth:`collect` raise :class:`PoolAborted` (the run is being stopped)."""
+        with self._cond:
+            self._aborted = reason
+            self._cond.notify_all()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the serving threads (engines stop generating; queued work is dropped)."""
+        with self._cond:
+            self._closed = True
+            self._queue.clear()
+            for engine in self.engines:
+                engine.current = None
+            self._cond.notify_all()
+        deadline = self._clock() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - self._clock()))
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            log.warning("engine threads did not stop within %.1fs: %s", timeout_s, alive)
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _retract(self, engine: Engine) -> int:
+        """Take the engine's in-flight sample back for re-dispatch (under the lock)."""
+        job = engine.current
+        if job is None:
+            return 0
+        engine.current = None
+        left = max(0.0, job.seconds - (self._clock() - engine.started))
+        self._queue.appendleft(replace(job, seconds=left))
+        return 1
+
+    def _describe(self) -> str:
+        awake = [e.rank for e in self.engines if e.awake]
+        busy = [e.rank for e in self.engines if e.current is not None]
+        return f"awake DP ranks {awake}, busy {busy}, queued {len(self._queue)}"
+
+    def _report_preempt(self, rank: int) -> None:
+        if self.hooks is None:
+            return
+        try:
+            self.hooks.report_preempt(pipeline_id=self.pipeline_id, dp_rank=rank, retracted=1)
+        except Exception as exc:  # informational: never let it fail a resize
+            log.warning("pipeline %s: report_preempt for DP rank %s failed: %r", self.pipeline_id, rank, exc)
+
+    def _serve(self, engine: Engine) -> None:
+        """The engine's thread: take a job while awake, 'generate' for its duration, finish it
+        unless it was retracted meanwhile."""
+        with self._cond:
+            while not self._closed:
+                if not (engine.awake and self._queue):
+                    self._cond.wait(_IDLE_WAIT_S)
+                    continue
+                job = self._queue.popleft()
+                engine.current = job
+                engine.started = started = self._clock()
+                deadline = started + job.seconds
+                while engine.current is job and not self._closed:
+                    left = deadline - self._clock()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                self._status.add_busy((self._clock() - started) * len(engine.gpus))
+                if engine.current is not job or self._closed:
+                    continue  # retracted (re-queued by whoever paused us) or shutting down
+                engine.current = None
+                self._finish(engine, job)
+                self._cond.notify_all()
+
+    def _finish(self, engine: Engine, job: Job) -> None:
+        """Generate the answer with the engine's weights and publish the sample (under the lock,
+        so that the progress bump is delivered before the collector can end the batch)."""
+        answer = sample_answer(engine.model, job.prompt, self._seed, job.rollout, job.index)
+        version = engine.weight_version if engine.weight_version is not None else -1
+        sample = Sample(job.index, job.prompt, answer, reward(job.prompt, answer, self._offset), version, engine.rank)
+        if self.hooks is not None:
+            try:
+                self.hooks.bump_completed(pipeline_id=self.pipeline_id, count=1, target_weight_version=version)
+            except Exception as exc:  # hooks never break the framework
+                log.warning("pipeline %s: progress signal lost: %r", self.pipeline_id, exc)
+        self._status.sample_done()
+        self._results.append(sample)
+
+
+__all__ = ["Engine", "EnginePool", "Job", "PoolAborted"]

@@ -1,0 +1,226 @@
+"""The RL loop of one reference pipeline, integrated with the scheduler only through the hooks.
+
+Per rollout ``k`` (the order a framework integration must follow)::
+
+    signal_demand(k, step_target=N)      # durable open demand; blocks until >= 1 engine is awake
+    begin_progress_batch(N)
+    dispatch N samples to the awake engines; bump_completed once per finished sample
+    end_progress_batch()
+    request_gpus(actor_train, ACTOR_TRAINING)     # preempts generation engines on those GPUs
+    try: one gradient step, publish weights (CPU copy), sync them into awake engines
+    finally: release(actor_train)
+
+and, whatever happens, ``release(actor_infer)`` and ``unregister_pipeline`` in a ``finally``.
+
+``legacy_demand=True`` reproduces how frameworks signalled demand before the seed fix (tests
+only): the generation cluster is requested once, before the first rollout, the way a framework
+that keeps its engines alive between rollouts did; after that each rollout only does
+``begin_progress_batch`` -> dispatch, with no pre-signal. Together with a scheduler built with
+``durable_demand=False`` this is the race the seed document describes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from rlix_plugin.frontend import RlixHooks
+from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, Priority
+
+from . import status as st
+from .engines import EnginePool, Job, PoolAborted
+from .policy import Sample, Trainer, WeightStore
+from .scenario import PipelineConfig
+from .task import prompts
+from .workload import sample_durations
+
+log = logging.getLogger("rlix_plugin.reference")
+
+
+class RunAborted(RuntimeError):
+    """The runner stopped the run (watchdog, timeout or another pipeline's failure)."""
+
+
+class ReferencePipeline:
+    """One pipeline: its config, hooks, engines, trainer and live status.
+
+    :param time_scale: Multiplies every scenario duration (tests run the same scenario faster).
+    :param wait_timeout_s: Timeout of each blocking scheduler call and of collecting a rollout.
+    :param abort: Set by the runner to stop the run; every wait here also watches it.
+    """
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        hooks: RlixHooks,
+        pool: EnginePool,
+        trainer: Trainer,
+        store: WeightStore,
+        status: st.PipelineStatus,
+        *,
+        abort: threading.Event,
+        time_scale: float = 1.0,
+        wait_timeout_s: float = 300.0,
+        legacy_demand: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        on_phase: Callable[[str, str, int], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.hooks = hooks
+        self.pool = pool
+        self.trainer = trainer
+        self.store = store
+        self.status = status
+        self.abort = abort
+        self.time_scale = time_scale
+        self.wait_timeout_s = wait_timeout_s
+        self.legacy_demand = legacy_demand
+        self.clock = clock
+        self.on_phase = on_phase
+        self.error: BaseException | None = None
+        #: Samples of every finished rollout, for tests and metrics (rollout -> samples).
+        self.samples: dict[int, list[Sample]] = {}
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    # -- the thread -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Thread target. Never raises: the outcome is in ``status`` and ``error``."""
+        registered = False
+        try:
+            if self.abort.wait(self.config.start_delay_seconds * self.time_scale):
+                raise RunAborted("aborted before start")
+            self.hooks.register_pipeline(pipeline_id=self.name, clusters=self._clusters())
+            registered = True
+            try:
+                if self.legacy_demand:
+                    self._legacy_request()
+                for rollout in range(self.config.rollouts):
+                    samples = self._rollout(rollout)
+                    self._train(rollout, samples)
+            finally:
+                self._release(ACTOR_INFER)  # sleeps every engine and retires the open demand
+            self.status.finish(st.DONE)
+        except (RunAborted, PoolAborted) as exc:
+            self.status.finish(st.ABORTED, str(exc))
+        except BaseException as exc:  # reported by the runner; the thread must not die silently
+            self.error = exc
+            self.status.finish(st.ABORTED if self.abort.is_set() else st.FAILED, repr(exc))
+            if not self.abort.is_set():
+                log.error("pipeline %s failed: %r", self.name, exc)
+        finally:
+            if registered:
+                try:
+                    self.hooks.unregister_pipeline(pipeline_id=self.name, reason=self.status.view().phase)
+                except Exception as exc:
+                    log.debug("pipeline %s: unregister after the run: %r", self.name, exc)
+            self._phase("end", -1)
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def _clusters(self) -> dict[str, ClusterSpec]:
+        return {
+            ACTOR_INFER: ClusterSpec(tp_size=self.config.infer_tp, gpus=self.config.infer_gpus),
+            ACTOR_TRAIN: ClusterSpec(tp_size=1, gpus=self.config.train_gpus),
+        }
+
+    def _legacy_request(self) -> None:
+        """Pre-fix behaviour: request the generation cluster once and keep it (tests only)."""
+        self.status.set_phase(st.WAITING_ENGINES, rollout=0)
+        self.status.set_demand(True)
+        started = self.clock()
+        try:
+            self.hooks.request_gpus(
+                pipeline_id=self.name, cluster=ACTOR_INFER, priority=Priority.GENERATION,
+                step_target=self.config.samples_per_rollout, timeout_s=self.wait_timeout_s,
+            )
+        finally:
+            self.status.add_wait(self.clock() - started)
+
+    def _rollout(self, rollout: int) -> list[Sample]:
+        target = self.config.samples_per_rollout
+        version, _ = self.store.latest()
+        jobs = [
+            Job(rollout, index, prompt, seconds * self.time_scale)
+            for index, (prompt, seconds) in enumerate(
+                zip(prompts(self.config.seed, rollout, target), sample_durations(self.config, rollout))
+            )
+        ]
+        self.status.set_phase(st.WAITING_ENGINES, rollout=rollout)
+        self.status.set_demand(True)
+        self._phase("rollout", rollout)
+        try:
+            if not self.legacy_demand:
+                started = self.clock()
+                try:
+                    self.hooks.signal_demand(
+                        pipeline_id=self.name, rollout_id=rollout, step_target=target, timeout_s=self.wait_timeout_s
+                    )
+                finally:
+                    self.status.add_wait(self.clock() - started)
+            self._check_abort()
+            self.hooks.begin_progress_batch(pipeline_id=self.name, step_target=target, target_weight_version=version)
+            try:
+                self.status.set_phase(st.GENERATING)
+                self.pool.submit(jobs)
+                samples = self.pool.collect(target, self.wait_timeout_s)
+            finally:
+                self.hooks.end_progress_batch(pipeline_id=self.name)
+        finally:
+            self.status.set_demand(False)
+        self.samples[rollout] = samples
+        return samples
+
+    def _train(self, rollout: int, samples: list[Sample]) -> None:
+        self.status.set_phase(st.WAITING_TRAIN)
+        self._phase("wait-train", rollout)
+        started = self.clock()
+        try:
+            self.hooks.request_gpus(
+                pipeline_id=self.name, cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING,
+                timeout_s=self.wait_timeout_s,
+            )
+        finally:
+            self.status.add_wait(self.clock() - started)
+        try:
+            self.status.set_phase(st.TRAINING)
+            self._phase("train", rollout)
+            began = self.clock()
+            self.trainer.step(samples)
+            # The tiny policy trains in milliseconds; hold the GPUs for the scenario's training
+            # time so that the schedule has the shape of a real run.
+            held = self.config.train_seconds * self.time_scale
+            if self.abort.wait(max(0.0, held - (self.clock() - began))):
+                raise RunAborted("aborted during training")
+            version = self.store.publish(self.trainer.model)
+            self.pool.sync_weights()
+            self.status.add_busy(held * len(self.config.train_gpus))
+        finally:
+            self._release(ACTOR_TRAIN)
+        self.status.rollout_done(sum(s.reward for s in samples) / len(samples), version)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _release(self, cluster: str) -> None:
+        try:
+            self.hooks.release(pipeline_id=self.name, cluster=cluster)
+        except Exception as exc:
+            if not self.abort.is_set():
+                raise
+            log.debug("pipeline %s: release of %s during abort: %r", self.name, cluster, exc)
+
+    def _check_abort(self) -> None:
+        if self.abort.is_set():
+            raise RunAborted("run aborted")
+
+    def _phase(self, phase: str, rollout: int) -> None:
+        if self.on_phase is not None:
+            self.on_phase(self.name, phase, rollout)
+
+
+__all__ = ["ReferencePipeline", "RunAborted"]

@@ -1,0 +1,222 @@
+"""What happened during a run, over time: who held each GPU, the open-demand registry, the pending
+requests per priority, and each pipeline's phases. The trace writer and the timeline read it.
+
+Two feeds, one format (:class:`Frame`):
+
+* the scheduler itself, through a ``SchedulerService`` listener (local backend): exact, one frame
+  per change; the listener runs on the scheduler loop, so it only copies a few tuples and drops
+  frames that change nothing;
+* the framework side, for backends whose scheduler lives elsewhere (ray): engines report the DP
+  ranks awake after each resize, pipelines report their phases; training holds its GPUs from
+  ``train`` to the next phase, open demand lasts from ``rollout`` to ``wait-train``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, CLUSTER_NAMES
+
+#: (pipeline, role, dp rank or None); role is "infer", "train" or another cluster name.
+Holder = tuple[str, str, Union[int, None]]
+
+
+@dataclass(frozen=True)
+class Frame:
+    t: float
+    holders: tuple[Holder | None, ...]
+    open_demand: tuple[tuple[str, int], ...]
+    pending: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class PhaseEvent:
+    t: float
+    pipeline: str
+    phase: str  # "rollout", "wait-train", "train" or "end"
+    rollout: int
+
+
+def _role(cluster: str) -> str:
+    return {ACTOR_INFER: "infer", ACTOR_TRAIN: "train"}.get(cluster, cluster)
+
+
+def holder_of(owner: Any) -> Holder | None:
+    """Scheduler owner value (None, a cluster id, or (pipeline, dp rank)) -> :data:`Holder`."""
+    if owner is None:
+        return None
+    if isinstance(owner, tuple):
+        return (owner[0], "infer", owner[1])
+    for cluster in CLUSTER_NAMES:
+        if owner.endswith("_" + cluster):
+            return (owner[: -len(cluster) - 1], _role(cluster), None)
+    return (str(owner), "?", None)
+
+
+class Recorder:
+    """Collects frames and phase events; thread-safe; read once the run is over."""
+
+    def __init__(self, num_gpus: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.num_gpus = num_gpus
+        self.clock = clock
+        self.t0 = clock()
+        self.end: float | None = None
+        self.frames: list[Frame] = []
+        self.phases: list[PhaseEvent] = []
+        self.pipelines: list[str] = []
+        self._lock = threading.Lock()
+        self._last_raw: Any = None
+        # Framework-side feed state (only used when the scheduler cannot be observed).
+        self._holders: list[Holder | None] = [None] * num_gpus
+        self._bundles: dict[str, Sequence[tuple[int, ...]]] = {}
+        self._train_gpus: dict[str, tuple[int, ...]] = {}
+        self._demand: dict[str, int] = {}
+        self._waiting: dict[str, int] = {}
+
+    def now(self) -> float:
+        return self.clock() - self.t0
+
+    def add_pipeline(self, name: str, bundles: Sequence[tuple[int, ...]], train_gpus: tuple[int, ...]) -> None:
+        with self._lock:
+            self.pipelines.append(name)
+            self._bundles[name] = list(bundles)
+            self._train_gpus[name] = tuple(train_gpus)
+
+    def finish(self) -> None:
+        with self._lock:
+            self.end = self.now()
+
+    # -- feed 1: the scheduler --------------------------------------------------------------------
+
+    def scheduler_listener(self, event: str, service: Any) -> None:
+        """``SchedulerService`` listener: record a frame when ownership, demand or pending changed."""
+        state = service.state
+        owner = tuple(state.owner)
+        demand = tuple(sorted(state.open_demand.items()))
+        counts: dict[int, int] = {}
+        for request in state.pending.values():
+            counts[request.priority] = counts.get(request.priority, 0) + 1
+        pending = tuple(sorted(counts.items()))
+        raw = (owner, demand, pending)
+        if raw == self._last_raw:
+            return
+        self._last_raw = raw
+        frame = Frame(self.now(), tuple(holder_of(o) for o in owner), demand, pending)
+        with self._lock:
+            self.frames.append(frame)
+
+    # -- feed 2: the framework side ---------------------------------------------------------------
+
+    def engines_changed(self, pipeline: str, awake: tuple[int, ...]) -> None:
+        """Engines of ``pipeline`` awake after a resize (framework-side feed)."""
+        with self._lock:
+            for rank, gpus in enumerate(self._bundles.get(pipeline, ())):
+                for gpu in gpus:
+                    if rank in awake:
+                        self._holders[gpu] = (pipeline, "infer", rank)
+                    elif self._holders[gpu] == (pipeline, "infer", rank):
+                        self._holders[gpu] = None
+            self._framework_frame()
+
+    def phase(self, pipeline: str, phase: str, rollout: int, framework_feed: bool = False) -> None:
+        with self._lock:
+            self.phases.append(PhaseEvent(self.now(), pipeline, phase, rollout))
+            if not framework_feed:
+                return
+            train = self._train_gpus.get(pipeline, ())
+            if phase == "train":
+                self._waiting.pop(pipeline, None)
+                for gpu in train:
+                    self._holders[gpu] = (pipeline, "train", None)
+            else:
+                for gpu in train:
+                    if self._holders[gpu] == (pipeline, "train", None):
+                        self._holders[gpu] = None
+            if phase == "rollout":
+                self._demand[pipeline] = 1
+            elif phase == "wait-train":
+                self._demand.pop(pipeline, None)
+                self._waiting[pipeline] = 1
+            elif phase == "end":
+                self._demand.pop(pipeline, None)
+                self._waiting.pop(pipeline, None)
+            self._framework_frame()
+
+    def _framework_frame(self) -> None:
+        pending = ((1, len(self._waiting)),) if self._waiting else ()
+        self.frames.append(Frame(self.now(), tuple(self._holders), tuple(sorted(self._demand.items())), pending))
+
+    # -- derived views ----------------------------------------------------------------------------
+
+    def _end(self) -> float:
+        return self.end if self.end is not None else self.now()
+
+    def gpu_intervals(self) -> list[list[tuple[float, float, Holder]]]:
+        """Per GPU: (start, end, holder) for every span it was held, merged across frames."""
+        end = self._end()
+        spans: list[list[tuple[float, float, Holder]]] = [[] for _ in range(self.num_gpus)]
+        current: list[tuple[float, Holder] | None] = [None] * self.num_gpus
+        for frame in self.frames:
+            for gpu, holder in enumerate(frame.holders):
+                open_ = current[gpu]
+                if open_ is not None and open_[1] == holder:
+                    continue
+                if open_ is not None:
+                    spans[gpu].append((open_[0], frame.t, open_[1]))
+                current[gpu] = (frame.t, holder) if holder is not None else None
+        for gpu, open_ in enumerate(current):
+            if open_ is not None:
+                spans[gpu].append((open_[0], end, open_[1]))
+        return spans
+
+    def demand_series(self) -> dict[str, list[tuple[float, int]]]:
+        """Per pipeline: (t, open-demand step target, 0 when none) at every change."""
+        series: dict[str, list[tuple[float, int]]] = {name: [(0.0, 0)] for name in self.pipelines}
+        for frame in self.frames:
+            values = dict(frame.open_demand)
+            for name in set(series) | set(values):
+                value = values.get(name, 0)
+                points = series.setdefault(name, [(0.0, 0)])
+                if points[-1][1] != value:
+                    points.append((frame.t, value))
+        return series
+
+    def pending_series(self) -> dict[int, list[tuple[float, int]]]:
+        """Per priority: (t, number of pending requests) at every change."""
+        series: dict[int, list[tuple[float, int]]] = {}
+        for frame in self.frames:
+            values = dict(frame.pending)
+            for priority in set(series) | set(values):
+                value = values.get(priority, 0)
+                points = series.setdefault(priority, [(0.0, 0)])
+                if points[-1][1] != value:
+                    points.append((frame.t, value))
+        return series
+
+    def phase_intervals(self) -> dict[str, list[tuple[float, float, str]]]:
+        """Per pipeline: (start, end, label) for each rollout, wait and training span."""
+        end = self._end()
+        result: dict[str, list[tuple[float, float, str]]] = {name: [] for name in self.pipelines}
+        last: dict[str, PhaseEvent] = {}
+        for event in sorted(self.phases, key=lambda e: e.t):
+            previous = last.get(event.pipeline)
+            if previous is not None and previous.phase != "end":
+                result.setdefault(event.pipeline, []).append((previous.t, event.t, _label(previous)))
+            last[event.pipeline] = event
+        for name, event in last.items():
+            if event.phase != "end":
+                result.setdefault(name, []).append((event.t, end, _label(event)))
+        return result
+
+
+def _label(event: PhaseEvent) -> str:
+    return {"rollout": "rollout", "wait-train": "wait for train GPUs", "train": "train"}.get(
+        event.phase, event.phase
+    ) + f" {event.rollout}"
+
+
+__all__ = ["Frame", "Holder", "PhaseEvent", "Recorder", "holder_of"]

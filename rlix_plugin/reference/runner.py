@@ -1,0 +1,258 @@
+"""Run a scenario: every pipeline in its own thread on one shared scheduler, a watchdog, the
+recording, and the metrics at the end.
+
+Contract of :func:`run_scenario`: it returns a :class:`~.metrics.RunResult` and never hangs --
+every wait is bounded (``stall_timeout_s`` for a stalled pipeline, ``timeout_s`` for the whole
+run); a stop aborts every pipeline (their blocked scheduler calls are woken by unregistering them),
+joins their threads, stops the engines and closes the session, in ``finally`` blocks. It raises
+only for bad input (:class:`~rlix_plugin.hookspecs.InvalidRequestError`) or an unavailable
+backend (:class:`~rlix_plugin.hookspecs.BackendUnavailableError`), before any pipeline starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from rlix_plugin.frontend import RlixHooks
+
+from . import status as st
+from .engines import EnginePool
+from .metrics import PipelineMetrics, RunResult
+from .pipeline import ReferencePipeline
+from .policy import Trainer, WeightStore
+from .recorder import Recorder
+from .scenario import Scenario
+from .session import BackendSession, open_session
+from .static import static_partition
+from .task import task_offset
+from .watchdog import Watchdog
+from .workload import lower_bound
+
+log = logging.getLogger("rlix_plugin.reference")
+
+#: How long a stopped pipeline thread may take to unwind before it is reported as stuck.
+_UNWIND_S = 15.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a scenario.
+
+    :param time_scale: Multiplies every scenario duration (tests use < 1).
+    :param stall_timeout_s: Open demand with no awake engine for longer than this stops the run.
+    :param timeout_s: Bound on the whole run.
+    :param measure_static: Also run the static-partition baseline and report its wall time.
+    :param legacy_demand: Tests only -- the pre-fix semantics of the seed document: a scheduler
+        that ignores the durable open-demand registry and pipelines that do not pre-signal.
+    """
+
+    backend: str = "local"
+    backend_options: dict[str, Any] | None = None
+    autoload: bool | None = None
+    time_scale: float = 1.0
+    stall_timeout_s: float = 20.0
+    timeout_s: float = 600.0
+    measure_static: bool = False
+    legacy_demand: bool = False
+    resize_timeout_s: float = 60.0
+
+
+class ProgressView(Protocol):
+    """A live display of the pipelines' statuses (see :mod:`.display`)."""
+
+    def start(self, statuses: Mapping[str, st.PipelineStatus]) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def run_scenario(
+    scenario: Scenario,
+    options: RunOptions = RunOptions(),
+    progress: ProgressView | None = None,
+    baseline_progress: ProgressView | None = None,
+) -> RunResult:
+    """Run ``scenario`` shared on one pool; with ``measure_static`` also run the baseline (only
+    when the shared run succeeded: a failed run is reported as it is, at once)."""
+    _check(options)
+    result = execute(scenario, options, progress)
+    if options.measure_static and result.ok:
+        baseline = execute(static_partition(scenario), replace(options, legacy_demand=False), baseline_progress)
+        if baseline.ok:
+            result.static_partition_s = baseline.wall_s
+        else:
+            result.errors.append(f"static-partition run failed: {baseline.errors or baseline.stalled}")
+    return result
+
+
+def _check(options: RunOptions) -> None:
+    from rlix_plugin.hookspecs import InvalidRequestError
+
+    for name in ("time_scale", "stall_timeout_s", "timeout_s", "resize_timeout_s"):
+        value = getattr(options, name)
+        if not isinstance(value, (int, float)) or not value > 0:
+            raise InvalidRequestError(f"{name} must be a number > 0, got {value!r}")
+
+
+class _Run:
+    """One execution: its session, pipelines and the stop procedure."""
+
+    def __init__(self, scenario: Scenario, options: RunOptions, session: BackendSession) -> None:
+        self.scenario = scenario
+        self.options = options
+        self.session = session
+        self.abort = threading.Event()
+        self.recorder = Recorder(scenario.gpus)
+        self.pipelines: list[ReferencePipeline] = []
+        self.stalled: list[str] = []
+        self.diagnostic: str | None = None
+        self._stop_lock = threading.Lock()
+
+    def build(self) -> None:
+        observed = self.session.add_listener(self.recorder.scheduler_listener)
+        # Each pipeline's wait is bounded well past the stall limit: the watchdog speaks first.
+        wait_timeout_s = max(self.options.stall_timeout_s * 3, 30.0)
+        for config in self.scenario.pipelines:
+            pm = self.session.plugin_manager()  # raises BackendUnavailableError before any start
+            status = st.PipelineStatus(config.name, config.rollouts, config.samples_per_rollout, config.dp_size)
+            trainer = Trainer(config.seed)
+            store = WeightStore(trainer.model)
+            self.recorder.add_pipeline(config.name, config.bundles(), config.train_gpus)
+            pool = EnginePool(
+                config.name, config.bundles(), store, status, seed=config.seed, offset=task_offset(config.seed),
+                on_resize=None if observed else self.recorder.engines_changed,
+            )
+            try:
+                pm.register(pool, name=f"reference-engines-{config.name}")
+                hooks = RlixHooks(pm)
+                pool.hooks = hooks
+            except BaseException:
+                pool.close()
+                raise
+            self.pipelines.append(ReferencePipeline(
+                config, hooks, pool, trainer, store, status,
+                abort=self.abort, time_scale=self.options.time_scale, wait_timeout_s=wait_timeout_s,
+                legacy_demand=self.options.legacy_demand,
+                on_phase=lambda name, phase, rollout: self.recorder.phase(name, phase, rollout, not observed),
+            ))
+
+    def on_stall(self, names: list[str]) -> None:
+        """Watchdog callback: capture the diagnostic first (the state at the stall), then stop."""
+        views = {p.name: p.status.view() for p in self.pipelines}
+        worst = ", ".join(f"{n} ({views[n].stall_s:.1f}s)" for n in names)
+        headline = (
+            f"watchdog: pipeline(s) {worst} had open demand and no awake engine for longer than "
+            f"{self.options.stall_timeout_s:.1f}s"
+        )
+        self.stalled = list(names)
+        self.diagnostic = self.describe(headline)
+        self.stop(f"stalled: {', '.join(names)}")
+
+    def describe(self, headline: str) -> str:
+        lines = [self.session.diagnostic(headline), "framework view:"]
+        for pipeline in self.pipelines:
+            v = pipeline.status.view()
+            lines.append(
+                f"{v.name}: {v.phase}, rollout {min(v.rollout + 1, v.rollouts_total)}/{v.rollouts_total}, "
+                f"samples {v.samples_done}/{v.samples_per_rollout}, awake engines {v.awake}/{v.dp_size}, "
+                f"open demand {'yes' if v.demand_open else 'no'}, stalled {v.stall_s:.1f}s"
+            )
+        return "\n".join(lines)
+
+    def stop(self, reason: str) -> None:
+        """Abort every pipeline; idempotent, callable from any thread."""
+        with self._stop_lock:
+            if self.abort.is_set():
+                return
+            self.abort.set()
+        for pipeline in self.pipelines:
+            pipeline.pool.abort(reason)
+        for pipeline in self.pipelines:
+            if pipeline.status.view().phase in st.FINAL_PHASES:
+                continue
+            try:  # wakes its blocked scheduler calls with PipelineGoneError
+                pipeline.hooks.unregister_pipeline(pipeline_id=pipeline.name, reason=f"run stopped: {reason}")
+            except Exception as exc:
+                log.debug("unregister %s on stop: %r", pipeline.name, exc)
+
+    def join(self, threads: list[threading.Thread], deadline: float) -> list[str]:
+        """Wait for the pipeline threads until ``deadline``; then stop and give them time to unwind.
+        Returns the names of threads that never ended."""
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in threads):
+            self.diagnostic = self.diagnostic or self.describe(
+                f"run timeout: not finished within {self.options.timeout_s:.1f}s"
+            )
+            self.stop("run timeout")
+            unwind = time.monotonic() + _UNWIND_S
+            for thread in threads:
+                thread.join(max(0.0, unwind - time.monotonic()))
+        return [t.name for t in threads if t.is_alive()]
+
+
+def execute(scenario: Scenario, options: RunOptions = RunOptions(), progress: ProgressView | None = None) -> RunResult:
+    """Run the scenario once, as given (no baseline)."""
+    _check(options)
+    session = open_session(
+        options.backend, scenario, backend_options=options.backend_options, autoload=options.autoload,
+        durable_demand=not options.legacy_demand, resize_timeout_s=options.resize_timeout_s,
+    )
+    run = _Run(scenario, options, session)
+    try:
+        run.build()
+        statuses = {p.name: p.status for p in run.pipelines}
+        watchdog = Watchdog(statuses, options.stall_timeout_s, run.on_stall)
+        threads = [threading.Thread(target=p.run, name=f"pipeline-{p.name}", daemon=True) for p in run.pipelines]
+        run.recorder.t0 = started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        watchdog.start()
+        if progress is not None:
+            progress.start(statuses)
+        try:
+            stuck = run.join(threads, started + options.timeout_s)
+        finally:
+            watchdog.stop()
+            if progress is not None:
+                progress.stop()
+        wall_s = time.monotonic() - started
+        run.recorder.finish()
+    finally:
+        for pipeline in run.pipelines:
+            pipeline.pool.close()
+        session.close()
+    return _result(scenario, options, run, wall_s, stuck)
+
+
+def _result(scenario: Scenario, options: RunOptions, run: _Run, wall_s: float, stuck: list[str]) -> RunResult:
+    views = {p.name: p.status.view() for p in run.pipelines}
+    errors = [f"{name}: {v.error}" for name, v in views.items() if v.phase == st.FAILED]
+    errors += [f"thread {name} did not stop" for name in stuck]
+    complete = all(v.phase == st.DONE and v.rollouts_completed == v.rollouts_total for v in views.values())
+    ok = complete and not run.stalled and not errors
+    if not ok and run.diagnostic is None:
+        run.diagnostic = run.describe("run failed")
+    busy = sum(v.busy_gpu_s for v in views.values())
+    return RunResult(
+        ok=ok,
+        scenario=scenario.name,
+        backend=options.backend,
+        time_scale=options.time_scale,
+        wall_s=wall_s,
+        pipelines={name: PipelineMetrics.from_view(v) for name, v in views.items()},
+        gpu_busy_fraction=busy / (wall_s * scenario.gpus) if wall_s > 0 else 0.0,
+        lower_bound_s=lower_bound(scenario, options.time_scale).seconds,
+        stalled=run.stalled,
+        diagnostic=None if ok else run.diagnostic,
+        errors=errors,
+        recorder=run.recorder,
+        samples={p.name: p.samples for p in run.pipelines},
+    )
+
+
+__all__ = ["ProgressView", "RunOptions", "execute", "run_scenario"]

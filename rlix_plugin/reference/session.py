@@ -1,0 +1,189 @@
+"""The scheduler a run's pipelines share, per backend: how each pipeline's plugin manager reaches
+it, how to observe it, its diagnostic, and its cleanup.
+
+* ``local``: one :class:`~rlix_plugin.backends.local.LocalScheduler` per run, shared by every
+  pipeline's manager (``backend_options={"scheduler": ...}``); observable event by event through
+  :meth:`SchedulerService.add_listener`.
+* ``ray``: each manager is built with ``get_plugin_manager("ray", backend_options=...)``; the
+  scheduler is the cluster's shared actor. Until that backend is installed, building the first
+  manager raises the registry's :class:`BackendUnavailableError`, before any pipeline starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from rlix_plugin.manager import RlixPluginManager, get_plugin_manager
+
+from .scenario import Scenario
+
+log = logging.getLogger("rlix_plugin.reference")
+
+BACKENDS = ("local", "ray")
+
+#: ``listener(event, service)``: the SchedulerService listener signature.
+Listener = Callable[[str, Any], None]
+
+
+class BackendSession:
+    """Base: plugin managers for one backend; no observation, a generic diagnostic."""
+
+    name = "?"
+
+    def __init__(self, scenario: Scenario, backend_options: dict[str, Any] | None, autoload: bool | None) -> None:
+        self.scenario = scenario
+        self.backend_options = dict(backend_options or {})
+        self.autoload = autoload
+
+    def plugin_manager(self) -> RlixPluginManager:
+        return get_plugin_manager(self.name, backend_options=self._options(), autoload=self.autoload)
+
+    def add_listener(self, listener: Listener) -> bool:
+        """Observe every scheduler change; False when this backend cannot be observed in-process."""
+        return False
+
+    def diagnostic(self, headline: str) -> str:
+        return f"{headline}\n(the {self.name} backend gives no in-process diagnostic)"
+
+    def close(self) -> None:
+        """Release what the session started (idempotent)."""
+
+    def _options(self) -> dict[str, Any]:
+        return dict(self.backend_options)
+
+
+class LocalSession(BackendSession):
+    name = "local"
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        backend_options: dict[str, Any] | None = None,
+        autoload: bool | None = None,
+        *,
+        durable_demand: bool = True,
+        resize_timeout_s: float = 60.0,
+    ) -> None:
+        super().__init__(scenario, backend_options, autoload)
+        from rlix_plugin.backends.local import LocalScheduler
+
+        self.scheduler = LocalScheduler(
+            scenario.gpus, scenario.gpus_per_node, durable_demand=durable_demand, resize_timeout_s=resize_timeout_s
+        )
+
+    def _options(self) -> dict[str, Any]:
+        return {**self.backend_options, "scheduler": self.scheduler}
+
+    def add_listener(self, listener: Listener) -> bool:
+        service = self.scheduler.service
+        # Registered on the loop thread, so no change can slip between two listeners' views.
+        self.scheduler.read(lambda: service.add_listener(listener))
+        return True
+
+    def diagnostic(self, headline: str) -> str:
+        service = self.scheduler.service
+        try:
+            return self.scheduler.read(lambda: service.diagnostic(headline), timeout_s=5.0)
+        except Exception as exc:  # the loop itself is wedged: say so instead of hanging
+            return f"{headline}\n(scheduler did not answer: {exc!r})"
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.scheduler.snapshot()
+
+    def close(self) -> None:
+        self.scheduler.close()
+
+
+class RaySession(BackendSession):
+    """Pipelines of this process on the cluster's shared scheduler actor.
+
+    ``backend_options`` are :func:`rlix_plugin.ray.connect`'s (``address``, ``init_options``,
+    ...); the pool size comes from the scenario. With no ``address`` and no running Ray, a local
+    cluster is started for the run and shut down at :meth:`close`. Every pipeline's manager reuses
+    one connection (``client=``).
+    """
+
+    name = "ray"
+
+    def __init__(self, scenario: Scenario, backend_options: dict[str, Any] | None = None,
+                 autoload: bool | None = None, *, resize_timeout_s: float = 60.0) -> None:
+        super().__init__(scenario, backend_options, autoload)
+        from rlix_plugin.hookspecs import BackendUnavailableError
+
+        try:
+            import ray
+
+            from rlix_plugin.ray import connect
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"rlix backend 'ray' is not available ({exc}); install 'rlix-plugin[ray]'"
+            ) from exc
+        self._ray = ray
+        self._started_ray = not ray.is_initialized()
+        options = dict(self.backend_options)
+        options.setdefault("address", None)  # RAY_ADDRESS, else a local cluster for this run
+        options.setdefault("init_options", {"include_dashboard": False, "logging_level": "ERROR"})
+        self.client = connect(
+            num_gpus=scenario.gpus, gpus_per_node=scenario.gpus_per_node, resize_timeout_s=resize_timeout_s,
+            **options,
+        )
+        self._managers: list[RlixPluginManager] = []
+
+    def plugin_manager(self) -> RlixPluginManager:
+        pm = get_plugin_manager(self.name, backend_options={"client": self.client}, autoload=self.autoload)
+        self._managers.append(pm)
+        return pm
+
+    def diagnostic(self, headline: str) -> str:
+        try:
+            return str(self.client.diagnostic(headline, timeout_s=10.0))
+        except Exception as exc:
+            return f"{headline}\n(the scheduler actor did not answer: {exc!r})"
+
+    def close(self) -> None:
+        try:
+            for pm in self._managers:
+                backend = pm.get_plugin("rlix-backend")
+                close = getattr(backend, "close", None)
+                if close is not None:
+                    try:
+                        close("run finished")
+                    except Exception as exc:
+                        log.warning("closing the ray backend: %r", exc)
+            self._managers.clear()
+        finally:
+            if self._started_ray and self._ray.is_initialized():
+                self._ray.shutdown()
+                self._started_ray = False
+
+
+def open_session(
+    backend: str,
+    scenario: Scenario,
+    *,
+    backend_options: dict[str, Any] | None = None,
+    autoload: bool | None = None,
+    durable_demand: bool = True,
+    resize_timeout_s: float = 60.0,
+) -> BackendSession:
+    """The session for ``backend`` (``local`` or ``ray``).
+
+    :raises InvalidRequestError: an unknown backend name.
+    """
+    from rlix_plugin.backends import check_backend_name
+    from rlix_plugin.hookspecs import InvalidRequestError
+
+    name = check_backend_name(backend)
+    if name == "local":
+        return LocalSession(scenario, backend_options, autoload, durable_demand=durable_demand,
+                            resize_timeout_s=resize_timeout_s)
+    if name == "ray":
+        if not durable_demand:
+            raise InvalidRequestError("pre-fix demand semantics exist only for the local backend")
+        return RaySession(scenario, backend_options, autoload, resize_timeout_s=resize_timeout_s)
+    raise InvalidRequestError(f"backend {backend!r} cannot run scenarios; choose one of: {', '.join(BACKENDS)}")
+
+
+__all__ = ["BACKENDS", "BackendSession", "LocalSession", "RaySession", "open_session"]

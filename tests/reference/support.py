@@ -1,0 +1,60 @@
+"""Shared pieces of the reference-framework tests: small scenarios and condition waits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rlix_plugin.reference.scenario import Scenario, parse_scenario
+
+#: Scenario durations are multiplied by this in the end-to-end tests: the seed scenario's five
+#: rollouts then take about three seconds.
+TIME_SCALE = 0.25
+
+
+def tiny_scenario(rollouts: int = 2, samples: int = 8, sigma: float = 0.5, **extra: str) -> Scenario:
+    """Two pipelines on 2 GPUs, a few short samples: for tests that need *a* run, fast."""
+    p2_extra = "\n".join(f"{k} = {v}" for k, v in extra.items())
+    return parse_scenario(f"""
+name = "tiny"
+[cluster]
+gpus = 2
+gpus_per_node = 2
+
+[[pipeline]]
+name = "A"
+train_gpus = [0]
+infer_gpus = [0, 1]
+infer_tp = 1
+rollouts = {rollouts}
+samples_per_rollout = {samples}
+sample_seconds = {{ median = 0.02, sigma = {sigma} }}
+train_seconds = 0.05
+seed = 3
+
+[[pipeline]]
+name = "B"
+train_gpus = [1]
+infer_gpus = [0, 1]
+infer_tp = 1
+rollouts = {rollouts}
+samples_per_rollout = {samples}
+sample_seconds = {{ median = 0.02, sigma = {sigma} }}
+train_seconds = 0.05
+seed = 4
+{p2_extra}
+""", "tiny.toml")
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Wait for ``predicate`` to become truthy (polling a cheap in-process condition); fail
+    naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.005)
