@@ -85,13 +85,17 @@ def result_table(result: RunResult) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"scenario {result.scenario} ({result.backend} backend)", title_justify="left")
-    for column in ("pipeline", "rollouts", "samples", "reward", "wait s", "stall s", "retracted", "state"):
-        table.add_column(column, justify="left" if column in ("pipeline", "state") else "right", no_wrap=True)
+    from rich import box
+
+    table = Table(title=f"scenario {result.scenario} ({result.backend} backend)", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("pipeline", "rollouts", "samples", "reward", "wait s", "stall s", "retracted"):
+        table.add_column(column, justify="left" if column == "pipeline" else "right")
     for name, m in result.pipelines.items():
         reward = "-" if m.reward_first is None else f"{m.reward_first:.2f}->{m.reward_last:.2f}"
-        table.add_row(name, f"{m.rollouts_completed}/{m.rollouts}", str(m.samples_completed), reward,
-                      f"{m.gpu_wait_s:.2f}", f"{m.max_stall_s:.2f}", str(m.retracted_samples), m.phase)
+        label = name if m.phase == "done" else f"{name} ({m.phase})"
+        table.add_row(label, f"{m.rollouts_completed}/{m.rollouts}", str(m.samples_completed), reward,
+                      f"{m.gpu_wait_s:.2f}", f"{m.max_stall_s:.2f}", str(m.retracted_samples))
     lines = [
         f"wall time {result.wall_s:.2f}s   lower bound {result.lower_bound_s:.2f}s "
         f"({result.wall_s / result.lower_bound_s:.2f}x)   GPU busy {100 * result.gpu_busy_fraction:.0f}%",
