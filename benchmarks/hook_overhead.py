@@ -1,10 +1,15 @@
 """Caller-side cost of ``bump_completed`` through the typed front end.
 
     python benchmarks/hook_overhead.py --json
+    python benchmarks/hook_overhead.py --backend ray --json
 
 Cases: (a) the no-op default only (the hot-path guard skips the hook call), (b) one plugin that
 counts the calls. Each figure is the median of ``--repeat`` timings of ``--calls`` calls, in
 nanoseconds per call. Target: (a) <= 100 ns.
+
+``--backend ray`` (see ``_hook_overhead_ray.py``): the same caller-side figure with the ray
+backend on a local Ray cluster (target <= 5 us), and the progress RPCs per second that reach the
+scheduler actor while the rollout bumps at ``--rate`` (10k) samples per second.
 """
 
 from __future__ import annotations
@@ -38,10 +43,19 @@ def ns_per_call(hooks: RlixHooks, calls: int, repeat: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=["noop", "ray"], default="noop")
     parser.add_argument("--calls", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--rate", type=float, default=10_000, help="ray: bumps per second for the RPC count")
+    parser.add_argument("--duration", type=float, default=5.0, help="ray: seconds of paced bumps")
+    parser.add_argument("--pipelines", type=int, default=1, help="ray: pipelines sharing the bump rate")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.backend == "ray":
+        from _hook_overhead_ray import run_ray  # noqa: PLC0415  (imports ray only when asked)
+
+        emit(run_ray(args.calls, args.repeat, args.rate, args.duration, args.pipelines, ns_per_call), args.json)
+        return
 
     noop = RlixHooks(get_plugin_manager("noop", autoload=False))
     pm = get_plugin_manager("noop", autoload=False)
