@@ -1,7 +1,7 @@
 """Draw a run's recording as a PNG timeline with matplotlib.
 
-Top panel: one row per GPU, a bar for every span it was held, coloured by pipeline (solid:
-training, lighter and hatched-free: generation). Middle: each pipeline's open demand (the
+Top panel: one row per GPU, a bar for every span it was held, coloured by pipeline (solid and
+outlined: training; lighter: generation). Middle: each pipeline's open demand (the
 registry's step target). Bottom: pending requests per priority. The x axis is seconds since the
 run started.
 """

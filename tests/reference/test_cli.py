@@ -9,8 +9,6 @@ import pytest
 from rlix_plugin.cli import build_parser, main
 
 
-
-
 def write_tiny(tmp_path, text=None):
     path = tmp_path / "tiny.toml"
     path.write_text(text if text is not None else TINY_TEXT)
