@@ -63,6 +63,8 @@ class ProgressCoalescer:
         #: Streams whose current batch already logged a lost signal (logged once per batch).
         self._lost: set[tuple[str, str, str | None]] = set()
         self._closed = False
+        #: Reports taken by the delivery thread and not delivered yet: flush waits for them too.
+        self._delivering = 0
         self.sent = 0
         self._thread: threading.Thread | None = None
 
@@ -121,7 +123,7 @@ class ProgressCoalescer:
             for key in list(self._dirty):
                 self._last_sent.pop(key[0], None)
             self._lock.notify()
-            while self._events or self._dirty:
+            while self._events or self._dirty or self._delivering:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -154,9 +156,11 @@ class ProgressCoalescer:
                     batch, wait = self._take_due()
                 if not batch and self._closed:
                     return
+                self._delivering = len(batch)
             for report in batch:
                 self._deliver(report)
             with self._lock:
+                self._delivering = 0
                 self._lock.notify_all()
 
     def _take_due(self) -> tuple[list[ProgressReport], float | None]:

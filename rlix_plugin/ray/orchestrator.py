@@ -106,27 +106,26 @@ class Orchestrator:
         await self._call_scheduler("unregister_pipeline", pipeline_id, reason)
 
     async def kill_pipeline(self, pipeline_id: str, reason: str = "killed by the orchestrator") -> list[str]:
-        """Unregister the pipeline (its GPUs go back at once), then kill every named actor in its
-        namespace: its coordinator and the framework's actors. Unnamed actors they own die with
-        them (Ray's owner fate-sharing). Returns the names killed."""
+        """Kill every named actor in the pipeline's namespace (its coordinator and the framework's
+        actors; unnamed actors they own die with them, by Ray's owner fate-sharing), then
+        unregister it. Killing first means its GPUs are handed to others only once the processes
+        using them are gone, never while they may still hold memory. Returns the names that were
+        in the namespace (each killed here or already dying)."""
+        namespace = pipeline_namespace(pipeline_id)
+        named = await asyncio.to_thread(ray.util.list_named_actors, all_namespaces=True)
+        names = sorted(entry["name"] for entry in named if entry.get("namespace") == namespace)
+        for name in names:
+            try:
+                handle = await asyncio.to_thread(ray.get_actor, name, namespace=namespace)
+            except ValueError:
+                continue  # it died meanwhile (an owner killed just before took it along)
+            ray.kill(handle, no_restart=True)
         try:
             await self.unregister_pipeline(pipeline_id, reason)
         except SchedulerUnavailableError:
-            log.warning("scheduler unavailable while killing %s; killing its actors anyway", pipeline_id)
-        namespace = pipeline_namespace(pipeline_id)
-        named = await asyncio.to_thread(ray.util.list_named_actors, all_namespaces=True)
-        killed = []
-        for entry in named:
-            if entry.get("namespace") != namespace:
-                continue
-            try:
-                handle = await asyncio.to_thread(ray.get_actor, entry["name"], namespace=namespace)
-            except ValueError:
-                continue  # it died meanwhile
-            ray.kill(handle, no_restart=True)
-            killed.append(entry["name"])
-        self._killed[pipeline_id] = sorted(killed)
-        return sorted(killed)
+            log.warning("scheduler unavailable while killing %s; its actors are killed anyway", pipeline_id)
+        self._killed[pipeline_id] = names
+        return names
 
     async def shutdown(self) -> dict[str, Any]:
         """Kill every registered pipeline and the scheduler. The caller kills this actor after."""

@@ -85,9 +85,15 @@ class SchedulerActor:
     ) -> None:
         """Register a pipeline whose resizes go to ``coordinator``. A pipeline id still held by a
         run whose coordinator is dead is reaped first; one whose coordinator answers is refused
-        by the service (``InvalidRequestError``)."""
+        by the service (``InvalidRequestError``). Registering the same pipeline with the same
+        coordinator again is a no-op, so a retried registration is safe."""
         await self._service.start()
         old = self._coordinators.get(pipeline_id)
+        if old is not None and old == coordinator:
+            # The same registration again (a caller retrying through a new orchestrator).
+            if admit:
+                await self._service.admit_pipeline(pipeline_id)
+            return
         if old is not None and not await self._answers(old):
             await self._reap(pipeline_id, old, "re-registered while its previous coordinator is dead")
         await self._service.register_pipeline(pipeline_id, clusters, self._resizer(pipeline_id, coordinator), admit=admit)
@@ -242,13 +248,13 @@ class SchedulerActor:
         except asyncio.CancelledError:
             raise
         except RayActorError as exc:
-            if self._coordinators.get(pipeline_id) is coordinator:
+            if self._coordinators.get(pipeline_id) == coordinator:
                 await self._reap(pipeline_id, coordinator, f"its coordinator died ({type(exc).__name__})")
         except Exception:
             log.exception("death watch of pipeline %s failed; it will not be reaped automatically", pipeline_id)
 
     async def _reap(self, pipeline_id: str, coordinator: Any, reason: str) -> None:
-        if self._coordinators.get(pipeline_id) is not coordinator:
+        if self._coordinators.get(pipeline_id) != coordinator:
             return
         log.warning("unregistering pipeline %s: %s", pipeline_id, reason)
         self._forget(pipeline_id, cancel_watch=False)

@@ -127,6 +127,8 @@ class ResizeServer:
                     log.error("the coordinator of pipeline %s is gone; resizes no longer reach this process",
                               self.pipeline_id)
                 return
+            except SystemExit:
+                return  # ray.shutdown() in this process: Ray ends its calls this way
             except Exception:
                 if self._stop.is_set():
                     return

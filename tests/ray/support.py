@@ -179,9 +179,7 @@ class PipelineActor:
         def progress(n: int) -> None:
             self.done = n
 
-        report = run_rollouts(self.hooks, self.engine, self.clusters, rollouts, step_target, tick_s, progress)
-        report["namespace"] = ray.get_runtime_context().namespace
-        return report
+        return run_rollouts(self.hooks, self.engine, self.clusters, rollouts, step_target, tick_s, progress)
 
     def rollouts_done(self) -> int:
         return self.done

@@ -113,3 +113,28 @@ def test_status_text_names_holders_demand_progress_queue_and_idle_gpus():
 def test_status_text_of_an_empty_scheduler():
     text = render({"pool": {"num_gpus": 2, "gpus_per_node": 2}, "idle_gpus": [0, 1], "pipelines": {}, "pending": {}})
     assert "no pipelines registered" in text and "pending: none" in text and "idle GPUs: [0, 1]" in text
+
+
+def test_coalescer_flush_waits_for_a_delivery_in_progress():
+    # The ray backend's flush (and its settle before signal_demand) relies on this: a report the
+    # delivery thread has taken but not sent yet still counts as not flushed.
+    import threading
+
+    from rlix_plugin.progress import ProgressCoalescer
+
+    sending = threading.Event()
+    release = threading.Event()
+    sent = []
+
+    def slow_send(report):
+        sending.set()
+        release.wait(5)
+        sent.append(report.kind)
+
+    coalescer = ProgressCoalescer(slow_send, min_interval_s=0.05)
+    coalescer.begin("p", "full", None, 0, 10, 0)
+    assert sending.wait(5)
+    assert coalescer.flush(0.2) is False, "flush returned while the begin was still being sent"
+    release.set()
+    assert coalescer.flush(5) is True and sent == ["begin"]
+    coalescer.close()
