@@ -8,7 +8,9 @@ Two feeds, one format (:class:`Frame`):
   frames that change nothing;
 * the framework side, for backends whose scheduler lives elsewhere (ray): engines report the DP
   ranks awake after each resize, pipelines report their phases; training holds its GPUs from
-  ``train`` to the next phase, open demand lasts from ``rollout`` to ``wait-train``.
+  ``train`` to the next phase, open demand (the rollout's step target) lasts from ``rollout`` to
+  ``wait-train``; a pending generation request is a pipeline with open demand and no awake
+  engine, a pending training request one between ``wait-train`` and ``train``.
 """
 
 from __future__ import annotations
@@ -74,17 +76,22 @@ class Recorder:
         self._holders: list[Holder | None] = [None] * num_gpus
         self._bundles: dict[str, Sequence[tuple[int, ...]]] = {}
         self._train_gpus: dict[str, tuple[int, ...]] = {}
+        self._step_target: dict[str, int] = {}
+        self._awake: dict[str, int] = {}
         self._demand: dict[str, int] = {}
         self._waiting: dict[str, int] = {}
 
     def now(self) -> float:
         return self.clock() - self.t0
 
-    def add_pipeline(self, name: str, bundles: Sequence[tuple[int, ...]], train_gpus: tuple[int, ...]) -> None:
+    def add_pipeline(
+        self, name: str, bundles: Sequence[tuple[int, ...]], train_gpus: tuple[int, ...], step_target: int
+    ) -> None:
         with self._lock:
             self.pipelines.append(name)
             self._bundles[name] = list(bundles)
             self._train_gpus[name] = tuple(train_gpus)
+            self._step_target[name] = step_target
 
     def finish(self) -> None:
         with self._lock:
@@ -114,6 +121,7 @@ class Recorder:
     def engines_changed(self, pipeline: str, awake: tuple[int, ...]) -> None:
         """Engines of ``pipeline`` awake after a resize (framework-side feed)."""
         with self._lock:
+            self._awake[pipeline] = len(awake)
             for rank, gpus in enumerate(self._bundles.get(pipeline, ())):
                 for gpu in gpus:
                     if rank in awake:
@@ -137,7 +145,7 @@ class Recorder:
                     if self._holders[gpu] == (pipeline, "train", None):
                         self._holders[gpu] = None
             if phase == "rollout":
-                self._demand[pipeline] = 1
+                self._demand[pipeline] = self._step_target.get(pipeline, 1)
             elif phase == "wait-train":
                 self._demand.pop(pipeline, None)
                 self._waiting[pipeline] = 1
@@ -147,7 +155,9 @@ class Recorder:
             self._framework_frame()
 
     def _framework_frame(self) -> None:
-        pending = ((1, len(self._waiting)),) if self._waiting else ()
+        waiting_engines = sum(1 for name in self._demand if not self._awake.get(name))
+        counts = ((1, len(self._waiting)), (6, waiting_engines))
+        pending = tuple((priority, count) for priority, count in counts if count)
         self.frames.append(Frame(self.now(), tuple(self._holders), tuple(sorted(self._demand.items())), pending))
 
     # -- derived views ----------------------------------------------------------------------------

@@ -121,7 +121,7 @@ class _Run:
             status = st.PipelineStatus(config.name, config.rollouts, config.samples_per_rollout, config.dp_size)
             trainer = Trainer(config.seed)
             store = WeightStore(trainer.model)
-            self.recorder.add_pipeline(config.name, config.bundles(), config.train_gpus)
+            self.recorder.add_pipeline(config.name, config.bundles(), config.train_gpus, config.samples_per_rollout)
             pool = EnginePool(
                 config.name, config.bundles(), store, status, seed=config.seed, offset=task_offset(config.seed),
                 on_resize=None if observed else self.recorder.engines_changed,

@@ -47,6 +47,26 @@ seed = 4
 """, "tiny.toml")
 
 
+def check_learned_and_complete(result: Any, scenario: Scenario) -> None:
+    """Every pipeline finished every rollout, learned, and generated each rollout on-policy."""
+    assert result.ok, result.diagnostic
+    assert not result.stalled and not result.errors
+    for config in scenario.pipelines:
+        metrics = result.pipelines[config.name]
+        assert metrics.rollouts_completed == config.rollouts
+        assert metrics.samples_completed >= config.rollouts * config.samples_per_rollout
+        assert metrics.reward_last > metrics.reward_first, (config.name, metrics)
+        samples = result.samples[config.name]
+        assert sorted(samples) == list(range(config.rollouts))
+        for rollout, batch in samples.items():
+            # On-policy: rollout k is generated with the weights of k training steps.
+            assert [s.index for s in batch] == list(range(config.samples_per_rollout))
+            assert {s.weight_version for s in batch} == {rollout}
+            assert {s.dp_rank for s in batch} <= set(range(config.dp_size))
+    assert 0.0 < result.gpu_busy_fraction <= 1.0
+    assert result.wall_s >= result.lower_bound_s * 0.99  # nothing beats the bound
+
+
 def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
     """Wait for ``predicate`` to become truthy (polling a cheap in-process condition); fail
     naming ``what`` after ``timeout_s``."""

@@ -9,26 +9,7 @@ from rlix_plugin.hookspecs import InvalidRequestError
 from rlix_plugin.reference.runner import RunOptions, run_scenario
 from rlix_plugin.reference.scenario import bundled_scenario
 
-from .support import TIME_SCALE, tiny_scenario
-
-
-def check_learned_and_complete(result, scenario):
-    assert result.ok, result.diagnostic
-    assert not result.stalled and not result.errors
-    for config in scenario.pipelines:
-        metrics = result.pipelines[config.name]
-        assert metrics.rollouts_completed == config.rollouts
-        assert metrics.samples_completed >= config.rollouts * config.samples_per_rollout
-        assert metrics.reward_last > metrics.reward_first, (config.name, metrics)
-        samples = result.samples[config.name]
-        assert sorted(samples) == list(range(config.rollouts))
-        for rollout, batch in samples.items():
-            # On-policy: rollout k is generated with the weights of k training steps.
-            assert [s.index for s in batch] == list(range(config.samples_per_rollout))
-            assert {s.weight_version for s in batch} == {rollout}
-            assert {s.dp_rank for s in batch} <= set(range(config.dp_size))
-    assert 0.0 < result.gpu_busy_fraction <= 1.0
-    assert result.wall_s >= result.lower_bound_s * 0.99  # nothing beats the bound
+from .support import TIME_SCALE, check_learned_and_complete, tiny_scenario
 
 
 def test_seed_scenario_both_pipelines_finish_and_learn():
