@@ -114,8 +114,10 @@ class _Run:
 
     def build(self) -> None:
         observed = self.session.add_listener(self.recorder.scheduler_listener)
-        # Each pipeline's wait is bounded well past the stall limit: the watchdog speaks first.
-        wait_timeout_s = max(self.options.stall_timeout_s * 3, 30.0)
+        # A pipeline may legitimately wait long (a big rollout, another pipeline's training on
+        # shared train GPUs); what must not happen is a silent stall, which the watchdog catches.
+        # So each wait is bounded only by the run's own timeout.
+        wait_timeout_s = self.options.timeout_s
         for config in self.scenario.pipelines:
             pm = self.session.plugin_manager()  # raises BackendUnavailableError before any start
             status = st.PipelineStatus(config.name, config.rollouts, config.samples_per_rollout, config.dp_size)
@@ -216,6 +218,11 @@ def execute(scenario: Scenario, options: RunOptions = RunOptions(), progress: Pr
             progress.start(statuses)
         try:
             stuck = run.join(threads, started + options.timeout_s)
+        except BaseException:  # Ctrl-C in the caller: stop the pipelines before tearing down
+            run.stop("interrupted")
+            for thread in threads:
+                thread.join(_UNWIND_S)
+            raise
         finally:
             watchdog.stop()
             if progress is not None:

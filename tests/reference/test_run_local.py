@@ -52,3 +52,15 @@ def test_bad_options_are_rejected_before_anything_runs():
         run_scenario(tiny_scenario(), RunOptions(stall_timeout_s=0))
     with pytest.raises(InvalidRequestError, match="unknown rlix backend 'nope'"):
         run_scenario(tiny_scenario(), RunOptions(backend="nope"))
+
+
+def test_the_run_timeout_stops_every_pipeline_with_a_diagnostic():
+    scenario = tiny_scenario(rollouts=50, samples=8)
+    result = run_scenario(scenario, RunOptions(stall_timeout_s=5.0, timeout_s=0.5))
+    assert not result.ok
+    assert result.diagnostic.startswith("run timeout: not finished within 0.5s")
+    assert "GPU holders:" in result.diagnostic and "framework view:" in result.diagnostic
+    assert not result.errors  # every thread unwound: none is reported stuck
+    assert {m.phase for m in result.pipelines.values()} == {"aborted"}
+    assert all(m.rollouts_completed < 50 for m in result.pipelines.values())
+    assert result.wall_s < 10
