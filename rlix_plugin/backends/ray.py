@@ -133,7 +133,12 @@ class RayBackend:
         self._progress.forget(pipeline_id)
         entry = self._pipelines.pop(pipeline_id, None)
         try:
-            self.client.unregister_pipeline(pipeline_id, reason)
+            client = self._client
+            if client is None:
+                # Never connected here: look for a scheduler, but do not start one just to tell it
+                # that nothing is registered.
+                client = connect(**{**self._connect_options, "create_if_missing": False})
+            client.unregister_pipeline(pipeline_id, reason)
         except SchedulerUnavailableError as exc:
             # Nothing is held on a scheduler that is gone; unregistering must not mask the error
             # that brought the pipeline down.

@@ -25,7 +25,13 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from rlix_plugin.hookspecs import ClusterSpec, InvalidRequestError, SchedulerUnavailableError
+from rlix_plugin.hookspecs import (
+    ClusterSpec,
+    InvalidRequestError,
+    RlixError,
+    SchedulerTimeoutError,
+    SchedulerUnavailableError,
+)
 
 from .calls import GRACE_S, wait
 from .names import NAMESPACE, ORCHESTRATOR_NAME, PROTOCOL, SCHEDULER_NAME
@@ -37,6 +43,8 @@ log = logging.getLogger("rlix_plugin.ray")
 #: Longest wait for a control-plane call (describe, register, unregister, status): these never
 #: wait for GPUs, so anything longer means the actor is stuck.
 CONTROL_TIMEOUT_S = 60.0
+#: Longest wait for the diagnostic attached to a timeout: the caller already waited long enough.
+DIAGNOSTIC_TIMEOUT_S = 2.0
 #: Default per-resize timeout of a new scheduler: long enough for a real engine to load weights
 #: and wake, short enough that a hung engine is fenced before its peers notice.
 DEFAULT_RESIZE_TIMEOUT_S = 120.0
@@ -60,9 +68,20 @@ class RlixClient:
     # -- scheduler calls ----------------------------------------------------------------------------
 
     def call(self, method: str, *args: Any, timeout_s: float, what: str | None = None) -> Any:
-        """Call ``method`` on the scheduler and wait at most ``timeout_s`` seconds for it."""
+        """Call ``method`` on the scheduler and wait at most ``timeout_s`` seconds for it. A wait
+        that runs out here (not in the scheduler, which sends its own diagnostic) carries the
+        scheduler's diagnostic if it still answers one."""
         ref = getattr(self.scheduler, method).remote(*args)
-        return wait(ref, timeout_s, what or method, SCHEDULER_NAME)
+        try:
+            return wait(ref, timeout_s, what or method, SCHEDULER_NAME)
+        except SchedulerTimeoutError as exc:
+            if exc.diagnostic or method == "diagnostic":
+                raise
+            try:
+                diagnostic = self.diagnostic("scheduler state now:", timeout_s=DIAGNOSTIC_TIMEOUT_S)
+            except RlixError as inner:
+                diagnostic = f"(no diagnostic either: {inner}; the scheduler's event loop may be stuck)"
+            raise SchedulerTimeoutError(str(exc), diagnostic) from None
 
     def describe(self, timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
         return self.call("describe", timeout_s=timeout_s)

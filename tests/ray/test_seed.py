@@ -12,7 +12,11 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from rlix_plugin import cli, connect  # noqa: E402
-from rlix_plugin.hookspecs import InvalidRequestError, SchedulerUnavailableError  # noqa: E402
+from rlix_plugin.hookspecs import (  # noqa: E402
+    InvalidRequestError,
+    SchedulerTimeoutError,
+    SchedulerUnavailableError,
+)
 from rlix_plugin.ray.names import NAMESPACE, SCHEDULER_NAME, pipeline_namespace  # noqa: E402
 
 from .support import (  # noqa: E402
@@ -144,6 +148,8 @@ def test_status_without_scheduler_says_so(capsys):
     assert "no rlix scheduler is running" in err and SCHEDULER_NAME in err
     with pytest.raises(SchedulerUnavailableError):
         connect(create_if_missing=False)
+    # Nor does unregistering from a process that never registered anything.
+    hooks_for(EngineStandIn("nobody"), **POOL).unregister_pipeline(pipeline_id="nobody")
     assert lookup(SCHEDULER_NAME) is None, "looking must not start a scheduler"
 
 
@@ -217,3 +223,19 @@ def test_bad_registration_changes_nothing(rlix):
         hooks.register_pipeline(pipeline_id="bad", clusters=seed_clusters(train=(0, 1), infer=(2, 3, 4, 5)))
     assert named_actors(pipeline_namespace("bad")) == []
     assert rlix.describe()["pipelines"] == []
+
+
+def test_a_timeout_carries_the_schedulers_diagnostic(rlix):
+    holder, waiter = hooks_for(EngineStandIn("t1"), **POOL), hooks_for(EngineStandIn("t2"), **POOL)
+    holder.register_pipeline(pipeline_id="t1", clusters=seed_clusters(train=(0, 1)))
+    waiter.register_pipeline(pipeline_id="t2", clusters=seed_clusters(train=(0, 1)))
+    try:
+        holder.request_gpus(pipeline_id="t1", cluster="actor_train", priority=1, timeout_s=10)
+        with pytest.raises(SchedulerTimeoutError) as caught:
+            waiter.request_gpus(pipeline_id="t2", cluster="actor_train", priority=1, timeout_s=0.5)
+        assert "t2_actor_train was not granted within 0.5s" in str(caught.value)
+        assert "t1_actor_train: [0, 1]" in caught.value.diagnostic, caught.value.diagnostic
+        assert rlix.snapshot()["pending"] == {}, "the timed-out request was withdrawn"
+    finally:
+        holder.unregister_pipeline(pipeline_id="t1")
+        waiter.unregister_pipeline(pipeline_id="t2")
