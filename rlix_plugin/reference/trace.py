@@ -42,6 +42,7 @@ class _Writer:
 
         self.builder = TraceProtoBuilder()
         self._next_uuid = 1000
+        self._first_uuid = self._next_uuid + 1
         self._events: list[tuple[int, int, Any]] = []  # (ts, order, fill) sorted before writing
         self._order = 0
 
@@ -51,6 +52,10 @@ class _Writer:
         uuid = self._next_uuid
         packet = self.builder.add_packet()
         packet.trusted_packet_sequence_id = _SEQUENCE_ID
+        if uuid == self._first_uuid:
+            # Mark the sequence's state valid from its first packet, as a tracing SDK does; trace
+            # processors may otherwise treat the events that follow as possibly incomplete.
+            packet.sequence_flags = packet.SEQ_INCREMENTAL_STATE_CLEARED
         desc = packet.track_descriptor
         desc.uuid = uuid
         if parent is not None:
