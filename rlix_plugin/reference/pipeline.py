@@ -110,7 +110,7 @@ class ReferencePipeline:
             self.status.finish(st.ABORTED, str(exc))
         except BaseException as exc:  # reported by the runner; the thread must not die silently
             self.error = exc
-            self.status.finish(st.ABORTED if self.abort.is_set() else st.FAILED, repr(exc))
+            self.status.finish(st.ABORTED if self.abort.is_set() else st.FAILED, f"{type(exc).__name__}: {exc}")
             if not self.abort.is_set():
                 log.error("pipeline %s failed: %r", self.name, exc)
         finally:
