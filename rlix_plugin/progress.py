@@ -21,6 +21,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rlix_plugin.hookspecs import hookimpl
+
 log = logging.getLogger("rlix_plugin.progress")
 
 BEGIN, PROGRESS, END = "begin", "progress", "end"
@@ -196,4 +198,41 @@ class ProgressCoalescer:
                             report.pipeline_id, report.kind, exc)
 
 
-__all__ = ["BEGIN", "END", "PROGRESS", "ProgressCoalescer", "ProgressReport"]
+class CoalescedProgressHooks:
+    """The progress hookimpls of a backend that coalesces through ``self._progress``.
+
+    Backends inherit these (pluggy finds inherited hookimpls) and implement ``flush_progress``;
+    :meth:`settle_progress` is called before a new rollout's demand is signalled, so that the
+    previous rollout's ``end`` can never arrive after it and retire the new demand.
+    """
+
+    _progress: ProgressCoalescer
+    #: How long a new rollout's demand waits for earlier progress to land before going on anyway.
+    settle_timeout_s = 2.0
+
+    @hookimpl
+    def rlix_begin_progress_batch(
+        self, pipeline_id: str, mode: str, adapter_id: str | None, target_weight_version: int,
+        step_target: int, initial_completed: int,
+    ) -> None:
+        self._progress.begin(pipeline_id, mode, adapter_id, target_weight_version, step_target, initial_completed)
+
+    @hookimpl
+    def rlix_bump_completed(
+        self, pipeline_id: str, mode: str, adapter_id: str | None, target_weight_version: int, count: int
+    ) -> None:
+        self._progress.bump(pipeline_id, mode, adapter_id, target_weight_version, count)
+
+    @hookimpl
+    def rlix_end_progress_batch(self, pipeline_id: str, mode: str, adapter_id: str | None) -> None:
+        self._progress.end(pipeline_id, mode, adapter_id)
+
+    def flush_progress(self, timeout_s: float = 5.0) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def settle_progress(self) -> None:
+        if not self.flush_progress(self.settle_timeout_s):
+            log.warning("earlier progress reports did not land within %.1fs; going on", self.settle_timeout_s)
+
+
+__all__ = ["BEGIN", "END", "PROGRESS", "CoalescedProgressHooks", "ProgressCoalescer", "ProgressReport"]

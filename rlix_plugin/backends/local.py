@@ -32,7 +32,7 @@ from rlix_plugin.hookspecs import (
     SchedulerUnavailableError,
     hookimpl,
 )
-from rlix_plugin.progress import END, ProgressCoalescer, ProgressReport
+from rlix_plugin.progress import END, CoalescedProgressHooks, ProgressCoalescer, ProgressReport
 from rlix_plugin.scheduler.service import SchedulerService
 from rlix_plugin.scheduler.topology import PoolTopology
 
@@ -117,7 +117,7 @@ def default_scheduler() -> LocalScheduler:
         return _default
 
 
-class LocalBackend:
+class LocalBackend(CoalescedProgressHooks):
     """Answers the demand-side hooks with a :class:`LocalScheduler`."""
 
     def __init__(self, scheduler: LocalScheduler, *, progress_interval_s: float = 0.05) -> None:
@@ -147,6 +147,7 @@ class LocalBackend:
 
     @hookimpl
     def rlix_signal_demand(self, pipeline_id: str, rollout_id: int, step_target: int, timeout_s: float) -> Grant:
+        self.settle_progress()
         return self.scheduler.call(
             self.scheduler.service.signal_demand(pipeline_id, rollout_id, step_target, timeout_s), timeout_s
         )
@@ -155,6 +156,8 @@ class LocalBackend:
     def rlix_request_gpus(
         self, pipeline_id: str, cluster: str, priority: int, step_target: int | None, timeout_s: float
     ) -> Grant:
+        if cluster == ACTOR_INFER:
+            self.settle_progress()
         return self.scheduler.call(
             self.scheduler.service.request_gpus(pipeline_id, cluster, priority, step_target, timeout_s), timeout_s
         )
@@ -165,23 +168,6 @@ class LocalBackend:
             self._progress.forget(pipeline_id)
         timeout_s = self.scheduler.service.resize_timeout_s + 10.0
         self.scheduler.call(self.scheduler.service.release(pipeline_id, cluster, timeout_s), timeout_s)
-
-    @hookimpl
-    def rlix_begin_progress_batch(
-        self, pipeline_id: str, mode: str, adapter_id: str | None, target_weight_version: int,
-        step_target: int, initial_completed: int,
-    ) -> None:
-        self._progress.begin(pipeline_id, mode, adapter_id, target_weight_version, step_target, initial_completed)
-
-    @hookimpl
-    def rlix_bump_completed(
-        self, pipeline_id: str, mode: str, adapter_id: str | None, target_weight_version: int, count: int
-    ) -> None:
-        self._progress.bump(pipeline_id, mode, adapter_id, target_weight_version, count)
-
-    @hookimpl
-    def rlix_end_progress_batch(self, pipeline_id: str, mode: str, adapter_id: str | None) -> None:
-        self._progress.end(pipeline_id, mode, adapter_id)
 
     @hookimpl
     def rlix_report_preempt(self, pipeline_id: str, dp_rank: int, retracted: int) -> None:

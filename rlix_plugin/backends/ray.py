@@ -47,7 +47,7 @@ from rlix_plugin.hookspecs import (
     SchedulerUnavailableError,
     hookimpl,
 )
-from rlix_plugin.progress import END, ProgressCoalescer, ProgressReport
+from rlix_plugin.progress import END, CoalescedProgressHooks, ProgressCoalescer, ProgressReport
 from rlix_plugin.ray.calls import GRACE_S
 from rlix_plugin.ray.client import RlixClient, connect
 from rlix_plugin.ray.supply import ResizeServer, start_coordinator
@@ -58,9 +58,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rlix_plugin.ray")
 
-#: Longest a blocking hook waits for this process's earlier progress reports to land before it
-#: goes on (so that a rollout's final count is applied before the next rollout's demand).
-SETTLE_TIMEOUT_S = 2.0
 #: Reports whose answer is not checked yet; beyond this the oldest are forgotten unchecked.
 MAX_OUTSTANDING = 1024
 
@@ -71,7 +68,7 @@ class _Registered:
     server: ResizeServer
 
 
-class RayBackend:
+class RayBackend(CoalescedProgressHooks):
     """Answers the demand-side hooks with the ``rlix:scheduler`` actor."""
 
     def __init__(
@@ -151,7 +148,7 @@ class RayBackend:
 
     @hookimpl
     def rlix_signal_demand(self, pipeline_id: str, rollout_id: int, step_target: int, timeout_s: float) -> Grant:
-        self._settle()
+        self.settle_progress()
         return self.client.call(
             "signal_demand", pipeline_id, rollout_id, step_target, timeout_s,
             timeout_s=_client_timeout(timeout_s), what=f"signal_demand({pipeline_id}, rollout {rollout_id})",
@@ -162,7 +159,7 @@ class RayBackend:
         self, pipeline_id: str, cluster: str, priority: int, step_target: int | None, timeout_s: float
     ) -> Grant:
         if cluster == ACTOR_INFER:
-            self._settle()
+            self.settle_progress()
         return self.client.call(
             "request_gpus", pipeline_id, cluster, priority, step_target, timeout_s,
             timeout_s=_client_timeout(timeout_s), what=f"request_gpus({pipeline_id}_{cluster})",
@@ -177,23 +174,6 @@ class RayBackend:
             "release", pipeline_id, cluster, timeout_s,
             timeout_s=timeout_s + GRACE_S, what=f"release({pipeline_id}_{cluster})",
         )
-
-    @hookimpl
-    def rlix_begin_progress_batch(
-        self, pipeline_id: str, mode: str, adapter_id: str | None, target_weight_version: int,
-        step_target: int, initial_completed: int,
-    ) -> None:
-        self._progress.begin(pipeline_id, mode, adapter_id, target_weight_version, step_target, initial_completed)
-
-    @hookimpl
-    def rlix_bump_completed(
-        self, pipeline_id: str, mode: str, adapter_id: str | None, target_weight_version: int, count: int
-    ) -> None:
-        self._progress.bump(pipeline_id, mode, adapter_id, target_weight_version, count)
-
-    @hookimpl
-    def rlix_end_progress_batch(self, pipeline_id: str, mode: str, adapter_id: str | None) -> None:
-        self._progress.end(pipeline_id, mode, adapter_id)
 
     @hookimpl
     def rlix_report_preempt(self, pipeline_id: str, dp_rank: int, retracted: int) -> None:
@@ -222,10 +202,6 @@ class RayBackend:
         except Exception as exc:
             log.warning("progress signal lost: %s", exc)
         return True
-
-    def _settle(self) -> None:
-        if not self.flush_progress(SETTLE_TIMEOUT_S):
-            log.warning("earlier progress reports did not land within %.1fs; going on", SETTLE_TIMEOUT_S)
 
     def _deliver(self, report: ProgressReport) -> None:
         """Runs in the coalescer's thread: submit one report, fire and forget. Raises (and the
