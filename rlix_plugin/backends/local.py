@@ -173,6 +173,12 @@ class LocalBackend(CoalescedProgressHooks):
     def rlix_report_preempt(self, pipeline_id: str, dp_rank: int, retracted: int) -> None:
         self.scheduler.call_soon(self.scheduler.service.report_preempt, pipeline_id, dp_rank, retracted)
 
+    def close(self) -> None:
+        """Deliver what progress is left and stop this backend's threads (idempotent). The
+        scheduler is not closed: other managers may share it."""
+        self._progress.close()
+        self._resize_pool.shutdown(wait=False)
+
     def flush_progress(self, timeout_s: float = 5.0) -> bool:
         """Wait until every progress call so far reached the scheduler (tests, shutdown)."""
         if not self._progress.flush(timeout_s):

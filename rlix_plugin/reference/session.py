@@ -36,9 +36,23 @@ class BackendSession:
         self.scenario = scenario
         self.backend_options = dict(backend_options or {})
         self.autoload = autoload
+        self._managers: list[RlixPluginManager] = []
 
     def plugin_manager(self) -> RlixPluginManager:
-        return get_plugin_manager(self.name, backend_options=self._options(), autoload=self.autoload)
+        pm = get_plugin_manager(self.name, backend_options=self._options(), autoload=self.autoload)
+        self._managers.append(pm)
+        return pm
+
+    def close_backends(self) -> None:
+        """Stop the threads of every backend plugin this session built (progress, resizes)."""
+        for pm in self._managers:
+            close = getattr(pm.get_plugin("rlix-backend"), "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # cleanup must not hide the run's outcome
+                    log.exception("closing a backend failed")
+        self._managers.clear()
 
     def add_listener(self, listener: Listener) -> bool:
         """Observe every scheduler change; False when this backend cannot be observed in-process."""
@@ -93,6 +107,7 @@ class LocalSession(BackendSession):
         return self.scheduler.snapshot()
 
     def close(self) -> None:
+        self.close_backends()
         self.scheduler.close()
 
 
@@ -129,7 +144,6 @@ class RaySession(BackendSession):
             num_gpus=scenario.gpus, gpus_per_node=scenario.gpus_per_node, resize_timeout_s=resize_timeout_s,
             **options,
         )
-        self._managers: list[RlixPluginManager] = []
 
     def plugin_manager(self) -> RlixPluginManager:
         pm = get_plugin_manager(self.name, backend_options={"client": self.client}, autoload=self.autoload)
@@ -144,15 +158,7 @@ class RaySession(BackendSession):
 
     def close(self) -> None:
         try:
-            for pm in self._managers:
-                backend = pm.get_plugin("rlix-backend")
-                close = getattr(backend, "close", None)
-                if close is not None:
-                    try:
-                        close("run finished")
-                    except Exception as exc:
-                        log.warning("closing the ray backend: %r", exc)
-            self._managers.clear()
+            self.close_backends()  # unregisters this run's pipelines, stops progress threads
         finally:
             if self._started_ray and self._ray.is_initialized():
                 self._ray.shutdown()

@@ -56,7 +56,7 @@ def draw_timeline(recorder: Recorder, path: str | pathlib.Path, title: str = "")
         for priority, points in sorted(recorder.pending_series().items()):
             xs, ys = _steps(points, end)
             label = Priority(priority).name.lower() if priority in Priority._value2member_map_ else str(priority)
-            ax_pending.step(xs, ys, where="post", label=f"p{priority} {label}")
+            ax_pending.step(xs, ys, where="post", label=f"priority {priority}: {label.replace('_', ' ')}")
         ax_pending.set_ylabel("pending\nrequests", fontsize=8)
         ax_pending.set_xlabel("seconds since start")
         ax_pending.set_xlim(0, max(end, 1e-3))
