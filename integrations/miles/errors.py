@@ -1,0 +1,26 @@
+"""Errors of the miles integration. Each message says what is wrong and what to do about it."""
+
+from __future__ import annotations
+
+from rlix_plugin.hookspecs import RlixError
+
+
+class HooksNotInstalledError(RlixError):
+    """The pipeline's miles ``RolloutManager`` does not hold this integration's hooks: ``install``
+    was never called, failed, or ``set_rlix_hooks`` did not keep the object.
+
+    Without them every progress call of miles' rollout function reaches ``NoOpRLixHooks`` and the
+    scheduler never hears of the rollout (the seed bug), so demand is refused instead."""
+
+
+class MilesSurfaceError(RlixError, TypeError):
+    """The object given as miles' ``RolloutManager`` lacks a method the integration needs (a miles
+    version without the rlix seam, or the wrong object)."""
+
+
+class EngineStateError(RlixError):
+    """A resize met an engine it cannot act on: a ``shell`` engine (never started), or one caught
+    half-way through an earlier transition (``loading``, ``disabling``). Nothing was changed."""
+
+
+__all__ = ["EngineStateError", "HooksNotInstalledError", "MilesSurfaceError"]

@@ -1,0 +1,262 @@
+"""Wiring at init: put the hooks into miles' ``RolloutManager`` and prove they took.
+
+The seed bug was one missing call, ``rollout_manager.set_rlix_hooks(...)``: every progress call
+of the rollout function then went to miles' ``NoOpRLixHooks`` and nothing failed. ``install`` makes
+that call and checks its effect, in this order, failing with a clear error at the first problem
+(and undoing what it did):
+
+1. the manager has ``set_rlix_hooks`` and the engine methods (:class:`~.errors.MilesSurfaceError`);
+2. its engine table matches ``actor_infer``'s DP ranks, and no engine is ``shell`` or
+   mid-transition; ``active`` engines are put to sleep (the scheduler starts the pipeline with
+   none awake);
+3. the supply plugin (:class:`~.engines.MilesEngines`) is registered on the session's plugin
+   manager, so the scheduler's resizes of this pipeline reach the engines;
+4. ``set_rlix_hooks(MilesRLixHooks(...))`` -- through Ray when the manager is an actor (the
+   object is pickled and rebuilds its front end there);
+5. the pipeline is registered with the scheduler (if it is not yet);
+6. **read back**, in the manager's process: the object it now holds must be the one just sent
+   (same token), its front end must build there with the same backend, reach a live backend for
+   the progress hooks, and see this pipeline registered on the scheduler. Anything else raises
+   :class:`~.errors.HooksNotInstalledError` saying what was found.
+
+Until ``install`` succeeds, :meth:`MilesSession.signal_rollout_demand` refuses demand; and a
+pipeline registered without it has no ``rlix_resize_infer`` owner, so the scheduler fences it at
+its first wake ("the framework's hooks were never installed"). Either way, a forgotten install
+fails at the first rollout instead of hanging.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec, InvalidRequestError
+
+from . import LOGGER_NAME
+from .engines import MilesEngines, WeightSync, engine_table
+from .errors import HooksNotInstalledError
+from .hooks import PROBE_TIMEOUT_S, PROGRESS_HOOKS, MilesRLixHooks
+from .rollout_manager import CONTROL_TIMEOUT_S, ENGINE_METHODS, SET_HOOKS, ManagerProxy
+
+if TYPE_CHECKING:
+    from .session import MilesSession
+
+log = logging.getLogger(LOGGER_NAME)
+
+#: Longest wait for the whole read-back (building the front end over there included).
+INSTALL_TIMEOUT_S = CONTROL_TIMEOUT_S + PROBE_TIMEOUT_S
+
+
+class Installation:
+    """What a successful install put in place; :meth:`uninstall` takes it away again."""
+
+    def __init__(self, session: MilesSession, manager: ManagerProxy, engines: MilesEngines,
+                 hooks: MilesRLixHooks, plugin_name: str, probe: dict[str, Any]) -> None:
+        self.session = session
+        self.manager = manager
+        self.engines = engines
+        self.hooks = hooks
+        self.plugin_name = plugin_name
+        self.probe = probe
+
+    def uninstall(self) -> None:
+        """Unregister the supply plugin and clear the manager's hooks (fire and forget: this runs
+        on shutdown paths, where waiting on a busy manager must not block)."""
+        pm = self.session.hooks.plugin_manager
+        if pm.has_plugin(self.plugin_name):
+            pm.unregister(name=self.plugin_name)
+        if self.manager.remote:
+            self.manager.manager.set_rlix_hooks.remote(None)
+        else:
+            self.manager.manager.set_rlix_hooks(None)
+
+
+def read_back(manager: Any, token: str) -> dict[str, Any]:
+    """Runs in the manager's process: what does the manager hold as its rlix hooks?
+
+    Reads ``get_rlix_hooks()`` if the manager has one, else the attribute miles stores them in
+    (``_rlix_hooks``). Returns the hooks' probe, or ``{"found": ...}`` describing what is there.
+    """
+    getter = getattr(manager, "get_rlix_hooks", None)
+    if callable(getter):
+        held = getter()
+    elif hasattr(manager, "_rlix_hooks"):
+        held = manager._rlix_hooks
+    else:
+        return {"found": f"no rlix hooks attribute on {type(manager).__qualname__}"}
+    if not isinstance(held, MilesRLixHooks):
+        return {"found": f"{type(held).__qualname__} object" if held is not None else "None"}
+    if held.token != token:
+        return {"found": f"MilesRLixHooks of another installation (pipeline {held.pipeline_id!r})"}
+    return held.probe()
+
+
+def far_side_options(backend: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Backend options for the hooks' rebuild in the manager's process. For ``ray``, the far side
+    only joins the scheduler the pipeline registered with, never starts a new one (a fresh empty
+    scheduler there would swallow progress for a pipeline it does not know)."""
+    far = dict(options)
+    if backend == "ray":
+        far["create_if_missing"] = False
+    return far
+
+
+def install_session(
+    session: MilesSession,
+    rollout_manager: Any,
+    *,
+    sync_weights: WeightSync,
+    engine_index_of_rank: Sequence[int] | None = None,
+    timeout_s: float | None = None,
+) -> Installation:
+    """Install ``session``'s hooks into ``rollout_manager`` and verify them (steps in the module
+    docstring). Returns the :class:`Installation`, also kept as ``session.installation``.
+
+    :param rollout_manager: miles' ``RolloutManager``: a Ray actor handle or the object.
+    :param sync_weights: Loads the latest weights into woken engines (:data:`.engines.WeightSync`).
+    :param engine_index_of_rank: Local engine index of each DP rank (default: identity).
+    :param timeout_s: Longest wait for one manager call (default: 60 s for control calls, 120 s for
+        engine operations).
+    :raises MilesSurfaceError: the manager lacks ``set_rlix_hooks`` or an engine method.
+    :raises InvalidRequestError: the engine table does not fit ``actor_infer``, the pipeline
+        already has an installation, or a ``local``-backend session meets a Ray actor.
+    :raises EngineStateError: an engine is ``shell`` or mid-transition.
+    :raises HooksNotInstalledError: the read-back did not find working hooks.
+    """
+    pid = session.pipeline_id
+    if session.installation is not None:
+        raise InvalidRequestError(f"pipeline {pid!r}: hooks are already installed (close the session first)")
+    proxy = ManagerProxy(rollout_manager, pid)
+    proxy.require((SET_HOOKS, *ENGINE_METHODS))
+    backend = session.backend
+    if proxy.remote and backend == "local":
+        raise InvalidRequestError(
+            f"pipeline {pid!r}: the RolloutManager is a Ray actor but the session uses the 'local' backend, whose "
+            "scheduler lives in this process; use the 'ray' backend"
+        )
+    control_timeout = timeout_s or CONTROL_TIMEOUT_S
+    cluster: ClusterSpec = session.clusters[ACTOR_INFER]
+    table = engine_table(cluster, engine_index_of_rank, int(proxy.call("get_engine_count", timeout_s=control_timeout)))
+    engines = MilesEngines(pid, proxy, table, sync_weights, **({"timeout_s": timeout_s} if timeout_s else {}))
+    slept = engines.sleep_active()  # checks states too: shell / mid-transition engines raise here
+    if slept:
+        log.info("rlix: pipeline %r: put awake engines of DP ranks %s to sleep; the scheduler wakes them on demand",
+                 pid, slept)
+
+    pm = session.hooks.plugin_manager
+    plugin_name = f"rlix-miles-engines-{pid}"
+    if pm.has_plugin(plugin_name):
+        raise InvalidRequestError(f"pipeline {pid!r}: a miles supply plugin is already registered ({plugin_name})")
+    pm.register(engines, name=plugin_name)
+    registered_here = False
+    try:
+        hooks = MilesRLixHooks(
+            pid, session.units.n_samples_per_prompt, backend=backend,
+            backend_options=far_side_options(backend, session.backend_options), autoload=session.autoload,
+            engine_to_rank=engines.rank_of_engine, hooks=None if proxy.remote else session.hooks,
+        )
+        proxy.call(SET_HOOKS, hooks, timeout_s=control_timeout)
+        if not session.registered:
+            session.register()
+            registered_here = True
+        probe = proxy.run_inside(read_back, hooks.token, timeout_s=(timeout_s or 0) + INSTALL_TIMEOUT_S)
+        _check_probe(pid, backend, probe)
+    except BaseException:
+        pm.unregister(name=plugin_name)
+        if registered_here:
+            try:
+                session.hooks.unregister_pipeline(pipeline_id=pid, reason="install failed")
+            finally:
+                session.registered = False
+        raise
+    if backend != "noop" and probe.get("control_plane") != "rlix":
+        log.warning(
+            "rlix: pipeline %r: RLIX_CONTROL_PLANE is %r in the RolloutManager's process, not 'rlix': miles' "
+            "shrink_engines then releases engine memory without pausing generation (retract) first; set it in "
+            "the RolloutManager's runtime_env", pid, probe.get("control_plane"),
+        )
+    installation = Installation(session, proxy, engines, hooks, plugin_name, probe)
+    session.installation = installation
+    log.info(
+        "rlix: hooks installed on the miles RolloutManager of pipeline %r and verified in its process (pid %s, "
+        "backend %s); DP rank -> engine index %s", pid, probe.get("pid"), probe.get("backend"), engines.describe(),
+    )
+    return installation
+
+
+def _check_probe(pid: str, backend: str, probe: dict[str, Any]) -> None:
+    where = f"pipeline {pid!r}: after set_rlix_hooks the RolloutManager"
+    if "found" in probe:
+        raise HooksNotInstalledError(
+            f"{where} holds {probe['found']}, not the hooks just installed: its set_rlix_hooks did not keep them "
+            "(a miles whose RolloutManager ignores set_rlix_hooks, or another install replaced them)"
+        )
+    if probe.get("error"):
+        raise HooksNotInstalledError(
+            f"{where} holds the hooks, but they cannot reach the scheduler from its process: {probe['error']}"
+        )
+    if probe.get("backend") != backend:
+        raise HooksNotInstalledError(
+            f"{where} holds the hooks, but they built the {probe.get('backend')!r} backend there instead of {backend!r}"
+        )
+    if backend == "noop":
+        return  # rlix is off: progress goes nowhere on purpose
+    missing = sorted(set(PROGRESS_HOOKS) - set(probe.get("live", ())))
+    if missing:
+        raise HooksNotInstalledError(
+            f"{where} holds the hooks, but in its process {missing} reach only the no-op default "
+            f"(is a plugin blocked there by RLIX_BLOCK_PLUGINS?)"
+        )
+    if probe.get("registered") is False:
+        raise HooksNotInstalledError(
+            f"{where} holds the hooks, but the scheduler they reach from its process does not know the pipeline "
+            "(a different Ray cluster or scheduler?)"
+        )
+
+
+def install(
+    rollout_manager: Any,
+    *,
+    pipeline_id: str,
+    clusters: Mapping[str, ClusterSpec],
+    n_samples_per_prompt: int,
+    rollout_batch_size: int,
+    sync_weights: WeightSync,
+    engine_index_of_rank: Sequence[int] | None = None,
+    backend: str | None = None,
+    backend_options: Mapping[str, Any] | None = None,
+    autoload: bool | None = None,
+    timeout_s: float | None = None,
+    demand_timeout_s: float | None = None,
+) -> MilesSession:
+    """Register a miles pipeline and install its hooks in one call, at pipeline init, once the
+    ``RolloutManager`` exists and before the first rollout.
+
+    Builds a :class:`~.session.MilesSession` (see its parameters), registers the pipeline and runs
+    :func:`install_session`. On failure the pipeline is unregistered again and the error raised.
+
+    :returns: The session: bind ``session.signal_rollout_demand_async`` to the train loop's
+        ``signal_demand`` step hook, and call ``session.close()`` in the driver's ``finally``.
+    """
+    from .session import MilesSession
+
+    options: dict[str, Any] = {}
+    if demand_timeout_s is not None:
+        options["timeout_s"] = demand_timeout_s
+    session = MilesSession(
+        pipeline_id=pipeline_id, clusters=clusters, n_samples_per_prompt=n_samples_per_prompt,
+        rollout_batch_size=rollout_batch_size, backend=backend, backend_options=backend_options,
+        autoload=autoload, **options,
+    )
+    session.register()
+    try:
+        install_session(session, rollout_manager, sync_weights=sync_weights,
+                        engine_index_of_rank=engine_index_of_rank, timeout_s=timeout_s)
+    except BaseException as exc:
+        session.close(reason=f"install failed: {type(exc).__name__}")
+        raise
+    return session
+
+
+__all__ = ["INSTALL_TIMEOUT_S", "Installation", "far_side_options", "install", "install_session", "read_back"]
