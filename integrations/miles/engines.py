@@ -166,12 +166,16 @@ class MilesEngines:
         states = self._states(list(self.engines))
         return tuple(rank for rank, engine in enumerate(self.engines) if states[engine] == ACTIVE)
 
-    def sleep_active(self) -> list[int]:
-        """Put every ``active`` engine to sleep; return their DP ranks. Called at install: a newly
-        registered pipeline has no engine awake in the scheduler's books, and an engine holding
-        GPU memory the scheduler thinks is free would break the next wake there."""
-        states = self._states(list(self.engines))
-        active = [rank for rank, engine in enumerate(self.engines) if states[engine] == ACTIVE]
+    def take_over(self) -> list[int]:
+        """Bring the engines into the scheduler's books, at install: every engine must be
+        ``active`` or ``offloaded`` (:class:`EngineStateError` otherwise), and the ``active`` ones
+        are put to sleep, since a newly registered pipeline has no engine awake for the scheduler
+        and an engine holding GPU memory the scheduler thinks is free would break the next wake
+        there. Returns the DP ranks put to sleep."""
+        with self._lock:
+            states = self._states(list(self.engines))
+            self._check(states, (), self.engines, doing="take over the engines")
+            active = [rank for rank, engine in enumerate(self.engines) if states[engine] == ACTIVE]
         if active:
             self.resize(remove=active)
         return active
@@ -195,7 +199,7 @@ class MilesEngines:
         states = self.manager.call("get_engine_states", list(engines), timeout_s=self.timeout_s)
         return {int(engine): str(state) for engine, state in dict(states).items()}
 
-    def _check(self, states: dict[int, str], remove: Sequence[int], add: Sequence[int]) -> None:
+    def _check(self, states: dict[int, str], remove: Sequence[int], add: Sequence[int], doing: str = "") -> None:
         """Every requested engine must be ``active`` or ``offloaded``; otherwise fail as a whole."""
         bad = {e: states.get(e, "unknown") for e in (*remove, *add) if states.get(e) not in (ACTIVE, OFFLOADED)}
         if not bad:
@@ -207,10 +211,8 @@ class MilesEngines:
         else:
             why = ("an engine is between states: an earlier sleep or wake did not finish (or miles is changing it "
                    "outside the scheduler)")
-        raise EngineStateError(
-            f"pipeline {self.pipeline_id!r}: cannot resize (sleep DP ranks {self._ranks(remove)}, wake "
-            f"{self._ranks(add)}): {described}; {why}. Nothing was changed."
-        )
+        doing = doing or f"resize (sleep DP ranks {self._ranks(remove)}, wake {self._ranks(add)})"
+        raise EngineStateError(f"pipeline {self.pipeline_id!r}: cannot {doing}: {described}; {why}. Nothing was changed.")
 
     def _sleep(self, engines: list[int]) -> None:
         self.manager.call("shrink_engines", list(engines), timeout_s=self.timeout_s)

@@ -139,7 +139,7 @@ def install_session(
     cluster: ClusterSpec = session.clusters[ACTOR_INFER]
     table = engine_table(cluster, engine_index_of_rank, int(proxy.call("get_engine_count", timeout_s=control_timeout)))
     engines = MilesEngines(pid, proxy, table, sync_weights, **({"timeout_s": timeout_s} if timeout_s else {}))
-    slept = engines.sleep_active()  # checks states too: shell / mid-transition engines raise here
+    slept = engines.take_over()  # shell / mid-transition engines raise here
     if slept:
         log.info("rlix: pipeline %r: put awake engines of DP ranks %s to sleep; the scheduler wakes them on demand",
                  pid, slept)

@@ -121,10 +121,17 @@ def test_a_wake_that_does_not_take_is_reported():
         engines.resize(add=(0,))
 
 
-def test_sleep_active_puts_every_awake_engine_to_sleep():
+def test_take_over_puts_every_awake_engine_to_sleep():
     engines, manager, _ = make(states=("active", "offloaded", "active", "offloaded"))
-    assert engines.sleep_active() == [0, 2]
+    assert engines.take_over() == [0, 2]
     assert set(manager.stats()["states"].values()) == {"offloaded"}
+
+
+def test_take_over_refuses_engines_it_cannot_manage():
+    engines, manager, _ = make(states=("active", "offloaded", "shell", "offloaded"))
+    with pytest.raises(EngineStateError, match=r"cannot take over the engines: DP rank 2 \(engine 2\): 'shell'"):
+        engines.take_over()
+    assert manager.timeline == [] and manager.stats()["states"][0] == "active"
 
 
 @pytest.mark.parametrize(
