@@ -112,19 +112,27 @@ class DataSourceStandIn:
     def __init__(self, args: Namespace, router: Any) -> None:
         self.args = args
         self.router = router
+        self.failures: dict[int, tuple[str, int]] = {}
 
     def jobs(self, rollout_id: int) -> list[Any]:
+        """The rollout's samples: ``n_samples_per_prompt`` per prompt group. A sample's index
+        encodes its rollout (``rollout_id * ROLLOUT_STRIDE + group * n + j``) so that work left
+        queued by a rollout that failed is recognised as stale by the next one."""
         from rlix_plugin.reference.engines import Job
         from rlix_plugin.reference.task import prompts
 
         args = self.args
         rng = random.Random(f"miles-standin/{args.seed}/{rollout_id}")
         mu = math.log(args.sample_seconds)
-        jobs = []
-        for group, prompt in enumerate(prompts(args.seed, rollout_id, args.rollout_batch_size)):
-            for j in range(args.n_samples_per_prompt):
-                jobs.append(Job(rollout_id, group * args.n_samples_per_prompt + j, prompt, rng.lognormvariate(mu, 0.5)))
-        return jobs
+        n = args.n_samples_per_prompt
+        return [
+            Job(rollout_id, rollout_id * ROLLOUT_STRIDE + group * n + j, prompt, rng.lognormvariate(mu, 0.5))
+            for group, prompt in enumerate(prompts(args.seed, rollout_id, args.rollout_batch_size))
+            for j in range(n)
+        ]
+
+
+ROLLOUT_STRIDE = 1_000_000
 
 
 def generate_rollout_fully_async(args, rollout_id, data_buffer, evaluation=False, *, rlix_hooks=None):
@@ -136,6 +144,7 @@ def generate_rollout_fully_async(args, rollout_id, data_buffer, evaluation=False
         rlix_hooks = NoOpRLixHooks()
     target = args.rollout_batch_size
     n = args.n_samples_per_prompt
+    failure = data_buffer.failures.pop(rollout_id, None)  # test plumbing: (kind, after_groups)
     current_weight_version = 0
     rlix_hooks.begin_progress_batch(
         target_weight_version=int(current_weight_version), step_target_groups=int(target), initial_completed=0
@@ -145,16 +154,24 @@ def generate_rollout_fully_async(args, rollout_id, data_buffer, evaluation=False
     partial: dict[int, list[Any]] = {}
     data: list[list[Any]] = []
     while len(data) < target:
+        if failure is not None and len(data) >= failure[1]:
+            if failure[0] == "fatal":  # miles' _FatalError path: end, then raise
+                rlix_hooks.end_progress_batch()
+                raise EnginePreemptedError(f"rollout {rollout_id}: engine preempted for good (injected)")
+            raise RuntimeError(f"rollout {rollout_id}: unexpected failure (injected)")  # no end
         try:
             (sample,) = router.collect(1, args.collect_timeout_s)  # TimeoutError: no end, as miles
-        except PoolAborted as fatal:  # the fatal path (miles' _FatalError sentinel)
+        except PoolAborted as fatal:
             rlix_hooks.end_progress_batch()
             raise EnginePreemptedError(str(fatal)) from fatal
-        group = partial.setdefault(sample.index // n, [])
+        if sample.index // ROLLOUT_STRIDE != rollout_id:
+            continue  # left queued by a rollout that failed: stale
+        key = (sample.index % ROLLOUT_STRIDE) // n
+        group = partial.setdefault(key, [])
         group.append(sample)
         if len(group) < n:
             continue
-        data.append(sorted(partial.pop(sample.index // n), key=lambda s: s.index))
+        data.append(sorted(partial.pop(key), key=lambda s: s.index))
         try:
             rlix_hooks.bump_completed(target_weight_version=int(current_weight_version))
         except Exception as exc:  # noqa: BLE001 - miles only logs here
@@ -365,9 +382,10 @@ class RolloutManagerStandIn:
                     info.weight_version = version
             return version
 
-    def abort_rollout(self, reason: str) -> None:
-        """Make the running rollout hit the fatal path (an engine preempted for good)."""
-        self.pool.abort(reason)
+    def inject_failure(self, rollout_id: int, kind: str, after_groups: int) -> None:
+        """Make rollout ``rollout_id`` fail after ``after_groups`` accepted groups: ``"fatal"``
+        takes miles' fatal-error path (end, then raise), ``"other"`` any other error (no end)."""
+        self.data_source.failures[rollout_id] = (kind, after_groups)
 
     def stats(self) -> dict:
         with self._lock:
@@ -386,6 +404,9 @@ class RolloutManagerStandIn:
 
 class ManagerWithoutSeam:
     """A miles RolloutManager from before the rlix seam: no ``set_rlix_hooks``."""
+
+    def __init__(self, args=None, pg=None, **kwargs):
+        self.args = args
 
     def get_engine_count(self) -> int:
         return 4

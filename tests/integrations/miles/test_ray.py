@@ -1,0 +1,319 @@
+"""The miles integration across Ray processes, with the real scheduler actor behind the hooks.
+
+One local Ray cluster for the module (4 logical GPUs, 2 CPUs). Each RolloutManager stand-in is a
+Ray actor, as in miles: ``install`` sends it the hooks (pickled), reads them back in its process,
+and miles' rollout function there reports progress straight to the scheduler actor. The rlix
+actors are reset before each test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from ray import cloudpickle  # noqa: E402
+
+from rlix_plugin import RlixHooks, connect, get_plugin_manager  # noqa: E402
+from rlix_plugin.hookspecs import (  # noqa: E402
+    ACTOR_INFER,
+    ACTOR_TRAIN,
+    ClusterSpec,
+    InvalidRequestError,
+    PipelineGoneError,
+    Priority,
+    SchedulerTimeoutError,
+)
+from rlix_plugin.integrations.miles import (  # noqa: E402
+    HooksNotInstalledError,
+    MilesRLixHooks,
+    MilesSession,
+    MilesSurfaceError,
+    install,
+)
+from rlix_plugin.ray.names import NAMESPACE, ORCHESTRATOR_NAME, SCHEDULER_NAME  # noqa: E402
+
+from . import driver, standins  # noqa: E402
+from .driver import GROUPS, N, ROLLOUTS, TRAIN, check_runs, run_pipeline, seed_clusters  # noqa: E402
+
+POOL = {"num_gpus": 4, "gpus_per_node": 4}
+BACKEND = {"backend": "ray", "backend_options": POOL, "autoload": False}
+#: The RolloutManager runs as rlix's drivers start it: RLIX_CONTROL_PLANE=rlix in its environment.
+MANAGER_OPTIONS = {"max_concurrency": 4, "num_cpus": 0, "runtime_env": {"env_vars": {"RLIX_CONTROL_PLANE": "rlix"}}}
+WAIT_S = 30.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_cluster():
+    # Test-local classes travel by value: Ray workers cannot import the tests package.
+    for module in (standins, driver, sys.modules[__name__]):
+        cloudpickle.register_pickle_by_value(module)
+    ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+             object_store_memory=80 * 1024 * 1024)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        for module in (standins, driver, sys.modules[__name__]):
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def wait_until(predicate, timeout_s, what):
+    """Poll a cheap condition until it holds; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _actor(name):
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def reset_rlix():
+    """Kill what an earlier test left of the rlix actors and wait until their names are free."""
+    for name in (SCHEDULER_NAME, ORCHESTRATOR_NAME):
+        handle = _actor(name)
+        if handle is not None:
+            ray.kill(handle, no_restart=True)
+    wait_until(lambda: _actor(SCHEDULER_NAME) is None and _actor(ORCHESTRATOR_NAME) is None, WAIT_S, "rlix actors gone")
+
+
+@pytest.fixture
+def rlix():
+    reset_rlix()
+    yield connect(**POOL)
+    reset_rlix()
+
+
+@pytest.fixture
+def managers():
+    """Start RolloutManager actors; every one is killed at teardown."""
+    started = []
+
+    def start(pid="p1", cls=standins.RolloutManagerStandIn, generate=True, **extra):
+        args = standins.miles_args(pipeline_id=pid, seed=driver.SEEDS.get(pid, 5), rollout_batch_size=GROUPS,
+                                   n_samples_per_prompt=N, generate=generate, **extra)
+        handle = ray.remote(cls).options(**MANAGER_OPTIONS).remote(args, None)
+        started.append(handle)
+        return handle
+
+    yield start
+    for handle in started:
+        ray.kill(handle)
+
+
+def sync_for(manager):
+    return lambda engines: ray.get(manager.sync_selected_workers.remote(list(engines)), timeout=WAIT_S)
+
+
+def install_ray(manager, pid="p1", train=None, **extra):
+    return install(manager, pipeline_id=pid, clusters=seed_clusters(train or TRAIN.get(pid, (0, 1))),
+                   n_samples_per_prompt=N, rollout_batch_size=GROUPS, sync_weights=sync_for(manager), **BACKEND,
+                   **extra)
+
+
+def stats(manager):
+    return ray.get(manager.stats.remote(), timeout=WAIT_S)
+
+
+# -- install ----------------------------------------------------------------------------------
+
+
+def test_install_on_an_actor_is_read_back_in_its_process(rlix, managers, caplog):
+    caplog.set_level(logging.WARNING)
+    manager = managers(generate=False)
+    session = install_ray(manager)
+    try:
+        probe = session.installation.probe
+        assert probe["pid"] != os.getpid(), "verified where miles calls the hooks, not here"
+        assert (probe["backend"], probe["registered"], probe["control_plane"]) == ("ray", True, "rlix")
+        assert probe["live"] == ["rlix_begin_progress_batch", "rlix_bump_completed", "rlix_end_progress_batch"]
+        seen = stats(manager)
+        assert (seen["hooks"], seen["set_hooks_calls"]) == ("MilesRLixHooks", 1)
+        assert set(seen["states"].values()) == {"offloaded"}, "awake engines were put to sleep at install"
+        assert rlix.is_registered("p1")
+        assert not [r for r in caplog.records if "rlix" in r.getMessage()]
+    finally:
+        session.close()
+    wait_until(lambda: stats(manager)["hooks"] is None, WAIT_S, "close uninstalling the hooks")
+
+
+def test_an_actor_without_set_rlix_hooks_is_a_clear_error(rlix, managers):
+    with pytest.raises(MilesSurfaceError, match=r"Ray actor\) has no set_rlix_hooks"):
+        install_ray(managers(cls=standins.ManagerWithoutSeam))
+    assert not rlix.is_registered("p1")
+
+
+def test_an_actor_whose_set_rlix_hooks_keeps_nothing_is_caught(rlix, managers):
+    manager = managers(cls=standins.ForgetfulManager, generate=False)
+    with pytest.raises(HooksNotInstalledError, match="holds None, not the hooks just installed"):
+        install_ray(manager)
+    assert stats(manager)["set_hooks_calls"] == 1 and not rlix.is_registered("p1")
+
+
+def test_the_local_backend_cannot_serve_an_actor(rlix, managers):
+    with pytest.raises(InvalidRequestError, match="Ray actor but the session uses the 'local' backend"):
+        install(managers(generate=False), pipeline_id="p1", clusters=seed_clusters((0, 1)), n_samples_per_prompt=N,
+                rollout_batch_size=GROUPS, sync_weights=lambda e: 0, backend="local",
+                backend_options={"num_gpus": 4, "gpus_per_node": 4}, autoload=False)
+
+
+# -- miles' rollout function against the scheduler -------------------------------------------
+
+
+def progress_of(client, pid):
+    return client.snapshot()["pipelines"][pid]["progress"]
+
+
+def test_rollout_function_progress_reaches_the_scheduler_on_every_path(rlix, managers):
+    """begin / bump per group / end from the RolloutManager's process; end on success and on the
+    fatal path; no end on another error, and the next rollout recovers."""
+    manager = managers()
+    session = install_ray(manager, train=(0, 1, 2, 3))
+    try:
+        session.signal_rollout_demand(0)
+        assert len(ray.get(manager.generate.remote(0), timeout=WAIT_S)) == GROUPS
+        wait_until(lambda: rlix.snapshot()["progress_reports"].get("p1", 0) >= 2, WAIT_S, "begin and end reported")
+        wait_until(lambda: rlix.snapshot()["open_demand"] == {}, WAIT_S, "the end retiring the open demand")
+
+        # Another error after one group: no end, so the stream stays open at the scheduler, in samples.
+        ray.get(manager.inject_failure.remote(1, "other", 1), timeout=WAIT_S)
+        session.signal_rollout_demand(1)
+        with pytest.raises(ray.exceptions.RayTaskError, match="unexpected failure"):
+            ray.get(manager.generate.remote(1), timeout=WAIT_S)
+        stream = wait_until(lambda: [s for s in progress_of(rlix, "p1") if s["completed"] == N], WAIT_S,
+                            "the accepted group reported")[0]
+        assert stream["step_target"] == GROUPS * N
+        assert rlix.snapshot()["open_demand"] == {"p1": GROUPS * N}
+
+        # The next rollout's demand retires the stale stream; a fatal error then still ends the batch.
+        ray.get(manager.inject_failure.remote(2, "fatal", 2), timeout=WAIT_S)
+        session.signal_rollout_demand(2)
+        with pytest.raises(ray.exceptions.RayTaskError, match="preempted for good"):
+            ray.get(manager.generate.remote(2), timeout=WAIT_S)
+        wait_until(lambda: rlix.snapshot()["open_demand"] == {} and progress_of(rlix, "p1") == [], WAIT_S,
+                   "the fatal path's end retiring the demand")
+
+        session.signal_rollout_demand(3)
+        assert len(ray.get(manager.generate.remote(3), timeout=WAIT_S)) == GROUPS
+    finally:
+        session.close()
+
+
+def test_progress_calls_return_at_once_when_the_scheduler_is_gone(caplog):
+    reset_rlix()  # no scheduler anywhere
+    caplog.set_level(logging.WARNING)
+    hooks = MilesRLixHooks("p1", N, backend="ray", backend_options={**POOL, "create_if_missing": False},
+                           autoload=False)
+    started = time.monotonic()
+    hooks.begin_progress_batch(0, 100, 0)
+    for _ in range(100):
+        hooks.bump_completed(target_weight_version=0)
+    hooks.end_progress_batch()
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.0, f"progress calls took {elapsed:.2f}s with no scheduler"
+    backend = hooks.front_end.plugin_manager.get_plugin("rlix-backend")
+    assert backend.flush_progress(WAIT_S)
+    lost = [r for r in caplog.records if r.levelno == logging.WARNING and "progress signal lost" in r.getMessage()]
+    assert len(lost) == 1, [r.getMessage() for r in lost]  # once for the batch, not once per call
+    assert _actor(SCHEDULER_NAME) is None, "the hooks never start a scheduler of their own"
+
+
+def test_demand_timeout_names_who_holds_the_gpus(rlix, managers):
+    hog = RlixHooks(get_plugin_manager("ray", backend_options=POOL, autoload=False))
+    hog.register_pipeline(pipeline_id="hog", clusters={ACTOR_INFER: ClusterSpec(1, (0, 1, 2, 3)),
+                                                       ACTOR_TRAIN: ClusterSpec(4, (0, 1, 2, 3))})
+    hog.request_gpus(pipeline_id="hog", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=WAIT_S)
+    session = install_ray(managers(generate=False), demand_timeout_s=1.0)
+    try:
+        with pytest.raises(SchedulerTimeoutError, match="not granted within 1.0s") as info:
+            session.signal_rollout_demand(0)
+        assert "hog" in info.value.diagnostic and "p1" in info.value.diagnostic
+    finally:
+        session.close()
+        hog.unregister_pipeline(pipeline_id="hog")
+
+
+# -- end to end ---------------------------------------------------------------------------------
+
+
+def run_seed(rlix, managers, *, with_install):
+    handles = {pid: managers(pid) for pid in TRAIN}
+    sessions = {}
+    try:
+        for pid, handle in handles.items():
+            if with_install:
+                sessions[pid] = install_ray(handle, pid)
+            else:
+                sessions[pid] = MilesSession(pipeline_id=pid, clusters=seed_clusters(TRAIN[pid]),
+                                             n_samples_per_prompt=N, rollout_batch_size=GROUPS, **BACKEND)
+                sessions[pid].register()
+
+        def publisher(handle):
+            async def publish(state):
+                return await handle.publish_weights.remote(state)
+            return publish
+
+        def progress_count(pid):
+            return lambda: rlix.snapshot()["progress_reports"].get(pid, 0)
+
+        async def main():
+            return await asyncio.wait_for(asyncio.gather(*(
+                run_pipeline(sessions[pid], handles[pid], publish=publisher(handles[pid]),
+                             progress_count=progress_count(pid))
+                for pid in TRAIN
+            )), timeout=90)
+
+        return asyncio.run(main()), handles
+    finally:
+        for session in sessions.values():
+            session.close()
+
+
+def test_two_miles_pipelines_complete_the_seed_scenario(rlix, managers):
+    records, handles = run_seed(rlix, managers, with_install=True)
+    check_runs(records)
+    for record in records:
+        # Progress came from the RolloutManager actor's process to the scheduler, every rollout.
+        seen = record.progress_seen
+        assert len(seen) == ROLLOUTS and seen[0] >= 2 and seen == sorted(seen) and seen[-1] > seen[0], seen
+    for handle in handles.values():
+        ops = [op for op, _ in stats(handle)["timeline"]]
+        assert ops.count("release_memory_occupation") >= ROLLOUTS, "training preempted its GPUs' engines"
+        assert "offload" not in ops
+    snap = rlix.snapshot()
+    assert snap["pipelines"] == {} and snap["open_demand"] == {} and snap["idle_gpus"] == [0, 1, 2, 3]
+
+
+def test_the_same_run_without_install_fails_loudly_at_the_first_rollout(rlix, managers):
+    started = time.monotonic()
+    with pytest.raises(HooksNotInstalledError, match="rollout 0 refused.*NoOpRLixHooks"):
+        run_seed(rlix, managers, with_install=False)
+    assert time.monotonic() - started < 15.0
+    assert rlix.snapshot()["pipelines"] == {}
+
+
+def test_a_driver_bypassing_the_integration_is_fenced_at_the_first_wake(rlix):
+    hooks = RlixHooks(get_plugin_manager("ray", backend_options=POOL, autoload=False))
+    hooks.register_pipeline(pipeline_id="p1", clusters=seed_clusters((0, 1)))
+    try:
+        started = time.monotonic()
+        with pytest.raises(PipelineGoneError, match="hooks were never installed"):
+            hooks.signal_demand(pipeline_id="p1", rollout_id=0, step_target=GROUPS * N, timeout_s=WAIT_S)
+        assert time.monotonic() - started < 10.0
+    finally:
+        hooks.unregister_pipeline(pipeline_id="p1")
