@@ -143,9 +143,9 @@ class MilesEngines:
             add_engines = self._engines_of(add)
             states = self._states(sorted(set(remove_engines) | set(add_engines)))
             self._check(states, remove_engines, add_engines)
-            to_sleep = [e for e in remove_engines if states[e] == ACTIVE]
+            to_sleep = sorted(e for e in remove_engines if states[e] == ACTIVE)
             # A rank both put to sleep and woken comes back with fresh weights.
-            to_wake = [e for e in add_engines if states[e] == OFFLOADED or e in to_sleep]
+            to_wake = sorted(e for e in add_engines if states[e] == OFFLOADED or e in to_sleep)
             version = None
             if to_sleep:
                 self._sleep(to_sleep)
@@ -153,12 +153,13 @@ class MilesEngines:
                 version = self._wake(to_wake)
             awake = self.awake_ranks()
             if to_sleep or to_wake:
-                log.info(
-                    "rlix: pipeline %r resized: slept DP ranks %s (engines %s), woke DP ranks %s (engines %s) at "
-                    "weight version %s; awake DP ranks now %s",
-                    self.pipeline_id, self._ranks(to_sleep), to_sleep, self._ranks(to_wake), to_wake,
-                    "?" if version is None else version, list(awake),
-                )
+                done = []
+                if to_sleep:
+                    done.append(f"slept DP ranks {self._ranks(to_sleep)} (engines {to_sleep})")
+                if to_wake:
+                    weights = "weights published by the sync" if version is None else f"weight version {version}"
+                    done.append(f"woke DP ranks {self._ranks(to_wake)} (engines {to_wake}) with {weights}")
+                log.info("rlix: pipeline %r %s; awake DP ranks now %s", self.pipeline_id, ", ".join(done), list(awake))
             return awake
 
     def awake_ranks(self) -> tuple[int, ...]:
