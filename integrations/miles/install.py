@@ -44,10 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(LOGGER_NAME)
 
-#: Longest wait for the whole read-back (building the front end over there included).
-INSTALL_TIMEOUT_S = CONTROL_TIMEOUT_S + PROBE_TIMEOUT_S
-
-
 class Installation:
     """What a successful install put in place; :meth:`uninstall` takes it away again."""
 
@@ -160,7 +156,8 @@ def install_session(
         if not session.registered:
             session.register()
             registered_here = True
-        probe = proxy.run_inside(read_back, hooks.token, timeout_s=(timeout_s or 0) + INSTALL_TIMEOUT_S)
+        # The read-back builds the hooks' front end over there and asks the scheduler once.
+        probe = proxy.run_inside(read_back, hooks.token, timeout_s=control_timeout + PROBE_TIMEOUT_S)
         _check_probe(pid, backend, probe)
     except BaseException:
         pm.unregister(name=plugin_name)
@@ -259,4 +256,4 @@ def install(
     return session
 
 
-__all__ = ["INSTALL_TIMEOUT_S", "Installation", "far_side_options", "install", "install_session", "read_back"]
+__all__ = ["Installation", "far_side_options", "install", "install_session", "read_back"]

@@ -387,6 +387,10 @@ class RolloutManagerStandIn:
         takes miles' fatal-error path (end, then raise), ``"other"`` any other error (no end)."""
         self.data_source.failures[rollout_id] = (kind, after_groups)
 
+    def hold(self, seconds: float) -> None:
+        """Keep this call running for ``seconds`` (a long rollout or weight sync in progress)."""
+        threading.Event().wait(seconds)
+
     def stats(self) -> dict:
         with self._lock:
             return {

@@ -104,10 +104,10 @@ def managers():
     """Start RolloutManager actors; every one is killed at teardown."""
     started = []
 
-    def start(pid="p1", cls=standins.RolloutManagerStandIn, generate=True, **extra):
+    def start(pid="p1", cls=standins.RolloutManagerStandIn, generate=True, options=None, **extra):
         args = standins.miles_args(pipeline_id=pid, seed=driver.SEEDS.get(pid, 5), rollout_batch_size=GROUPS,
                                    n_samples_per_prompt=N, generate=generate, **extra)
-        handle = ray.remote(cls).options(**MANAGER_OPTIONS).remote(args, None)
+        handle = ray.remote(cls).options(**{**MANAGER_OPTIONS, **(options or {})}).remote(args, None)
         started.append(handle)
         return handle
 
@@ -163,6 +163,17 @@ def test_an_actor_whose_set_rlix_hooks_keeps_nothing_is_caught(rlix, managers):
     with pytest.raises(HooksNotInstalledError, match="holds None, not the hooks just installed"):
         install_ray(manager)
     assert stats(manager)["set_hooks_calls"] == 1 and not rlix.is_registered("p1")
+
+
+def test_a_busy_rollout_manager_times_out_with_the_likely_cause(rlix, managers):
+    manager = managers(generate=False, options={"max_concurrency": 1})  # miles' default: one call at a time
+    manager.hold.remote(30)  # the fixture kills the actor at teardown
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"RolloutManager.get_engine_count did not answer within 1s.*one call at a "
+                                           r"time: is a rollout or a weight sync running"):
+        install_ray(manager, timeout_s=1.0)
+    assert time.monotonic() - started < 10.0
+    assert not rlix.is_registered("p1"), "a failed install leaves nothing registered"
 
 
 def test_the_local_backend_cannot_serve_an_actor(rlix, managers):
