@@ -28,11 +28,12 @@ from rlix_plugin.hookspecs import (
     ClusterSpec,
     Grant,
     InvalidRequestError,
+    RlixError,
     SchedulerTimeoutError,
     SchedulerUnavailableError,
     hookimpl,
 )
-from rlix_plugin.progress import END, CoalescedProgressHooks, ProgressCoalescer, ProgressReport
+from rlix_plugin.progress import BEGIN, END, CoalescedProgressHooks, ProgressCoalescer, ProgressReport
 from rlix_plugin.scheduler.service import SchedulerService
 from rlix_plugin.scheduler.topology import PoolTopology
 
@@ -66,6 +67,10 @@ class LocalScheduler:
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result(timeout_s + _LOOP_GRACE_S)
+        except RlixError:
+            # The scheduler's own answer (a SchedulerTimeoutError with its diagnostic is also a
+            # TimeoutError, which the clause below would swallow).
+            raise
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise SchedulerTimeoutError(
@@ -195,7 +200,7 @@ class LocalBackend(CoalescedProgressHooks):
         else:
             self.scheduler.call_soon(
                 _quietly, service.report_progress, report.pipeline_id, report.mode, report.adapter_id,
-                report.step_target, report.completed, report.target_weight_version,
+                report.step_target, report.completed, report.target_weight_version, report.kind == BEGIN,
             )
 
     def _resizer(self) -> Callable[[str, tuple[int, ...], tuple[int, ...]], Coroutine[Any, Any, Any]]:

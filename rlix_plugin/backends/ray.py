@@ -47,7 +47,7 @@ from rlix_plugin.hookspecs import (
     SchedulerUnavailableError,
     hookimpl,
 )
-from rlix_plugin.progress import END, CoalescedProgressHooks, ProgressCoalescer, ProgressReport
+from rlix_plugin.progress import BEGIN, END, CoalescedProgressHooks, ProgressCoalescer, ProgressReport
 from rlix_plugin.ray.calls import GRACE_S
 from rlix_plugin.ray.client import RlixClient, connect
 from rlix_plugin.ray.supply import ResizeServer, start_coordinator
@@ -213,7 +213,7 @@ class RayBackend(CoalescedProgressHooks):
         else:
             ref = scheduler.report_progress.remote(
                 self._sender, seq, report.pipeline_id, report.mode, report.adapter_id,
-                report.step_target, report.completed, report.target_weight_version,
+                report.step_target, report.completed, report.target_weight_version, report.kind == BEGIN,
             )
         with self._outstanding_lock:
             self._outstanding.append(ref)

@@ -141,7 +141,7 @@ class SchedulerActor:
 
     async def report_progress(
         self, sender: str, seq: int, pipeline_id: str, mode: str, adapter_id: str | None, step_target: int,
-        completed: int, target_weight_version: int,
+        completed: int, target_weight_version: int, new_batch: bool = False,
     ) -> str | None:
         """Apply one coalesced report. Returns ``None``, or why it was dropped: the sender checks
         the answer later and logs "progress signal lost" (an exception here would only surface
@@ -149,7 +149,9 @@ class SchedulerActor:
         if not self._in_order(sender, pipeline_id, seq):
             return None  # a newer report of this sender was applied already; latest wins
         try:
-            self._service.report_progress(pipeline_id, mode, adapter_id, step_target, completed, target_weight_version)
+            self._service.report_progress(
+                pipeline_id, mode, adapter_id, step_target, completed, target_weight_version, new_batch
+            )
         except RlixError as exc:
             return f"{type(exc).__name__}: {exc}"
         self._progress_reports[pipeline_id] = self._progress_reports.get(pipeline_id, 0) + 1

@@ -161,7 +161,7 @@ class SchedulerService:
         registry and block until at least one generation worker is awake."""
         timeout_s = _check_timeout(timeout_s)
         if pipeline_id in self.state.pipelines and pipeline_id not in self.state.fenced:
-            self.state.clear_progress(pipeline_id)
+            self.state.retire_streams(pipeline_id)
         log.debug("pipeline %s signals demand for rollout %s (%s samples)", pipeline_id, rollout_id, step_target)
         return await self.request_gpus(pipeline_id, ACTOR_INFER, Priority.GENERATION, step_target, timeout_s)
 
@@ -219,8 +219,11 @@ class SchedulerService:
         step_target: int,
         completed: int,
         target_weight_version: int = 0,
+        new_batch: bool = False,
     ) -> None:
-        self.state.report_progress(pipeline_id, mode, adapter_id, step_target, completed, target_weight_version)
+        self.state.report_progress(
+            pipeline_id, mode, adapter_id, step_target, completed, target_weight_version, new_batch
+        )
         self._changed("progress")
 
     def clear_progress(self, pipeline_id: str, mode: str | None = None, adapter_id: str | None = None) -> None:

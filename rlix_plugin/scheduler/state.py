@@ -111,6 +111,9 @@ class SchedulerState:
         #: The durable open-demand registry: pipeline id -> step target of its rollout.
         self.open_demand: dict[str, int] = {}
         self.progress: dict[str, dict[StreamKey, StreamProgress]] = {}
+        #: Streams of a finished rollout: their late reports (sent from another process than the
+        #: next rollout's demand) are ignored until the stream's next begin.
+        self.retired_streams: dict[str, set[StreamKey]] = {}
         self.planned_releases: dict[str, PlannedRelease] = {}
         #: Pipelines whose engines failed a resize: kept out of planning until they unregister.
         self.fenced: dict[str, str] = {}
@@ -144,7 +147,7 @@ class SchedulerState:
         cancelled = [r for r in self.pending.values() if r.pipeline_id == pipeline_id]
         for request in cancelled:
             del self.pending[request.cluster_id]
-        for registry in (self.open_demand, self.progress, self.planned_releases, self.fenced):
+        for registry in (self.open_demand, self.progress, self.retired_streams, self.planned_releases, self.fenced):
             registry.pop(pipeline_id, None)
         self.admitted.discard(pipeline_id)
         del self.pipelines[pipeline_id]
@@ -237,7 +240,7 @@ class SchedulerState:
         # Releasing the generation cluster ends the rollout: its demand and any stream whose end
         # never came are retired with it.
         self.open_demand.pop(pipeline_id, None)
-        self.progress.pop(pipeline_id, None)
+        self.retire_streams(pipeline_id)
         alloc = self.generation.get(pipeline_id)
         if alloc is None:
             return False
@@ -276,13 +279,21 @@ class SchedulerState:
         step_target: int,
         completed: int,
         target_weight_version: int = 0,
+        new_batch: bool = False,
     ) -> None:
-        """Latest wins per (pipeline, mode, adapter); completed is clamped to [0, step_target]."""
+        """Latest wins per (pipeline, mode, adapter); completed is clamped to [0, step_target].
+        ``new_batch`` marks a begin: it re-opens a retired stream; other reports of a retired
+        stream are late ones of the previous rollout and are ignored."""
         self._spec(pipeline_id)
         key = self._stream_key(pipeline_id, mode, adapter_id)
         _require_int("step_target", step_target, 1)
         if not isinstance(completed, int) or isinstance(completed, bool):
             raise InvalidRequestError(f"completed must be an int, got {completed!r}")
+        retired = self.retired_streams.get(pipeline_id)
+        if retired and key in retired:
+            if not new_batch:
+                return
+            retired.discard(key)
         self.progress.setdefault(pipeline_id, {})[key] = StreamProgress(
             mode=mode,
             adapter_id=adapter_id,
@@ -293,7 +304,10 @@ class SchedulerState:
 
     def clear_progress(self, pipeline_id: str, mode: str | None = None, adapter_id: str | None = None) -> bool:
         """Retire one stream (or all with ``mode=None``). Clearing the pipeline's last stream
-        retires its open demand. Returns True if the open demand was retired."""
+        retires its open demand. Returns True if the open demand was retired. The end of a
+        retired stream (late, from the previous rollout) changes nothing."""
+        if mode is not None and (mode, adapter_id) in self.retired_streams.get(pipeline_id, ()):
+            return False
         streams = self.progress.get(pipeline_id)
         if streams is None:
             return False
@@ -305,6 +319,13 @@ class SchedulerState:
             return False
         del self.progress[pipeline_id]
         return self.open_demand.pop(pipeline_id, None) is not None
+
+    def retire_streams(self, pipeline_id: str) -> None:
+        """A rollout is over (the next one signals demand, or the generation cluster is
+        released): drop its streams and ignore their late reports until they begin again."""
+        streams = self.progress.pop(pipeline_id, None)
+        if streams:
+            self.retired_streams.setdefault(pipeline_id, set()).update(streams)
 
     def remaining(self, pipeline_id: str) -> int:
         """Samples the pipeline still has to generate: its progress streams' remaining work, or,

@@ -16,6 +16,7 @@ from rlix_plugin.hookspecs import (
     InvalidRequestError,
     PipelineGoneError,
     Priority,
+    SchedulerTimeoutError,
 )
 
 
@@ -153,3 +154,14 @@ def test_default_scheduler_reads_the_environment(monkeypatch):
     finally:
         first.scheduler.close()
         monkeypatch.setattr(local, "_default", None)
+
+
+def test_scheduler_timeout_keeps_its_diagnostic_through_the_local_backend(scheduler):
+    hooks, _ = pipeline(scheduler, "p1", (0, 1))
+    other, _ = pipeline(scheduler, "p2", (2, 3))
+    hooks.request_gpus(pipeline_id="p1", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=5)
+    other.request_gpus(pipeline_id="p2", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=5)
+    with pytest.raises(SchedulerTimeoutError) as caught:
+        hooks.signal_demand(pipeline_id="p1", rollout_id=0, step_target=4, timeout_s=0.3)
+    assert "p1_actor_infer was not granted within 0.3s" in str(caught.value)
+    assert "p1_actor_train: [0, 1]" in caught.value.diagnostic

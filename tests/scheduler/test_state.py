@@ -217,3 +217,19 @@ def test_apply_of_empty_plan_changes_nothing():
     before = frozen(state)
     state.apply(Plan())
     assert frozen(state) == before
+
+
+def test_late_reports_of_a_retired_rollout_cannot_clear_the_next_rollouts_demand():
+    """Progress may come from another process than the demand (miles' RolloutManager vs. its
+    driver): rollout N's last count and end can arrive after rollout N+1 signalled demand."""
+    state = seed_state()
+    state.request("p1", ACTOR_INFER, GEN, 8)
+    state.report_progress("p1", "full", None, 8, 5, new_batch=True)
+    state.retire_streams("p1")  # rollout N+1 signals demand (its request is still pending)
+    state.report_progress("p1", "full", None, 8, 8)  # rollout N's final count, late
+    assert state.clear_progress("p1", "full", None) is False  # rollout N's end, late
+    assert state.open_demand == {"p1": 8} and state.remaining("p1") == 8
+    state.report_progress("p1", "full", None, 8, 0, new_batch=True)  # rollout N+1 begins
+    state.report_progress("p1", "full", None, 8, 3)
+    assert state.remaining("p1") == 5
+    assert state.clear_progress("p1", "full", None) is True, "its own end retires the demand"
