@@ -15,24 +15,10 @@ from typing import Any
 
 from _stats import median, percentile
 
-from rlix_plugin import RlixHooks, get_plugin_manager, hookimpl
+from reaction import InstantEngines  # the same instant supply side as the in-process run
+
+from rlix_plugin import RlixHooks, get_plugin_manager
 from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec
-
-
-class InstantEngines:
-    """Supply side of every pipeline of this process: wakes and sleeps at once."""
-
-    def __init__(self) -> None:
-        self.awake: dict[str, set[int]] = {}
-        self.shrinks = 0
-
-    @hookimpl
-    def rlix_resize_infer(self, pipeline_id, dp_ranks_to_remove, dp_ranks_to_add):
-        self.shrinks += bool(dp_ranks_to_remove)
-        ranks = self.awake.setdefault(pipeline_id, set())
-        ranks.difference_update(dp_ranks_to_remove)
-        ranks.update(dp_ranks_to_add)
-        return tuple(sorted(ranks))
 
 
 def _wait(predicate: Any, timeout_s: float, what: str) -> None:

@@ -39,7 +39,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rlix_plugin.hookspecs import ClusterSpec, InvalidRequestError, hookimpl
+from rlix_plugin.hookspecs import ClusterSpec, InvalidRequestError
+from rlix_plugin.supply import PipelineEngines
 
 from . import LOGGER_NAME
 from .errors import EngineStateError
@@ -87,7 +88,7 @@ def engine_table(cluster: ClusterSpec, engine_index_of_rank: Sequence[int] | Non
     return table
 
 
-class MilesEngines:
+class MilesEngines(PipelineEngines):
     """The ``rlix_resize_infer`` implementation for one miles pipeline.
 
     Registered on the pipeline's plugin manager by ``install``; answers ``None`` for any other
@@ -120,15 +121,7 @@ class MilesEngines:
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
 
-    # -- the hook -------------------------------------------------------------------------------
-
-    @hookimpl
-    def rlix_resize_infer(
-        self, pipeline_id: str, dp_ranks_to_remove: tuple[int, ...], dp_ranks_to_add: tuple[int, ...]
-    ) -> tuple[int, ...] | None:
-        if pipeline_id != self.pipeline_id:
-            return None
-        return self.resize(dp_ranks_to_remove, dp_ranks_to_add)
+    # -- the hook: rlix_resize_infer comes from PipelineEngines ----------------------------------
 
     def resize(self, remove: Sequence[int] = (), add: Sequence[int] = ()) -> tuple[int, ...]:
         """Sleep the engines of ``remove``, then wake those of ``add``; return the DP ranks whose

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rlix_plugin.hookspecs import hookimpl
+from rlix_plugin.supply import PipelineEngines
 from rlix_plugin.integrations.verl import LOGGER_NAME
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class VerlRollout:
         )
 
 
-class VerlEngines:
+class VerlEngines(PipelineEngines):
     """The ``rlix_resize_infer`` implementation for one verl pipeline's rollout replicas.
 
     Registered on the pipeline's plugin manager; answers ``None`` for other pipelines. Every
@@ -158,15 +158,7 @@ class VerlEngines:
         with self._lock:
             return tuple(sorted(self._awake))
 
-    # -- the hook -------------------------------------------------------------------------------
-
-    @hookimpl
-    def rlix_resize_infer(
-        self, pipeline_id: str, dp_ranks_to_remove: tuple[int, ...], dp_ranks_to_add: tuple[int, ...]
-    ) -> tuple[int, ...] | None:
-        if pipeline_id != self.pipeline_id:
-            return None
-        return self.resize(dp_ranks_to_remove, dp_ranks_to_add)
+    # -- the hook: rlix_resize_infer comes from PipelineEngines ----------------------------------
 
     def resize(
         self, remove: Sequence[int] = (), add: Sequence[int] = (), *, retract: bool = True
