@@ -20,6 +20,15 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def latency_figures(latencies_ms: list[float]) -> dict[str, float]:
+    """p50, p99 and max of latencies in milliseconds, rounded to microseconds."""
+    return {
+        "p50_ms": round(median(latencies_ms), 3),
+        "p99_ms": round(percentile(latencies_ms, 99), 3),
+        "max_ms": round(max(latencies_ms), 3),
+    }
+
+
 def emit(result: dict[str, Any], as_json: bool) -> None:
     """Print ``result`` as one JSON object (``--json``) or as aligned key/value lines."""
     result = {**result, "python": platform.python_version(), "machine": platform.machine()}

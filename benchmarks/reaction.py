@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _stats import emit, median, percentile  # noqa: E402
+from _stats import emit, latency_figures  # noqa: E402
 
 from rlix_plugin import RlixHooks, get_plugin_manager, hookimpl  # noqa: E402
 from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec  # noqa: E402
@@ -78,9 +78,7 @@ def run_local(pipelines: int, trials: int) -> dict[str, object]:
         "pipelines": pipelines,
         "gpus": gpus,
         "trials": trials,
-        "p50_ms": round(median(latencies), 3),
-        "p99_ms": round(percentile(latencies, 99), 3),
-        "max_ms": round(max(latencies), 3),
+        **latency_figures(latencies),
         "target_p99_ms": 5.0,
     }
 
