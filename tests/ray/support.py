@@ -16,6 +16,8 @@ from rlix_plugin import RlixHooks, get_plugin_manager, hookimpl
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, Priority
 from rlix_plugin.ray.names import NAMESPACE, ORCHESTRATOR_NAME, SCHEDULER_NAME
 
+from .. import waiting
+
 # Actors defined here run in worker processes that cannot import the test package: ship this
 # module by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -30,17 +32,9 @@ INIT_OPTIONS: dict[str, Any] = {
 }
 
 
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after
-    ``timeout_s`` seconds."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval_s)
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """:func:`tests.waiting.wait_until`, polling every 0.02 s: predicates here make actor calls."""
+    return waiting.wait_until(predicate, timeout_s, what, interval_s=0.02)
 
 
 def lookup(name: str, namespace: str = NAMESPACE) -> Any:

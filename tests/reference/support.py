@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 from rlix_plugin.reference.scenario import Scenario, parse_scenario
+
+from ..waiting import wait_until  # noqa: F401  (used by the reference tests through this module)
 
 #: Scenario durations are multiplied by this in the end-to-end tests: the seed scenario's five
 #: rollouts then take about three seconds.
@@ -65,16 +65,3 @@ def check_learned_and_complete(result: Any, scenario: Scenario) -> None:
             assert {s.dp_rank for s in batch} <= set(range(config.dp_size))
     assert 0.0 < result.gpu_busy_fraction <= 1.0
     assert result.wall_s >= result.lower_bound_s * 0.99  # nothing beats the bound
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """Wait for ``predicate`` to become truthy (polling a cheap in-process condition); fail
-    naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.005)

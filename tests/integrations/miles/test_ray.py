@@ -42,6 +42,8 @@ from rlix_plugin.ray.names import NAMESPACE, ORCHESTRATOR_NAME, SCHEDULER_NAME  
 from . import driver, standins  # noqa: E402
 from .driver import GROUPS, N, ROLLOUTS, TRAIN, check_runs, run_pipeline, seed_clusters  # noqa: E402
 
+from ... import waiting
+
 POOL = {"num_gpus": 4, "gpus_per_node": 4}
 BACKEND = {"backend": "ray", "backend_options": POOL, "autoload": False}
 #: The RolloutManager runs as rlix's drivers start it: RLIX_CONTROL_PLANE=rlix in its environment.
@@ -65,15 +67,8 @@ def ray_cluster():
 
 
 def wait_until(predicate, timeout_s, what):
-    """Poll a cheap condition until it holds; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.02)
+    """:func:`tests.waiting.wait_until`, polling every 0.02 s: predicates here make actor calls."""
+    return waiting.wait_until(predicate, timeout_s, what, interval_s=0.02)
 
 
 def _actor(name):
