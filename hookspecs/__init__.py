@@ -35,6 +35,7 @@ from .types import (
     Grant,
     Priority,
     StreamProgress,
+    SwitchCosts,
 )
 
 #: The modules holding hook specs, in the order the plugin manager adds them.
@@ -68,6 +69,7 @@ __all__ = [
     "SchedulerTimeoutError",
     "SchedulerUnavailableError",
     "StreamProgress",
+    "SwitchCosts",
     "hook_names",
     "hookimpl",
     "hookspec",

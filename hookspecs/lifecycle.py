@@ -13,11 +13,13 @@ from .markers import hookspec
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from .types import ClusterSpec
+    from .types import ClusterSpec, SwitchCosts
 
 
 @hookspec
-def rlix_register_pipeline(pipeline_id: str, clusters: Mapping[str, ClusterSpec]) -> None:
+def rlix_register_pipeline(
+    pipeline_id: str, clusters: Mapping[str, ClusterSpec], switch_costs: SwitchCosts | None
+) -> None:
     """Register and admit a pipeline before it requests any GPU.
 
     Called once, at pipeline init, before the first ``rlix_signal_demand`` or
@@ -27,6 +29,9 @@ def rlix_register_pipeline(pipeline_id: str, clusters: Mapping[str, ClusterSpec]
     :param clusters: Cluster name (``actor_train``, ``actor_infer``, ``critic``, ``reference``) to
         its :class:`~rlix_plugin.hookspecs.types.ClusterSpec`. ``actor_infer`` is required. GPU
         ids are global; every TP bundle must be contiguous and inside one node.
+    :param switch_costs: The framework's estimate of what waking, putting to sleep and
+        re-syncing one engine costs (:class:`~rlix_plugin.hookspecs.types.SwitchCosts`), or
+        ``None``. The scheduler uses it until it has measured the pipeline's own resizes.
     :returns: Nothing; every implementation is called.
     :raises InvalidRequestError: unknown cluster name, GPU id out of range, duplicate id inside a
         cluster, a TP group that crosses a node or is not contiguous, or a pipeline id already

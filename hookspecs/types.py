@@ -13,6 +13,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from .errors import InvalidRequestError
+
 #: Cluster names a pipeline may register. ``actor_infer`` is the elastic generation cluster.
 ACTOR_TRAIN = "actor_train"
 ACTOR_INFER = "actor_infer"
@@ -79,6 +81,28 @@ class Grant:
 
 
 @dataclass(frozen=True)
+class SwitchCosts:
+    """What switching one generation engine of a pipeline costs, in seconds (declared at
+    registration as an estimate; the scheduler replaces it with what it measures).
+
+    ``wake_seconds``: resume the engine and load its weights onto the GPUs. ``sleep_seconds``:
+    pause it, retract in-flight work, release its memory. ``sync_seconds``: push new weights into
+    an awake engine after a training step. An engine that is waking or falling asleep holds its
+    GPUs and generates nothing.
+    """
+
+    wake_seconds: float = 0.0
+    sleep_seconds: float = 0.0
+    sync_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("wake_seconds", "sleep_seconds", "sync_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise InvalidRequestError(f"SwitchCosts.{name} must be a finite number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
 class StreamProgress:
     """Latest progress of one stream, as the scheduler saw it."""
 
@@ -107,4 +131,5 @@ __all__ = [
     "Priority",
     "REFERENCE",
     "StreamProgress",
+    "SwitchCosts",
 ]

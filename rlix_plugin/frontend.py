@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from rlix_plugin.hookspecs import ACTOR_INFER, MODE_FULL, Grant
 
 if TYPE_CHECKING:
-    from rlix_plugin.hookspecs import ClusterSpec
+    from rlix_plugin.hookspecs import ClusterSpec, SwitchCosts
     from rlix_plugin.manager import RlixPluginManager
 
 #: Default wait of the blocking calls, seconds. Long enough for a training stage to finish and
@@ -59,8 +59,10 @@ class RlixHooks:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    def register_pipeline(self, *, pipeline_id: str, clusters: Mapping[str, ClusterSpec]) -> None:
-        self._hook.rlix_register_pipeline(pipeline_id=pipeline_id, clusters=dict(clusters))
+    def register_pipeline(
+        self, *, pipeline_id: str, clusters: Mapping[str, ClusterSpec], switch_costs: SwitchCosts | None = None
+    ) -> None:
+        self._hook.rlix_register_pipeline(pipeline_id=pipeline_id, clusters=dict(clusters), switch_costs=switch_costs)
 
     def unregister_pipeline(self, *, pipeline_id: str, reason: str = "finished") -> None:
         self._hook.rlix_unregister_pipeline(pipeline_id=pipeline_id, reason=reason)

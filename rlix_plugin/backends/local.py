@@ -31,6 +31,7 @@ from rlix_plugin.hookspecs import (
     RlixError,
     SchedulerTimeoutError,
     SchedulerUnavailableError,
+    SwitchCosts,
     hookimpl,
 )
 from rlix_plugin.progress import BEGIN, END, CoalescedProgressHooks, ProgressCoalescer, ProgressReport
@@ -138,9 +139,14 @@ class LocalBackend(CoalescedProgressHooks):
     # -- lifecycle --------------------------------------------------------------------------------
 
     @hookimpl
-    def rlix_register_pipeline(self, pipeline_id: str, clusters: Mapping[str, ClusterSpec]) -> None:
+    def rlix_register_pipeline(
+        self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], switch_costs: SwitchCosts | None
+    ) -> None:
         self.scheduler.call(
-            self.scheduler.service.register_pipeline(pipeline_id, clusters, self._resizer()), timeout_s=10.0
+            self.scheduler.service.register_pipeline(
+                pipeline_id, clusters, self._resizer(), switch_costs=switch_costs
+            ),
+            timeout_s=10.0,
         )
 
     @hookimpl

@@ -45,6 +45,7 @@ from rlix_plugin.hookspecs import (
     Grant,
     InvalidRequestError,
     SchedulerUnavailableError,
+    SwitchCosts,
     hookimpl,
 )
 from rlix_plugin.progress import BEGIN, END, CoalescedProgressHooks, ProgressCoalescer, ProgressReport
@@ -110,7 +111,9 @@ class RayBackend(CoalescedProgressHooks):
     # -- lifecycle --------------------------------------------------------------------------------
 
     @hookimpl
-    def rlix_register_pipeline(self, pipeline_id: str, clusters: Mapping[str, ClusterSpec]) -> None:
+    def rlix_register_pipeline(
+        self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], switch_costs: SwitchCosts | None
+    ) -> None:
         client = self.client
         # Validate here first: bad input gets its error before any actor is started.
         validate_pipeline(PoolTopology(client.info["num_gpus"], client.info["gpus_per_node"]), pipeline_id, clusters)
@@ -119,7 +122,7 @@ class RayBackend(CoalescedProgressHooks):
         coordinator = start_coordinator(pipeline_id, client.is_registered)
         server = ResizeServer(pipeline_id, coordinator, self._run_resize).start()
         try:
-            client.register_pipeline(pipeline_id, clusters, coordinator)
+            client.register_pipeline(pipeline_id, clusters, coordinator, switch_costs)
         except BaseException:
             self._stop_coordinator(_Registered(coordinator, server), "registration failed")
             raise

@@ -31,7 +31,10 @@ from rlix_plugin.hookspecs import (
     RlixError,
     SchedulerTimeoutError,
     SchedulerUnavailableError,
+    SwitchCosts,
 )
+
+from rlix_plugin.scheduler.policy import DEFAULT_POLICY, get_policy
 
 from .calls import GRACE_S, wait
 from .names import NAMESPACE, ORCHESTRATOR_NAME, PROTOCOL, SCHEDULER_NAME
@@ -124,9 +127,12 @@ class RlixClient:
                 self._orchestrator = None
         raise AssertionError("unreachable")
 
-    def register_pipeline(self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], coordinator: Any) -> None:
+    def register_pipeline(
+        self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], coordinator: Any,
+        switch_costs: SwitchCosts | None = None,
+    ) -> None:
         """Register and admit through the orchestrator (the front door)."""
-        self._orchestrate("register_pipeline", pipeline_id, dict(clusters), coordinator)
+        self._orchestrate("register_pipeline", pipeline_id, dict(clusters), coordinator, switch_costs)
 
     def allocate_pipeline_id(self, prefix: str = "pipeline") -> str:
         return str(self._orchestrate("allocate_pipeline_id", prefix))
@@ -186,8 +192,11 @@ def detect_pool() -> tuple[int, int]:
     return sum(per_node), max(per_node)
 
 
-def _wanted(num_gpus: int | None, gpus_per_node: int | None, resize_timeout_s: float | None) -> dict[str, Any]:
+def _wanted(num_gpus: int | None, gpus_per_node: int | None, resize_timeout_s: float | None,
+            policy: str | None) -> dict[str, Any]:
     wanted: dict[str, Any] = {"protocol": PROTOCOL}
+    if policy is not None:
+        wanted["policy"] = get_policy(policy).name
     if num_gpus is not None:
         wanted["num_gpus"] = num_gpus
     if gpus_per_node is not None:
@@ -201,7 +210,8 @@ def _mismatch(info: dict[str, Any], wanted: dict[str, Any]) -> dict[str, tuple[A
     return {key: (info.get(key), value) for key, value in wanted.items() if info.get(key) != value}
 
 
-def _create_scheduler(num_gpus: int | None, gpus_per_node: int | None, resize_timeout_s: float | None) -> Any:
+def _create_scheduler(num_gpus: int | None, gpus_per_node: int | None, resize_timeout_s: float | None,
+                      policy: str | None) -> Any:
     detected_gpus, detected_per_node = detect_pool()
     gpus = num_gpus if num_gpus is not None else detected_gpus
     if not gpus:
@@ -210,7 +220,8 @@ def _create_scheduler(num_gpus: int | None, gpus_per_node: int | None, resize_ti
         )
     per_node = gpus_per_node if gpus_per_node is not None else (detected_per_node or gpus)
     timeout = float(resize_timeout_s) if resize_timeout_s is not None else DEFAULT_RESIZE_TIMEOUT_S
-    return _get_or_create(SCHEDULER_NAME, SchedulerActorClass, SCHEDULER_OPTIONS, (gpus, per_node, timeout))
+    name = get_policy(policy).name if policy is not None else DEFAULT_POLICY
+    return _get_or_create(SCHEDULER_NAME, SchedulerActorClass, SCHEDULER_OPTIONS, (gpus, per_node, timeout, name))
 
 
 def _replace_idle(handle: Any, info: dict[str, Any], mismatch: dict[str, tuple[Any, Any]]) -> None:
@@ -237,6 +248,7 @@ def connect(
     num_gpus: int | None = None,
     gpus_per_node: int | None = None,
     resize_timeout_s: float | None = None,
+    policy: str | None = None,
     init_options: Mapping[str, Any] | None = None,
 ) -> RlixClient:
     """Attach to (or start) Ray and the rlix actors; return a :class:`RlixClient`.
@@ -249,6 +261,8 @@ def connect(
     :param num_gpus: Pool size of a new scheduler (default: the cluster's GPUs).
     :param gpus_per_node: GPUs per node of a new scheduler (default: the largest node's GPUs).
     :param resize_timeout_s: Per-resize timeout of a new scheduler (default 120 s).
+    :param policy: Sharing policy of a new scheduler (default ``finish_first``; see
+        :mod:`rlix_plugin.scheduler.policy`).
     :param init_options: Extra keyword arguments for ``ray.init`` when this call starts Ray.
     :raises SchedulerUnavailableError: no Ray cluster, or no scheduler and ``create_if_missing``
         is False.
@@ -257,7 +271,7 @@ def connect(
     """
     with _connect_lock:
         _ensure_ray(address, init_options)
-        wanted = _wanted(num_gpus, gpus_per_node, resize_timeout_s)
+        wanted = _wanted(num_gpus, gpus_per_node, resize_timeout_s, policy)
         for _ in range(3):
             scheduler = _lookup(SCHEDULER_NAME)
             if scheduler is None:
@@ -267,7 +281,7 @@ def connect(
                         f"{NAMESPACE!r}); it starts with the first pipeline that uses the ray backend, "
                         "or with rlix_plugin.connect()"
                     )
-                scheduler = _create_scheduler(num_gpus, gpus_per_node, resize_timeout_s)
+                scheduler = _create_scheduler(num_gpus, gpus_per_node, resize_timeout_s, policy)
             try:
                 info = wait(scheduler.describe.remote(), CONTROL_TIMEOUT_S + GRACE_S, "describe", SCHEDULER_NAME)
             except SchedulerUnavailableError:

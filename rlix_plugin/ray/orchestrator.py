@@ -22,7 +22,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from rlix_plugin.hookspecs import ClusterSpec, SchedulerUnavailableError
+from rlix_plugin.hookspecs import ClusterSpec, SchedulerUnavailableError, SwitchCosts
 
 from .calls import unwrap
 from .names import HEAD_NODE_RESOURCE, NAMESPACE, SCHEDULER_NAME, pipeline_namespace
@@ -93,9 +93,12 @@ class Orchestrator:
                 self._allocated.add(candidate)
                 return candidate
 
-    async def register_pipeline(self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], coordinator: Any) -> None:
+    async def register_pipeline(
+        self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], coordinator: Any,
+        switch_costs: SwitchCosts | None = None,
+    ) -> None:
         """Register the pipeline on the scheduler, then admit it."""
-        await self._call_scheduler("register_pipeline", pipeline_id, dict(clusters), coordinator, False)
+        await self._call_scheduler("register_pipeline", pipeline_id, dict(clusters), coordinator, False, switch_costs)
         self._allocated.add(pipeline_id)
         await self.admit_pipeline(pipeline_id)
 

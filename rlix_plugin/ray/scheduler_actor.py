@@ -29,7 +29,8 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from rlix_plugin.hookspecs import ClusterSpec, Grant, RlixError
+from rlix_plugin.hookspecs import ClusterSpec, Grant, RlixError, SwitchCosts
+from rlix_plugin.scheduler.policy import DEFAULT_POLICY
 from rlix_plugin.scheduler.service import SchedulerService
 from rlix_plugin.scheduler.topology import PoolTopology
 
@@ -69,8 +70,11 @@ class SchedulerActor:
     """The shared scheduler. Every method is a coroutine on the actor's single event loop, which
     is what the service requires; a method that does not await runs atomically."""
 
-    def __init__(self, num_gpus: int, gpus_per_node: int, resize_timeout_s: float = 120.0) -> None:
-        self._service = SchedulerService(PoolTopology(num_gpus, gpus_per_node), resize_timeout_s=resize_timeout_s)
+    def __init__(self, num_gpus: int, gpus_per_node: int, resize_timeout_s: float = 120.0,
+                 policy: str = DEFAULT_POLICY) -> None:
+        self._service = SchedulerService(
+            PoolTopology(num_gpus, gpus_per_node), resize_timeout_s=resize_timeout_s, policy=policy
+        )
         self._coordinators: dict[str, Any] = {}
         self._watches: dict[str, asyncio.Task[None]] = {}
         self._last_seq: dict[tuple[str, str], int] = {}
@@ -81,7 +85,8 @@ class SchedulerActor:
     # -- pipelines ----------------------------------------------------------------------------------
 
     async def register_pipeline(
-        self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], coordinator: Any, admit: bool = True
+        self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], coordinator: Any, admit: bool = True,
+        switch_costs: SwitchCosts | None = None,
     ) -> None:
         """Register a pipeline whose resizes go to ``coordinator``. A pipeline id still held by a
         run whose coordinator is dead is reaped first; one whose coordinator answers is refused
@@ -96,7 +101,9 @@ class SchedulerActor:
             return
         if old is not None and not await self._answers(old):
             await self._reap(pipeline_id, old, "re-registered while its previous coordinator is dead")
-        await self._service.register_pipeline(pipeline_id, clusters, self._resizer(pipeline_id, coordinator), admit=admit)
+        await self._service.register_pipeline(
+            pipeline_id, clusters, self._resizer(pipeline_id, coordinator), admit=admit, switch_costs=switch_costs
+        )
         self._coordinators[pipeline_id] = coordinator
         self._reaped.pop(pipeline_id, None)
         self._watches[pipeline_id] = asyncio.get_running_loop().create_task(
@@ -184,6 +191,7 @@ class SchedulerActor:
             "num_gpus": state.pool.num_gpus,
             "gpus_per_node": state.pool.gpus_per_node,
             "resize_timeout_s": self._service.resize_timeout_s,
+            "policy": self._service.policy.name,
             "node_id": ray.get_runtime_context().get_node_id(),
             "started_at": self._started_at,
             "pipelines": sorted(state.pipelines),

@@ -10,7 +10,11 @@ while awake, i.e. while the scheduler has granted it its TP bundle of GPUs:
   reported with ``rlix_report_preempt`` -- idle is not quiescent. A retracted sample keeps what it
   generated so far (a partial rollout, as engines that return the aborted request's tokens allow)
   and resumes for its remaining time wherever it is re-dispatched;
-* resizing is idempotent per rank: waking an awake engine or sleeping a sleeping one is a no-op.
+* resizing is idempotent per rank: waking an awake engine or sleeping a sleeping one is a no-op;
+* switching takes time (the scenario's ``wake_seconds``, ``sleep_seconds``, ``sync_seconds``):
+  an engine that is waking, falling asleep or syncing weights holds its GPUs and generates
+  nothing. Engines change state in parallel -- within one call, and across concurrent calls for
+  different ranks, which the scheduler makes when different moves involve one pipeline.
 
 :class:`EnginePool` is registered as a plugin on the pipeline's plugin manager and answers
 ``rlix_resize_infer`` for its own pipeline (``None`` for any other), returning the DP ranks awake
@@ -28,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from rlix_plugin.hookspecs import hookimpl
+from rlix_plugin.hookspecs import SwitchCosts, hookimpl
 
 from .policy import Sample, WeightStore, load_policy, sample_answer
 from .status import PipelineStatus
@@ -69,6 +73,8 @@ class Engine:
         self.weight_version: int | None = None
         self.current: Job | None = None
         self.started = 0.0  # when the current job started on this engine
+        #: "waking", "falling asleep" or "syncing" while the engine switches (it serves nothing).
+        self.transition: str | None = None
         self.wakes = 0
         self.sleeps = 0
 
@@ -87,8 +93,10 @@ class EnginePool:
         offset: int,
         clock: Callable[[], float] = time.monotonic,
         on_resize: Callable[[str, tuple[int, ...]], None] | None = None,
+        switch_costs: SwitchCosts = SwitchCosts(),
     ) -> None:
         self.pipeline_id = pipeline_id
+        self.switch_costs = switch_costs
         self.engines = [Engine(rank, tuple(gpus)) for rank, gpus in enumerate(bundles)]
         self.hooks: RlixHooks | None = None  # set once the pool's plugin manager exists
         self._store = store
@@ -121,34 +129,52 @@ class EnginePool:
         if bad:
             raise ValueError(f"pipeline {pipeline_id!r}: DP ranks {bad} out of range 0..{len(self.engines) - 1}")
         preempted: list[int] = []
+        costs = self.switch_costs
         with self._cond:
+            falling = []
             for rank in dp_ranks_to_remove:
                 engine = self.engines[rank]
+                self._settle(engine)
                 if not engine.awake:
                     continue  # idempotent: a second sleep must not touch the engine again
                 if self._retract(engine):
                     preempted.append(rank)
                 engine.awake = False
+                engine.transition = "falling asleep"
+                falling.append(engine)
+            self._cond.notify_all()
+            self._hold(costs.sleep_seconds, falling)
+            for engine in falling:
+                engine.transition = None
                 engine.model = None  # release the weights: the GPUs are about to change hands
                 engine.weight_version = None
                 engine.sleeps += 1
-            if dp_ranks_to_add:
+            waking = []
+            for rank in dp_ranks_to_add:
+                engine = self.engines[rank]
+                self._settle(engine)
+                if engine.awake:
+                    continue  # idempotent
+                engine.transition = "waking"
+                waking.append(engine)
+            self._hold(costs.wake_seconds, waking)
+            if waking:
                 version, state = self._store.latest()
-                for rank in dp_ranks_to_add:
-                    engine = self.engines[rank]
-                    if engine.awake:
-                        continue  # idempotent
+                for engine in waking:
+                    engine.transition = None
                     engine.model = load_policy(state)
                     engine.weight_version = version
                     engine.awake = True
                     engine.wakes += 1
             # Verify rather than assume: a sleeping engine must hold no weights.
-            leaked = [e.rank for e in self.engines if not e.awake and e.model is not None]
+            leaked = [e.rank for e in self.engines if not e.awake and e.transition is None and e.model is not None]
             if leaked:
                 raise RuntimeError(f"pipeline {pipeline_id!r}: engines {leaked} still hold weights after sleep")
             awake = tuple(e.rank for e in self.engines if e.awake)
             self._cond.notify_all()
         self._status.set_awake(len(awake))
+        self._status.add_switches(len(falling) + len(waking), costs.sleep_seconds * _gpus(falling)
+                                  + costs.wake_seconds * _gpus(waking))
         if preempted:
             self._status.add_retracted(len(preempted))
         for rank in preempted:
@@ -188,18 +214,28 @@ class EnginePool:
 
     def sync_weights(self) -> int:
         """Load the latest published weights into every awake engine; return their version.
-        Engines are paused first (an in-flight sample is retracted), as a real weight sync needs."""
+        Engines are paused first (an in-flight sample is retracted), as a real weight sync needs,
+        and serve nothing for ``sync_seconds``, in parallel."""
         version, state = self._store.latest()
         retracted = 0
         with self._cond:
-            for engine in self.engines:
-                if engine.awake:
-                    retracted += self._retract(engine)
-                    engine.model = load_policy(state)
-                    engine.weight_version = version
+            syncing = [e for e in self.engines if e.awake]
+            for engine in syncing:
+                retracted += self._retract(engine)
+                engine.awake = False
+                engine.transition = "syncing"
+            self._cond.notify_all()
+            self._hold(self.switch_costs.sync_seconds, syncing)
+            for engine in syncing:
+                engine.transition = None
+                engine.model = load_policy(state)
+                engine.weight_version = version
+                engine.awake = True
             self._cond.notify_all()
         if retracted:
             self._status.add_retracted(retracted)
+        if syncing and self.switch_costs.sync_seconds:
+            self._status.add_switches(0, self.switch_costs.sync_seconds * _gpus(syncing))
         return version
 
     def awake_ranks(self) -> tuple[int, ...]:
@@ -232,6 +268,23 @@ class EnginePool:
             log.warning("engine threads did not stop within %.1fs: %s", timeout_s, alive)
 
     # -- internals --------------------------------------------------------------------------------
+
+    def _hold(self, seconds: float, engines: list[Engine]) -> None:
+        """Let ``seconds`` pass while ``engines`` switch (under the lock, which the wait releases,
+        so other engines keep serving and other resizes proceed). Ends early on close."""
+        if seconds <= 0 or not engines:
+            return
+        deadline = self._clock() + seconds
+        while not self._closed:
+            left = deadline - self._clock()
+            if left <= 0:
+                return
+            self._cond.wait(left)
+
+    def _settle(self, engine: Engine) -> None:
+        """Wait until another call has finished switching ``engine`` (under the lock)."""
+        while engine.transition is not None and not self._closed:
+            self._cond.wait(_IDLE_WAIT_S)
 
     def _retract(self, engine: Engine) -> int:
         """Take the engine's in-flight sample back for re-dispatch (under the lock)."""
@@ -293,6 +346,10 @@ class EnginePool:
                 log.warning("pipeline %s: progress signal lost: %r", self.pipeline_id, exc)
         self._status.sample_done()
         self._results.append(sample)
+
+
+def _gpus(engines: list[Engine]) -> int:
+    return sum(len(e.gpus) for e in engines)
 
 
 __all__ = ["Engine", "EnginePool", "Job", "PoolAborted"]

@@ -95,7 +95,9 @@ class ReferencePipeline:
         try:
             if self.abort.wait(self.config.start_delay_seconds * self.time_scale):
                 raise RunAborted("aborted before start")
-            self.hooks.register_pipeline(pipeline_id=self.name, clusters=self._clusters())
+            self.hooks.register_pipeline(
+                pipeline_id=self.name, clusters=self._clusters(), switch_costs=self.pool.switch_costs
+            )
             registered = True
             try:
                 if self.legacy_demand:

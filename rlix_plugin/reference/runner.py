@@ -60,6 +60,8 @@ class RunOptions:
     measure_static: bool = False
     legacy_demand: bool = False
     resize_timeout_s: float = 60.0
+    #: The sharing policy; None: the scenario's (``policy = ...``, default ``finish_first``).
+    policy: str | None = None
 
 
 class ProgressView(Protocol):
@@ -124,9 +126,10 @@ class _Run:
             trainer = Trainer(config.seed)
             store = WeightStore(trainer.model)
             self.recorder.add_pipeline(config.name, config.bundles(), config.train_gpus, config.samples_per_rollout)
+            costs = config.scaled(self.options.time_scale).switch_costs
             pool = EnginePool(
                 config.name, config.bundles(), store, status, seed=config.seed, offset=task_offset(config.seed),
-                on_resize=None if observed else self.recorder.engines_changed,
+                on_resize=None if observed else self.recorder.engines_changed, switch_costs=costs,
             )
             try:
                 pm.register(pool, name=f"reference-engines-{config.name}")
@@ -203,6 +206,7 @@ def execute(scenario: Scenario, options: RunOptions = RunOptions(), progress: Pr
     session = open_session(
         options.backend, scenario, backend_options=options.backend_options, autoload=options.autoload,
         durable_demand=not options.legacy_demand, resize_timeout_s=options.resize_timeout_s,
+        policy=options.policy or scenario.policy,
     )
     run = _Run(scenario, options, session)
     try:
@@ -245,6 +249,7 @@ def _result(scenario: Scenario, options: RunOptions, run: _Run, wall_s: float, s
     if not ok and run.diagnostic is None:
         run.diagnostic = run.describe("run failed")
     busy = sum(v.busy_gpu_s for v in views.values())
+    rollouts = sum(v.rollouts_completed for v in views.values())
     return RunResult(
         ok=ok,
         scenario=scenario.name,
@@ -253,6 +258,10 @@ def _result(scenario: Scenario, options: RunOptions, run: _Run, wall_s: float, s
         wall_s=wall_s,
         pipelines={name: PipelineMetrics.from_view(v) for name, v in views.items()},
         gpu_busy_fraction=busy / (wall_s * scenario.gpus) if wall_s > 0 else 0.0,
+        policy=options.policy or scenario.policy,
+        switches=sum(v.switches for v in views.values()),
+        switches_per_rollout=sum(v.switches for v in views.values()) / rollouts if rollouts else 0.0,
+        switch_gpu_s=sum(v.switch_gpu_s for v in views.values()),
         lower_bound_s=lower_bound(scenario, options.time_scale).seconds,
         stalled=run.stalled,
         diagnostic=None if ok else run.diagnostic,

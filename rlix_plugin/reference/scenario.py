@@ -19,6 +19,9 @@ A scenario describes a logical GPU pool and the pipelines that share it::
     sample_seconds = { median = 0.1, sigma = 0.8 }   # lognormal per-sample generation time
     train_seconds = 0.4
     start_delay_seconds = 0.0          # optional
+    wake_seconds = 0.1                 # optional: resume an engine and load its weights (default 0)
+    sleep_seconds = 0.1                # optional: pause, retract and release an engine (default 0)
+    sync_seconds = 0.05                # optional: weight sync into an awake engine after training
     seed = 1                           # optional (default: the pipeline's position, from 1)
 
 Contract: :func:`load_scenario` / :func:`parse_scenario` return a valid :class:`Scenario` or raise
@@ -36,7 +39,8 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
-from rlix_plugin.hookspecs import InvalidRequestError
+from rlix_plugin.hookspecs import InvalidRequestError, SwitchCosts
+from rlix_plugin.scheduler.policy import DEFAULT_POLICY, POLICIES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -76,10 +80,23 @@ class PipelineConfig:
     train_seconds: float
     start_delay_seconds: float = 0.0
     seed: int = 1
+    #: Switch costs of one engine (see :class:`~rlix_plugin.hookspecs.SwitchCosts`).
+    wake_seconds: float = 0.0
+    sleep_seconds: float = 0.0
+    sync_seconds: float = 0.0
 
     @property
     def dp_size(self) -> int:
         return len(self.infer_gpus) // self.infer_tp
+
+    @property
+    def switch_costs(self) -> SwitchCosts:
+        return SwitchCosts(self.wake_seconds, self.sleep_seconds, self.sync_seconds)
+
+    def scaled(self, factor: float) -> PipelineConfig:
+        """The same pipeline with its switch costs multiplied by ``factor``."""
+        return replace(self, wake_seconds=self.wake_seconds * factor, sleep_seconds=self.sleep_seconds * factor,
+                       sync_seconds=self.sync_seconds * factor)
 
     def bundles(self) -> list[tuple[int, ...]]:
         """GPU ids of each generation DP rank, in rank order."""
@@ -94,19 +111,30 @@ class Scenario:
     gpus_per_node: int
     pipelines: tuple[PipelineConfig, ...]
     description: str = ""
+    #: The sharing policy of the scheduler (see :mod:`rlix_plugin.scheduler.policy`).
+    policy: str = DEFAULT_POLICY
     source: str = field(default="<string>", compare=False)
 
     def with_pipelines(self, pipelines: tuple[PipelineConfig, ...], name: str | None = None) -> Scenario:
         return replace(self, pipelines=pipelines, name=name or self.name)
 
+    def with_switch_costs(self, factor: float) -> Scenario:
+        """Every pipeline's wake, sleep and sync seconds multiplied by ``factor`` (0: free)."""
+        return replace(self, pipelines=tuple(p.scaled(factor) for p in self.pipelines))
 
-_TOP_KEYS = {"name", "description", "cluster", "pipeline"}
+    def with_policy(self, policy: str) -> Scenario:
+        if policy not in POLICIES:
+            raise ScenarioError(f"unknown sharing policy {policy!r}; known: {', '.join(POLICIES)}")
+        return replace(self, policy=policy)
+
+
+_TOP_KEYS = {"name", "description", "policy", "cluster", "pipeline"}
 _CLUSTER_KEYS = {"gpus", "gpus_per_node"}
 _PIPELINE_REQUIRED = {
     "name", "train_gpus", "infer_gpus", "infer_tp", "rollouts", "samples_per_rollout",
     "sample_seconds", "train_seconds",
 }
-_PIPELINE_OPTIONAL = {"start_delay_seconds", "seed"}
+_PIPELINE_OPTIONAL = {"start_delay_seconds", "seed", "wake_seconds", "sleep_seconds", "sync_seconds"}
 
 
 class _Checker:
@@ -191,6 +219,8 @@ def _pipeline(check: _Checker, raw: Any, index: int, gpus: int, per_node: int) -
             table.get("start_delay_seconds", 0.0), f"{where}: field 'start_delay_seconds'", positive=False
         ),
         seed=check.int_(table.get("seed", index + 1), f"{where}: field 'seed'", 0),
+        **{key: check.seconds(table.get(key, 0.0), f"{where}: field {key!r}", positive=False)
+           for key in ("wake_seconds", "sleep_seconds", "sync_seconds")},
     )
 
 
@@ -213,9 +243,12 @@ def parse_scenario(text: str, source: str = "<string>") -> Scenario:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise check.fail("[[pipeline]]", f"duplicate pipeline name(s) {duplicates}")
-    for key in ("name", "description"):
+    for key in ("name", "description", "policy"):
         if key in raw and not isinstance(raw[key], str):
             raise check.fail(f"field {key!r}", f"must be a string, got {raw[key]!r}")
+    policy = raw.get("policy", DEFAULT_POLICY)
+    if policy not in POLICIES:
+        raise check.fail("field 'policy'", f"unknown sharing policy {policy!r}; known: {', '.join(POLICIES)}")
     default_name = pathlib.Path(source).stem if source != "<string>" else "scenario"
     return Scenario(
         name=raw.get("name", default_name),
@@ -223,6 +256,7 @@ def parse_scenario(text: str, source: str = "<string>") -> Scenario:
         gpus=gpus,
         gpus_per_node=per_node,
         pipelines=pipelines,
+        policy=policy,
         source=source,
     )
 

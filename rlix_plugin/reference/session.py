@@ -79,12 +79,14 @@ class LocalSession(BackendSession):
         *,
         durable_demand: bool = True,
         resize_timeout_s: float = 60.0,
+        policy: str | None = None,
     ) -> None:
         super().__init__(scenario, backend_options, autoload)
         from rlix_plugin.backends.local import LocalScheduler
 
         self.scheduler = LocalScheduler(
-            scenario.gpus, scenario.gpus_per_node, durable_demand=durable_demand, resize_timeout_s=resize_timeout_s
+            scenario.gpus, scenario.gpus_per_node, durable_demand=durable_demand, resize_timeout_s=resize_timeout_s,
+            policy=policy or scenario.policy,
         )
 
     def _options(self) -> dict[str, Any]:
@@ -123,7 +125,7 @@ class RaySession(BackendSession):
     name = "ray"
 
     def __init__(self, scenario: Scenario, backend_options: dict[str, Any] | None = None,
-                 autoload: bool | None = None, *, resize_timeout_s: float = 60.0) -> None:
+                 autoload: bool | None = None, *, resize_timeout_s: float = 60.0, policy: str | None = None) -> None:
         super().__init__(scenario, backend_options, autoload)
         from rlix_plugin.hookspecs import BackendUnavailableError
 
@@ -142,7 +144,7 @@ class RaySession(BackendSession):
         options.setdefault("init_options", {"include_dashboard": False, "logging_level": "ERROR"})
         self.client = connect(
             num_gpus=scenario.gpus, gpus_per_node=scenario.gpus_per_node, resize_timeout_s=resize_timeout_s,
-            **options,
+            policy=policy or scenario.policy, **options,
         )
 
     def plugin_manager(self) -> RlixPluginManager:
@@ -173,6 +175,7 @@ def open_session(
     autoload: bool | None = None,
     durable_demand: bool = True,
     resize_timeout_s: float = 60.0,
+    policy: str | None = None,
 ) -> BackendSession:
     """The session for ``backend`` (``local`` or ``ray``).
 
@@ -184,11 +187,11 @@ def open_session(
     name = check_backend_name(backend)
     if name == "local":
         return LocalSession(scenario, backend_options, autoload, durable_demand=durable_demand,
-                            resize_timeout_s=resize_timeout_s)
+                            resize_timeout_s=resize_timeout_s, policy=policy)
     if name == "ray":
         if not durable_demand:
             raise InvalidRequestError("pre-fix demand semantics exist only for the local backend")
-        return RaySession(scenario, backend_options, autoload, resize_timeout_s=resize_timeout_s)
+        return RaySession(scenario, backend_options, autoload, resize_timeout_s=resize_timeout_s, policy=policy)
     raise InvalidRequestError(f"backend {backend!r} cannot run scenarios; choose one of: {', '.join(BACKENDS)}")
 
 

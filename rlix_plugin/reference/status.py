@@ -48,6 +48,8 @@ class StatusView:
     weight_version: int
     retracted: int
     busy_gpu_s: float
+    switches: int
+    switch_gpu_s: float
     error: str | None
 
 
@@ -63,7 +65,7 @@ class PipelineStatus:
             phase=STARTING, rollout=0, rollouts_total=rollouts, rollouts_completed=0, samples_done=0,
             samples_per_rollout=samples_per_rollout, samples_completed=0, awake=0, dp_size=dp_size,
             demand_open=False, max_stall_s=0.0, gpu_wait_s=0.0, rewards=[], weight_version=0,
-            retracted=0, busy_gpu_s=0.0, error=None,
+            retracted=0, busy_gpu_s=0.0, switches=0, switch_gpu_s=0.0, error=None,
         )
         self._stalled_since: float | None = None
 
@@ -93,6 +95,12 @@ class PipelineStatus:
     def add_busy(self, gpu_seconds: float) -> None:
         with self._lock:
             self._v["busy_gpu_s"] += gpu_seconds
+
+    def add_switches(self, count: int, gpu_seconds: float) -> None:
+        """``count`` engine state changes that held their GPUs idle for ``gpu_seconds``."""
+        with self._lock:
+            self._v["switches"] += count
+            self._v["switch_gpu_s"] += gpu_seconds
 
     def add_retracted(self, count: int) -> None:
         with self._lock:

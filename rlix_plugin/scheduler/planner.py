@@ -1,62 +1,67 @@
-"""One scheduling cycle, planned: pure, reads a :class:`SchedulerState`, returns a :class:`Plan`.
+"""One planning pass: pure, reads a :class:`SchedulerState`, returns a :class:`~.plan.Plan`.
 
-Order (DESIGN.md section 5): planned releases -> stages 0-5 in priority order, each on its fixed
-device mapping, preempting generation workers there -> generation gap ratio.
+Order: planned releases -> stages 0-5 in priority order, each on its fixed device mapping,
+preempting generation workers there -> generation, divided by the policy (:mod:`.policy`).
+Bundles in transition (waking, falling asleep, reserved by a started move) are left alone:
+planning continues around them, so a slow resize holds up only the GPUs it is moving.
 
-Gap ratio: among pipelines with demand, the target share of the generation GPUs is proportional to
-``remaining x tp``; every pipeline with demand gets at least one bundle when one can be freed
-(largest weight first when there are not enough). Receivers (below target) take idle bundles
-first, then bundles of donors (above target): pipelines without demand first, then the donor with
-the most remaining work. Receivers with no worker go first. A receiver never takes a rank it lost
-earlier in the same cycle, and donors and receivers are disjoint, so the number of generation
-moves never exceeds the distance between the current and the target allocation.
+**Stages.** A stage request whose GPUs are idle or held by awake engines gets a move: those
+engines sleep, then the stage is granted. A stage never preempts another stage nor a fenced
+pipeline's engines; it waits. A stage blocked only by bundles in transition claims its idle GPUs
+so that no engine is woken there meanwhile. Switch-cost rules never delay a stage.
 
-Work is in counts per pipeline and per-donor queues: a cycle costs O(GPUs + pipelines log
-pipelines + moves x tp), never pipelines x GPUs.
+**Generation.** Receivers (below target) take idle bundles first, then bundles of donors (above
+target): pipelines without demand first, then the one with the most remaining work. Receivers
+with no worker go first. A receiver never takes a rank it lost earlier in the same pass, and
+donors and receivers are disjoint, so the moves of one pass never exceed the distance between
+the current and the target allocation. Work per pass is in counts and per-donor queues:
+O(GPUs + pipelines log pipelines + moves x tp).
+
+**Switch-cost rules** (policies with ``switch_aware``; estimates from :mod:`.estimates`):
+
+* *payoff*: a bundle moves from donor D to receiver R only when the work R can do on it before
+  its queue drains exceeds the GPU time the move destroys::
+
+      queued_R / (held_R + 1) x sample_s_R  >  sleep_s_D + wake_s_R
+
+  ``queued_R`` = remaining samples of R not already running on one of its ``held_R`` bundles.
+  Worked example: R has 40 samples left on 3 bundles, 2.0 engine-seconds per sample, D sleeps in
+  3 s and R wakes in 5 s: (40 - 3) / 4 x 2.0 = 18.5 s > 8 s, so the bundle moves. With 9 samples
+  left: (9 - 3) / 4 x 2.0 = 3 s < 8 s, so it stays: moving it would cost more than it gains;
+* *minimum residency*: a woken bundle of a pipeline with demand is not donated before
+  ``RESIDENCY_FACTOR x (wake_s + sleep_s)`` seconds of service (a bundle then spends at most
+  1 / RESIDENCY_FACTOR of its time switching);
+* *anticipation*: after a pipeline's rollout ends (and between its stages), the GPUs of its
+  stages are not given to other pipelines' engines for ``ANTICIPATION_S``: its next stage would
+  have to wait for that wake and a sleep;
+* *placement*: a receiver takes bundles on its own stages' GPUs first, then bundles outside every
+  stage mapping; a donor gives bundles on other pipelines' stage GPUs first. A pipeline's own
+  stage then preempts its own engines, idle once its rollout is done, instead of a neighbour's.
+
+Idle GPUs are always used by a pipeline that has samples left for them, and the starvation rule
+overrides residency and payoff: a pipeline with demand and no bundle gets one as soon as one can
+be freed. So it waits at most for one planning pass plus the donor's sleep and its own wake (or
+for a stage holding the GPUs to release them).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-
 from rlix_plugin.hookspecs import ACTOR_INFER, Priority
 
+from .ownership import Ownership
+from .plan import IDLE, RELEASED, SYNC_COSTS_MORE, Move, Plan, donated_to, preempted_by
+from .policy import DEFAULT_POLICY, Policy, TargetInputs, get_policy
 from .state import SchedulerState
 from .topology import cluster_id
 
-
-@dataclass(frozen=True)
-class FixedGrant:
-    """A pending stage request granted its device mapping."""
-
-    cluster_id: str
-    gpus: tuple[int, ...]
-
-
-@dataclass
-class Plan:
-    """What one cycle changes. Shrinks are applied before grants and expands."""
-
-    grants: list[FixedGrant] = field(default_factory=list)
-    shrinks: dict[str, set[int]] = field(default_factory=dict)
-    expands: dict[str, set[int]] = field(default_factory=dict)
-    #: Why each (pipeline, rank) is shrunk: "released", "preempted by X", "donated to Y", "no demand".
-    reasons: dict[tuple[str, int], str] = field(default_factory=dict)
-    #: Generation target in bundles per pipeline considered, and the fractional ideal behind it.
-    targets: dict[str, int] = field(default_factory=dict)
-    ideal: dict[str, float] = field(default_factory=dict)
-
-    def is_empty(self) -> bool:
-        return not (self.grants or self.shrinks or self.expands)
-
-    @property
-    def activations(self) -> int:
-        return sum(len(r) for r in self.expands.values())
-
-    @property
-    def shrink_count(self) -> int:
-        return sum(len(r) for r in self.shrinks.values())
+#: A bundle spends at most 1/RESIDENCY_FACTOR of its time switching under rebalancing.
+RESIDENCY_FACTOR = 4.0
+#: A move must gain this many times the GPU time it destroys: estimates of what a receiver will do
+#: are rough, and a move that only breaks even is not worth the risk.
+PAYOFF_MARGIN = 1.5
+#: Seconds after a rollout ends (or a stage is released) during which the pipeline's stage GPUs
+#: are kept from other pipelines' engines.
+ANTICIPATION_S = 1.0
 
 
 def generation_demand(state: SchedulerState, durable_demand: bool = True) -> dict[str, int]:
@@ -86,144 +91,195 @@ def generation_demand(state: SchedulerState, durable_demand: bool = True) -> dic
     return demand
 
 
-class _Cycle:
-    """Scratch space of one planning pass (a copy of ownership and awake ranks)."""
-
-    def __init__(self, state: SchedulerState) -> None:
-        self.state = state
-        self.owner = list(state.owner)
-        self.active = {pid: set(alloc.active) for pid, alloc in state.generation.items()}
-        self.lost: dict[str, set[int]] = {}
-        self.plan = Plan()
-
-    def shrink(self, pid: str, rank: int, reason: str) -> None:
-        for gpu in self.state.pipelines[pid].bundles[rank]:
-            self.owner[gpu] = None
-        self.active[pid].discard(rank)
-        self.lost.setdefault(pid, set()).add(rank)
-        self.plan.shrinks.setdefault(pid, set()).add(rank)
-        self.plan.reasons[(pid, rank)] = reason
-
-    def expand(self, pid: str, rank: int) -> None:
-        for gpu in self.state.pipelines[pid].bundles[rank]:
-            self.owner[gpu] = (pid, rank)
-        self.active[pid].add(rank)
-        self.plan.expands.setdefault(pid, set()).add(rank)
-
-
-def plan_cycle(state: SchedulerState, *, durable_demand: bool = True) -> Plan:
-    """Plan one scheduling cycle from ``state`` (which is not modified)."""
-    cycle = _Cycle(state)
-    fenced = state.fenced
-
-    for pid in sorted(state.planned_releases):
-        for rank in sorted(state.planned_releases[pid].ranks & cycle.active.get(pid, set())):
-            cycle.shrink(pid, rank, "released")
-
-    stage_requests = sorted(
-        (r for r in state.pending.values() if r.priority < Priority.GENERATION),
-        key=lambda r: (r.priority, r.seq),
-    )
-    for request in stage_requests:
-        gpus = state.pipelines[request.pipeline_id].clusters[request.cluster].gpus
-        holders = [cycle.owner[g] for g in gpus]
-        # A stage never preempts another stage, nor a fenced pipeline's engines (their release
-        # cannot be trusted): it waits.
-        if any(type(h) is str or (type(h) is tuple and h[0] in fenced) for h in holders):
+def anticipated_gpus(state: SchedulerState, now: float) -> tuple[set[int], float | None]:
+    """GPUs kept for the stage a pipeline between rollouts is expected to request, and when the
+    earliest of those reservations runs out (None if there is none)."""
+    gpus: set[int] = set()
+    expires: float | None = None
+    for pid, spec in state.pipelines.items():
+        if pid in state.open_demand or pid in state.fenced or pid not in state.generation:
             continue
-        for pid, rank in sorted({h for h in holders if h is not None}):  # type: ignore[misc]
-            cycle.shrink(pid, rank, f"preempted by {request.cluster_id}")
-        for gpu in gpus:
-            cycle.owner[gpu] = request.cluster_id
-        cycle.plan.grants.append(FixedGrant(request.cluster_id, gpus))
+        since = max(state.demand.retired_at.get(pid, -1e18), state.stage_seen_at.get(pid, -1e18))
+        end = since + ANTICIPATION_S
+        if end <= now:
+            continue
+        held = {a.cluster for cid, a in state.fixed.items() if a.pipeline_id == pid}
+        for name, cluster in spec.clusters.items():
+            if name != ACTOR_INFER and name not in held:
+                gpus.update(cluster.gpus)
+        expires = end if expires is None else min(expires, end)
+    return gpus, expires
 
+
+class _Cycle:
+    """Scratch space of one planning pass: a copy of ownership, the movable (awake, not in
+    transition) ranks and the bundles each pipeline has or is getting."""
+
+    def __init__(self, state: SchedulerState, policy: Policy, now: float) -> None:
+        self.state = state
+        self.policy = policy
+        self.now = now
+        self.owner: Ownership = state.owner.copy()
+        self.active = {pid: set(alloc.active) for pid, alloc in state.generation.items()}
+        self.held = {pid: alloc.held for pid, alloc in state.generation.items()}
+        self.lost: dict[str, set[int]] = {}
+        #: GPUs no engine may be woken on in this pass (claimed by a stage, or anticipated).
+        self.blocked: set[int] = set()
+        self.plan = Plan()
+        #: GPU -> pipelines whose stages use it (filled for switch-aware policies).
+        self.stage_gpus: dict[int, set[str]] = {}
+        self._idle_moves: dict[str, Move] = {}
+        self._donations: dict[tuple[str, str], Move] = {}
+
+    def bundle(self, pid: str, rank: int) -> tuple[int, ...]:
+        return self.state.pipelines[pid].bundles[rank]
+
+    def sleep(self, pid: str, rank: int, move: Move) -> None:
+        """Put an awake rank to sleep in ``move``; its GPUs stay its own until the move hands them
+        on (the caller sets the new holder)."""
+        self.active[pid].discard(rank)
+        self.held[pid] -= 1
+        self.lost.setdefault(pid, set()).add(rank)
+        move.sleeps.setdefault(pid, set()).add(rank)
+
+    def wake(self, pid: str, rank: int, move: Move) -> None:
+        self.owner.set(self.bundle(pid, rank), (pid, rank))
+        self.held[pid] = self.held.get(pid, 0) + 1
+        move.wakes.setdefault(pid, set()).add(rank)
+
+    def idle_move(self, pid: str) -> Move:
+        move = self._idle_moves.get(pid)
+        if move is None:
+            move = self._idle_moves[pid] = Move(IDLE)
+            self.plan.moves.append(move)
+        return move
+
+    def donation(self, donor: str, receiver: str) -> Move:
+        move = self._donations.get((donor, receiver))
+        if move is None:
+            move = self._donations[(donor, receiver)] = Move(donated_to(receiver))
+            self.plan.moves.append(move)
+        return move
+
+    def movable(self, holder: object) -> bool:
+        """An awake engine not in transition, of a pipeline that is not fenced."""
+        return (type(holder) is tuple and holder[0] not in self.state.fenced  # type: ignore[index]
+                and holder[1] in self.active.get(holder[0], ()))  # type: ignore[index]
+
+
+def plan_cycle(
+    state: SchedulerState, policy: Policy | str = DEFAULT_POLICY, *, durable_demand: bool = True,
+    now: float | None = None,
+) -> Plan:
+    """Plan one scheduling pass from ``state`` (which is not modified)."""
+    cycle = _Cycle(state, get_policy(policy), state.clock() if now is None else now)
+    _plan_releases(cycle)
+    _plan_stages(cycle)
     _plan_generation(cycle, generation_demand(state, durable_demand))
     return cycle.plan
 
 
-def _targets(
-    cycle: _Cycle, demand: dict[str, int]
-) -> tuple[dict[str, int], dict[str, float], dict[str, int]]:
-    """Integer bundle targets, fractional ideals, and the most bundles each pipeline with demand
-    could hold (bundles not blocked by a stage or a fenced pipeline)."""
-    state, owner, fenced = cycle.state, cycle.owner, cycle.state.fenced
-    pipelines = state.pipelines
-    blocked_gpus = [g for g, h in enumerate(owner) if type(h) is str or (type(h) is tuple and h[0] in fenced)]
-    capacity = len(owner) - len(blocked_gpus)
+def _plan_releases(cycle: _Cycle) -> None:
+    state = cycle.state
+    for pid in sorted(state.planned_releases):
+        ranks = state.planned_releases[pid].ranks & cycle.active.get(pid, set())
+        if ranks:
+            move = Move(RELEASED)
+            for rank in sorted(ranks):
+                cycle.sleep(pid, rank, move)
+            cycle.plan.moves.append(move)
+
+
+def _plan_stages(cycle: _Cycle) -> None:
+    state, owner = cycle.state, cycle.owner
+    stage_requests = sorted(
+        (r for r in state.pending.values() if r.priority < Priority.GENERATION and r.move is None),
+        key=lambda r: (r.priority, r.seq),
+    )
+    for request in stage_requests:
+        gpus = state.pipelines[request.pipeline_id].clusters[request.cluster].gpus
+        holders = [owner[g] for g in gpus]
+        # A stage never preempts another stage, nor a fenced pipeline's engines (their release
+        # cannot be trusted): it waits, without claiming anything.
+        if any(type(h) is str or (type(h) is tuple and h[0] in state.fenced) for h in holders):
+            continue
+        if not all(h is None or cycle.movable(h) for h in holders):
+            # Blocked only by bundles in transition: nothing may be woken on its GPUs meanwhile.
+            cycle.blocked.update(gpus)
+            continue
+        move = Move(preempted_by(request.cluster_id), grant=request.cluster_id, grant_gpus=tuple(gpus))
+        for pid, rank in sorted({h for h in holders if h is not None}):  # type: ignore[misc]
+            cycle.sleep(pid, rank, move)
+        owner.set(gpus, request.cluster_id)
+        cycle.plan.moves.append(move)
+
+
+def _capacity(cycle: _Cycle, demand: dict[str, int]) -> tuple[int, dict[str, int]]:
+    """GPUs generation may use in this pass, and the most bundles each pipeline with demand could
+    hold: bundles with no GPU held by a stage, a fenced pipeline or a sleeping engine, nor kept
+    back. Bundles waking count as their pipeline's."""
+    state, owner = cycle.state, cycle.owner
+    unusable = set(cycle.blocked)
+    for gpu, holder in enumerate(owner):
+        if holder is None or cycle.movable(holder):
+            continue
+        if type(holder) is tuple and holder[0] not in state.fenced and holder[1] in state.generation[holder[0]].waking:
+            continue
+        unusable.add(gpu)
     max_bundles: dict[str, int] = {}
     for pid in demand:
-        spec = pipelines[pid]
-        blocked = {spec.rank_of_gpu[g] for g in blocked_gpus if g in spec.rank_of_gpu}
-        max_bundles[pid] = spec.dp_size - len(blocked)
-    weight = {pid: demand[pid] * pipelines[pid].tp for pid in demand}
-    total_weight = sum(weight.values())
-    if not total_weight or capacity <= 0:
-        return {}, {}, max_bundles
-    ideal = {pid: capacity * weight[pid] / total_weight / pipelines[pid].tp for pid in demand}
-
-    target = {pid: 0 for pid in demand}
-    budget = capacity
-    by_weight = sorted(demand, key=lambda p: (-weight[p], p))
-    # At least one bundle for every pipeline with demand, largest weight first when short.
-    for pid in by_weight:
-        tp = pipelines[pid].tp
-        if max_bundles[pid] >= 1 and tp <= budget:
-            target[pid] = 1
-            budget -= tp
-    # Then the proportional part, rounded down, within caps and the budget.
-    for pid in by_weight:
-        tp = pipelines[pid].tp
-        extra = min(max(0, math.floor(ideal[pid]) - target[pid]), max_bundles[pid] - target[pid], budget // tp)
-        if extra > 0 and target[pid] > 0:
-            target[pid] += extra
-            budget -= extra * tp
-    # Leftover capacity goes by largest remainder, round after round, so no GPU idles while a
-    # pipeline with demand could use it.
-    while budget > 0:
-        takers = [p for p in demand if 0 < target[p] < max_bundles[p] and pipelines[p].tp <= budget]
-        if not takers:
-            break
-        takers.sort(key=lambda p: (-(ideal[p] - target[p]), p))
-        for pid in takers:
-            tp = pipelines[pid].tp
-            if tp <= budget:
-                target[pid] += 1
-                budget -= tp
-    return target, ideal, max_bundles
+        spec = state.pipelines[pid]
+        lost = {spec.rank_of_gpu[g] for g in unusable if g in spec.rank_of_gpu}
+        max_bundles[pid] = spec.dp_size - len(lost)
+    return len(owner) - len(unusable), max_bundles
 
 
 def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
-    state, plan = cycle.state, cycle.plan
+    state, plan, policy = cycle.state, cycle.plan, cycle.policy
     fenced = state.fenced
-    target, ideal, max_bundles = _targets(cycle, demand)
+    aware = policy.switch_aware
+    if aware:
+        cycle.blocked |= anticipated_gpus(state, cycle.now)[0]
+    capacity, max_bundles = _capacity(cycle, demand)
+    estimates = state.estimates
+    sharing = sum(1 for p in state.pipelines if p not in fenced)
+    target, ideal = policy.targets(TargetInputs(
+        demand=demand,
+        tp={pid: state.pipelines[pid].tp for pid in demand},
+        max_bundles=max_bundles,
+        sample_s={pid: estimates.sample_s(pid) for pid in demand},
+        capacity=capacity,
+        num_gpus=state.pool.num_gpus,
+        sharing=sharing,
+        rollouts={pid: state.demand.rollouts.get(pid, 0) for pid in demand},
+    ))
     for pid in cycle.active:
         if pid not in fenced and pid not in state.planned_releases:
             target.setdefault(pid, 0)
     plan.targets, plan.ideal = target, ideal
-    count = {pid: len(cycle.active[pid]) for pid in target}
+    held = cycle.held
+    stage_gpus = cycle.stage_gpus = _stage_gpus(state) if aware else {}
+
     # Donors: pipelines without demand first (their engines are idle), then the one with the most
-    # remaining work; ties by id. Each gives at most its surplus.
-    donors = sorted(
-        (p for p in target if count[p] > target[p]),
-        key=lambda p: (p in demand, -demand.get(p, 0), p),
-    )
-    surplus = {p: count[p] - target[p] for p in donors}
-    queues = {p: sorted(cycle.active[p]) for p in donors}
-    idle = [g for g, h in enumerate(cycle.owner) if h is None]
+    # remaining work; ties by id. Each gives at most its surplus, from its movable ranks.
+    donors = sorted((p for p in target if held[p] > target[p] and cycle.active[p]),
+                    key=lambda p: (p in demand, -demand.get(p, 0), p))
+    surplus = {p: held[p] - target[p] for p in donors}
+    queues = {p: _give_order(cycle, p, stage_gpus) for p in donors}
+    idle = [g for g, h in enumerate(cycle.owner) if h is None and g not in cycle.blocked]
 
     receivers = sorted(
-        (p for p in target if count[p] < target[p]),
-        key=lambda p: (count[p] > 0, -(target[p] - count[p]) / target[p], p),
+        (p for p in target if held.get(p, 0) < target[p]),
+        key=lambda p: (held[p] > 0, -(target[p] - held[p]) / target[p], p),
     )
     for first_round in (True, False):
         for pid in receivers:
-            want = (1 if count[pid] == 0 else 0) if first_round else target[pid] - count[pid]
+            want = (1 if held[pid] == 0 else 0) if first_round else target[pid] - held[pid]
             if want <= 0:
                 continue
-            got = _take_idle(cycle, pid, want, idle)
+            got = _take_idle(cycle, pid, want, idle, stage_gpus, demand)
             if got < want:
-                got += _take_from_donors(cycle, pid, want - got, donors, surplus, queues)
-            count[pid] += got
+                _take_from_donors(cycle, pid, want - got, donors, surplus, queues, demand)
         idle = [g for g in idle if cycle.owner[g] is None]
 
     # Work-conserving pass. Targets come from a pool-wide GPU count, so for a given mapping they
@@ -232,38 +288,167 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
     # with no worker, the engines of pipelines without demand. Targets are raised to match, so
     # they stay the allocation this plan moves toward.
     idle_donors = [p for p in donors if p not in demand]
-    for pid in sorted(demand, key=lambda p: (count.get(p, 0) > 0, -demand[p], p)):
-        if pid not in count:
+    for pid in sorted(demand, key=lambda p: (held.get(p, 0) > 0, -demand[p], p)):
+        if pid not in held:
             continue
-        got = _take_idle(cycle, pid, max_bundles[pid] - count[pid], idle) if idle else 0
-        if count[pid] + got == 0:
-            got += _take_from_donors(cycle, pid, 1, idle_donors, surplus, queues)
-        if got:
-            count[pid] += got
-            target[pid] = max(target[pid], count[pid])
+        limit = min(max_bundles[pid], demand[pid]) if policy.capped else max_bundles[pid]
+        before = held[pid]
+        if idle and limit > held[pid]:
+            _take_idle(cycle, pid, limit - held[pid], idle, stage_gpus, demand)
+        if held[pid] == 0:
+            _take_from_donors(cycle, pid, 1, idle_donors, surplus, queues, demand)
+        if held[pid] != before:
+            target[pid] = max(target[pid], held[pid])
             idle = [g for g in idle if cycle.owner[g] is None]
+
+    if aware:
+        _reclaim_before_sync(cycle, demand)
+
+
+def _reclaim_before_sync(cycle: _Cycle, demand: dict[str, int]) -> None:
+    """A pipeline between rollouts must re-sync every engine still awake after its training step.
+    Where that costs more than putting the engine to sleep and waking it again, it sleeps now
+    (and its GPUs are free for others meanwhile)."""
+    state = cycle.state
+    estimates = state.estimates
+    for pid in sorted(cycle.active):
+        if pid in demand or pid in state.fenced or pid in state.planned_releases or not cycle.active[pid]:
+            continue
+        if estimates.sync_s(pid) <= estimates.switch_s(pid):
+            continue
+        move = Move(SYNC_COSTS_MORE)
+        for rank in sorted(cycle.active[pid]):
+            cycle.sleep(pid, rank, move)
+        cycle.plan.moves.append(move)
+
+
+def _stage_gpus(state: SchedulerState) -> dict[int, set[str]]:
+    """GPU -> pipelines whose stage mappings (every non-generation cluster) include it."""
+    out: dict[int, set[str]] = {}
+    for pid, spec in state.pipelines.items():
+        for name, cluster in spec.clusters.items():
+            if name != ACTOR_INFER:
+                for gpu in cluster.gpus:
+                    out.setdefault(gpu, set()).add(pid)
+    return out
+
+
+def _placement(pid: str, gpus: tuple[int, ...], stage_gpus: dict[int, set[str]]) -> int:
+    """0: the bundle lies on ``pid``'s own stage GPUs; 1: on no stage's GPUs; 2: on another
+    pipeline's stage GPUs (its stage will preempt this engine)."""
+    others = False
+    own = True
+    for gpu in gpus:
+        holders = stage_gpus.get(gpu)
+        if not holders or pid not in holders:
+            own = False
+        if holders and holders - {pid}:
+            others = True
+    return 0 if own else (2 if others else 1)
+
+
+def _give_order(cycle: _Cycle, donor: str, stage_gpus: dict[int, set[str]]) -> list[int]:
+    """The donor's movable ranks, the one to give first last (the queue is popped from the end).
+    Switch-aware: bundles on other pipelines' stage GPUs go first, its own stage GPUs last, and
+    among equals the longest-resident first."""
+    ranks = sorted(cycle.active[donor])
+    if not stage_gpus:
+        return ranks
+    since = cycle.state.generation[donor].awake_since
+    return sorted(ranks, key=lambda r: (_placement(donor, cycle.bundle(donor, r), stage_gpus),
+                                        -since.get(r, 0.0), r))
 
 
 def _bundle_free(cycle: _Cycle, pid: str, rank: int) -> bool:
     if rank in cycle.active[pid] or rank in cycle.lost.get(pid, ()):
         return False
+    alloc = cycle.state.generation[pid]
+    if rank in alloc.waking or rank in alloc.sleeping:
+        return False
     owner = cycle.owner
-    return all(owner[g] is None for g in cycle.state.pipelines[pid].bundles[rank])
+    return all(owner[g] is None and g not in cycle.blocked for g in cycle.bundle(pid, rank))
 
 
-def _take_idle(cycle: _Cycle, pid: str, want: int, idle: list[int]) -> int:
+def _take_idle(cycle: _Cycle, pid: str, want: int, idle: list[int], stage_gpus: dict[int, set[str]],
+               demand: dict[str, int]) -> int:
     rank_of_gpu = cycle.state.pipelines[pid].rank_of_gpu
-    got = 0
-    if want <= 0:
-        return 0
+    candidates: list[int] = []
     for gpu in idle:
         rank = rank_of_gpu.get(gpu)
-        if rank is not None and cycle.owner[gpu] is None and _bundle_free(cycle, pid, rank):
-            cycle.expand(pid, rank)
-            got += 1
-            if got == want:
+        if (rank is not None and cycle.owner[gpu] is None and rank not in candidates and _bundle_free(cycle, pid, rank)
+                and _idle_worth(cycle, pid, cycle.bundle(pid, rank), stage_gpus, demand)):
+            candidates.append(rank)
+            if not stage_gpus and len(candidates) == want:
                 break
+    if stage_gpus:
+        candidates.sort(key=lambda r: (_placement(pid, cycle.bundle(pid, r), stage_gpus), r))
+    got = 0
+    for rank in candidates[:want]:
+        cycle.wake(pid, rank, cycle.idle_move(pid))
+        got += 1
     return got
+
+
+def _eligible(cycle: _Cycle, donor: str, rank: int, receiver: str, demand: dict[str, int]) -> bool:
+    """Switch-cost rules for taking ``rank`` of ``donor`` for ``receiver`` (always True for
+    policies that are not switch-aware, and for a receiver with no bundle: starvation wins)."""
+    if not cycle.policy.switch_aware or cycle.held[receiver] == 0:
+        return True
+    state, estimates = cycle.state, cycle.state.estimates
+    if donor in demand:
+        woke = state.generation[donor].awake_since.get(rank)
+        if woke is not None and cycle.now - woke < RESIDENCY_FACTOR * estimates.switch_s(donor):
+            return False
+    cost = estimates.sleep_s(donor) + estimates.wake_s(receiver)
+    if cost <= 0:
+        return True
+    gpus = cycle.bundle(donor, rank)
+    gain = min(_queue_drain_s(cycle, receiver, demand), _stage_horizon_s(cycle, receiver, gpus, demand))
+    return gain > PAYOFF_MARGIN * cost
+
+
+def _idle_worth(cycle: _Cycle, pid: str, gpus: tuple[int, ...], stage_gpus: dict[int, set[str]],
+                demand: dict[str, int]) -> bool:
+    """Switch-aware: an idle bundle is worth waking unless its wake would not pay for itself, or a
+    stage is expected to take its GPUs before the engine has woken and been put back to sleep."""
+    if not cycle.policy.switch_aware or cycle.held.get(pid, 0) == 0:
+        return True
+    estimates = cycle.state.estimates
+    wake, sleep = estimates.wake_s(pid), estimates.sleep_s(pid)
+    if wake + sleep <= 0:
+        return True
+    return (_queue_drain_s(cycle, pid, demand) > PAYOFF_MARGIN * wake
+            and _stage_horizon_s(cycle, pid, gpus, demand) > wake + sleep)
+
+
+def _queue_drain_s(cycle: _Cycle, pid: str, demand: dict[str, int]) -> float:
+    """How long one more bundle would be busy before ``pid``'s queued samples run out: its
+    samples not yet running, over its bundles plus one, times its engine-seconds per sample
+    (infinite before anything was measured: as if switching were free)."""
+    held = cycle.held.get(pid, 0)
+    queued = demand.get(pid, 0) - held
+    if queued <= 0:
+        return 0.0
+    sample_s = cycle.state.estimates.sample_s(pid)
+    return float("inf") if sample_s is None else queued / (held + 1) * sample_s
+
+
+def _stage_horizon_s(cycle: _Cycle, pid: str, gpus: tuple[int, ...], demand: dict[str, int]) -> float:
+    """How long until a stage of another pipeline is expected to take one of ``gpus``: a pipeline
+    rolling out requests its stages when its rollout ends, in about its remaining samples over
+    its bundles times its engine-seconds per sample."""
+    state = cycle.state
+    horizon = float("inf")
+    seen: set[str] = set()
+    for gpu in gpus:
+        for other in cycle.stage_gpus.get(gpu, ()):
+            if other == pid or other in seen or other not in demand:
+                continue
+            seen.add(other)
+            sample_s = state.estimates.sample_s(other)
+            if sample_s is not None:
+                horizon = min(horizon, demand[other] / max(1, cycle.held.get(other, 0)) * sample_s)
+    return horizon
 
 
 def _take_from_donors(
@@ -273,27 +458,32 @@ def _take_from_donors(
     donors: list[str],
     surplus: dict[str, int],
     queues: dict[str, list[int]],
+    demand: dict[str, int],
 ) -> int:
     spec = cycle.state.pipelines[pid]
     rank_of_gpu, bundles = spec.rank_of_gpu, spec.bundles
-    active, lost = cycle.active[pid], cycle.lost.get(pid, ())
     got = 0
     for donor in donors:
+        if donor == pid:
+            continue
         queue = queues[donor]
-        donor_bundles = cycle.state.pipelines[donor].bundles
         donor_active = cycle.active[donor]
         skipped: list[int] = []
         while got < want and surplus[donor] > 0 and queue:
             worker = queue.pop()
             if worker not in donor_active:
-                continue  # already taken this cycle
-            worker_gpus = donor_bundles[worker]
+                continue  # already taken this pass
+            worker_gpus = cycle.bundle(donor, worker)
+            if not _eligible(cycle, donor, worker, pid, demand) or any(g in cycle.blocked for g in worker_gpus):
+                skipped.append(worker)
+                continue
             rank = rank_of_gpu.get(worker_gpus[0])
-            if rank is not None and bundles[rank] == worker_gpus and rank not in active and rank not in lost:
+            if rank is not None and bundles[rank] == worker_gpus and _rank_open(cycle, pid, rank):
                 # Same bundle in both mappings (the common case): exactly this worker moves.
-                cycle.shrink(donor, worker, f"donated to {pid}")
+                move = cycle.donation(donor, pid)
+                cycle.sleep(donor, worker, move)
                 surplus[donor] -= 1
-                cycle.expand(pid, rank)
+                cycle.wake(pid, rank, move)
                 got += 1
                 continue
             # The receiver's bundles that overlap this worker (TP sizes or offsets differ).
@@ -301,16 +491,17 @@ def _take_from_donors(
             for gpu in worker_gpus:
                 rank = rank_of_gpu.get(gpu)
                 if rank is not None:
-                    victims = _victims(cycle, pid, rank, surplus)
+                    victims = _victims(cycle, pid, rank, surplus, demand)
                     if victims is not None:
                         break
             if victims is None:
                 skipped.append(worker)
                 continue
+            move = cycle.donation(donor, pid)
             for victim_pid, victim_rank in victims:
-                cycle.shrink(victim_pid, victim_rank, f"donated to {pid}")
+                cycle.sleep(victim_pid, victim_rank, move)
                 surplus[victim_pid] -= 1
-            cycle.expand(pid, rank)
+            cycle.wake(pid, rank, move)
             got += 1
         queue.extend(reversed(skipped))
         if got == want:
@@ -318,19 +509,29 @@ def _take_from_donors(
     return got
 
 
+def _rank_open(cycle: _Cycle, pid: str, rank: int) -> bool:
+    alloc = cycle.state.generation[pid]
+    return not (rank in cycle.active[pid] or rank in cycle.lost.get(pid, ()) or rank in alloc.waking
+                or rank in alloc.sleeping)
+
+
 def _victims(
-    cycle: _Cycle, pid: str, rank: int, surplus: dict[str, int]
+    cycle: _Cycle, pid: str, rank: int, surplus: dict[str, int], demand: dict[str, int]
 ) -> list[tuple[str, int]] | None:
     """Donor workers to shrink so that ``pid`` can wake ``rank``, or None if that bundle cannot
-    be freed (a GPU held by a stage, a receiver, or a donor without surplus left)."""
-    if rank in cycle.active[pid] or rank in cycle.lost.get(pid, ()):
+    be freed (a GPU held by a stage, a receiver, a move, or a donor without surplus left)."""
+    if not _rank_open(cycle, pid, rank):
         return None
     victims: dict[tuple[str, int], None] = {}
-    for gpu in cycle.state.pipelines[pid].bundles[rank]:
+    for gpu in cycle.bundle(pid, rank):
         holder = cycle.owner[gpu]
+        if gpu in cycle.blocked:
+            return None
         if holder is None:
             continue
-        if type(holder) is not tuple or holder[0] not in surplus:
+        if not cycle.movable(holder) or holder[0] not in surplus:  # type: ignore[index]
+            return None
+        if not _eligible(cycle, holder[0], holder[1], pid, demand):  # type: ignore[index]
             return None
         victims[holder] = None  # type: ignore[index]
     need: dict[str, int] = {}
@@ -341,4 +542,4 @@ def _victims(
     return list(victims)  # type: ignore[arg-type]
 
 
-__all__ = ["FixedGrant", "Plan", "generation_demand", "plan_cycle"]
+__all__ = ["ANTICIPATION_S", "RESIDENCY_FACTOR", "anticipated_gpus", "generation_demand", "plan_cycle"]

@@ -7,6 +7,7 @@ from typing import Any
 
 from rlix_plugin.hookspecs import ACTOR_INFER
 
+from .ownership import Owner
 from .state import SchedulerState
 
 
@@ -20,7 +21,10 @@ def snapshot(state: SchedulerState, extra: dict[str, Any] | None = None) -> dict
             entry: dict[str, Any] = {"tp": cluster.tp_size, "gpus": list(cluster.gpus)}
             if name == ACTOR_INFER:
                 gpus, ranks = state.gen_grant(pid)
-                entry.update(held=pid in state.generation, gpus_held=list(gpus), awake_dp_ranks=list(ranks),
+                alloc = state.generation.get(pid)
+                entry.update(held=alloc is not None, gpus_held=list(gpus), awake_dp_ranks=list(ranks),
+                             waking_dp_ranks=sorted(alloc.waking) if alloc else [],
+                             sleeping_dp_ranks=sorted(alloc.sleeping) if alloc else [],
                              dp_size=spec.dp_size)
             else:
                 alloc = state.fixed.get(f"{pid}_{name}")
@@ -46,9 +50,9 @@ def snapshot(state: SchedulerState, extra: dict[str, Any] | None = None) -> dict
             {"cluster_id": request.cluster_id, "pipeline_id": request.pipeline_id, "cluster": request.cluster,
              "step_target": request.step_target, "waiting_s": round(now - request.enqueued_at, 3)}
         )
-    holders = [owner if owner is None or isinstance(owner, str) else f"{owner[0]}_{ACTOR_INFER}[dp{owner[1]}]"
-               for owner in state.owner]
+    holders = [_holder(state, owner) for owner in state.owner]
     result = {
+        "moves_in_flight": len(state.moves),
         "pool": {"num_gpus": state.pool.num_gpus, "gpus_per_node": state.pool.gpus_per_node},
         "idle_gpus": state.idle_gpus(),
         "gpu_holders": holders,
@@ -59,6 +63,20 @@ def snapshot(state: SchedulerState, extra: dict[str, Any] | None = None) -> dict
     if extra:
         result.update(extra)
     return result
+
+
+def _holder(state: SchedulerState, owner: Owner) -> str | None:
+    """A GPU's holder as operators read it; engines in transition say so."""
+    if owner is None or isinstance(owner, str):
+        return owner
+    pid, rank = owner
+    name = f"{pid}_{ACTOR_INFER}[dp{rank}]"
+    alloc = state.generation.get(pid)
+    if alloc is not None and rank in alloc.waking:
+        return f"{name} (waking)"
+    if alloc is not None and rank in alloc.sleeping:
+        return f"{name} (falling asleep)"
+    return name
 
 
 def diagnostic(state: SchedulerState, headline: str = "") -> str:

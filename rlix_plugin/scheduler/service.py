@@ -1,16 +1,19 @@
-"""The async driver: runs the pure core on one event loop.
+"""The async driver: runs the pure core on one event loop and answers the waiters.
 
 Every public coroutine must run on the same loop. State changes from requests, releases and
-progress are synchronous (atomic on the loop). One scheduling cycle at a time: plan and validate
-(atomic), execute the resizes outside the lock with other calls still served (shrinks first,
-concurrently across pipelines, then expands), then reconcile with what changed meanwhile, validate
-again, commit and signal the waiters.
+progress are synchronous (atomic on the loop). A planning pass is synchronous too: it plans,
+validates and starts moves (:meth:`SchedulerState.start`), then returns -- it never waits for an
+engine. Each resize call of a move runs as its own task through the executor; its outcome is fed
+back to the state (:meth:`SchedulerState.resized`), which hands freed GPUs on and says which call
+comes next. So a resize in flight for one pipeline delays nothing that does not need the GPUs it
+is moving: other requests are granted, other engines preempted or woken, meanwhile.
 
-The loop is event-driven: requests, releases, progress and resize completions wake it; there is
-no poll delay between ``signal_demand`` and the cycle that wakes a worker.
+The loop is event-driven: requests, releases, progress (when the trigger policy says so,
+:mod:`.trigger`) and resize outcomes wake it, and so does the next deadline of a switch-cost rule;
+there is no poll delay between ``signal_demand`` and the pass that wakes a worker.
 
 Resize failure policy: **fence the pipeline, keep the others running.** A pipeline whose resize
-raised, timed out or returned awake ranks that contradict the plan is fenced: its waiters get
+raised, timed out or returned awake ranks that contradict the call is fenced: its waiters get
 :class:`PipelineGoneError` with the cause, it is left out of planning, and the GPUs its engines may
 still occupy stay assigned to it until it unregisters (its framework's ``finally``). Failing the
 whole scheduler instead would turn one sick pipeline into an outage of every run on the pool.
@@ -22,7 +25,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from rlix_plugin.hookspecs import (
@@ -34,23 +37,20 @@ from rlix_plugin.hookspecs import (
     PlanInvariantError,
     Priority,
     SchedulerTimeoutError,
+    SwitchCosts,
 )
 
-from .planner import Plan, generation_demand, plan_cycle
+from .core import SchedulerCore
+from .executor import ResizeExecutor, Resizer
+from .policy import DEFAULT_POLICY, Policy
 from .report import diagnostic, snapshot
-from .state import SchedulerState
+from .state import Fenced, ReleaseDone, ResizeAction, Satisfied
 from .topology import PoolTopology, cluster_id
-from .validation import validate_plan
+from .trigger import PROGRESS
 
-log = logging.getLogger("rlix_plugin.scheduler")
+log = logging.getLogger(__name__)
 
-#: ``async resize(pipeline_id, dp_ranks_to_remove, dp_ranks_to_add) -> awake ranks | None``
-Resizer = Callable[[str, tuple[int, ...], tuple[int, ...]], Awaitable["tuple[int, ...] | None"]]
 Listener = Callable[[str, "SchedulerService"], None]
-
-#: Background rebalance threshold: share of remaining work of the least-complete half of the
-#: pipelines versus their share of generation GPUs, in fractions.
-REBALANCE_DEVIATION = 0.10
 
 
 def _check_timeout(timeout_s: object) -> float:
@@ -64,7 +64,8 @@ class SchedulerService:
 
     :param pool: The GPU pool.
     :param clock: Monotonic seconds; injected so that tests and benchmarks control time.
-    :param resize_timeout_s: Longest a pipeline's resize may take before it is fenced.
+    :param resize_timeout_s: Longest one resize call may take before its pipeline is fenced.
+    :param policy: The sharing policy (:mod:`.policy`), by name or object.
     :param durable_demand: Keep the open-demand registry in planning (always, outside tests that
         reproduce the pre-registry race).
     """
@@ -75,21 +76,28 @@ class SchedulerService:
         *,
         clock: Callable[[], float] = time.monotonic,
         resize_timeout_s: float = 120.0,
+        policy: Policy | str = DEFAULT_POLICY,
         durable_demand: bool = True,
     ) -> None:
-        self.state = SchedulerState(pool, clock)
+        self.core = SchedulerCore(pool, clock, policy=policy, durable_demand=durable_demand)
+        self.state = self.core.state
+        self.policy = self.core.policy
         self.resize_timeout_s = _check_timeout(resize_timeout_s)
-        self.durable_demand = durable_demand
-        self.cycles = 0
         self.preempt_reports: dict[str, int] = {}
+        self._executor = ResizeExecutor(self.resize_timeout_s, clock)
         self._resizers: dict[str, Resizer] = {}
         self._waiters: dict[str, asyncio.Future[Grant]] = {}
         self._release_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._listeners: list[Listener] = []
+        self._resizes: set[asyncio.Task[None]] = set()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        self._in_flight: Plan | None = None
         self._closed = False
+
+    @property
+    def cycles(self) -> int:
+        """Planning passes that started at least one move."""
+        return self.core.cycles
 
     # -- lifecycle of the service -----------------------------------------------------------------
 
@@ -100,16 +108,18 @@ class SchedulerService:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="rlix-scheduler")
 
     async def stop(self) -> None:
-        """Stop the loop; every waiter gets an error."""
+        """Stop the loop and the resizes in flight; every waiter gets an error."""
         self._closed = True
         self._fail_all(PipelineGoneError("the scheduler is shutting down"))
-        if self._task is not None:
-            self._task.cancel()
+        tasks = [t for t in (self._task, *self._resizes) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             try:
-                await self._task
-            except asyncio.CancelledError:
+                await task
+            except (asyncio.CancelledError, Exception):
                 pass
-            self._task = None
+        self._task = None
 
     def add_listener(self, listener: Listener) -> None:
         """``listener(event, service)`` after every change (``register``, ``request``,
@@ -119,9 +129,10 @@ class SchedulerService:
     # -- pipelines --------------------------------------------------------------------------------
 
     async def register_pipeline(
-        self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], resizer: Resizer, *, admit: bool = True
+        self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], resizer: Resizer, *, admit: bool = True,
+        switch_costs: SwitchCosts | None = None,
     ) -> None:
-        self.state.register(pipeline_id, clusters)
+        self.state.register(pipeline_id, clusters, switch_costs)
         self._resizers[pipeline_id] = resizer
         if admit:
             self.state.admit(pipeline_id)
@@ -140,6 +151,7 @@ class SchedulerService:
         for future in self._release_waiters.pop(pipeline_id, []):
             if not future.done():
                 future.set_exception(error)
+        self._dispatch()
         self._changed("unregister")
 
     # -- requests ---------------------------------------------------------------------------------
@@ -184,14 +196,14 @@ class SchedulerService:
         step_target: int | None,
         timeout_s: float,
     ) -> Grant:
-        """Release one cluster and request another with no scheduling cycle in between."""
+        """Release one cluster and request another with no planning pass in between."""
         timeout_s = _check_timeout(timeout_s)
         started = self.state.clock()
         if release_cluster == cluster:
             raise InvalidRequestError(f"release_and_request of {cluster!r} for itself; use request_gpus")
         # Validate both halves first: a bad call must not leave the cluster released.
-        self.state.check_request(pipeline_id, cluster, int(priority), step_target)
-        self.state._cluster(self.state.pipelines[pipeline_id], release_cluster)
+        spec, _, _ = self.state.check_request(pipeline_id, cluster, int(priority), step_target)
+        self.state.check_cluster(spec, release_cluster)
         needs_resize = self.state.release(pipeline_id, release_cluster)
         outcome = self.state.request(pipeline_id, cluster, int(priority), step_target)
         self._changed("request")
@@ -224,11 +236,11 @@ class SchedulerService:
         self.state.report_progress(
             pipeline_id, mode, adapter_id, step_target, completed, target_weight_version, new_batch
         )
-        self._changed("progress")
+        self._changed(PROGRESS, pipeline_id)
 
     def clear_progress(self, pipeline_id: str, mode: str | None = None, adapter_id: str | None = None) -> None:
-        self.state.clear_progress(pipeline_id, mode, adapter_id)
-        self._changed("progress")
+        retired = self.state.clear_progress(pipeline_id, mode, adapter_id)
+        self._changed("demand retired" if retired else PROGRESS, pipeline_id)
 
     def report_preempt(self, pipeline_id: str, dp_rank: int, retracted: int) -> None:
         self.preempt_reports[pipeline_id] = self.preempt_reports.get(pipeline_id, 0) + 1
@@ -238,7 +250,8 @@ class SchedulerService:
     def snapshot(self) -> dict[str, Any]:
         return snapshot(self.state, {
             "cycles": self.cycles,
-            "resizing": self._in_flight is not None,
+            "policy": self.policy.name,
+            "resizing": self.state.in_transition(),
             "preempt_reports": dict(self.preempt_reports),
         })
 
@@ -267,6 +280,7 @@ class SchedulerService:
         except asyncio.CancelledError:
             self._waiters.pop(cid, None)
             self.state.cancel_request(pipeline_id, cluster)
+            self._changed("request")
             raise
         return Grant(grant.pipeline_id, grant.cluster, grant.gpus, grant.dp_ranks, True,
                      round(self.state.clock() - started, 6))
@@ -303,8 +317,9 @@ class SchedulerService:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def _changed(self, event: str) -> None:
-        self._kick()
+    def _changed(self, event: str, pipeline_id: str | None = None) -> None:
+        if self.core.note(event, pipeline_id):
+            self._kick()
         for listener in self._listeners:
             try:
                 listener(event, self)
@@ -315,205 +330,67 @@ class SchedulerService:
         if self._wakeup is not None:
             self._wakeup.set()
 
-    def needs_cycle(self) -> bool:
-        """Plan when a request or release waits; otherwise only when a rebalance is warranted: a
-        suspended generation cluster with demand, idle GPUs a pipeline with demand could use, or
-        the least-complete half of the pipelines off its share by more than 10 points."""
-        state = self.state
-        if state.pending or state.planned_releases:
-            return True
-        demand = generation_demand(state, self.durable_demand)
-        if not demand:
-            return False
-        # A suspended generation cluster (held, no worker awake) with remaining demand.
-        if any(not state.generation[pid].active for pid in demand):
-            return True
-        # Idle GPUs a pipeline with demand could generate on (a training stage just released
-        # them): leaving them idle mid-rollout is the waste sharing exists to remove.
-        if self._idle_bundle_for(demand):
-            return True
-        return self._share_deviation(demand) > REBALANCE_DEVIATION
-
-    def _idle_bundle_for(self, demand: dict[str, int]) -> bool:
-        state = self.state
-        owner = state.owner
-        idle = [gpu for gpu, holder in enumerate(owner) if holder is None]
-        if not idle:
-            return False
-        for pid in demand:
-            spec = state.pipelines[pid]
-            for gpu in idle:
-                rank = spec.rank_of_gpu.get(gpu)
-                if rank is not None and all(owner[g] is None for g in spec.bundles[rank]):
-                    return True
-        return False
-
-    def _share_deviation(self, demand: dict[str, int]) -> float:
-        """|remaining-work share - GPU share| of the least-complete half of the pipelines."""
-        state = self.state
-        pipelines = state.pipelines
-        weights = {pid: demand[pid] * pipelines[pid].tp for pid in demand}
-        gpus = {pid: len(state.generation[pid].active) * pipelines[pid].tp for pid in demand}
-        total_weight, total_gpus = sum(weights.values()), sum(gpus.values())
-        if not total_weight or not total_gpus:
-            return 0.0
-
-        def completion(pid: str) -> float:
-            streams = state.progress.get(pid)
-            target = sum(s.step_target for s in streams.values()) if streams else state.open_demand.get(pid, 1)
-            return 1.0 - demand[pid] / max(target, 1)
-
-        half = sorted(demand, key=lambda p: (completion(p), p))[: max(1, len(demand) // 2)]
-        return abs(sum(weights[p] for p in half) / total_weight - sum(gpus[p] for p in half) / total_gpus)
-
     async def _loop(self) -> None:
         assert self._wakeup is not None
+        clock = self.state.clock
         while not self._closed:
-            await self._wakeup.wait()
+            deadline = self.core.deadline(clock())
+            timeout = None if deadline is None else max(0.0, deadline - clock())
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except asyncio.TimeoutError:
+                self.core.dirty = True  # a residency or an anticipation ran out
             self._wakeup.clear()
             try:
-                while self.needs_cycle():
-                    if not await self._cycle():
-                        break
+                # One pass plans and starts moves, never waits for an engine.
+                # A pass that started no call and answered nobody changed nothing a second pass
+                # would see differently: planning again at once would only spin.
+                if self.core.plan() is not None and self._dispatch():
+                    self._changed("commit")
             except Exception as exc:  # keep serving; every waiter learns what broke
-                log.exception("scheduling cycle failed")
+                log.exception("planning pass failed")
                 self._fail_all(exc if isinstance(exc, PlanInvariantError) else PlanInvariantError(repr(exc)))
 
-    async def _cycle(self) -> bool:
-        """One cycle. Returns False when there was nothing to do."""
-        state = self.state
-        plan = plan_cycle(state, durable_demand=self.durable_demand)
-        if plan.is_empty():
-            return False
-        try:
-            validate_plan(state, plan)
-        except PlanInvariantError as exc:
-            log.error("%s", exc)
-            self._fail_all(exc)
-            return False
-        self._in_flight = plan
-        failures: dict[str, str] = {}
-        try:
-            await self._resize_all(plan.shrinks, add=False, failures=failures)
-            self._reconcile(plan, failures)
-            await self._resize_all(plan.expands, add=True, failures=failures)
-            self._reconcile_gone(plan)
-            validate_plan(state, plan, executed=True)
-        except PlanInvariantError as exc:
-            log.error("%s", exc)
-            self._fail_all(exc)
-            return False
-        finally:
-            self._in_flight = None
-        satisfied = state.apply(plan)
-        self.cycles += 1
-        for pid, reason in failures.items():
-            self._fence(pid, reason)
-        for request in satisfied:
-            if request.pipeline_id in failures:
-                self._resolve(request.cluster_id, error=PipelineGoneError(
-                    f"pipeline {request.pipeline_id!r} is fenced: {failures[request.pipeline_id]}"))
-                continue
-            if request.cluster == ACTOR_INFER:
-                gpus, ranks = state.gen_grant(request.pipeline_id)
-            else:
-                gpus, ranks = state.fixed_gpus(request.pipeline_id, request.cluster), ()
-            self._resolve(request.cluster_id, Grant(request.pipeline_id, request.cluster, gpus, ranks, True))
-        for pid in list(self._release_waiters):
-            if pid not in state.planned_releases:
-                for future in self._release_waiters.pop(pid):
+    def _dispatch(self) -> bool:
+        """Start the resize calls the state asks for, and answer what it says is decided. True
+        if there was anything to do."""
+        actions, events = self.state.take_actions(), self.state.take_events()
+        for action in actions:
+            task = asyncio.get_running_loop().create_task(self._resize(action), name=f"rlix-resize-{action.pipeline_id}")
+            self._resizes.add(task)
+            task.add_done_callback(self._resizes.discard)
+        for event in events:
+            if isinstance(event, Satisfied):
+                request = event.request
+                if request.cluster == ACTOR_INFER:
+                    gpus, ranks = self.state.gen_grant(request.pipeline_id)
+                else:
+                    gpus, ranks = self.state.fixed_gpus(request.pipeline_id, request.cluster), ()
+                self._resolve(request.cluster_id, Grant(request.pipeline_id, request.cluster, gpus, ranks, True))
+            elif isinstance(event, Fenced):
+                log.error("pipeline %s: %s; fencing it", event.pipeline_id, event.reason)
+                error = PipelineGoneError(f"pipeline {event.pipeline_id!r} is fenced: {event.reason}")
+                for request in event.cancelled:
+                    self._resolve(request.cluster_id, error=error)
+                for future in self._release_waiters.pop(event.pipeline_id, []):
+                    if not future.done():
+                        future.set_exception(error)
+            elif isinstance(event, ReleaseDone):
+                for future in self._release_waiters.pop(event.pipeline_id, []):
                     if not future.done():
                         future.set_result(None)
-        self._changed("commit")
-        return True
+        return bool(actions or events)
 
-    async def _resize_all(self, changes: dict[str, set[int]], add: bool, failures: dict[str, str]) -> None:
-        calls = {pid: ranks for pid, ranks in changes.items() if ranks and pid in self._resizers and pid not in failures}
-        if not calls:
+    async def _resize(self, action: ResizeAction) -> None:
+        resizer = self._resizers.get(action.pipeline_id)
+        if resizer is None:
+            return  # unregistered meanwhile: the state freed its GPUs then
+        outcome = await self._executor.run(resizer, action)
+        if self._closed:
             return
-        results = await asyncio.gather(
-            *(self._resize_one(pid, tuple(sorted(ranks)), add) for pid, ranks in calls.items()),
-            return_exceptions=True,
-        )
-        for pid, result in zip(calls, results):
-            if isinstance(result, BaseException):
-                if pid not in self.state.pipelines:
-                    continue  # unregistered while its resize was in flight: nothing left to fence
-                failures[pid] = f"{'wake' if add else 'sleep'} of DP ranks {sorted(calls[pid])} failed: {result!r}"
-                log.error("pipeline %s: %s; fencing it", pid, failures[pid])
-
-    async def _resize_one(self, pid: str, ranks: tuple[int, ...], add: bool) -> None:
-        resizer = self._resizers[pid]
-        remove, wake = ((), ranks) if add else (ranks, ())
-        try:
-            awake = await asyncio.wait_for(resizer(pid, remove, wake), self.resize_timeout_s)
-        except asyncio.TimeoutError:
-            raise TimeoutError(f"resize took longer than {self.resize_timeout_s:.1f}s") from None
-        if awake is None:
-            raise RuntimeError(
-                f"no rlix_resize_infer implementation answered for pipeline {pid!r}: "
-                "the framework's hooks were never installed"
-            )
-        awake_set = set(awake)
-        if add and not set(ranks) <= awake_set:
-            raise RuntimeError(f"ranks {sorted(set(ranks) - awake_set)} still asleep after wake (awake: {sorted(awake_set)})")
-        if not add and awake_set & set(ranks):
-            raise RuntimeError(f"ranks {sorted(awake_set & set(ranks))} still awake after sleep")
-
-    def _reconcile(self, plan: Plan, failures: dict[str, str]) -> None:
-        """After the shrinks: drop what a failed shrink or a concurrent change made impossible, so
-        that no engine is woken on a GPU that was not freed."""
-        state = self.state
-        for pid in failures:
-            plan.shrinks.pop(pid, None)  # its engines may still hold those GPUs
-            plan.expands.pop(pid, None)
-        self._reconcile_gone(plan)
-        for pid in list(plan.expands):
-            release = state.planned_releases.get(pid)
-            if release is not None and release.drop_cluster:
-                plan.expands.pop(pid)
-        owner = list(state.owner)
-        for pid, ranks in plan.shrinks.items():
-            for rank in ranks:
-                for gpu in state.pipelines[pid].bundles[rank]:
-                    owner[gpu] = None
-        kept = []
-        for grant in plan.grants:
-            if all(owner[g] is None for g in grant.gpus):
-                for gpu in grant.gpus:
-                    owner[gpu] = grant.cluster_id
-                kept.append(grant)
-        plan.grants = kept
-        for pid in list(plan.expands):
-            bundles = state.pipelines[pid].bundles
-            ranks = {r for r in plan.expands[pid] if all(owner[g] is None for g in bundles[r])}
-            for rank in ranks:
-                for gpu in bundles[rank]:
-                    owner[gpu] = (pid, rank)
-            if ranks:
-                plan.expands[pid] = ranks
-            else:
-                del plan.expands[pid]
-
-    def _reconcile_gone(self, plan: Plan) -> None:
-        """Drop plan items of pipelines that unregistered, and grants whose request is gone."""
-        state = self.state
-        for changes in (plan.shrinks, plan.expands):
-            for pid in [p for p in changes if p not in state.generation]:
-                del changes[pid]
-            for pid, ranks in changes.items():
-                if changes is plan.shrinks:
-                    ranks &= state.generation[pid].active
-        plan.grants = [g for g in plan.grants if g.cluster_id in state.pending]
-
-    def _fence(self, pid: str, reason: str) -> None:
-        cancelled = self.state.fence(pid, reason)
-        error = PipelineGoneError(f"pipeline {pid!r} is fenced: {reason}")
-        for request in cancelled:
-            self._resolve(request.cluster_id, error=error)
-        for future in self._release_waiters.pop(pid, []):
-            if not future.done():
-                future.set_exception(error)
+        self.core.resized(action, outcome)
+        self._dispatch()
+        self._changed("commit")
 
 
-__all__ = ["REBALANCE_DEVIATION", "Resizer", "SchedulerService"]
+__all__ = ["Listener", "Resizer", "SchedulerService"]

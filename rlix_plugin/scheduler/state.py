@@ -1,11 +1,18 @@
 """Scheduler state and the operations that change it, without I/O, threads or clocks of its own.
 
 Every operation validates its input first and raises :class:`InvalidRequestError` (naming the bad
-value) before changing anything. Allocation changes other than freeing happen only through
-:meth:`SchedulerState.apply`, with a plan the validator accepted.
+value) before changing anything. GPUs change hands only through moves (:mod:`.plan`) the validator
+accepted, and only as fast as the engines do:
 
-GPU ownership is kept per GPU in ``owner``: ``None`` (idle), a cluster id string (a fixed-mapping
-stage holds it) or a ``(pipeline_id, dp_rank)`` tuple (a generation worker holds it).
+* :meth:`SchedulerState.start` commits a plan: each move's engines become *sleeping* or *waking*
+  (they hold their GPUs, neither idle nor serving), the GPUs its targets will get are reserved,
+  and the resize calls to make are returned as :class:`ResizeAction` values;
+* :meth:`SchedulerState.resized` takes one call's :class:`ResizeOutcome`: a confirmed sleep hands
+  its GPUs to the move's target, a confirmed wake makes the engine serve, a failure fences that
+  pipeline alone; it returns the calls the move needs next.
+
+Who the driver must answer comes out of :meth:`SchedulerState.take_events` (requests satisfied,
+pipelines fenced, releases done). The async service and the simulator drive this same object.
 """
 
 from __future__ import annotations
@@ -13,24 +20,23 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Union
 
 from rlix_plugin.hookspecs import (
     ACTOR_INFER,
-    MODE_FULL,
-    MODE_LORA,
-    PROGRESS_MODES,
     ClusterSpec,
     InvalidRequestError,
     PipelineGoneError,
     Priority,
     StreamProgress,
+    SwitchCosts,
 )
 
+from .demand import DemandLedger, StreamKey, require_int
+from .estimates import Estimates
+from .ownership import Owner, Ownership
+from .plan import Move, Plan
 from .topology import PipelineSpec, PoolTopology, cluster_id, validate_pipeline
-
-Owner = Union[None, str, tuple[str, int]]
-StreamKey = tuple[str, Union[str, None]]
 
 
 @dataclass
@@ -48,12 +54,27 @@ class FixedAllocation:
 class GenerationAllocation:
     """A pipeline's generation cluster while it is held (requested and not released).
 
-    ``active`` may be empty: the workers were preempted but the cluster is still the pipeline's.
+    Every DP rank is in at most one of ``active`` (awake, serving), ``waking`` (a move will wake
+    it, or is waking it) and ``sleeping`` (a move is putting it to sleep); ``waking`` and
+    ``sleeping`` map the rank to its move. All three may be empty: the cluster is still held.
     """
 
     pipeline_id: str
     active: set[int] = field(default_factory=set)
+    waking: dict[int, int] = field(default_factory=dict)
+    sleeping: dict[int, int] = field(default_factory=dict)
     since: float = 0.0
+    #: When each awake rank finished waking (minimum residency before rebalancing).
+    awake_since: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def held(self) -> int:
+        """Bundles the pipeline has or is about to have (awake and waking)."""
+        return len(self.active) + len(self.waking)
+
+    @property
+    def idle_cluster(self) -> bool:
+        return not (self.active or self.waking or self.sleeping)
 
 
 @dataclass
@@ -66,6 +87,8 @@ class PendingRequest:
     step_target: int | None
     seq: int
     enqueued_at: float
+    #: The move granting it, once one started (stages only).
+    move: int | None = None
 
     @property
     def cluster_id(self) -> str:
@@ -90,10 +113,64 @@ class RequestOutcome:
     dp_ranks: tuple[int, ...] = ()
 
 
-def _require_int(name: str, value: object, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise InvalidRequestError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
+@dataclass(frozen=True)
+class ResizeAction:
+    """One ``rlix_resize_infer`` call a move needs: put ``remove`` to sleep, or wake ``add``."""
+
+    move: int
+    pipeline_id: str
+    remove: tuple[int, ...] = ()
+    add: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResizeOutcome:
+    """What the call answered: the awake DP ranks (``None``: no implementation answered), or the
+    error it raised; and how long it took."""
+
+    awake: tuple[int, ...] | None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class MoveInFlight:
+    """A started move: the calls it still waits for, and where freed GPUs go."""
+
+    id: int
+    move: Move
+    started_at: float
+    #: pipeline -> ranks whose sleep is not confirmed yet.
+    sleeping: dict[str, set[int]]
+    #: pipeline -> ranks whose wake was issued and is not confirmed yet.
+    waking: dict[str, set[int]] = field(default_factory=dict)
+    #: GPU -> the owner it goes to once the engine holding it is asleep.
+    reserved: dict[int, Owner] = field(default_factory=dict)
+    sleeps_issued: bool = False
+    targets_done: bool = False
+
+
+# -- events the driver answers ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Satisfied:
+    request: PendingRequest
+
+
+@dataclass(frozen=True)
+class Fenced:
+    pipeline_id: str
+    reason: str
+    cancelled: tuple[PendingRequest, ...]
+
+
+@dataclass(frozen=True)
+class ReleaseDone:
+    pipeline_id: str
+
+
+Event = Union[Satisfied, Fenced, ReleaseDone]
 
 
 class SchedulerState:
@@ -104,28 +181,46 @@ class SchedulerState:
         self.clock = clock
         self.pipelines: dict[str, PipelineSpec] = {}
         self.admitted: set[str] = set()
-        self.owner: list[Owner] = [None] * pool.num_gpus
+        self.owner = Ownership(pool.num_gpus)
         self.fixed: dict[str, FixedAllocation] = {}
         self.generation: dict[str, GenerationAllocation] = {}
         self.pending: dict[str, PendingRequest] = {}
-        #: The durable open-demand registry: pipeline id -> step target of its rollout.
-        self.open_demand: dict[str, int] = {}
-        self.progress: dict[str, dict[StreamKey, StreamProgress]] = {}
-        #: Streams of a finished rollout: their late reports (sent from another process than the
-        #: next rollout's demand) are ignored until the stream's next begin.
-        self.retired_streams: dict[str, set[StreamKey]] = {}
+        self.demand = DemandLedger()
+        self.estimates = Estimates()
         self.planned_releases: dict[str, PlannedRelease] = {}
         #: Pipelines whose engines failed a resize: kept out of planning until they unregister.
         self.fenced: dict[str, str] = {}
+        self.moves: dict[int, MoveInFlight] = {}
+        #: When each pipeline last held a stage (granted or released), for anticipation.
+        self.stage_seen_at: dict[str, float] = {}
+        #: Engine switches started, per pipeline (sleeps and wakes of one DP rank each).
+        self.switches: dict[str, int] = {}
+        self._events: list[Event] = []
+        self._actions: list[ResizeAction] = []
         self._seq = itertools.count()
+        self._move_ids = itertools.count(1)
+
+    # The registry and the streams live in the ledger; these names are the ones readers use.
+    @property
+    def open_demand(self) -> dict[str, int]:
+        return self.demand.open_demand
+
+    @property
+    def progress(self) -> dict[str, dict[StreamKey, StreamProgress]]:
+        return self.demand.progress
 
     # -- registration -------------------------------------------------------------------------------
 
-    def register(self, pipeline_id: str, clusters: Mapping[str, ClusterSpec]) -> PipelineSpec:
+    def register(
+        self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], switch_costs: SwitchCosts | None = None
+    ) -> PipelineSpec:
         spec = validate_pipeline(self.pool, pipeline_id, clusters)
+        if switch_costs is not None and not isinstance(switch_costs, SwitchCosts):
+            raise InvalidRequestError(f"pipeline {pipeline_id!r}: switch_costs must be a SwitchCosts, got {switch_costs!r}")
         if pipeline_id in self.pipelines:
             raise InvalidRequestError(f"pipeline {pipeline_id!r} is already registered")
         self.pipelines[pipeline_id] = spec
+        self.estimates.register(pipeline_id, switch_costs)
         return spec
 
     def admit(self, pipeline_id: str) -> None:
@@ -133,37 +228,52 @@ class SchedulerState:
         self.admitted.add(pipeline_id)
 
     def unregister(self, pipeline_id: str) -> list[PendingRequest]:
-        """Free everything the pipeline holds. Returns its pending requests (now cancelled)."""
+        """Free everything the pipeline holds, in transition or not. Returns its pending requests
+        (now cancelled). Its resizes still in flight are ignored when they answer."""
         if pipeline_id not in self.pipelines:
             return []
         for cid in [c for c, a in self.fixed.items() if a.pipeline_id == pipeline_id]:
             self._free_fixed(cid)
+        cancelled = [r for r in self.pending.values() if r.pipeline_id == pipeline_id]
+        for request in cancelled:
+            self._drop_request(request)
         alloc = self.generation.pop(pipeline_id, None)
         if alloc is not None:
             spec = self.pipelines[pipeline_id]
-            for rank in alloc.active:
+            for rank in {*alloc.active, *alloc.waking, *alloc.sleeping}:
                 for gpu in spec.bundles[rank]:
-                    self.owner[gpu] = None
-        cancelled = [r for r in self.pending.values() if r.pipeline_id == pipeline_id]
-        for request in cancelled:
-            del self.pending[request.cluster_id]
-        for registry in (self.open_demand, self.progress, self.retired_streams, self.planned_releases, self.fenced):
-            registry.pop(pipeline_id, None)
+                    if self.owner[gpu] == (pipeline_id, rank):
+                        self._release_gpu(gpu, alloc.sleeping.get(rank))
+        for flight in list(self.moves.values()):
+            if flight.sleeping.pop(pipeline_id, None) is not None or flight.waking.pop(pipeline_id, None) is not None:
+                self._advance(flight)  # its other calls need not wait for this pipeline's answer
+        self.demand.forget(pipeline_id)
+        self.estimates.forget(pipeline_id)
+        for table in (self.planned_releases, self.fenced, self.stage_seen_at, self.switches):
+            table.pop(pipeline_id, None)
         self.admitted.discard(pipeline_id)
         del self.pipelines[pipeline_id]
         return cancelled
 
     def fence(self, pipeline_id: str, reason: str) -> list[PendingRequest]:
-        """Keep a pipeline whose engines failed a resize out of planning. Its GPUs stay held (the
-        engines may still use them) until it unregisters. Returns its cancelled requests."""
-        if pipeline_id not in self.pipelines:
+        """Keep a pipeline whose engines failed a resize out of planning. GPUs its engines may
+        still use stay assigned to it until it unregisters; wakes planned for it and not issued
+        yet are dropped. Returns its cancelled requests."""
+        if pipeline_id not in self.pipelines or pipeline_id in self.fenced:
             return []
         self.fenced[pipeline_id] = reason
         cancelled = [r for r in self.pending.values() if r.pipeline_id == pipeline_id]
         for request in cancelled:
-            del self.pending[request.cluster_id]
-        self.open_demand.pop(pipeline_id, None)
+            self._drop_request(request)
+        alloc = self.generation.get(pipeline_id)
+        if alloc is not None:
+            issued = {r for f in self.moves.values() for r in f.waking.get(pipeline_id, ())}
+            for rank, _move in list(alloc.waking.items()):
+                if rank not in issued:
+                    self._cancel_wake(pipeline_id, rank)
+        self.demand.retire(pipeline_id, self.clock())
         self.planned_releases.pop(pipeline_id, None)
+        self._events.append(Fenced(pipeline_id, reason, tuple(cancelled)))
         return cancelled
 
     # -- requests and releases ----------------------------------------------------------------------
@@ -177,12 +287,12 @@ class SchedulerState:
         spec, cid, generation = self.check_request(pipeline_id, cluster, priority, step_target)
         if generation:
             assert step_target is not None
-            self.open_demand[pipeline_id] = step_target
+            self.demand.open(pipeline_id, step_target)
             alloc = self.generation.get(pipeline_id)
             if alloc is not None and alloc.active:
                 return RequestOutcome(True, self._gen_gpus(spec, alloc.active), tuple(sorted(alloc.active)))
             if alloc is None:
-                self.generation[pipeline_id] = GenerationAllocation(pipeline_id, set(), self.clock())
+                self.generation[pipeline_id] = GenerationAllocation(pipeline_id, since=self.clock())
         elif cid in self.fixed:
             return RequestOutcome(True, self.fixed[cid].gpus)
         self.pending[cid] = PendingRequest(pipeline_id, cluster, priority, step_target, next(self._seq), self.clock())
@@ -197,7 +307,7 @@ class SchedulerState:
         :raises PipelineGoneError: the pipeline is fenced.
         """
         spec = self._spec(pipeline_id)
-        cid = self._cluster(spec, cluster)
+        cid = self.check_cluster(spec, cluster)
         if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 6:
             raise InvalidRequestError(f"priority must be an int in 0..6, got {priority!r}")
         generation = cluster == ACTOR_INFER
@@ -208,7 +318,7 @@ class SchedulerState:
                 f"priority {priority} (GENERATION) is only for {ACTOR_INFER!r}, not {cid!r}"
             )
         if generation:
-            _require_int(f"step_target of {cid!r}", step_target, 1)
+            require_int(f"step_target of {cid!r}", step_target, 1)
         elif step_target is not None:
             raise InvalidRequestError(f"step_target is only for generation requests, got {step_target!r} for {cid!r}")
         if cid in self.pending:
@@ -223,32 +333,42 @@ class SchedulerState:
 
     def cancel_request(self, pipeline_id: str, cluster: str) -> bool:
         """Drop a pending request (its caller gave up). True if there was one."""
-        request = self.pending.pop(cluster_id(pipeline_id, cluster), None)
-        return request is not None
+        request = self.pending.get(cluster_id(pipeline_id, cluster))
+        if request is None:
+            return False
+        self._drop_request(request)
+        return True
 
     def release(self, pipeline_id: str, cluster: str) -> bool:
         """Release a cluster. A fixed cluster is freed at once. The generation cluster loses its
-        open demand and every awake worker is put to sleep by the next cycle (a planned release);
+        open demand and every worker is put to sleep by the next cycles (a planned release);
         returns True when such a resize is needed."""
         spec = self._spec(pipeline_id)
-        cid = self._cluster(spec, cluster)
-        self.pending.pop(cid, None)
+        cid = self.check_cluster(spec, cluster)
+        request = self.pending.get(cid)
+        if request is not None:
+            self._drop_request(request)
         if cluster != ACTOR_INFER:
             if cid in self.fixed:
                 self._free_fixed(cid)
             return False
         # Releasing the generation cluster ends the rollout: its demand and any stream whose end
         # never came are retired with it.
-        self.open_demand.pop(pipeline_id, None)
-        self.retire_streams(pipeline_id)
+        self.demand.retire(pipeline_id, self.clock())
+        self.demand.retire_streams(pipeline_id)
         alloc = self.generation.get(pipeline_id)
         if alloc is None:
             return False
-        if not alloc.active:
+        for rank in list(alloc.waking):
+            if not any(rank in f.waking.get(pipeline_id, ()) for f in self.moves.values()):
+                self._cancel_wake(pipeline_id, rank)  # not issued yet: nothing to undo
+        if alloc.idle_cluster:
             del self.generation[pipeline_id]
             self.planned_releases.pop(pipeline_id, None)
             return False
-        self.planned_releases[pipeline_id] = PlannedRelease(set(alloc.active), True, self.clock())
+        self.planned_releases[pipeline_id] = PlannedRelease(
+            {*alloc.active, *alloc.waking, *alloc.sleeping}, True, self.clock()
+        )
         return True
 
     def plan_release(self, pipeline_id: str, dp_ranks: Iterable[int]) -> bool:
@@ -259,7 +379,7 @@ class SchedulerState:
         if bad:
             raise InvalidRequestError(f"pipeline {pipeline_id!r}: DP ranks {bad} out of range 0..{spec.dp_size - 1}")
         alloc = self.generation.get(pipeline_id)
-        ranks &= alloc.active if alloc is not None else set()
+        ranks &= {*alloc.active, *alloc.waking} if alloc is not None else set()
         if not ranks:
             return False
         current = self.planned_releases.get(pipeline_id)
@@ -281,109 +401,120 @@ class SchedulerState:
         target_weight_version: int = 0,
         new_batch: bool = False,
     ) -> None:
-        """Latest wins per (pipeline, mode, adapter); completed is clamped to [0, step_target].
-        ``new_batch`` marks a begin: it re-opens a retired stream; other reports of a retired
-        stream are late ones of the previous rollout and are ignored."""
+        """Latest wins per (pipeline, mode, adapter); see :meth:`DemandLedger.report`."""
         self._spec(pipeline_id)
-        key = self._stream_key(pipeline_id, mode, adapter_id)
-        _require_int("step_target", step_target, 1)
-        if not isinstance(completed, int) or isinstance(completed, bool):
-            raise InvalidRequestError(f"completed must be an int, got {completed!r}")
-        retired = self.retired_streams.get(pipeline_id)
-        if retired and key in retired:
-            if not new_batch:
-                return
-            retired.discard(key)
-        self.progress.setdefault(pipeline_id, {})[key] = StreamProgress(
-            mode=mode,
-            adapter_id=adapter_id,
-            step_target=step_target,
-            completed=min(max(completed, 0), step_target),
-            target_weight_version=target_weight_version,
-        )
+        if self.demand.report(pipeline_id, mode, adapter_id, step_target, completed, target_weight_version, new_batch):
+            alloc = self.generation.get(pipeline_id)
+            self.estimates.observe_progress(
+                pipeline_id, self.clock(), self.demand.completed(pipeline_id),
+                len(alloc.active) if alloc is not None else 0, new_batch,
+            )
 
     def clear_progress(self, pipeline_id: str, mode: str | None = None, adapter_id: str | None = None) -> bool:
-        """Retire one stream (or all with ``mode=None``). Clearing the pipeline's last stream
-        retires its open demand. Returns True if the open demand was retired. The end of a
-        retired stream (late, from the previous rollout) changes nothing."""
-        if mode is not None and (mode, adapter_id) in self.retired_streams.get(pipeline_id, ()):
-            return False
-        streams = self.progress.get(pipeline_id)
-        if streams is None:
-            return False
-        if mode is None:
-            streams.clear()
-        else:
-            streams.pop((mode, adapter_id), None)
-        if streams:
-            return False
-        del self.progress[pipeline_id]
-        return self.open_demand.pop(pipeline_id, None) is not None
+        """End one stream (or all); True if that retired the pipeline's open demand."""
+        return self.demand.clear(pipeline_id, mode, adapter_id, self.clock())
 
     def retire_streams(self, pipeline_id: str) -> None:
-        """A rollout is over (the next one signals demand, or the generation cluster is
-        released): drop its streams and ignore their late reports until they begin again."""
-        streams = self.progress.pop(pipeline_id, None)
-        if streams:
-            self.retired_streams.setdefault(pipeline_id, set()).update(streams)
+        self.demand.retire_streams(pipeline_id)
 
     def remaining(self, pipeline_id: str) -> int:
-        """Samples the pipeline still has to generate: its progress streams' remaining work, or,
-        while its open demand has no stream yet, the registry's step target."""
-        streams = self.progress.get(pipeline_id)
-        if streams:
-            return sum(s.step_target - s.completed for s in streams.values())
-        return self.open_demand.get(pipeline_id, 0)
+        return self.demand.remaining(pipeline_id)
 
-    # -- plan application -------------------------------------------------------------------------
+    # -- moves: start and outcomes ----------------------------------------------------------------
 
-    def apply(self, plan: Any) -> list[PendingRequest]:
-        """Commit a validated :class:`~rlix_plugin.scheduler.planner.Plan`. Returns the pending
-        requests it satisfied (their waiters may now be signalled)."""
+    def start(self, plan: Plan) -> None:
+        """Commit a validated plan: every move's engines enter their transition and the GPUs its
+        targets will get are reserved. The resize calls to make come out of :meth:`take_actions`."""
         now = self.clock()
-        for pid, ranks in plan.shrinks.items():
-            spec, alloc = self.pipelines[pid], self.generation[pid]
+        for move in plan.moves:
+            flight = MoveInFlight(next(self._move_ids), move, now, {p: set(r) for p, r in move.sleeps.items() if r})
+            self.moves[flight.id] = flight
+            for pid, ranks in move.sleeps.items():
+                alloc = self.generation[pid]
+                for rank in ranks:
+                    alloc.active.remove(rank)
+                    alloc.awake_since.pop(rank, None)
+                    alloc.sleeping[rank] = flight.id
+                self.switches[pid] = self.switches.get(pid, 0) + len(ranks)
+            for pid, ranks in move.wakes.items():
+                alloc, spec = self.generation[pid], self.pipelines[pid]
+                for rank in ranks:
+                    alloc.waking[rank] = flight.id
+                    for gpu in spec.bundles[rank]:
+                        self._reserve(flight, gpu, (pid, rank))
+            if move.grant is not None:
+                self.pending[move.grant].move = flight.id
+                for gpu in move.grant_gpus:
+                    self._reserve(flight, gpu, move.grant)
+            self._advance(flight)
+
+    def resized(self, action: ResizeAction, outcome: ResizeOutcome) -> None:
+        """Apply one resize call's outcome; the calls its move needs next come out of
+        :meth:`take_actions`.
+
+        A sleep is confirmed when none of its ranks is still awake, a wake when all of them are;
+        anything else (an error, no implementation answering, awake ranks that contradict the
+        call) fences that pipeline and leaves its GPUs assigned to it.
+        """
+        flight = self.moves.get(action.move)
+        pid = action.pipeline_id
+        if flight is None or pid not in self.pipelines:
+            return  # the move is over, or the pipeline unregistered meanwhile (its GPUs were freed)
+        alloc = self.generation.get(pid)
+        spec = self.pipelines[pid]
+        ranks = set(action.remove or action.add)
+        waking = bool(action.add)
+        (flight.waking if waking else flight.sleeping).pop(pid, None)
+        error = _contradiction(pid, ranks, waking, outcome)
+        if alloc is None:
+            self._advance(flight)
+            return
+        if error is None and pid not in self.fenced:
+            self.estimates.observe_resize(pid, waking, outcome.seconds, len(ranks), spec.tp)
+        if waking:
             for rank in ranks:
-                alloc.active.discard(rank)
-                for gpu in spec.bundles[rank]:
-                    self.owner[gpu] = None
-        satisfied = []
-        for grant in plan.grants:
-            request = self.pending.pop(grant.cluster_id)
-            self.fixed[grant.cluster_id] = FixedAllocation(
-                request.pipeline_id, request.cluster, request.priority, grant.gpus, now
-            )
-            for gpu in grant.gpus:
-                self.owner[gpu] = grant.cluster_id
-            satisfied.append(request)
-        for pid, ranks in plan.expands.items():
-            spec, alloc = self.pipelines[pid], self.generation[pid]
+                if alloc.waking.get(rank) != flight.id:
+                    continue
+                del alloc.waking[rank]
+                alloc.active.add(rank)  # awake, or -- after a failure -- possibly awake
+                if error is None:
+                    alloc.awake_since[rank] = self.clock()
+        else:
             for rank in ranks:
-                alloc.active.add(rank)
+                if alloc.sleeping.get(rank) != flight.id:
+                    continue
+                del alloc.sleeping[rank]
+                if error is not None:
+                    alloc.active.add(rank)  # may still hold its memory: keep its GPUs
+                    continue
                 for gpu in spec.bundles[rank]:
-                    self.owner[gpu] = (pid, rank)
-        for pid, release in list(self.planned_releases.items()):
-            alloc = self.generation.get(pid)
-            if release.drop_cluster and alloc is not None:
-                # Workers woken while the release was in flight go with the cluster too.
-                release.ranks = set(alloc.active)
-            else:
-                release.ranks &= alloc.active if alloc is not None else set()
-            if not release.ranks:
-                del self.planned_releases[pid]
-                if release.drop_cluster and alloc is not None and not alloc.active:
-                    del self.generation[pid]
-        for pid, alloc in self.generation.items():
-            request = self.pending.get(cluster_id(pid, ACTOR_INFER))
-            if request is not None and alloc.active:
-                del self.pending[request.cluster_id]
-                satisfied.append(request)
-        return satisfied
+                    self._release_gpu(gpu, flight.id)
+        if error is not None:
+            self.fence(pid, error)
+        self._check_release(pid)
+        self._advance(flight)
+
+    def take_actions(self) -> list[ResizeAction]:
+        """The resize calls moves need now, each to be made once."""
+        actions, self._actions = self._actions, []
+        return actions
+
+    def take_events(self) -> list[Event]:
+        """What happened since the last call that a waiter must hear about: generation requests
+        whose pipeline now has an awake worker are satisfied here."""
+        for cid, request in list(self.pending.items()):
+            if request.cluster == ACTOR_INFER:
+                alloc = self.generation.get(request.pipeline_id)
+                if alloc is not None and alloc.active:
+                    del self.pending[cid]
+                    self._events.append(Satisfied(request))
+        events, self._events = self._events, []
+        return events
 
     # -- reading ------------------------------------------------------------------------------------
 
     def idle_gpus(self) -> list[int]:
-        return [gpu for gpu, owner in enumerate(self.owner) if owner is None]
+        return self.owner.idle()
 
     def gen_grant(self, pipeline_id: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(GPU ids, DP ranks) of the pipeline's awake generation workers."""
@@ -396,7 +527,126 @@ class SchedulerState:
         alloc = self.fixed.get(cluster_id(pipeline_id, cluster))
         return alloc.gpus if alloc is not None else ()
 
+    def in_transition(self) -> bool:
+        return bool(self.moves)
+
     # -- helpers ------------------------------------------------------------------------------------
+
+    def _advance(self, flight: MoveInFlight) -> None:
+        """Queue the calls ``flight`` needs next: its sleeps first; once none is outstanding, its
+        wakes or grant; once those are done, the move is over."""
+        if flight.sleeping:
+            if not flight.sleeps_issued:
+                flight.sleeps_issued = True
+                self._actions.extend(
+                    ResizeAction(flight.id, pid, remove=tuple(sorted(r))) for pid, r in sorted(flight.sleeping.items())
+                )
+            return
+        if not flight.targets_done:
+            flight.targets_done = True
+            self._actions.extend(self._targets(flight))
+        if not flight.waking and not flight.sleeping:
+            self.moves.pop(flight.id, None)
+
+    def _targets(self, flight: MoveInFlight) -> list[ResizeAction]:
+        """Second phase of a move: grant its stage, issue its wakes (those still wanted)."""
+        move = flight.move
+        if move.grant is not None:
+            request = self.pending.get(move.grant)
+            if request is not None and request.move == flight.id:
+                if self.owner.held_by(move.grant_gpus, move.grant):
+                    del self.pending[move.grant]
+                    self.fixed[move.grant] = FixedAllocation(
+                        request.pipeline_id, request.cluster, request.priority, move.grant_gpus, self.clock()
+                    )
+                    self.stage_seen_at[request.pipeline_id] = self.clock()
+                    self._events.append(Satisfied(request))
+                else:  # a sleep failed: the GPUs it needs are still held; plan it again later
+                    self._unreserve_grant(request)
+        actions = []
+        for pid, ranks in move.wakes.items():
+            alloc = self.generation.get(pid)
+            if alloc is None:
+                continue
+            spec = self.pipelines[pid]
+            ready = []
+            for rank in sorted(ranks):
+                if alloc.waking.get(rank) != flight.id:
+                    continue
+                if self.owner.held_by(spec.bundles[rank], (pid, rank)) and self._wants_engines(pid):
+                    ready.append(rank)
+                else:
+                    self._cancel_wake(pid, rank)
+            if ready:
+                flight.waking[pid] = set(ready)
+                self.switches[pid] = self.switches.get(pid, 0) + len(ready)
+                actions.append(ResizeAction(flight.id, pid, add=tuple(ready)))
+        return actions
+
+    def _wants_engines(self, pid: str) -> bool:
+        """Whether a wake planned for ``pid`` is still worth making once its GPUs are free."""
+        if pid in self.fenced or pid in self.planned_releases:
+            return False
+        return self.demand.remaining(pid) > 0 or cluster_id(pid, ACTOR_INFER) in self.pending
+
+    def _reserve(self, flight: MoveInFlight, gpu: int, owner: Owner) -> None:
+        if self.owner[gpu] is None:
+            self.owner.take((gpu,), owner)
+        else:  # held by an engine this move puts to sleep: it goes to ``owner`` once asleep
+            flight.reserved[gpu] = owner
+
+    def _release_gpu(self, gpu: int, move: int | None) -> None:
+        """The engine holding ``gpu`` is asleep (or gone): hand the GPU to what its move reserved
+        it for, if that still waits for it, else make it idle."""
+        current = self.owner[gpu]
+        flight = self.moves.get(move) if move is not None else None
+        target = flight.reserved.pop(gpu, None) if flight is not None else None
+        if target is not None and not self._reservation_valid(target, move):
+            target = None
+        self.owner.hand_over((gpu,), current, target)
+
+    def _reservation_valid(self, target: Owner, move: int | None) -> bool:
+        if type(target) is tuple:
+            alloc = self.generation.get(target[0])
+            return alloc is not None and alloc.waking.get(target[1]) == move
+        request = self.pending.get(target) if isinstance(target, str) else None
+        return request is not None and request.move == move
+
+    def _cancel_wake(self, pid: str, rank: int) -> None:
+        """Drop a wake that was not issued: its reserved GPUs go back to the pool."""
+        alloc = self.generation[pid]
+        alloc.waking.pop(rank, None)
+        for gpu in self.pipelines[pid].bundles[rank]:
+            if self.owner[gpu] == (pid, rank):
+                self.owner.free((gpu,), (pid, rank))
+
+    def _unreserve_grant(self, request: PendingRequest) -> None:
+        cid = request.cluster_id
+        for gpu in self.pipelines[request.pipeline_id].clusters[request.cluster].gpus:
+            if self.owner[gpu] == cid:
+                self.owner.free((gpu,), cid)
+        request.move = None
+
+    def _drop_request(self, request: PendingRequest) -> None:
+        del self.pending[request.cluster_id]
+        if request.move is not None:
+            self._unreserve_grant(request)
+
+    def _check_release(self, pid: str) -> None:
+        release = self.planned_releases.get(pid)
+        alloc = self.generation.get(pid)
+        if release is None or alloc is None:
+            return
+        if release.drop_cluster:
+            if alloc.idle_cluster:
+                del self.planned_releases[pid]
+                del self.generation[pid]
+                self._events.append(ReleaseDone(pid))
+        else:
+            release.ranks &= {*alloc.active, *alloc.waking, *alloc.sleeping}
+            if not release.ranks:
+                del self.planned_releases[pid]
+                self._events.append(ReleaseDone(pid))
 
     def _spec(self, pipeline_id: str, admitted: bool = True) -> PipelineSpec:
         spec = self.pipelines.get(pipeline_id)
@@ -409,43 +659,53 @@ class SchedulerState:
         return spec
 
     @staticmethod
-    def _cluster(spec: PipelineSpec, cluster: str) -> str:
+    def check_cluster(spec: PipelineSpec, cluster: str) -> str:
+        """The cluster id of ``cluster`` of ``spec``, or InvalidRequestError naming the known ones."""
         if cluster not in spec.clusters:
             raise InvalidRequestError(
                 f"pipeline {spec.pipeline_id!r} has no cluster {cluster!r}; registered: {sorted(spec.clusters)}"
             )
         return cluster_id(spec.pipeline_id, cluster)
 
-    def _stream_key(self, pipeline_id: str, mode: str, adapter_id: str | None) -> StreamKey:
-        if mode not in PROGRESS_MODES:
-            raise InvalidRequestError(f"progress mode must be one of {list(PROGRESS_MODES)}, got {mode!r}")
-        if mode == MODE_FULL and adapter_id is not None:
-            raise InvalidRequestError(f"mode {MODE_FULL!r} takes no adapter_id, got {adapter_id!r}")
-        if mode == MODE_LORA and not adapter_id:
-            raise InvalidRequestError(f"mode {MODE_LORA!r} needs an adapter_id, got {adapter_id!r}")
-        existing = {m for m, _ in self.progress.get(pipeline_id, {})}
-        if existing and mode not in existing:
-            raise InvalidRequestError(
-                f"pipeline {pipeline_id!r} reports {sorted(existing)} progress; mixing in {mode!r} streams is not allowed"
-            )
-        return (mode, adapter_id)
-
     def _free_fixed(self, cid: str) -> None:
         alloc = self.fixed.pop(cid)
-        for gpu in alloc.gpus:
-            self.owner[gpu] = None
+        self.owner.free(alloc.gpus, cid)
+        self.stage_seen_at[alloc.pipeline_id] = self.clock()
 
     @staticmethod
     def _gen_gpus(spec: PipelineSpec, ranks: Iterable[int]) -> tuple[int, ...]:
         return tuple(sorted(gpu for rank in ranks for gpu in spec.bundles[rank]))
 
 
+def _contradiction(pid: str, ranks: set[int], waking: bool, outcome: ResizeOutcome) -> str | None:
+    """Why an outcome does not confirm its call, or None when it does."""
+    what = f"{'wake' if waking else 'sleep'} of DP ranks {sorted(ranks)}"
+    if outcome.error is not None:
+        return f"{what} failed: {outcome.error}"
+    if outcome.awake is None:
+        return (f"{what}: no rlix_resize_infer implementation answered for pipeline {pid!r}: "
+                "the framework's hooks were never installed")
+    awake = set(outcome.awake)
+    if waking and not ranks <= awake:
+        return f"{what}: ranks {sorted(ranks - awake)} still asleep after wake (awake: {sorted(awake)})"
+    if not waking and awake & ranks:
+        return f"{what}: ranks {sorted(awake & ranks)} still awake after sleep"
+    return None
+
+
 __all__ = [
+    "Event",
     "FixedAllocation",
+    "Fenced",
     "GenerationAllocation",
+    "MoveInFlight",
     "Owner",
     "PendingRequest",
     "PlannedRelease",
+    "ReleaseDone",
     "RequestOutcome",
+    "ResizeAction",
+    "ResizeOutcome",
+    "Satisfied",
     "SchedulerState",
 ]

@@ -1,119 +1,165 @@
-"""Plan validation: fail fast, before anything is applied.
+"""Plan validation: fail fast, before anything starts.
 
-Checked on a copy of GPU ownership, in the order the plan is applied (shrinks, then grants, then
-expands): no GPU in two places, idle and allocated GPUs together are exactly the pool, DP ranks
-within bounds, only generation clusters shrink or expand, every referenced pipeline, cluster and
-request exists, and no cluster is both granted and released in one plan.
+A plan is replayed move by move on a copy of the ownership table (:class:`~.ownership.Ownership`
+checks every hand-over): only awake engines not already in transition are put to sleep; a wake or
+a grant lands only on GPUs that are idle or freed by its own move's sleeps; no GPU ends in two
+places; idle and allocated GPUs together are exactly the pool; DP ranks are within bounds; only
+generation clusters sleep or wake; every referenced pipeline, cluster and request exists; no
+cluster is granted twice or woken while it is being released.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NoReturn
+
 from rlix_plugin.hookspecs import ACTOR_INFER, PlanInvariantError
 
-from .planner import Plan
+from .ownership import Ownership, describe
+from .plan import Plan
 from .state import SchedulerState
 from .topology import cluster_id
 
 
-def validate_plan(state: SchedulerState, plan: Plan, *, executed: bool = False) -> None:
+def _fail(invariant: str, detail: str) -> NoReturn:
+    raise PlanInvariantError(f"plan rejected, invariant '{invariant}' broken: {detail}")
+
+
+def validate_plan(state: SchedulerState, plan: Plan) -> None:
     """Raise :class:`PlanInvariantError` naming the first broken invariant; return None if the
-    plan may be applied to ``state``.
-
-    ``executed=True`` validates a plan whose resizes already ran, at commit: a generation cluster
-    released while its workers were being woken is then allowed (the release takes them next).
-    """
-    owner = list(state.owner)
-
-    def fail(invariant: str, detail: str) -> None:
-        raise PlanInvariantError(f"plan rejected, invariant '{invariant}' broken: {detail}")
-
-    for pid, ranks in plan.shrinks.items():
-        _check_generation(state, pid, ranks, fail)
-        alloc = state.generation[pid]
-        for rank in ranks:
-            if rank not in alloc.active:
-                fail("shrink only awake workers", f"{pid} DP rank {rank} is not awake")
-            for gpu in state.pipelines[pid].bundles[rank]:
-                if owner[gpu] != (pid, rank):
-                    fail("no GPU in two places", f"GPU {gpu} is held by {owner[gpu]!r}, not {pid} rank {rank}")
-                owner[gpu] = None
-
+    plan may be started on ``state``."""
+    owner = state.owner.copy()
+    idle_before = len(owner.idle())
+    freed = taken = 0
+    sleeping: set[tuple[str, int]] = set()
+    waking: set[tuple[str, int]] = set()
     granted: set[str] = set()
-    for grant in plan.grants:
-        request = state.pending.get(grant.cluster_id)
-        if request is None:
-            fail("referenced clusters exist", f"grant for {grant.cluster_id!r} without a pending request")
-        assert request is not None
-        if request.cluster == ACTOR_INFER:
-            fail("only stages get fixed grants", f"{grant.cluster_id!r} is a generation cluster")
-        if grant.cluster_id in granted or grant.cluster_id in state.fixed:
-            fail("no cluster allocated twice", f"{grant.cluster_id!r} is already allocated")
-        expected = state.pipelines[request.pipeline_id].clusters[request.cluster].gpus
-        if tuple(grant.gpus) != tuple(expected):
-            fail("fixed device mapping", f"{grant.cluster_id!r} granted {list(grant.gpus)}, mapping is {list(expected)}")
-        for gpu in grant.gpus:
-            if owner[gpu] is not None:
-                fail("no GPU in two places", f"GPU {gpu} granted to {grant.cluster_id!r} is held by {owner[gpu]!r}")
-            owner[gpu] = grant.cluster_id
-        granted.add(grant.cluster_id)
-
-    for pid, ranks in plan.expands.items():
-        _check_generation(state, pid, ranks, fail)
-        alloc = state.generation[pid]
-        if not executed and pid in state.planned_releases and state.planned_releases[pid].drop_cluster:
-            fail("no cluster both allocated and removed", f"{cluster_id(pid, ACTOR_INFER)!r} is being released")
-        for rank in ranks:
-            if rank in alloc.active and rank not in plan.shrinks.get(pid, ()):
-                fail("expand only sleeping workers", f"{pid} DP rank {rank} is already awake")
-            if rank in plan.shrinks.get(pid, ()):
-                fail("no shrink and re-grant in one cycle", f"{pid} DP rank {rank}")
-            for gpu in state.pipelines[pid].bundles[rank]:
-                if owner[gpu] is not None:
-                    fail("no GPU in two places", f"GPU {gpu} woken for {pid} rank {rank} is held by {owner[gpu]!r}")
-                owner[gpu] = (pid, rank)
-
-    idle_before = sum(1 for h in state.owner if h is None)
-    freed = sum(len(state.pipelines[p].bundles[r]) for p, ranks in plan.shrinks.items() for r in ranks)
-    taken = sum(len(g.gpus) for g in plan.grants) + sum(
-        len(state.pipelines[p].bundles[r]) for p, ranks in plan.expands.items() for r in ranks
-    )
-    idle_after = sum(1 for h in owner if h is None)
+    for index, move in enumerate(plan.moves):
+        freed_here = _Freed(index)  # GPUs this move frees: only its own targets may take them
+        for pid, ranks in move.sleeps.items():
+            _check_generation(state, pid, ranks)
+            alloc = state.generation[pid]
+            for rank in ranks:
+                if rank not in alloc.active or (pid, rank) in sleeping:
+                    _fail("sleep only awake workers", f"{pid} DP rank {rank} is not awake (or already moving)")
+                sleeping.add((pid, rank))
+                gpus = state.pipelines[pid].bundles[rank]
+                owner.hand_over(gpus, (pid, rank), freed_here)  # type: ignore[arg-type]
+                freed += len(gpus)
+        if move.grant is not None:
+            request = state.pending.get(move.grant)
+            if request is None:
+                _fail("referenced clusters exist", f"grant for {move.grant!r} without a pending request")
+            if request.cluster == ACTOR_INFER:
+                _fail("only stages get fixed grants", f"{move.grant!r} is a generation cluster")
+            if move.grant in granted or move.grant in state.fixed or request.move is not None:
+                _fail("no cluster allocated twice", f"{move.grant!r} is already allocated (or being granted)")
+            expected = state.pipelines[request.pipeline_id].clusters[request.cluster].gpus
+            if tuple(move.grant_gpus) != tuple(expected):
+                _fail("fixed device mapping",
+                      f"{move.grant!r} granted {list(move.grant_gpus)}, mapping is {list(expected)}")
+            _land(owner, move.grant_gpus, move.grant, freed_here)
+            granted.add(move.grant)
+            taken += len(move.grant_gpus)
+        for pid, ranks in move.wakes.items():
+            _check_generation(state, pid, ranks)
+            alloc = state.generation[pid]
+            release = state.planned_releases.get(pid)
+            if release is not None and release.drop_cluster:
+                _fail("no cluster both allocated and removed", f"{cluster_id(pid, ACTOR_INFER)!r} is being released")
+            for rank in ranks:
+                if rank in alloc.active or rank in alloc.waking or rank in alloc.sleeping or (pid, rank) in waking:
+                    _fail("wake only sleeping workers", f"{pid} DP rank {rank} is awake or already moving")
+                if (pid, rank) in sleeping:
+                    _fail("no sleep and wake of one rank in one plan", f"{pid} DP rank {rank}")
+                waking.add((pid, rank))
+                gpus = state.pipelines[pid].bundles[rank]
+                _land(owner, gpus, (pid, rank), freed_here)
+                taken += len(gpus)
+    idle_after = sum(1 for holder in owner if holder is None or isinstance(holder, _Freed))
     if idle_after != idle_before + freed - taken or len(owner) != state.pool.num_gpus:
-        fail(
-            "idle and allocated GPUs are the pool",
-            f"{idle_before} idle + {freed} freed - {taken} taken != {idle_after} idle after",
-        )
+        _fail("idle and allocated GPUs are the pool",
+              f"{idle_before} idle + {freed} freed - {taken} taken != {idle_after} idle after")
+
+
+class _Freed:
+    """Replay marker: a GPU freed by move ``index`` of the plan, not yet taken by its target."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __repr__(self) -> str:
+        return f"an engine falling asleep in move {self.index}"
+
+
+def _land(owner: Ownership, gpus: tuple[int, ...], holder: object, freed_here: _Freed) -> None:
+    """A target takes GPUs that are idle now, or that its own move frees."""
+    for gpu in gpus:
+        current = owner[gpu]
+        if current is not None and current is not freed_here:
+            _fail("no GPU in two places",
+                  f"GPU {gpu} wanted by {describe(holder)} is held by {describe(current)}")  # type: ignore[arg-type]
+        owner.set((gpu,), holder)  # type: ignore[arg-type]
 
 
 def check_state(state: SchedulerState) -> None:
-    """Raise :class:`PlanInvariantError` if GPU ownership disagrees with the allocations (used by
-    tests after every step, and cheap enough for a debug assertion)."""
-    expected: list[object] = [None] * state.pool.num_gpus
+    """Raise :class:`PlanInvariantError` if GPU ownership disagrees with the allocations and the
+    moves in flight (used by tests after every step, and cheap enough for a debug assertion).
+
+    Each GPU has at most one physical holder (a fixed allocation, or an engine that is awake,
+    falling asleep, or whose wake was issued); the table names that holder, or -- for a GPU no
+    engine or stage holds -- the target a started move reserved it for, or nobody.
+    """
+    num = state.pool.num_gpus
+    physical: list[object] = [None] * num
+    reserved: list[object] = [None] * num
+
+    def put(table: list[object], gpus: tuple[int, ...], holder: object, what: str) -> None:
+        for gpu in gpus:
+            if table[gpu] is not None:
+                raise PlanInvariantError(f"GPU {gpu} {what} by {table[gpu]!r} and {holder!r}")
+            table[gpu] = holder
+
     for cid, alloc in state.fixed.items():
-        for gpu in alloc.gpus:
-            if expected[gpu] is not None:
-                raise PlanInvariantError(f"GPU {gpu} held by {expected[gpu]!r} and {cid!r}")
-            expected[gpu] = cid
+        put(physical, alloc.gpus, cid, "held")
+    issued = {(pid, rank) for f in state.moves.values() for pid, ranks in f.waking.items() for rank in ranks}
     for pid, gen in state.generation.items():
-        for rank in gen.active:
-            for gpu in state.pipelines[pid].bundles[rank]:
-                if expected[gpu] is not None:
-                    raise PlanInvariantError(f"GPU {gpu} held by {expected[gpu]!r} and {(pid, rank)!r}")
-                expected[gpu] = (pid, rank)
-    if expected != state.owner:
-        diff = [g for g in range(state.pool.num_gpus) if expected[g] != state.owner[g]]
-        raise PlanInvariantError(f"ownership table disagrees with allocations on GPUs {diff}")
+        bundles = state.pipelines[pid].bundles
+        for rank in {*gen.active, *gen.sleeping}:
+            put(physical, bundles[rank], (pid, rank), "held")
+        for rank, move in gen.waking.items():
+            if move not in state.moves:
+                raise PlanInvariantError(f"{pid} DP rank {rank} waits for move {move}, which is not in flight")
+            put(physical if (pid, rank) in issued else reserved, bundles[rank], (pid, rank), "held or reserved")
+        for rank, move in gen.sleeping.items():
+            if move not in state.moves:
+                raise PlanInvariantError(f"{pid} DP rank {rank} falls asleep in move {move}, which is not in flight")
+    for request in state.pending.values():
+        if request.move is not None:
+            spec = state.pipelines[request.pipeline_id]
+            put(reserved, spec.clusters[request.cluster].gpus, request.cluster_id, "reserved")
+    for gpu in range(num):
+        expected = physical[gpu]
+        if expected is None and reserved[gpu] is not None:
+            expected = reserved[gpu]
+        if state.owner[gpu] != expected:
+            raise PlanInvariantError(
+                f"ownership table disagrees with allocations on GPU {gpu}: table {state.owner[gpu]!r}, "
+                f"allocations {expected!r}"
+            )
 
 
-def _check_generation(state: SchedulerState, pid: str, ranks: set[int], fail) -> None:  # type: ignore[no-untyped-def]
+def _check_generation(state: SchedulerState, pid: str, ranks: set[int]) -> None:
     spec = state.pipelines.get(pid)
     if spec is None:
-        fail("referenced clusters exist", f"unknown pipeline {pid!r}")
+        _fail("referenced clusters exist", f"unknown pipeline {pid!r}")
     if pid not in state.generation:
-        fail("only generation clusters shrink or expand", f"{cluster_id(pid, ACTOR_INFER)!r} is not held")
-    bad = sorted(r for r in ranks if not 0 <= r < spec.dp_size)  # type: ignore[union-attr]
+        _fail("only generation clusters shrink or expand", f"{cluster_id(pid, ACTOR_INFER)!r} is not held")
+    bad = sorted(r for r in ranks if not 0 <= r < spec.dp_size)
     if bad:
-        fail("DP ranks within bounds", f"{pid} ranks {bad} outside 0..{spec.dp_size - 1}")  # type: ignore[union-attr]
+        _fail("DP ranks within bounds", f"{pid} ranks {bad} outside 0..{spec.dp_size - 1}")
 
 
 __all__ = ["check_state", "validate_plan"]

@@ -1,0 +1,125 @@
+"""What the scheduler has measured about each pipeline: what a switch costs it, and how fast it
+generates. Pure; the driver feeds observations with its own clock.
+
+* **Switch costs.** Every resize the scheduler issues is timed; the estimate of a pipeline's wake
+  (or sleep) is the median of its last ``window`` wakes (sleeps), like verl's
+  ``switch_cost_window_size``. Until the first one is measured, the estimate a framework declared
+  at registration stands (:class:`~rlix_plugin.hookspecs.SwitchCosts`), else zero -- which makes
+  the switch-aware rules inactive, as if switching were free, until there is evidence it is not.
+* **Throughput.** Engine-seconds per finished sample, from progress reports: between two reports
+  of a pipeline, the GPU bundles it had awake times the elapsed time, over the samples completed
+  in between, summed over the last ``window`` intervals with progress.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from dataclasses import dataclass
+
+from rlix_plugin.hookspecs import SwitchCosts
+
+#: Resizes (and progress intervals) remembered per pipeline.
+DEFAULT_WINDOW = 8
+
+
+@dataclass
+class _Pipeline:
+    declared: SwitchCosts
+    wakes: deque[float]
+    sleeps: deque[float]
+    #: (engine-seconds, samples) per progress interval that completed samples.
+    intervals: deque[tuple[float, int]]
+    last_report: float | None = None
+    last_completed: int = 0
+    pending_engine_s: float = 0.0
+    switches: int = 0
+    switch_gpu_s: float = 0.0
+
+
+class Estimates:
+    """Per-pipeline switch-cost and throughput estimates."""
+
+    def __init__(self, window: int = DEFAULT_WINDOW) -> None:
+        self.window = window
+        self._pipelines: dict[str, _Pipeline] = {}
+
+    def register(self, pipeline_id: str, declared: SwitchCosts | None) -> None:
+        self._pipelines[pipeline_id] = _Pipeline(
+            declared or SwitchCosts(), deque(maxlen=self.window), deque(maxlen=self.window),
+            deque(maxlen=self.window * 4),
+        )
+
+    def forget(self, pipeline_id: str) -> None:
+        self._pipelines.pop(pipeline_id, None)
+
+    # -- switches -------------------------------------------------------------------------------------
+
+    def observe_resize(self, pipeline_id: str, wake: bool, seconds: float, ranks: int, tp: int) -> None:
+        """One resize call finished: ``ranks`` engines of ``tp`` GPUs each woke (or slept) in
+        ``seconds``, in parallel."""
+        entry = self._pipelines.get(pipeline_id)
+        if entry is None or seconds < 0:
+            return
+        (entry.wakes if wake else entry.sleeps).append(seconds)
+        entry.switches += ranks
+        entry.switch_gpu_s += seconds * ranks * tp
+
+    def wake_s(self, pipeline_id: str) -> float:
+        entry = self._pipelines.get(pipeline_id)
+        if entry is None:
+            return 0.0
+        return statistics.median(entry.wakes) if entry.wakes else entry.declared.wake_seconds
+
+    def sleep_s(self, pipeline_id: str) -> float:
+        entry = self._pipelines.get(pipeline_id)
+        if entry is None:
+            return 0.0
+        return statistics.median(entry.sleeps) if entry.sleeps else entry.declared.sleep_seconds
+
+    def sync_s(self, pipeline_id: str) -> float:
+        """Declared seconds to re-sync one awake engine's weights after a training step (the
+        framework syncs; the scheduler does not see it happen)."""
+        entry = self._pipelines.get(pipeline_id)
+        return entry.declared.sync_seconds if entry is not None else 0.0
+
+    def switch_s(self, pipeline_id: str) -> float:
+        """A sleep plus a wake: what one round trip of a bundle costs this pipeline."""
+        return self.wake_s(pipeline_id) + self.sleep_s(pipeline_id)
+
+    def switches(self, pipeline_id: str) -> tuple[int, float]:
+        """(engine switches made, GPU-seconds they took) so far."""
+        entry = self._pipelines.get(pipeline_id)
+        return (entry.switches, entry.switch_gpu_s) if entry is not None else (0, 0.0)
+
+    # -- throughput -----------------------------------------------------------------------------------
+
+    def observe_progress(self, pipeline_id: str, now: float, completed: int, awake_bundles: int,
+                         new_batch: bool) -> None:
+        """A progress report: ``completed`` samples so far in the rollout, with ``awake_bundles``
+        engines awake since the previous report."""
+        entry = self._pipelines.get(pipeline_id)
+        if entry is None:
+            return
+        if new_batch or entry.last_report is None or completed < entry.last_completed:
+            entry.last_report, entry.last_completed, entry.pending_engine_s = now, completed, 0.0
+            return
+        entry.pending_engine_s += max(0.0, now - entry.last_report) * awake_bundles
+        entry.last_report = now
+        done = completed - entry.last_completed
+        if done > 0:
+            entry.intervals.append((entry.pending_engine_s, done))
+            entry.pending_engine_s = 0.0
+            entry.last_completed = completed
+
+    def sample_s(self, pipeline_id: str) -> float | None:
+        """Engine-seconds per finished sample, or None before anything was measured."""
+        entry = self._pipelines.get(pipeline_id)
+        if entry is None or not entry.intervals:
+            return None
+        engine_s = sum(e for e, _ in entry.intervals)
+        samples = sum(n for _, n in entry.intervals)
+        return engine_s / samples if samples and engine_s > 0 else None
+
+
+__all__ = ["DEFAULT_WINDOW", "Estimates"]

@@ -1,0 +1,116 @@
+"""Who holds each GPU: the one table the planner, the validator and the state all walk.
+
+An entry is ``None`` (idle), a stage's cluster id (``"p1_actor_train"``) or ``(pipeline_id,
+dp_rank)`` of a generation engine -- awake, waking or falling asleep: a bundle in transition
+belongs to its transition, so it is never idle and never another pipeline's. Every change goes
+through :meth:`Ownership.take`, :meth:`Ownership.free` or :meth:`Ownership.hand_over`, which
+check the current holder first and raise :class:`PlanInvariantError` naming the GPU when it is not
+the expected one: "no GPU in two places" is enforced where the table changes, not re-derived.
+
+Pure and cheap: a list of entries, copied by the planner (scratch) and the validator (replay).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Union
+
+from rlix_plugin.hookspecs import PlanInvariantError
+
+Owner = Union[None, str, tuple[str, int]]
+
+
+def is_stage(owner: Owner) -> bool:
+    return type(owner) is str
+
+
+def is_engine(owner: Owner) -> bool:
+    return type(owner) is tuple
+
+
+class Ownership:
+    """The holder of every GPU of the pool, by global GPU id."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, num_gpus: int = 0, entries: Iterable[Owner] | None = None) -> None:
+        self._owner: list[Owner] = list(entries) if entries is not None else [None] * num_gpus
+
+    def copy(self) -> Ownership:
+        return Ownership(entries=self._owner)
+
+    def __getitem__(self, gpu: int) -> Owner:
+        return self._owner[gpu]
+
+    def __len__(self) -> int:
+        return len(self._owner)
+
+    def __iter__(self) -> Iterator[Owner]:
+        return iter(self._owner)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Ownership):
+            return self._owner == other._owner
+        if isinstance(other, list):
+            return self._owner == other
+        return NotImplemented
+
+    def entries(self) -> tuple[Owner, ...]:
+        return tuple(self._owner)
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def idle(self) -> list[int]:
+        return [gpu for gpu, owner in enumerate(self._owner) if owner is None]
+
+    def all_idle(self, gpus: Iterable[int]) -> bool:
+        owner = self._owner
+        return all(owner[g] is None for g in gpus)
+
+    def held_by(self, gpus: Iterable[int], holder: Owner) -> bool:
+        owner = self._owner
+        return all(owner[g] == holder for g in gpus)
+
+    # -- changing (checked) ---------------------------------------------------------------------------
+
+    def take(self, gpus: Iterable[int], holder: Owner) -> None:
+        """Give idle GPUs to ``holder``."""
+        self.hand_over(gpus, None, holder)
+
+    def free(self, gpus: Iterable[int], holder: Owner) -> None:
+        """``holder`` gives its GPUs back: they become idle."""
+        self.hand_over(gpus, holder, None)
+
+    def hand_over(self, gpus: Iterable[int], current: Owner, new: Owner) -> None:
+        """Move GPUs held by ``current`` to ``new``.
+
+        :raises PlanInvariantError: a GPU is held by someone else than ``current``.
+        """
+        owner = self._owner
+        gpus = tuple(gpus)
+        for gpu in gpus:
+            if owner[gpu] != current:
+                raise PlanInvariantError(
+                    f"plan rejected, invariant 'no GPU in two places' broken: GPU {gpu} is held by "
+                    f"{describe(owner[gpu])}, not {describe(current)} (wanted by {describe(new)})"
+                )
+        for gpu in gpus:
+            owner[gpu] = new
+
+    def set(self, gpus: Iterable[int], new: Owner) -> None:
+        """Unchecked assignment, for scratch copies in the planner only."""
+        owner = self._owner
+        for gpu in gpus:
+            owner[gpu] = new
+
+
+def describe(owner: Owner) -> str:
+    """``idle``, a cluster id, or ``p1_actor_infer[dp2]``."""
+    if owner is None:
+        return "idle"
+    if type(owner) is tuple:
+        return f"{owner[0]}_actor_infer[dp{owner[1]}]"
+    return str(owner)
+
+
+__all__ = ["Owner", "Ownership", "describe", "is_engine", "is_stage"]

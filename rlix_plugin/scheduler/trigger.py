@@ -1,0 +1,107 @@
+"""When to plan: the cycle-trigger policy, beside the planner. Pure.
+
+Every change that can free or claim GPUs -- a request, a release, a registration, a move that
+finished, demand opened or retired -- triggers a planning pass. Progress reports arrive often
+(about 20 a second per pipeline) and rarely change a decision, so they trigger one only when the
+policy says the allocation may now be wrong:
+
+* ``gap_ratio``: a suspended generation cluster with demand, idle GPUs a pipeline with demand
+  could use, or the least-complete half of the pipelines off its share by more than
+  ``REBALANCE_DEVIATION`` (rlix's rule);
+* switch-aware policies: the reporting pipeline now holds more bundles than samples it has left
+  (its surplus can go to a pipeline with work queued). O(1) per report.
+
+Time passing matters too: :func:`next_deadline` is when a minimum residency or an anticipation
+runs out, so that the driver plans again then.
+"""
+
+from __future__ import annotations
+
+from .planner import ANTICIPATION_S, RESIDENCY_FACTOR, anticipated_gpus, generation_demand
+from .policy import Policy
+from .state import SchedulerState
+
+#: Background rebalance threshold of ``gap_ratio``: share of remaining work of the least-complete
+#: half of the pipelines versus their share of generation GPUs, in fractions.
+REBALANCE_DEVIATION = 0.10
+
+PROGRESS = "progress"
+
+
+def wants_cycle(state: SchedulerState, policy: Policy, event: str, pipeline_id: str | None = None,
+                *, durable_demand: bool = True) -> bool:
+    """Whether ``event`` (``"progress"`` or any other change) of ``pipeline_id`` calls for a
+    planning pass."""
+    if event != PROGRESS:
+        return True
+    if policy.switch_aware:
+        if pipeline_id is None:
+            return False
+        alloc = state.generation.get(pipeline_id)
+        return alloc is not None and alloc.held > state.remaining(pipeline_id)
+    return needs_rebalance(state, durable_demand)
+
+
+def needs_rebalance(state: SchedulerState, durable_demand: bool = True) -> bool:
+    """``gap_ratio``'s rule (see the module docstring)."""
+    if state.pending or state.planned_releases:
+        return True
+    demand = generation_demand(state, durable_demand)
+    if not demand:
+        return False
+    if any(not state.generation[pid].held for pid in demand):
+        return True
+    if _idle_bundle_for(state, demand):
+        return True
+    return _share_deviation(state, demand) > REBALANCE_DEVIATION
+
+
+def next_deadline(state: SchedulerState, policy: Policy, now: float) -> float | None:
+    """The next moment a switch-aware rule stops holding a bundle back, or None."""
+    if not policy.switch_aware:
+        return None
+    _, deadline = anticipated_gpus(state, now)
+    for pid, alloc in state.generation.items():
+        if pid not in state.open_demand or not alloc.awake_since:
+            continue
+        residency = RESIDENCY_FACTOR * state.estimates.switch_s(pid)
+        if residency <= 0:
+            continue
+        for woke in alloc.awake_since.values():
+            end = woke + residency
+            if end > now and (deadline is None or end < deadline):
+                deadline = end
+    return deadline
+
+
+def _idle_bundle_for(state: SchedulerState, demand: dict[str, int]) -> bool:
+    owner = state.owner
+    idle = owner.idle()
+    if not idle:
+        return False
+    for pid in demand:
+        spec = state.pipelines[pid]
+        for gpu in idle:
+            rank = spec.rank_of_gpu.get(gpu)
+            if rank is not None and owner.all_idle(spec.bundles[rank]):
+                return True
+    return False
+
+
+def _share_deviation(state: SchedulerState, demand: dict[str, int]) -> float:
+    """|remaining-work share - GPU share| of the least-complete half of the pipelines."""
+    pipelines = state.pipelines
+    weights = {pid: demand[pid] * pipelines[pid].tp for pid in demand}
+    gpus = {pid: state.generation[pid].held * pipelines[pid].tp for pid in demand}
+    total_weight, total_gpus = sum(weights.values()), sum(gpus.values())
+    if not total_weight or not total_gpus:
+        return 0.0
+
+    def completion(pid: str) -> float:
+        return 1.0 - demand[pid] / max(state.demand.step_target(pid), 1)
+
+    half = sorted(demand, key=lambda p: (completion(p), p))[: max(1, len(demand) // 2)]
+    return abs(sum(weights[p] for p in half) / total_weight - sum(gpus[p] for p in half) / total_gpus)
+
+
+__all__ = ["ANTICIPATION_S", "PROGRESS", "REBALANCE_DEVIATION", "needs_rebalance", "next_deadline", "wants_cycle"]
