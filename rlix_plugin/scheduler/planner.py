@@ -123,8 +123,11 @@ class _Cycle:
         self.active = {pid: set(alloc.active) for pid, alloc in state.generation.items()}
         self.held = {pid: alloc.held for pid, alloc in state.generation.items()}
         self.lost: dict[str, set[int]] = {}
-        #: GPUs no engine may be woken on in this pass (claimed by a stage, or anticipated).
+        #: GPUs no engine may be woken on in this pass: claimed by a waiting stage.
         self.blocked: set[int] = set()
+        #: GPUs kept for a stage expected soon (anticipation): closed to pipelines that switch at
+        #: a cost and already have a bundle.
+        self.kept: set[int] = set()
         self.plan = Plan()
         #: GPU -> pipelines whose stages use it (filled for switch-aware policies).
         self.stage_gpus: dict[int, set[str]] = {}
@@ -160,6 +163,14 @@ class _Cycle:
             move = self._donations[(donor, receiver)] = Move(donated_to(receiver))
             self.plan.moves.append(move)
         return move
+
+    def closed_to(self, pid: str, gpus: tuple[int, ...]) -> bool:
+        """Whether ``pid`` may not wake an engine on ``gpus`` in this pass."""
+        if any(g in self.blocked for g in gpus):
+            return True
+        if not self.kept or self.held.get(pid, 0) == 0 or self.state.estimates.switch_s(pid) <= 0:
+            return False
+        return any(g in self.kept for g in gpus)
 
     def movable(self, holder: object) -> bool:
         """An awake engine not in transition, of a pipeline that is not fenced."""
@@ -239,7 +250,7 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
     fenced = state.fenced
     aware = policy.switch_aware
     if aware:
-        cycle.blocked |= anticipated_gpus(state, cycle.now)[0]
+        cycle.kept = anticipated_gpus(state, cycle.now)[0]
     capacity, max_bundles = _capacity(cycle, demand)
     estimates = state.estimates
     sharing = sum(1 for p in state.pipelines if p not in fenced)
@@ -365,8 +376,8 @@ def _bundle_free(cycle: _Cycle, pid: str, rank: int) -> bool:
     alloc = cycle.state.generation[pid]
     if rank in alloc.waking or rank in alloc.sleeping:
         return False
-    owner = cycle.owner
-    return all(owner[g] is None and g not in cycle.blocked for g in cycle.bundle(pid, rank))
+    gpus = cycle.bundle(pid, rank)
+    return cycle.owner.all_idle(gpus) and not cycle.closed_to(pid, gpus)
 
 
 def _take_idle(cycle: _Cycle, pid: str, want: int, idle: list[int], stage_gpus: dict[int, set[str]],
@@ -474,7 +485,7 @@ def _take_from_donors(
             if worker not in donor_active:
                 continue  # already taken this pass
             worker_gpus = cycle.bundle(donor, worker)
-            if not _eligible(cycle, donor, worker, pid, demand) or any(g in cycle.blocked for g in worker_gpus):
+            if not _eligible(cycle, donor, worker, pid, demand) or cycle.closed_to(pid, worker_gpus):
                 skipped.append(worker)
                 continue
             rank = rank_of_gpu.get(worker_gpus[0])
@@ -523,10 +534,10 @@ def _victims(
     if not _rank_open(cycle, pid, rank):
         return None
     victims: dict[tuple[str, int], None] = {}
+    if cycle.closed_to(pid, cycle.bundle(pid, rank)):
+        return None
     for gpu in cycle.bundle(pid, rank):
         holder = cycle.owner[gpu]
-        if gpu in cycle.blocked:
-            return None
         if holder is None:
             continue
         if not cycle.movable(holder) or holder[0] not in surplus:  # type: ignore[index]

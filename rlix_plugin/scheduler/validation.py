@@ -68,10 +68,10 @@ def validate_plan(state: SchedulerState, plan: Plan) -> None:
             if release is not None and release.drop_cluster:
                 _fail("no cluster both allocated and removed", f"{cluster_id(pid, ACTOR_INFER)!r} is being released")
             for rank in ranks:
-                if rank in alloc.active or rank in alloc.waking or rank in alloc.sleeping or (pid, rank) in waking:
-                    _fail("wake only sleeping workers", f"{pid} DP rank {rank} is awake or already moving")
                 if (pid, rank) in sleeping:
                     _fail("no sleep and wake of one rank in one plan", f"{pid} DP rank {rank}")
+                if rank in alloc.active or rank in alloc.waking or rank in alloc.sleeping or (pid, rank) in waking:
+                    _fail("wake only sleeping workers", f"{pid} DP rank {rank} is awake or already moving")
                 waking.add((pid, rank))
                 gpus = state.pipelines[pid].bundles[rank]
                 _land(owner, gpus, (pid, rank), freed_here)

@@ -16,6 +16,16 @@ def test_seed_scenario_both_pipelines_finish_and_learn():
     scenario = bundled_scenario("seed")
     result = run_scenario(scenario, RunOptions(time_scale=TIME_SCALE, stall_timeout_s=5.0))
     check_learned_and_complete(result, scenario)
+    assert result.switches > 0 and result.switch_gpu_s > 0, "the engines' switch costs were paid"
+    assert all(m.max_stall_s < 5.0 for m in result.pipelines.values())
+
+
+def test_with_instant_switches_the_seed_pipelines_generate_on_each_others_gpus():
+    # With switches that cost nothing, the idle tail engines of one pipeline go to the other.
+    scenario = bundled_scenario("seed").with_switch_costs(0.0)
+    result = run_scenario(scenario, RunOptions(time_scale=TIME_SCALE, stall_timeout_s=5.0))
+    check_learned_and_complete(result, scenario)
+    assert result.switch_gpu_s == 0.0
     # Both generated on GPUs the other trains on at some point: the pool was really shared.
     spans = result.recorder.gpu_intervals()
     for pipeline, other_train in (("P1", (2, 3)), ("P2", (0, 1))):

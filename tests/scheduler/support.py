@@ -7,8 +7,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec
-from rlix_plugin.scheduler.state import SchedulerState
+from rlix_plugin.scheduler.plan import Plan
+from rlix_plugin.scheduler.planner import plan_cycle
+from rlix_plugin.scheduler.state import PendingRequest, ResizeAction, ResizeOutcome, Satisfied, SchedulerState
 from rlix_plugin.scheduler.topology import PoolTopology
+from rlix_plugin.scheduler.validation import check_state, validate_plan
 
 T = TypeVar("T")
 
@@ -32,6 +35,58 @@ def seed_state(clock: Callable[[], float] | None = None) -> SchedulerState:
         state.register(pid, seed_clusters(train))
         state.admit(pid)
     return state
+
+
+def confirm(state: SchedulerState, action: ResizeAction) -> ResizeOutcome:
+    """The outcome an engine that does exactly what it was asked would answer."""
+    alloc = state.generation.get(action.pipeline_id)
+    awake = set(alloc.active) if alloc is not None else set()
+    awake -= set(action.remove)
+    awake |= set(action.add)
+    return ResizeOutcome(tuple(sorted(awake)))
+
+
+def drain(state: SchedulerState, answer: Callable[[SchedulerState, ResizeAction], ResizeOutcome] = confirm) -> int:
+    """Answer every resize call the moves in flight make, until none is left; returns how many."""
+    calls = 0
+    while True:
+        actions = state.take_actions()
+        if not actions:
+            return calls
+        for action in actions:
+            state.resized(action, answer(state, action))
+            check_state(state)
+            calls += 1
+
+
+def settle(state: SchedulerState, plan: Plan | None = None, policy: str = "gap_ratio") -> tuple[Plan, list[PendingRequest]]:
+    """One planning pass whose moves all complete at once: (the plan, the requests satisfied)."""
+    plan = plan if plan is not None else plan_cycle(state, policy)
+    validate_plan(state, plan)
+    state.start(plan)
+    check_state(state)
+    drain(state)
+    satisfied = [e.request for e in state.take_events() if isinstance(e, Satisfied)]
+    return plan, satisfied
+
+
+def plain(value: Any) -> Any:
+    """A comparable copy of state: objects become dicts of their fields (clocks and counters out)."""
+    if value is None or isinstance(value, (int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return sorted(((repr(k), plain(v)) for k, v in value.items()), key=lambda kv: kv[0])
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [plain(v) for v in value]
+        return sorted(items, key=repr) if isinstance(value, (set, frozenset)) else items
+    if hasattr(value, "entries") and callable(value.entries):
+        return plain(list(value.entries()))
+    fields = getattr(value, "__dict__", None)
+    if fields is not None:
+        return {k: plain(v) for k, v in fields.items() if k not in ("clock", "_seq", "_move_ids")}
+    if hasattr(value, "__slots__"):
+        return {k: plain(getattr(value, k)) for k in value.__slots__ if hasattr(value, k)}
+    return value
 
 
 class FakeEngines:

@@ -1,6 +1,6 @@
 """Stateful property test: random sequences of register / request / release / progress / clear /
-unregister across 2-6 pipelines on random topologies, driving the real async service with fake
-engines. After every step, once the scheduler settles:
+unregister across 2-6 pipelines on random topologies and both sharing policies, driving the real
+async service with fake engines. After every step, once the scheduler settles:
 
 * no GPU is double-booked and idle + allocated GPUs are the pool (``check_state``);
 * the plan the planner would make now passes validation, and its generation moves never exceed
@@ -22,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, PipelineGoneError, Priority, RlixError
 from rlix_plugin.scheduler.planner import plan_cycle
+from rlix_plugin.scheduler.policy import POLICIES
 from rlix_plugin.scheduler.service import SchedulerService
 from rlix_plugin.scheduler.topology import PoolTopology, cluster_id
 from rlix_plugin.scheduler.validation import check_state, validate_plan
@@ -70,7 +71,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         """No cycle due or running, and every unfinished caller still has its request pending
         (a granted caller needs a few loop turns to return)."""
         service = self.service
-        if service._wakeup.is_set() or service._in_flight is not None:
+        if service._wakeup.is_set() or service.state.moves or service._resizes:
             return False
         return all(task.done() or cluster_id(*key) in service.state.pending for key, task in self.tasks.items())
 
@@ -96,12 +97,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.tasks[key] = task
         self.step()
 
-    @initialize(topology=topologies())
-    def setup(self, topology):
+    @initialize(topology=topologies(), policy=st.sampled_from(sorted(POLICIES)))
+    def setup(self, topology, policy):
         gpus, per_node, pipelines = topology
         self.topology = pipelines
         self.engines.changed = asyncio.Event()
-        self.service = SchedulerService(PoolTopology(gpus, per_node), resize_timeout_s=5)
+        self.service = SchedulerService(PoolTopology(gpus, per_node), resize_timeout_s=5, policy=policy)
         self.do(self.service.start())
         for pid, clusters in pipelines.items():
             self.do(self.service.register_pipeline(pid, clusters, self.engines.resize))
@@ -172,9 +173,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         if self.service is None:
             return
         state = self.service.state
-        plan = plan_cycle(state)
+        plan = plan_cycle(state, self.service.policy)
         validate_plan(state, plan)
-        count = {pid: len(alloc.active) for pid, alloc in state.generation.items()}
+        count = {pid: alloc.held for pid, alloc in state.generation.items()}
         moves = 0
         for (pid, _rank), reason in plan.reasons.items():
             if reason.startswith("donated"):

@@ -10,6 +10,7 @@ import pytest
 from rlix_plugin.hookspecs import (
     ACTOR_INFER,
     ACTOR_TRAIN,
+    ClusterSpec,
     InvalidRequestError,
     PipelineGoneError,
     Priority,
@@ -17,6 +18,7 @@ from rlix_plugin.hookspecs import (
 )
 from rlix_plugin.scheduler.service import SchedulerService
 from rlix_plugin.scheduler.topology import PoolTopology
+from rlix_plugin.scheduler.trigger import needs_rebalance
 
 from .support import FakeEngines, run, seed_clusters, wait_until
 
@@ -158,7 +160,7 @@ def test_failing_pipeline_is_fenced_and_the_other_keeps_running(fault, message):
         assert message in service.state.fenced["p1"]
         with pytest.raises(PipelineGoneError, match="fenced"):
             await service.signal_demand("p1", 1, 8, timeout_s=1)
-        assert service.state.owner[2:] == [("p1", 2), ("p1", 3)], "GPUs of a failed sleep are not reused"
+        assert service.state.owner.entries()[2:] == (("p1", 2), ("p1", 3)), "GPUs of a failed sleep are not reused"
         await service.unregister_pipeline("p1", "fenced")
         grant = await service.request_gpus("p2", ACTOR_TRAIN, TRAIN, None, timeout_s=5)
         assert grant.gpus == (2, 3), "after the sick pipeline leaves, the other proceeds"
@@ -183,24 +185,60 @@ def test_missing_supply_side_is_reported_as_hooks_never_installed():
     run(scenario())
 
 
-def test_background_rebalance_rule():
+def test_gap_ratio_rebalances_in_the_background_on_progress():
     async def scenario():
         engines = FakeEngines()
-        service = await started(engines)
+        service = await started(engines, policy="gap_ratio")
         await service.signal_demand("p1", 0, 100, timeout_s=5)
         service.state.report_progress("p1", "full", None, 100, 0)
-        assert not service.needs_cycle(), "one pipeline, all GPUs: nothing to do"
-        service.state.open_demand["p2"] = 100  # p2 holds nothing: a suspended cluster with demand
-        service.state.generation["p2"] = type(service.state.generation["p1"])("p2", set())
-        assert service.needs_cycle()
+        assert not needs_rebalance(service.state), "one pipeline, all GPUs: nothing to do"
+        service.state.demand.open("p2", 100)  # p2 holds nothing: a suspended cluster with demand
+        service.state.generation["p2"] = type(service.state.generation["p1"])("p2")
+        assert needs_rebalance(service.state)
         service.report_progress("p2", "full", None, 100, 0)
         await wait_until(lambda: engines.awake.get("p2"), what="rebalance to p2")
-        await wait_until(lambda: not service.needs_cycle(), what="settled")
+        await wait_until(lambda: not needs_rebalance(service.state) and not service.state.moves, what="settled")
         assert len(engines.awake["p2"]) == 2 and len(engines.awake["p1"]) == 2
         # p1 almost done, p2 barely started: the least-complete half (p2) is far below its share.
         service.report_progress("p1", "full", None, 100, 95)
-        assert service._share_deviation({"p1": 5, "p2": 100}) > 0.10
         await wait_until(lambda: len(engines.awake["p2"]) == 3, what="p2 grows to 3")
+        await service.stop()
+
+    run(scenario())
+
+
+def test_a_hung_resize_leaves_another_pipelines_training_grant_on_idle_gpus_immediate():
+    """p1's wake on GPUs 2-3 never answers; p2's training on idle GPUs 0-1 is granted meanwhile,
+    and so is a wake of p2 on GPUs no resize touches."""
+
+    async def scenario():
+        release_wake = asyncio.Event()
+        calls = []
+
+        async def p1_engines(pid, remove, add):
+            calls.append((pid, remove, add))
+            await release_wake.wait()  # hangs until the test lets it go
+            return tuple(add)
+
+        engines = FakeEngines()
+        service = SchedulerService(PoolTopology(6, 6), resize_timeout_s=600, policy="gap_ratio")
+        await service.start()
+        await service.register_pipeline("p1", {ACTOR_INFER: ClusterSpec(1, (2, 3))}, p1_engines)
+        await service.register_pipeline(
+            "p2", {ACTOR_INFER: ClusterSpec(1, (4, 5)), ACTOR_TRAIN: ClusterSpec(2, (0, 1))}, engines.resize
+        )
+        p1_demand = asyncio.ensure_future(service.signal_demand("p1", 0, 8, timeout_s=600))
+        await wait_until(lambda: calls, what="p1's wake started")
+        train = await asyncio.wait_for(service.request_gpus("p2", ACTOR_TRAIN, TRAIN, None, timeout_s=600), 10)
+        assert train.gpus == (0, 1) and not p1_demand.done(), "granted while p1's wake is still in flight"
+        wake = await asyncio.wait_for(service.signal_demand("p2", 0, 8, timeout_s=600), 10)
+        assert wake.dp_ranks == (0, 1) and not p1_demand.done()
+        snap = service.snapshot()
+        assert snap["pipelines"]["p1"]["clusters"][ACTOR_INFER]["waking_dp_ranks"] == [0, 1]
+        assert snap["gpu_holders"][2] == "p1_actor_infer[dp0] (waking)", "a bundle in transition is its own"
+        release_wake.set()
+        grant = await asyncio.wait_for(p1_demand, 10)
+        assert grant.dp_ranks == (0, 1)
         await service.stop()
 
     run(scenario())

@@ -3,30 +3,24 @@ progress. Bad input raises naming the value and changes nothing."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, InvalidRequestError, PipelineGoneError, Priority
-from rlix_plugin.scheduler.planner import Plan, plan_cycle
-from rlix_plugin.scheduler.validation import check_state, validate_plan
+from rlix_plugin.scheduler.plan import Plan
+from rlix_plugin.scheduler.validation import check_state
 
-from .support import seed_clusters, seed_state
+from .support import plain, seed_clusters, seed_state, settle
 
 GEN = Priority.GENERATION
 TRAIN = Priority.ACTOR_TRAINING
 
 
 def cycle(state):
-    plan = plan_cycle(state)
-    validate_plan(state, plan)
-    satisfied = state.apply(plan)
-    check_state(state)
-    return plan, satisfied
+    return settle(state)
 
 
 def frozen(state):
-    return copy.deepcopy({k: v for k, v in vars(state).items() if k not in ("clock", "_seq")})
+    return plain(state)
 
 
 def test_generation_request_enqueues_writes_registry_then_short_circuits():
@@ -38,7 +32,7 @@ def test_generation_request_enqueues_writes_registry_then_short_circuits():
     _, satisfied = cycle(state)
     assert [r.cluster_id for r in satisfied] == ["p1_actor_infer"]
     state.clear_progress("p1")
-    del state.open_demand["p1"]
+    state.demand.retire("p1", 0.0)
     outcome = state.request("p1", ACTOR_INFER, GEN, 32)
     assert outcome.granted and outcome.dp_ranks == (0, 1, 2, 3)
     assert state.open_demand == {"p1": 32}, "a short-circuited GENERATION request writes the registry too"
@@ -212,11 +206,11 @@ def test_planned_release_validates_ranks():
     assert state.plan_release("p1", [0]) is False, "nothing awake to give back"
 
 
-def test_apply_of_empty_plan_changes_nothing():
+def test_start_of_empty_plan_changes_nothing():
     state = seed_state()
     before = frozen(state)
-    state.apply(Plan())
-    assert frozen(state) == before
+    state.start(Plan())
+    assert frozen(state) == before and state.take_actions() == []
 
 
 def test_late_reports_of_a_retired_rollout_cannot_clear_the_next_rollouts_demand():
