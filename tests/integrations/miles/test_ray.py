@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 import time
 
 import pytest
@@ -214,6 +215,26 @@ def test_install_on_an_actor_is_read_back_in_its_process(rlix, managers, caplog)
     finally:
         session.close()
     wait_until(lambda: stats(manager)["hooks"] is None, WAIT_S, "close uninstalling the hooks")
+    wait_until(lambda: channel.where["thread"] not in threads(manager), WAIT_S, "close ending the engine thread")
+
+
+def threads(manager):
+    return ray.get(manager.__ray_call__.remote(lambda _self: [t.name for t in threading.enumerate()]), timeout=WAIT_S)
+
+
+def test_engine_calls_through_the_thread_raise_miles_errors_and_nothing_else_passes(rlix, managers):
+    manager = managers(generate=False)
+    session = install_ray(manager)
+    try:
+        channel = session.installation.manager.channel
+        assert channel.where["thread"] in threads(manager)
+        with pytest.raises(KeyError, match="unknown engine_index 9"):  # miles' own error, re-raised here
+            channel.call("get_engine_states", [9], timeout_s=WAIT_S)
+        with pytest.raises(ValueError, match="'hold' is not an engine call"):
+            channel.call("hold", 30, timeout_s=WAIT_S)
+        assert channel.call("get_engine_states", [0], timeout_s=WAIT_S) == {0: "offloaded"}
+    finally:
+        session.close()
 
 
 def test_an_actor_without_set_rlix_hooks_is_a_clear_error(rlix, managers):
