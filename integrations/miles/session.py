@@ -30,6 +30,7 @@ from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, Grant, 
 
 from . import LOGGER_NAME
 from .errors import HooksNotInstalledError
+from .memory import FreeMemoryCheck
 from .units import GroupUnits, check_groups
 
 log = logging.getLogger(LOGGER_NAME)
@@ -112,7 +113,7 @@ class MilesSession:
         engine_index_of_rank: Sequence[int] | None = None,
         timeout_s: float | None = None,
         post_sleep_vram_threshold_gb: float | None = None,
-        free_memory_check: Any = None,
+        free_memory_check: FreeMemoryCheck | None = None,
     ) -> MilesSession:
         """Install the hooks into ``rollout_manager`` and verify them; see :func:`.install.install_session`."""
         from .install import install_session
