@@ -5,25 +5,27 @@ of the rollout function then went to miles' ``NoOpRLixHooks`` and nothing failed
 that call and checks its effect, in this order, failing with a clear error at the first problem
 (and undoing what it did):
 
-1. the manager has ``set_rlix_hooks`` and the engine methods, and its ``shrink_engines`` takes
-   ``post_sleep_vram_threshold_gb`` when one is configured (:class:`~.errors.MilesSurfaceError`);
+1. the manager has ``set_rlix_hooks`` and the engine methods (:class:`~.errors.MilesSurfaceError`);
 2. for a Ray actor, the engine channel is started in its process (:mod:`.engine_channel`): from
    here on its engine methods never wait behind a running ``generate``;
-3. its engine table matches ``actor_infer``'s DP ranks, and no engine is ``shell`` or
+3. in the manager's process: miles is set to hand the hooks to its rollout function (default
+   rollout path, a rollout function with an ``rlix_hooks`` parameter: :mod:`.rollout_path`;
+   :class:`~.errors.HooksNotPassedError` otherwise), and its ``shrink_engines`` takes
+   ``post_sleep_vram_threshold_gb`` when one is configured (``MilesSurfaceError``);
+4. its engine table matches ``actor_infer``'s DP ranks, and no engine is ``shell`` or
    mid-transition; ``active`` engines are put to sleep (the scheduler starts the pipeline with
    none awake);
-4. the supply plugin (:class:`~.engines.MilesEngines`) is registered on the session's plugin
+5. the supply plugin (:class:`~.engines.MilesEngines`) is registered on the session's plugin
    manager, so the scheduler's resizes of this pipeline reach the engines;
-5. ``set_rlix_hooks(MilesRLixHooks(...))`` -- through Ray when the manager is an actor (the
+6. ``set_rlix_hooks(MilesRLixHooks(...))`` -- through Ray when the manager is an actor (the
    object is pickled and rebuilds its front end there);
-6. the pipeline is registered with the scheduler (if it is not yet);
-7. **read back**, in the manager's process: the object it now holds must be the one just sent
-   (same token), miles must be set to hand it to the rollout function (default rollout path, a
-   rollout function with an ``rlix_hooks`` parameter: :mod:`.rollout_path`), and its front end must
-   build there with the same backend, reach a live backend for the progress hooks, and see this
-   pipeline registered on the scheduler. Anything else raises
-   :class:`~.errors.HooksNotInstalledError` (:class:`~.errors.HooksNotPassedError` for the rollout
-   path) saying what was found and what to change.
+7. the pipeline is registered with the scheduler (if it is not yet);
+8. **read back**, in the manager's process: the object it now holds must be the one just sent
+   (same token), and its front end must build there with the same backend, reach a live backend
+   for the progress hooks, and see this pipeline registered on the scheduler. Anything else raises
+   :class:`~.errors.HooksNotInstalledError` saying what was found.
+
+Steps 1 to 4 refuse before anything is changed.
 
 Until ``install`` succeeds, :meth:`MilesSession.signal_rollout_demand` refuses demand; and a
 pipeline registered without it has no ``rlix_resize_infer`` owner, so the scheduler fences it at
@@ -90,22 +92,21 @@ def clear_hooks(manager: ManagerProxy) -> None:
         manager.manager.set_rlix_hooks(None)
 
 
-def shrink_parameters(manager: Any) -> list[str] | None:
-    """Runs in the manager's process: the parameter names of its ``shrink_engines`` (``None``
-    when they cannot be read)."""
+def describe_manager(manager: Any) -> dict[str, Any]:
+    """Runs in the manager's process: its rollout path (:func:`.rollout_path.describe`) and the
+    parameter names of its ``shrink_engines`` (``None`` when they cannot be read)."""
     try:
-        return list(inspect.signature(manager.shrink_engines).parameters)
+        shrink = list(inspect.signature(manager.shrink_engines).parameters)
     except (AttributeError, TypeError, ValueError):
-        return None
+        shrink = None
+    return {"rollout": rollout_path.describe(manager), "shrink_parameters": shrink}
 
 
 def read_back(manager: Any, token: str) -> dict[str, Any]:
-    """Runs in the manager's process: what does the manager hold as its rlix hooks, and will it
-    hand them to its rollout function?
+    """Runs in the manager's process: what does the manager hold as its rlix hooks?
 
     Reads ``get_rlix_hooks()`` if the manager has one, else the attribute miles stores them in
-    (``_rlix_hooks``). Returns the hooks' probe plus ``rollout`` (:func:`.rollout_path.describe`),
-    or ``{"found": ...}`` describing what is there.
+    (``_rlix_hooks``). Returns the hooks' probe, or ``{"found": ...}`` describing what is there.
     """
     getter = getattr(manager, "get_rlix_hooks", None)
     if callable(getter):
@@ -118,7 +119,7 @@ def read_back(manager: Any, token: str) -> dict[str, Any]:
         return {"found": f"{type(held).__qualname__} object" if held is not None else "None"}
     if held.token != token:
         return {"found": f"MilesRLixHooks of another installation (pipeline {held.pipeline_id!r})"}
-    return {**held.probe(), "rollout": rollout_path.describe(manager)}
+    return held.probe()
 
 
 def far_side_options(backend: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -191,14 +192,20 @@ def _install(session: MilesSession, proxy: ManagerProxy, sync_weights: WeightSyn
              engine_index_of_rank: Sequence[int] | None, timeout_s: float | None, control_timeout: float,
              threshold: float | None, free_memory_check: FreeMemoryCheck | None) -> Installation:
     pid, backend = session.pipeline_id, session.backend
-    if threshold is not None:
-        parameters = proxy.run_inside(shrink_parameters, timeout_s=control_timeout)
-        if parameters is not None and THRESHOLD_KEYWORD not in parameters:
-            raise MilesSurfaceError(
-                f"pipeline {pid!r}: post_sleep_vram_threshold_gb={threshold} is configured but this miles' "
-                f"RolloutManager.shrink_engines takes no {THRESHOLD_KEYWORD} (its parameters: {parameters}); use a "
-                "miles of the rlix fork line, or pass post_sleep_vram_threshold_gb=None"
-            )
+    surface = proxy.run_inside(describe_manager, timeout_s=control_timeout)
+    reason = rollout_path.problem(surface["rollout"])
+    if backend != "noop" and reason is not None:  # with noop, rlix is off: progress goes nowhere on purpose
+        raise HooksNotPassedError(
+            f"pipeline {pid!r}: the RolloutManager would never hand the hooks to its rollout function: it {reason}. "
+            "Every progress call would reach miles' NoOpRLixHooks and the scheduler would never see the rollout."
+        )
+    parameters = surface["shrink_parameters"]
+    if threshold is not None and parameters is not None and THRESHOLD_KEYWORD not in parameters:
+        raise MilesSurfaceError(
+            f"pipeline {pid!r}: post_sleep_vram_threshold_gb={threshold} is configured but this miles' "
+            f"RolloutManager.shrink_engines takes no {THRESHOLD_KEYWORD} (its parameters: {parameters}); use a "
+            "miles of the rlix fork line, or pass post_sleep_vram_threshold_gb=None"
+        )
     cluster: ClusterSpec = session.clusters[ACTOR_INFER]
     table = engine_table(cluster, engine_index_of_rank, int(proxy.call("get_engine_count", timeout_s=control_timeout)))
     engines = MilesEngines(pid, proxy, table, sync_weights, **({"timeout_s": timeout_s} if timeout_s else {}),
@@ -226,7 +233,8 @@ def _install(session: MilesSession, proxy: ManagerProxy, sync_weights: WeightSyn
             session.register()
             registered_here = True
         # The read-back builds the hooks' front end over there and asks the scheduler once.
-        probe = proxy.run_inside(read_back, hooks.token, timeout_s=control_timeout + PROBE_TIMEOUT_S)
+        probe = {**proxy.run_inside(read_back, hooks.token, timeout_s=control_timeout + PROBE_TIMEOUT_S),
+                 "rollout": surface["rollout"]}
         _check_probe(pid, backend, probe)
     except BaseException:
         pm.unregister(name=plugin_name)
@@ -279,12 +287,6 @@ def _check_probe(pid: str, backend: str, probe: dict[str, Any]) -> None:
         )
     if backend == "noop":
         return  # rlix is off: progress goes nowhere on purpose
-    reason = rollout_path.problem(probe.get("rollout") or {})
-    if reason is not None:
-        raise HooksNotPassedError(
-            f"{where} holds the hooks but will never hand them to its rollout function: it {reason}. Every "
-            "progress call would reach miles' NoOpRLixHooks and the scheduler would never see the rollout."
-        )
     missing = sorted(set(PROGRESS_HOOKS) - set(probe.get("live", ())))
     if missing:
         raise HooksNotInstalledError(
@@ -346,4 +348,4 @@ def install(
     return session
 
 
-__all__ = ["Installation", "clear_hooks", "far_side_options", "install", "install_session", "read_back", "shrink_parameters"]
+__all__ = ["Installation", "clear_hooks", "describe_manager", "far_side_options", "install", "install_session", "read_back"]

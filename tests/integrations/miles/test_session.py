@@ -116,12 +116,13 @@ def test_upstream_miles_without_set_rlix_hooks_is_a_clear_error(scheduler):
 
 def test_a_rollout_function_without_rlix_hooks_is_refused_with_the_fix(scheduler, control_plane):
     manager = manager_for(rollout_function=generate_rollout_without_hooks)
-    with pytest.raises(HooksNotPassedError, match=r"never hand them to its rollout function.*"
+    with pytest.raises(HooksNotPassedError, match=r"never hand the hooks to its rollout function.*"
                                                   r"generate_rollout_without_hooks.*no rlix_hooks parameter.*"
                                                   r"generate_rollout_fully_async"):
         install_local(manager, scheduler)
     assert scheduler.snapshot()["pipelines"] == {}
-    assert manager._rlix_hooks is None, "the hooks it was given are taken back"
+    assert manager._rlix_hooks is None and manager.set_hooks_calls == 0 and manager.log == [], "nothing changed"
+    assert set(manager.stats()["states"].values()) == {"active"}
 
 
 def test_miles_experimental_rollout_path_is_refused_with_the_fix(scheduler, control_plane, monkeypatch):
@@ -130,7 +131,7 @@ def test_miles_experimental_rollout_path_is_refused_with_the_fix(scheduler, cont
     monkeypatch.delenv("MILES_EXPERIMENTAL_ROLLOUT_REFACTOR")
     with pytest.raises(HooksNotPassedError, match="experimental rollout path.*Unset MILES_EXPERIMENTAL_ROLLOUT_REFACTOR"):
         install_local(manager, scheduler)
-    assert scheduler.snapshot()["pipelines"] == {} and manager._rlix_hooks is None
+    assert scheduler.snapshot()["pipelines"] == {} and manager.set_hooks_calls == 0 and manager.log == []
 
 
 def test_a_threshold_miles_cannot_take_is_refused_before_anything_changes(scheduler, control_plane):
