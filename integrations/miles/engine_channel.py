@@ -13,9 +13,11 @@ process that called ``install`` and dies with it (``uninstall`` kills it); the t
 mailbox is gone, or when a later install starts another thread on the same manager.
 
 Concurrency this creates: engine methods run concurrently with ``generate`` and with other
-manager calls, as they would on an actor created with ``max_concurrency > 1`` (miles' own
-engine-state methods are written to be called during a rollout: ``shrink_engines`` aborts and
-drains its engines' requests first).
+manager calls, as they would on an actor created with ``max_concurrency > 1``. What makes that
+sound in miles: the rollout function reaches the engines through the router, not the engine table;
+``shrink_engines`` closes an engine's routing and aborts and drains its in-flight requests before
+releasing it; the fully-async rollout function returns groups cut short by an abort to its data
+source and generates them again.
 """
 
 from __future__ import annotations
