@@ -7,7 +7,11 @@ driver whose train loop calls step hooks. This package supplies both ends:
 * :mod:`.units` -- groups (miles) to samples (the hooks), the one conversion;
 * :mod:`.hooks` -- :class:`MilesRLixHooks`, the object miles' rollout function calls;
 * :mod:`.rollout_manager` -- calling the ``RolloutManager``, Ray actor or object, with timeouts;
+* :mod:`.engine_channel` -- a thread in the manager's process, so engine calls never wait behind
+  a running ``generate``;
 * :mod:`.engines` -- :class:`MilesEngines`, the supply side (``rlix_resize_infer``);
+* :mod:`.memory` -- the post-sleep threshold and :class:`FreeMemoryCheck`, the GPU memory checks;
+* :mod:`.rollout_path` -- whether miles hands the hooks to its rollout function;
 * :mod:`.install` -- :func:`install`: wire the hooks at init and verify they took;
 * :mod:`.session` -- :class:`MilesSession`: registration and the train loop's step hooks;
 * :mod:`.errors` -- what goes wrong, said plainly.
@@ -19,17 +23,27 @@ Importing this package imports neither miles nor ray.
 LOGGER_NAME = "rlix_plugin.integrations.miles"
 
 from .engines import MilesEngines, WeightSync  # noqa: E402
-from .errors import EngineStateError, HooksNotInstalledError, MilesSurfaceError  # noqa: E402
+from .errors import (  # noqa: E402
+    EngineStateError,
+    GpuMemoryError,
+    HooksNotInstalledError,
+    HooksNotPassedError,
+    MilesSurfaceError,
+)
 from .hooks import MilesRLixHooks  # noqa: E402
 from .install import Installation, install  # noqa: E402
+from .memory import FreeMemoryCheck  # noqa: E402
 from .session import MilesSession  # noqa: E402
 from .units import GroupUnits  # noqa: E402
 
 __all__ = [
     "LOGGER_NAME",
     "EngineStateError",
+    "FreeMemoryCheck",
+    "GpuMemoryError",
     "GroupUnits",
     "HooksNotInstalledError",
+    "HooksNotPassedError",
     "Installation",
     "MilesEngines",
     "MilesRLixHooks",

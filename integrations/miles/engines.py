@@ -23,13 +23,27 @@ actionable engines with ones in other states fails as a whole and touches nothin
 
 * **Sleep** is miles' ``shrink_engines``, which closes the engine's router admission, aborts and
   drains its in-flight requests, pauses generation with ``mode="retract"`` (when the manager runs
-  with ``RLIX_CONTROL_PLANE=rlix``) and only then releases its memory. The integration never calls
-  a bare offload, which would skip the pause.
-* **Wake** is ``expand_engines`` (memory back, state ``loading``), then the pipeline's weight sync
-  for exactly those engines, then ``set_weight_version`` when the sync returns a version, then
-  ``activate_routing`` (state ``active``): an engine serves only after it holds the latest weights.
-* Both are **verified**: the states are read back and the awake ranks returned to the scheduler
-  are the ones miles reports ``active``, not the ones that were asked for.
+  with ``RLIX_CONTROL_PLANE=rlix``) and only then releases its memory; it is given
+  ``post_sleep_vram_threshold_gb`` when one is configured (:mod:`.memory`). The integration never
+  calls a bare offload, which would skip the pause.
+* **Wake** is, when a :class:`~.memory.FreeMemoryCheck` is configured, a wait until the engines'
+  GPUs have the free memory they need; then ``expand_engines`` (memory back, state ``loading``),
+  the pipeline's weight sync for exactly those engines, ``set_weight_version`` when the sync
+  returns a version (a sync that publishes the version itself returns ``None``, so it is published
+  once), then ``activate_routing`` (state ``active``): an engine serves only after it holds the
+  latest weights.
+
+What a resize verifies, exactly:
+
+* after a sleep, that miles reports every slept engine ``offloaded`` (``get_engine_states``).
+  That is engine state, not memory: miles marks an engine ``offloaded`` even when its memory was
+  not freed, unless its ``shrink_engines`` enforces the threshold (some miles versions do, the
+  pinned fork line only logs it);
+* before a wake, with a :class:`~.memory.FreeMemoryCheck`, that the framework's callback reports at
+  least ``min_free_gb`` free on every engine to wake; this is where memory a sleep failed to
+  release (of this pipeline or another) is caught, before the engine tries to allocate it;
+* after a wake, that miles reports every woken engine ``active``; the DP ranks returned to the
+  scheduler are the ones miles reports ``active``, not the ones that were asked for.
 """
 
 from __future__ import annotations
@@ -44,16 +58,20 @@ from rlix_plugin.supply import PipelineEngines
 
 from . import LOGGER_NAME
 from .errors import EngineStateError
+from .memory import FreeMemoryCheck, check_threshold
 from .rollout_manager import ManagerProxy
 
 log = logging.getLogger(LOGGER_NAME)
 
 #: ``sync_weights(engine_indices) -> version | None``: load the latest policy weights into these
-#: engines (state ``loading``); return the version they now hold, or ``None`` when the sync
-#: published the version itself (miles' model update service does).
+#: engines (state ``loading``); return the version they now hold, for the integration to publish
+#: with ``set_weight_version``, or ``None`` when the sync published it itself (rlix's model update
+#: service, ``sync_selected_workers(sync_id, target_engine_indices, version)``, does). It runs in
+#: the process that called ``install``, during a resize: it must not go through the
+#: ``RolloutManager`` actor's call queue, where it would wait behind a running ``generate``.
 WeightSync = Callable[[tuple[int, ...]], "int | None"]
 
-ACTIVE, OFFLOADED, SHELL = "active", "offloaded", "shell"
+ACTIVE, OFFLOADED, SHELL, LOADING = "active", "offloaded", "shell", "loading"
 
 #: Longest wait for one engine operation (memory release or reload, a weight sync). The
 #: scheduler fences the pipeline at its own resize timeout regardless.
@@ -100,6 +118,8 @@ class MilesEngines(PipelineEngines):
     :param engine_index_of_rank: From :func:`engine_table`.
     :param sync_weights: The pipeline's weight sync for woken engines (:data:`WeightSync`).
     :param timeout_s: Longest wait for one manager call.
+    :param post_sleep_vram_threshold_gb: Handed to every ``shrink_engines`` (``None``: not passed).
+    :param free_memory_check: Run before every wake (``None``: memory is not checked).
     """
 
     def __init__(
@@ -110,9 +130,15 @@ class MilesEngines(PipelineEngines):
         sync_weights: WeightSync,
         *,
         timeout_s: float = ENGINE_TIMEOUT_S,
+        post_sleep_vram_threshold_gb: float | None = None,
+        free_memory_check: FreeMemoryCheck | None = None,
     ) -> None:
         if not callable(sync_weights):
             raise InvalidRequestError(f"sync_weights must be callable (engine indices -> version), got {sync_weights!r}")
+        if free_memory_check is not None and not isinstance(free_memory_check, FreeMemoryCheck):
+            raise InvalidRequestError(f"free_memory_check must be a FreeMemoryCheck or None, got {free_memory_check!r}")
+        self.post_sleep_vram_threshold_gb = check_threshold(post_sleep_vram_threshold_gb)
+        self.free_memory_check = free_memory_check
         self.pipeline_id = pipeline_id
         self.manager = manager
         self.engines = tuple(engine_index_of_rank)
@@ -202,6 +228,9 @@ class MilesEngines(PipelineEngines):
         if all(s == SHELL for s in bad.values()):
             why = ("a 'shell' engine was never started; create the engines and offload them (finish_init_offload) "
                    "before install")
+        elif doing and all(s == LOADING for s in bad.values()):
+            why = ("engines still 'loading' at install were started with MILES_INIT_DEFER_ADD_WORKER=1 and not yet "
+                   f"offloaded: call rollout_manager.finish_init_offload({sorted(bad)}) before install")
         else:
             why = ("an engine is between states: an earlier sleep or wake did not finish (or miles is changing it "
                    "outside the scheduler)")
@@ -209,10 +238,14 @@ class MilesEngines(PipelineEngines):
         raise EngineStateError(f"pipeline {self.pipeline_id!r}: cannot {doing}: {described}; {why}. Nothing was changed.")
 
     def _sleep(self, engines: list[int]) -> None:
-        self.manager.call("shrink_engines", list(engines), timeout_s=self.timeout_s)
+        threshold = self.post_sleep_vram_threshold_gb
+        extra = {} if threshold is None else {"post_sleep_vram_threshold_gb": threshold}
+        self.manager.call("shrink_engines", list(engines), timeout_s=self.timeout_s, **extra)
         self._verify(engines, OFFLOADED, "sleep")
 
     def _wake(self, engines: list[int]) -> int | None:
+        if self.free_memory_check is not None:
+            self.free_memory_check.wait(engines, f"pipeline {self.pipeline_id!r} (DP ranks {self._ranks(engines)})")
         self.manager.call("expand_engines", list(engines), timeout_s=self.timeout_s)
         version = self.sync_weights(tuple(engines))
         if version is not None:
@@ -222,8 +255,8 @@ class MilesEngines(PipelineEngines):
         return version
 
     def _verify(self, engines: list[int], wanted: str, what: str) -> None:
-        """A sleep or wake is verified, not assumed (a release that releases nothing, failure
-        mode 5): miles must report every engine in the state it was asked for."""
+        """miles must report every engine in the state it was asked for (state only: memory is
+        the business of the threshold and the free-memory check)."""
         states = self._states(engines)
         wrong = {e: s for e, s in states.items() if s != wanted}
         if wrong:
@@ -240,4 +273,4 @@ class MilesEngines(PipelineEngines):
         return {rank: engine for rank, engine in enumerate(self.engines)}
 
 
-__all__ = ["ACTIVE", "ENGINE_TIMEOUT_S", "OFFLOADED", "SHELL", "MilesEngines", "WeightSync", "engine_table"]
+__all__ = ["ACTIVE", "ENGINE_TIMEOUT_S", "LOADING", "OFFLOADED", "SHELL", "MilesEngines", "WeightSync", "engine_table"]

@@ -13,6 +13,13 @@ class HooksNotInstalledError(RlixError):
     scheduler never hears of the rollout (the seed bug), so demand is refused instead."""
 
 
+class HooksNotPassedError(HooksNotInstalledError):
+    """The ``RolloutManager`` holds the hooks but will never hand them to its rollout function:
+    miles' experimental rollout path is on, or the configured rollout function has no
+    ``rlix_hooks`` parameter. The rollout would report to ``NoOpRLixHooks``, as if ``install`` had
+    never run."""
+
+
 class MilesSurfaceError(RlixError, TypeError):
     """The object given as miles' ``RolloutManager`` lacks a method the integration needs (a miles
     version without the rlix seam, or the wrong object)."""
@@ -20,7 +27,12 @@ class MilesSurfaceError(RlixError, TypeError):
 
 class EngineStateError(RlixError):
     """A resize met an engine it cannot act on: a ``shell`` engine (never started), or one caught
-    half-way through an earlier transition (``loading``, ``disabling``). Nothing was changed."""
+    half-way through a transition (``loading``, ``disabling``). Nothing was changed."""
 
 
-__all__ = ["EngineStateError", "HooksNotInstalledError", "MilesSurfaceError"]
+class GpuMemoryError(RlixError):
+    """Engines about to wake found their GPUs without the free memory they need: an earlier sleep
+    on those GPUs (of this pipeline or another) did not release its memory. Nothing was changed."""
+
+
+__all__ = ["EngineStateError", "GpuMemoryError", "HooksNotInstalledError", "HooksNotPassedError", "MilesSurfaceError"]

@@ -6,18 +6,26 @@ that call and checks its effect, in this order, failing with a clear error at th
 (and undoing what it did):
 
 1. the manager has ``set_rlix_hooks`` and the engine methods (:class:`~.errors.MilesSurfaceError`);
-2. its engine table matches ``actor_infer``'s DP ranks, and no engine is ``shell`` or
+2. for a Ray actor, the engine channel is started in its process (:mod:`.engine_channel`): from
+   here on its engine methods never wait behind a running ``generate``;
+3. in the manager's process: miles is set to hand the hooks to its rollout function (default
+   rollout path, a rollout function with an ``rlix_hooks`` parameter: :mod:`.rollout_path`;
+   :class:`~.errors.HooksNotPassedError` otherwise), and its ``shrink_engines`` takes
+   ``post_sleep_vram_threshold_gb`` when one is configured (``MilesSurfaceError``);
+4. its engine table matches ``actor_infer``'s DP ranks, and no engine is ``shell`` or
    mid-transition; ``active`` engines are put to sleep (the scheduler starts the pipeline with
    none awake);
-3. the supply plugin (:class:`~.engines.MilesEngines`) is registered on the session's plugin
+5. the supply plugin (:class:`~.engines.MilesEngines`) is registered on the session's plugin
    manager, so the scheduler's resizes of this pipeline reach the engines;
-4. ``set_rlix_hooks(MilesRLixHooks(...))`` -- through Ray when the manager is an actor (the
+6. ``set_rlix_hooks(MilesRLixHooks(...))`` -- through Ray when the manager is an actor (the
    object is pickled and rebuilds its front end there);
-5. the pipeline is registered with the scheduler (if it is not yet);
-6. **read back**, in the manager's process: the object it now holds must be the one just sent
-   (same token), its front end must build there with the same backend, reach a live backend for
-   the progress hooks, and see this pipeline registered on the scheduler. Anything else raises
+7. the pipeline is registered with the scheduler (if it is not yet);
+8. **read back**, in the manager's process: the object it now holds must be the one just sent
+   (same token), and its front end must build there with the same backend, reach a live backend
+   for the progress hooks, and see this pipeline registered on the scheduler. Anything else raises
    :class:`~.errors.HooksNotInstalledError` saying what was found.
+
+Steps 1 to 4 refuse before anything is changed.
 
 Until ``install`` succeeds, :meth:`MilesSession.signal_rollout_demand` refuses demand; and a
 pipeline registered without it has no ``rlix_resize_infer`` owner, so the scheduler fences it at
@@ -27,22 +35,29 @@ fails at the first rollout instead of hanging.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec, InvalidRequestError
 
-from . import LOGGER_NAME
+from . import LOGGER_NAME, rollout_path
+from .engine_channel import EngineChannel
 from .engines import MilesEngines, WeightSync, engine_table
-from .errors import HooksNotInstalledError
+from .errors import HooksNotInstalledError, HooksNotPassedError, MilesSurfaceError
 from .hooks import PROBE_TIMEOUT_S, PROGRESS_HOOKS, MilesRLixHooks
+from .memory import FreeMemoryCheck, check_threshold
 from .rollout_manager import CONTROL_TIMEOUT_S, ENGINE_METHODS, SET_HOOKS, ManagerProxy
 
 if TYPE_CHECKING:
     from .session import MilesSession
 
 log = logging.getLogger(LOGGER_NAME)
+
+#: The keyword of ``shrink_engines`` that carries the post-sleep memory threshold.
+THRESHOLD_KEYWORD = "post_sleep_vram_threshold_gb"
+
 
 class Installation:
     """What a successful install put in place; :meth:`uninstall` takes it away again."""
@@ -57,15 +72,34 @@ class Installation:
         self.probe = probe
 
     def uninstall(self) -> None:
-        """Unregister the supply plugin and clear the manager's hooks (fire and forget: this runs
-        on shutdown paths, where waiting on a busy manager must not block)."""
+        """Unregister the supply plugin, clear the manager's hooks and close the engine channel
+        (fire and forget: this runs on shutdown paths, where waiting on a busy manager must not
+        block)."""
         pm = self.session.hooks.plugin_manager
         if pm.has_plugin(self.plugin_name):
             pm.unregister(name=self.plugin_name)
-        if self.manager.remote:
-            self.manager.manager.set_rlix_hooks.remote(None)
-        else:
-            self.manager.manager.set_rlix_hooks(None)
+        clear_hooks(self.manager)
+        channel, self.manager.channel = self.manager.channel, None
+        if channel is not None:
+            channel.close()
+
+
+def clear_hooks(manager: ManagerProxy) -> None:
+    """``set_rlix_hooks(None)``, fire and forget for an actor (it may be busy)."""
+    if manager.remote:
+        manager.manager.set_rlix_hooks.remote(None)
+    else:
+        manager.manager.set_rlix_hooks(None)
+
+
+def describe_manager(manager: Any) -> dict[str, Any]:
+    """Runs in the manager's process: its rollout path (:func:`.rollout_path.describe`) and the
+    parameter names of its ``shrink_engines`` (``None`` when they cannot be read)."""
+    try:
+        shrink = list(inspect.signature(manager.shrink_engines).parameters)
+    except (AttributeError, TypeError, ValueError):
+        shrink = None
+    return {"rollout": rollout_path.describe(manager), "shrink_parameters": shrink}
 
 
 def read_back(manager: Any, token: str) -> dict[str, Any]:
@@ -105,6 +139,8 @@ def install_session(
     sync_weights: WeightSync,
     engine_index_of_rank: Sequence[int] | None = None,
     timeout_s: float | None = None,
+    post_sleep_vram_threshold_gb: float | None = None,
+    free_memory_check: FreeMemoryCheck | None = None,
 ) -> Installation:
     """Install ``session``'s hooks into ``rollout_manager`` and verify them (steps in the module
     docstring). Returns the :class:`Installation`, also kept as ``session.installation``.
@@ -114,15 +150,23 @@ def install_session(
     :param engine_index_of_rank: Local engine index of each DP rank (default: identity).
     :param timeout_s: Longest wait for one manager call (default: 60 s for control calls, 120 s for
         engine operations).
-    :raises MilesSurfaceError: the manager lacks ``set_rlix_hooks`` or an engine method.
+    :param post_sleep_vram_threshold_gb: Handed to every ``shrink_engines`` (:mod:`.memory`).
+    :param free_memory_check: Checked before every wake (:class:`~.memory.FreeMemoryCheck`).
+    :raises MilesSurfaceError: the manager lacks ``set_rlix_hooks`` or an engine method, or a
+        threshold is configured and its ``shrink_engines`` does not take one.
     :raises InvalidRequestError: the engine table does not fit ``actor_infer``, the pipeline
-        already has an installation, or a ``local``-backend session meets a Ray actor.
+        already has an installation, a ``local``-backend session meets a Ray actor, or a memory
+        option is malformed.
     :raises EngineStateError: an engine is ``shell`` or mid-transition.
+    :raises HooksNotPassedError: miles would not hand the hooks to its rollout function.
     :raises HooksNotInstalledError: the read-back did not find working hooks.
     """
     pid = session.pipeline_id
     if session.installation is not None:
         raise InvalidRequestError(f"pipeline {pid!r}: hooks are already installed (close the session first)")
+    threshold = check_threshold(post_sleep_vram_threshold_gb)
+    if free_memory_check is not None and not isinstance(free_memory_check, FreeMemoryCheck):
+        raise InvalidRequestError(f"free_memory_check must be a FreeMemoryCheck or None, got {free_memory_check!r}")
     proxy = ManagerProxy(rollout_manager, pid)
     proxy.require((SET_HOOKS, *ENGINE_METHODS))
     backend = session.backend
@@ -132,9 +176,40 @@ def install_session(
             "scheduler lives in this process; use the 'ray' backend"
         )
     control_timeout = timeout_s or CONTROL_TIMEOUT_S
+    if proxy.remote:
+        proxy.channel = EngineChannel.start(proxy, control_timeout)
+    try:
+        return _install(session, proxy, sync_weights, engine_index_of_rank, timeout_s, control_timeout, threshold,
+                        free_memory_check)
+    except BaseException:
+        channel, proxy.channel = proxy.channel, None
+        if channel is not None:
+            channel.close()
+        raise
+
+
+def _install(session: MilesSession, proxy: ManagerProxy, sync_weights: WeightSync,
+             engine_index_of_rank: Sequence[int] | None, timeout_s: float | None, control_timeout: float,
+             threshold: float | None, free_memory_check: FreeMemoryCheck | None) -> Installation:
+    pid, backend = session.pipeline_id, session.backend
+    surface = proxy.run_inside(describe_manager, timeout_s=control_timeout)
+    reason = rollout_path.problem(surface["rollout"])
+    if backend != "noop" and reason is not None:  # with noop, rlix is off: progress goes nowhere on purpose
+        raise HooksNotPassedError(
+            f"pipeline {pid!r}: the RolloutManager would never hand the hooks to its rollout function: it {reason}. "
+            "Every progress call would reach miles' NoOpRLixHooks and the scheduler would never see the rollout."
+        )
+    parameters = surface["shrink_parameters"]
+    if threshold is not None and parameters is not None and THRESHOLD_KEYWORD not in parameters:
+        raise MilesSurfaceError(
+            f"pipeline {pid!r}: post_sleep_vram_threshold_gb={threshold} is configured but this miles' "
+            f"RolloutManager.shrink_engines takes no {THRESHOLD_KEYWORD} (its parameters: {parameters}); use a "
+            "miles of the rlix fork line, or pass post_sleep_vram_threshold_gb=None"
+        )
     cluster: ClusterSpec = session.clusters[ACTOR_INFER]
     table = engine_table(cluster, engine_index_of_rank, int(proxy.call("get_engine_count", timeout_s=control_timeout)))
-    engines = MilesEngines(pid, proxy, table, sync_weights, **({"timeout_s": timeout_s} if timeout_s else {}))
+    engines = MilesEngines(pid, proxy, table, sync_weights, **({"timeout_s": timeout_s} if timeout_s else {}),
+                           post_sleep_vram_threshold_gb=threshold, free_memory_check=free_memory_check)
     slept = engines.take_over()  # shell / mid-transition engines raise here
     if slept:
         log.info("rlix: pipeline %r: put awake engines of DP ranks %s to sleep; the scheduler wakes them on demand",
@@ -145,22 +220,26 @@ def install_session(
     if pm.has_plugin(plugin_name):
         raise InvalidRequestError(f"pipeline {pid!r}: a miles supply plugin is already registered ({plugin_name})")
     pm.register(engines, name=plugin_name)
-    registered_here = False
+    registered_here = hooks_sent = False
     try:
         hooks = MilesRLixHooks(
             pid, session.units.n_samples_per_prompt, backend=backend,
             backend_options=far_side_options(backend, session.backend_options), autoload=session.autoload,
             engine_to_rank=engines.rank_of_engine, hooks=None if proxy.remote else session.hooks,
         )
+        hooks_sent = True
         proxy.call(SET_HOOKS, hooks, timeout_s=control_timeout)
         if not session.registered:
             session.register()
             registered_here = True
         # The read-back builds the hooks' front end over there and asks the scheduler once.
-        probe = proxy.run_inside(read_back, hooks.token, timeout_s=control_timeout + PROBE_TIMEOUT_S)
+        probe = {**proxy.run_inside(read_back, hooks.token, timeout_s=control_timeout + PROBE_TIMEOUT_S),
+                 "rollout": surface["rollout"]}
         _check_probe(pid, backend, probe)
     except BaseException:
         pm.unregister(name=plugin_name)
+        if hooks_sent:
+            clear_hooks(proxy)
         if registered_here:
             try:
                 session.hooks.unregister_pipeline(pipeline_id=pid, reason="install failed")
@@ -173,11 +252,20 @@ def install_session(
             "shrink_engines then releases engine memory without pausing generation (retract) first; set it in "
             "the RolloutManager's runtime_env", pid, probe.get("control_plane"),
         )
+    if backend != "noop" and threshold is None and free_memory_check is None:
+        log.warning(
+            "rlix: pipeline %r: engine memory is judged by miles' engine state alone (miles reports an engine "
+            "'offloaded' even when its memory was not freed); pass post_sleep_vram_threshold_gb and/or "
+            "free_memory_check to install", pid,
+        )
     installation = Installation(session, proxy, engines, hooks, plugin_name, probe)
     session.installation = installation
+    rollout = probe.get("rollout") or {}
     log.info(
         "rlix: hooks installed on the miles RolloutManager of pipeline %r and verified in its process (pid %s, "
-        "backend %s); DP rank -> engine index %s", pid, probe.get("pid"), probe.get("backend"), engines.describe(),
+        "backend %s; rollout function %s takes them); DP rank -> engine index %s%s", pid, probe.get("pid"),
+        probe.get("backend"), rollout.get("function"), engines.describe(),
+        "; engine calls run on their own thread there" if proxy.channel is not None else "",
     )
     return installation
 
@@ -226,6 +314,8 @@ def install(
     autoload: bool | None = None,
     timeout_s: float | None = None,
     demand_timeout_s: float | None = None,
+    post_sleep_vram_threshold_gb: float | None = None,
+    free_memory_check: FreeMemoryCheck | None = None,
 ) -> MilesSession:
     """Register a miles pipeline and install its hooks in one call, at pipeline init, once the
     ``RolloutManager`` exists and before the first rollout.
@@ -249,11 +339,13 @@ def install(
     session.register()
     try:
         install_session(session, rollout_manager, sync_weights=sync_weights,
-                        engine_index_of_rank=engine_index_of_rank, timeout_s=timeout_s)
+                        engine_index_of_rank=engine_index_of_rank, timeout_s=timeout_s,
+                        post_sleep_vram_threshold_gb=post_sleep_vram_threshold_gb,
+                        free_memory_check=free_memory_check)
     except BaseException as exc:
         session.close(reason=f"install failed: {type(exc).__name__}")
         raise
     return session
 
 
-__all__ = ["Installation", "far_side_options", "install", "install_session", "read_back"]
+__all__ = ["Installation", "clear_hooks", "describe_manager", "far_side_options", "install", "install_session", "read_back"]

@@ -3,12 +3,15 @@
 In a miles run the manager is a Ray actor (``@ray.remote class RolloutManager``); tests and
 single-process tools may hold the object itself. :class:`ManagerProxy` hides the difference and
 bounds every remote call with a timeout whose error names the method, the pipeline and the likely
-cause, so a stuck manager is reported instead of hanging the caller.
+cause, so a stuck manager is reported instead of hanging the caller. Once ``install`` has attached
+an :class:`~.engine_channel.EngineChannel`, a remote manager's engine methods go through it, so
+they never wait behind a running ``generate``.
 
 The methods the integration uses (names and signatures as in miles' ``miles/ray/rollout.py``):
 ``set_rlix_hooks(hooks)``, ``get_engine_count()``, ``get_engine_states(engine_indices)``,
-``shrink_engines(engine_indices)``, ``expand_engines(engine_indices)``,
-``set_weight_version(version, engine_indices=None)`` and ``activate_routing(engine_indices)``.
+``shrink_engines(engine_indices, *, post_sleep_vram_threshold_gb=None)``,
+``expand_engines(engine_indices)``, ``set_weight_version(version, engine_indices=None)`` and
+``activate_routing(engine_indices)``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .engine_channel import CHANNEL_METHODS
 from .errors import MilesSurfaceError
 
 #: The hook seam: without it the manager cannot hand hooks to the rollout function.
@@ -52,6 +56,8 @@ class ManagerProxy:
         self.manager = manager
         self.pipeline_id = pipeline_id
         self.remote = _is_actor_handle(manager)
+        #: Set by ``install`` for a remote manager: the route of its engine methods.
+        self.channel: Any = None
 
     def has(self, name: str) -> bool:
         """Whether the manager has method ``name`` (an actor handle knows its class's methods)."""
@@ -79,13 +85,16 @@ class ManagerProxy:
         )
 
     def call(self, name: str, *args: Any, timeout_s: float = CONTROL_TIMEOUT_S, **kwargs: Any) -> Any:
-        """Call method ``name`` and return its result, waiting at most ``timeout_s`` if remote.
+        """Call method ``name`` and return its result, waiting at most ``timeout_s`` if remote
+        (through the engine channel for an engine method, once one is attached).
 
         :raises TimeoutError: a remote call did not answer in time (the message says which and why
             that usually happens).
         """
         if not self.remote:
             return getattr(self.manager, name)(*args, **kwargs)
+        if self.channel is not None and name in CHANNEL_METHODS:
+            return self.channel.call(name, *args, timeout_s=timeout_s, **kwargs)
         return self.wait(getattr(self.manager, name).remote(*args, **kwargs), name, timeout_s)
 
     def run_inside(self, fn: Callable[..., Any], *args: Any, timeout_s: float = CONTROL_TIMEOUT_S) -> Any:

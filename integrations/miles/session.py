@@ -30,6 +30,7 @@ from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, Grant, 
 
 from . import LOGGER_NAME
 from .errors import HooksNotInstalledError
+from .memory import FreeMemoryCheck
 from .units import GroupUnits, check_groups
 
 log = logging.getLogger(LOGGER_NAME)
@@ -111,12 +112,15 @@ class MilesSession:
         sync_weights: Any,
         engine_index_of_rank: Sequence[int] | None = None,
         timeout_s: float | None = None,
+        post_sleep_vram_threshold_gb: float | None = None,
+        free_memory_check: FreeMemoryCheck | None = None,
     ) -> MilesSession:
         """Install the hooks into ``rollout_manager`` and verify them; see :func:`.install.install_session`."""
         from .install import install_session
 
         install_session(self, rollout_manager, sync_weights=sync_weights, engine_index_of_rank=engine_index_of_rank,
-                        timeout_s=timeout_s)
+                        timeout_s=timeout_s, post_sleep_vram_threshold_gb=post_sleep_vram_threshold_gb,
+                        free_memory_check=free_memory_check)
         return self
 
     def close(self, reason: str = "finished") -> Exception | None:

@@ -1,6 +1,8 @@
-"""A miles driver in miniature: what a miles user's driver does with this integration, run against
-the stand-ins (one train loop per pipeline, all on one event loop, as rlix's dual driver runs
-them). Shared by the local and the Ray end-to-end tests."""
+"""A miles driver in miniature: what a miles user's driver does with this integration (one train
+loop per pipeline, all on one event loop, as rlix's dual driver runs them), against
+:class:`.miles_manager.MilesRolloutManager` (the pinned engine state machine and
+``call_rollout_fn``) with the on-policy rollout function. Shared by the local and the Ray
+end-to-end tests."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from typing import Any
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec
 from rlix_plugin.integrations.miles import MilesSession
 
-from .standins import run_async_train_loop
+from .rollouts import generate_rollout_on_policy
+from .train_loop import run_async_train_loop
 
 ROLLOUTS = 5
 GROUPS = 4  # args.rollout_batch_size
@@ -20,6 +23,8 @@ N = 4  # args.n_samples_per_prompt
 #: Seed topology: both pipelines generate on all four GPUs (TP 1) and train on two of them.
 TRAIN = {"p1": (0, 1), "p2": (2, 3)}
 SEEDS = {"p1": 3, "p2": 4}
+#: What the end-to-end runs configure as the rollout function.
+ROLLOUT_FUNCTION = generate_rollout_on_policy
 
 
 def seed_clusters(train: tuple[int, ...]) -> dict[str, ClusterSpec]:

@@ -1,9 +1,11 @@
 """The miles integration across Ray processes, with the real scheduler actor behind the hooks.
 
-One local Ray cluster for the module (4 logical GPUs, 2 CPUs). Each RolloutManager stand-in is a
-Ray actor, as in miles: ``install`` sends it the hooks (pickled), reads them back in its process,
-and miles' rollout function there reports progress straight to the scheduler actor. The rlix
-actors are reset before each test.
+One local Ray cluster for the module (4 logical GPUs, 2 CPUs). Each RolloutManager (the pinned
+engine state machine and call_rollout_fn, :mod:`.miles_manager`) is a Ray actor created as rlix
+creates it: no ``max_concurrency``, so it runs one call at a time. ``install`` sends it the hooks
+(pickled), reads them back in its process, and starts the engine thread there; the rollout
+function reports progress straight to the scheduler actor. The rlix actors are reset before each
+test.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 import time
 
 import pytest
@@ -32,29 +35,33 @@ from rlix_plugin.hookspecs import (  # noqa: E402
 )
 from rlix_plugin.integrations.miles import (  # noqa: E402
     HooksNotInstalledError,
+    HooksNotPassedError,
     MilesRLixHooks,
     MilesSession,
     MilesSurfaceError,
     install,
 )
+from rlix_plugin.integrations.miles.rollout_path import FULLY_ASYNC  # noqa: E402
 from rlix_plugin.ray.names import NAMESPACE, ORCHESTRATOR_NAME, SCHEDULER_NAME  # noqa: E402
 
-from . import driver, standins  # noqa: E402
+from . import driver, miles_fork, miles_manager, rollouts, train_loop  # noqa: E402  (skips without the pinned files)
 from .driver import GROUPS, N, ROLLOUTS, TRAIN, check_runs, run_pipeline, seed_clusters  # noqa: E402
 
-from ... import waiting
+from ... import waiting  # noqa: E402
 
 POOL = {"num_gpus": 4, "gpus_per_node": 4}
 BACKEND = {"backend": "ray", "backend_options": POOL, "autoload": False}
-#: The RolloutManager runs as rlix's drivers start it: RLIX_CONTROL_PLANE=rlix in its environment.
-MANAGER_OPTIONS = {"max_concurrency": 4, "num_cpus": 0, "runtime_env": {"env_vars": {"RLIX_CONTROL_PLANE": "rlix"}}}
+#: The RolloutManager as rlix's drivers start it: RLIX_CONTROL_PLANE=rlix in its environment, and no
+#: max_concurrency (one call at a time). Its process imports the pinned miles files.
+MANAGER_OPTIONS = {"num_cpus": 0, "runtime_env": miles_fork.runtime_env({"RLIX_CONTROL_PLANE": "rlix"})}
 WAIT_S = 30.0
+#: Test-local modules travel by value: Ray workers cannot import the tests package.
+BY_VALUE = (driver, miles_manager, rollouts, train_loop, sys.modules[__name__])
 
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster():
-    # Test-local classes travel by value: Ray workers cannot import the tests package.
-    for module in (standins, driver, sys.modules[__name__]):
+    for module in BY_VALUE:
         cloudpickle.register_pickle_by_value(module)
     ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
              object_store_memory=80 * 1024 * 1024)
@@ -62,8 +69,50 @@ def ray_cluster():
         yield
     finally:
         ray.shutdown()
-        for module in (standins, driver, sys.modules[__name__]):
+        for module in BY_VALUE:
             cloudpickle.unregister_pickle_by_value(module)
+
+
+class GateActor:
+    """Opened once by the test; rollouts wait on it (test plumbing)."""
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+
+    def _opened(self) -> asyncio.Event:
+        if self._event is None:  # made on the actor's event loop
+            self._event = asyncio.Event()
+        return self._event
+
+    async def wait(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._opened().wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def is_open(self) -> bool:
+        return self._opened().is_set()
+
+    async def open(self) -> None:
+        self._opened().set()
+
+
+class Gate:
+    """``args.gate``: holds a rollout open from outside the RolloutManager, whose own calls queue
+    behind the running ``generate``."""
+
+    def __init__(self) -> None:
+        self.handle = ray.remote(GateActor).options(num_cpus=0).remote()
+
+    def wait_open(self, timeout_s: float) -> bool:
+        return ray.get(self.handle.wait.remote(timeout_s), timeout=timeout_s + WAIT_S)
+
+    def is_open(self) -> bool:
+        return ray.get(self.handle.is_open.remote(), timeout=WAIT_S)
+
+    def open(self) -> None:
+        ray.get(self.handle.open.remote(), timeout=WAIT_S)
 
 
 def wait_until(predicate, timeout_s, what):
@@ -99,10 +148,14 @@ def managers():
     """Start RolloutManager actors; every one is killed at teardown."""
     started = []
 
-    def start(pid="p1", cls=standins.RolloutManagerStandIn, generate=True, options=None, **extra):
-        args = standins.miles_args(pipeline_id=pid, seed=driver.SEEDS.get(pid, 5), rollout_batch_size=GROUPS,
-                                   n_samples_per_prompt=N, generate=generate, **extra)
-        handle = ray.remote(cls).options(**{**MANAGER_OPTIONS, **(options or {})}).remote(args, None)
+    def start(pid="p1", cls=miles_manager.MilesRolloutManager, generate=True, options=None, env=None, **extra):
+        extra.setdefault("rollout_function_path", driver.ROLLOUT_FUNCTION)
+        args = miles_manager.miles_args(pipeline_id=pid, seed=driver.SEEDS.get(pid, 5), rollout_batch_size=GROUPS,
+                                        n_samples_per_prompt=N, generate=generate, **extra)
+        actor_options = {**MANAGER_OPTIONS, **(options or {})}
+        if env:
+            actor_options["runtime_env"] = miles_fork.runtime_env({"RLIX_CONTROL_PLANE": "rlix", **env})
+        handle = ray.remote(cls).options(**actor_options).remote(args, None)
         started.append(handle)
         return handle
 
@@ -111,14 +164,28 @@ def managers():
         ray.kill(handle)
 
 
-def sync_for(manager):
-    return lambda engines: ray.get(manager.sync_selected_workers.remote(list(engines)), timeout=WAIT_S)
+@pytest.fixture
+def service():
+    """rlix's model update service: its own actor, so a weight sync never queues behind generate."""
+    handle = ray.remote(miles_manager.ModelUpdateServiceStandIn).options(num_cpus=0).remote()
+    yield handle
+    ray.kill(handle)
 
 
-def install_ray(manager, pid="p1", train=None, **extra):
+def sync_through(service):
+    def sync_weights(engines):
+        ray.get(service.sync_selected_workers.remote(sync_id=None, target_engine_indices=frozenset(engines),
+                                                     version=0), timeout=WAIT_S)
+        return None  # the service published the version itself
+
+    return sync_weights
+
+
+def install_ray(manager, pid="p1", train=None, sync=None, **extra):
+    extra.setdefault("post_sleep_vram_threshold_gb", 2.0)
     return install(manager, pipeline_id=pid, clusters=seed_clusters(train or TRAIN.get(pid, (0, 1))),
-                   n_samples_per_prompt=N, rollout_batch_size=GROUPS, sync_weights=sync_for(manager), **BACKEND,
-                   **extra)
+                   n_samples_per_prompt=N, rollout_batch_size=GROUPS, sync_weights=sync or (lambda engines: None),
+                   **BACKEND, **extra)
 
 
 def stats(manager):
@@ -137,6 +204,9 @@ def test_install_on_an_actor_is_read_back_in_its_process(rlix, managers, caplog)
         assert probe["pid"] != os.getpid(), "verified where miles calls the hooks, not here"
         assert (probe["backend"], probe["registered"], probe["control_plane"]) == ("ray", True, "rlix")
         assert probe["live"] == ["rlix_begin_progress_batch", "rlix_bump_completed", "rlix_end_progress_batch"]
+        assert probe["rollout"]["takes_hooks"] and probe["rollout"]["function"].endswith("generate_rollout_on_policy")
+        channel = session.installation.manager.channel
+        assert channel.where["pid"] == probe["pid"], "the engine thread runs in the manager's process"
         seen = stats(manager)
         assert (seen["hooks"], seen["set_hooks_calls"]) == ("MilesRLixHooks", 1)
         assert set(seen["states"].values()) == {"offloaded"}, "awake engines were put to sleep at install"
@@ -145,27 +215,59 @@ def test_install_on_an_actor_is_read_back_in_its_process(rlix, managers, caplog)
     finally:
         session.close()
     wait_until(lambda: stats(manager)["hooks"] is None, WAIT_S, "close uninstalling the hooks")
+    wait_until(lambda: channel.where["thread"] not in threads(manager), WAIT_S, "close ending the engine thread")
+
+
+def threads(manager):
+    return ray.get(manager.__ray_call__.remote(lambda _self: [t.name for t in threading.enumerate()]), timeout=WAIT_S)
+
+
+def test_engine_calls_through_the_thread_raise_miles_errors_and_nothing_else_passes(rlix, managers):
+    manager = managers(generate=False)
+    session = install_ray(manager)
+    try:
+        channel = session.installation.manager.channel
+        assert channel.where["thread"] in threads(manager)
+        with pytest.raises(KeyError, match="unknown engine_index 9"):  # miles' own error, re-raised here
+            channel.call("get_engine_states", [9], timeout_s=WAIT_S)
+        with pytest.raises(ValueError, match="'hold' is not an engine call"):
+            channel.call("hold", 30, timeout_s=WAIT_S)
+        assert channel.call("get_engine_states", [0], timeout_s=WAIT_S) == {0: "offloaded"}
+    finally:
+        session.close()
 
 
 def test_an_actor_without_set_rlix_hooks_is_a_clear_error(rlix, managers):
     with pytest.raises(MilesSurfaceError, match=r"Ray actor\) has no set_rlix_hooks"):
-        install_ray(managers(cls=standins.ManagerWithoutSeam))
+        install_ray(managers(cls=miles_manager.ManagerWithoutSeam))
     assert not rlix.is_registered("p1")
 
 
 def test_an_actor_whose_set_rlix_hooks_keeps_nothing_is_caught(rlix, managers):
-    manager = managers(cls=standins.ForgetfulManager, generate=False)
+    manager = managers(cls=miles_manager.ForgetfulManager, generate=False)
     with pytest.raises(HooksNotInstalledError, match="holds None, not the hooks just installed"):
         install_ray(manager)
-    assert stats(manager)["set_hooks_calls"] == 1 and not rlix.is_registered("p1")
+    assert not rlix.is_registered("p1")
+    wait_until(lambda: stats(manager)["set_hooks_calls"] == 2, WAIT_S, "the hooks, then their withdrawal")
+
+
+def test_the_rollout_path_is_judged_in_the_managers_process(rlix, managers):
+    # The switch is set in the actor's environment only: a check made here would miss it.
+    assert "MILES_EXPERIMENTAL_ROLLOUT_REFACTOR" not in os.environ
+    manager = managers(generate=False, env={"MILES_EXPERIMENTAL_ROLLOUT_REFACTOR": "1"})
+    with pytest.raises(HooksNotPassedError, match="experimental rollout path.*Unset MILES_EXPERIMENTAL_ROLLOUT_REFACTOR"):
+        install_ray(manager)
+    assert not rlix.is_registered("p1")
+    with pytest.raises(HooksNotPassedError, match="generate_rollout_without_hooks.*no rlix_hooks parameter"):
+        install_ray(managers(generate=False, rollout_function_path=rollouts.generate_rollout_without_hooks))
 
 
 def test_a_busy_rollout_manager_times_out_with_the_likely_cause(rlix, managers):
-    manager = managers(generate=False, options={"max_concurrency": 1})  # miles' default: one call at a time
+    manager = managers(generate=False)  # one call at a time, as rlix creates it
     manager.hold.remote(30)  # the fixture kills the actor at teardown
     started = time.monotonic()
-    with pytest.raises(TimeoutError, match=r"RolloutManager.get_engine_count did not answer within 1s.*one call at a "
-                                           r"time: is a rollout or a weight sync running"):
+    with pytest.raises(TimeoutError, match=r"RolloutManager.serve_engine_calls did not answer within 1s.*one call at "
+                                           r"a time: is a rollout or a weight sync running"):
         install_ray(manager, timeout_s=1.0)
     assert time.monotonic() - started < 10.0
     assert not rlix.is_registered("p1"), "a failed install leaves nothing registered"
@@ -220,6 +322,65 @@ def test_rollout_function_progress_reaches_the_scheduler_on_every_path(rlix, man
         session.close()
 
 
+def test_the_real_fully_async_rollout_in_the_actor_reports_to_the_scheduler_actor(rlix, managers):
+    """miles' own rollout function, run by the real call_rollout_fn in the RolloutManager actor:
+    its batch reaches the scheduler actor in samples, keyed by the version the woken engines were
+    given (published by the integration, read back by miles from the router's /model_info)."""
+    gate = Gate()  # while closed, every group comes back aborted and is recycled: the batch stays open
+    manager = managers(generate=False, router=True, gate=gate, rollout_function_path=FULLY_ASYNC)
+    session = install_ray(manager, sync=lambda engines: 5)
+    try:
+        session.signal_rollout_demand(0)
+        rollout = manager.generate.remote(0)
+        (stream,) = wait_until(lambda: progress_of(rlix, "p1"), WAIT_S, "the rollout's begin at the scheduler")
+        assert (stream["step_target"], stream["completed"], stream["target_weight_version"]) == (GROUPS * N, 0, 5)
+        gate.open()
+        data = ray.get(rollout, timeout=WAIT_S)
+        assert len(data) == GROUPS and all(len(group) == N for group in data)
+        wait_until(lambda: rlix.snapshot()["open_demand"] == {} and progress_of(rlix, "p1") == [], WAIT_S,
+                   "the end retiring the rollout")
+    finally:
+        session.close()
+
+
+def test_a_preemption_during_a_rollout_reaches_the_engines_at_concurrency_one(rlix, managers):
+    """The RolloutManager runs one call at a time and is busy in generate; another pipeline's
+    training takes two of its GPUs. The shrink goes through the engine thread, not the actor's
+    queue: the training is granted while the rollout is still running (otherwise it would wait for
+    a rollout that waits for it), and the rollout then finishes on the engines it kept."""
+    gate = Gate()
+    manager = managers(gate=gate, sample_seconds=0.05)
+    session = install_ray(manager, train=(2, 3))
+    hog = RlixHooks(get_plugin_manager("ray", backend_options=POOL, autoload=False))
+    hog.register_pipeline(pipeline_id="hog", clusters={ACTOR_INFER: ClusterSpec(1, (0, 1, 2, 3)),
+                                                       ACTOR_TRAIN: ClusterSpec(2, (0, 1))})
+    try:
+        grant = session.signal_rollout_demand(0)
+        assert {0, 1} <= set(grant.dp_ranks), grant
+        rollout = manager.generate.remote(0)
+        wait_until(lambda: progress_of(rlix, "p1"), WAIT_S, "the rollout's begin at the scheduler")
+        train = hog.request_gpus(pipeline_id="hog", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING,
+                                 timeout_s=WAIT_S)
+        assert train.gpus == (0, 1)
+        assert ray.wait([rollout], timeout=0)[0] == [], "granted while the rollout was still running"
+        # Read through the engine thread too: the actor itself is still busy in generate.
+        states = session.installation.manager.call("get_engine_states", [0, 1, 2, 3], timeout_s=WAIT_S)
+        assert (states[0], states[1]) == ("offloaded", "offloaded") and "active" in (states[2], states[3])
+        gate.open()
+        data = ray.get(rollout, timeout=WAIT_S)
+        assert len(data) == GROUPS and {s.weight_version for group in data for s in group} == {0}
+        assert rlix.is_registered("p1"), "not fenced"
+        wait_until(lambda: rlix.snapshot()["open_demand"] == {}, WAIT_S, "the end retiring the open demand")
+        # miles' own shrink ran on engine 0: routing closed, abort, drain, pause (retract), release, residual.
+        assert [op for op, index in stats(manager)["ops"] if index == 0][-6:] == [
+            "unregister_from_router", "abort_all_requests", "is_idle", "pause_generation",
+            "release_memory_occupation", "log_post_sleep_residual_diagnostics"]
+    finally:
+        hog.release(pipeline_id="hog", cluster=ACTOR_TRAIN)
+        hog.unregister_pipeline(pipeline_id="hog")
+        session.close()
+
+
 def test_progress_calls_return_at_once_when_the_scheduler_is_gone(caplog):
     reset_rlix()  # no scheduler anywhere
     caplog.set_level(logging.WARNING)
@@ -257,13 +418,13 @@ def test_demand_timeout_names_who_holds_the_gpus(rlix, managers):
 # -- end to end ---------------------------------------------------------------------------------
 
 
-def run_seed(rlix, managers, *, with_install):
+def run_seed(rlix, managers, service, *, with_install):
     handles = {pid: managers(pid) for pid in TRAIN}
     sessions = {}
     try:
         for pid, handle in handles.items():
             if with_install:
-                sessions[pid] = install_ray(handle, pid)
+                sessions[pid] = install_ray(handle, pid, sync=sync_through(service))
             else:
                 sessions[pid] = MilesSession(pipeline_id=pid, clusters=seed_clusters(TRAIN[pid]),
                                              n_samples_per_prompt=N, rollout_batch_size=GROUPS, **BACKEND)
@@ -290,25 +451,29 @@ def run_seed(rlix, managers, *, with_install):
             session.close()
 
 
-def test_two_miles_pipelines_complete_the_seed_scenario(rlix, managers):
-    records, handles = run_seed(rlix, managers, with_install=True)
+def test_two_miles_pipelines_complete_the_seed_scenario(rlix, managers, service):
+    records, handles = run_seed(rlix, managers, service, with_install=True)
     check_runs(records)
     for record in records:
         # Progress came from the RolloutManager actor's process to the scheduler, every rollout.
         seen = record.progress_seen
         assert len(seen) == ROLLOUTS and seen[0] >= 2 and seen == sorted(seen) and seen[-1] > seen[0], seen
+    woken = []
     for handle in handles.values():
-        ops = [op for op, _ in stats(handle)["timeline"]]
+        ops = [op for op, _ in stats(handle)["ops"]]
         assert ops.count("release_memory_occupation") >= ROLLOUTS, "training preempted its GPUs' engines"
-        assert "offload" not in ops
+        assert "update_weight_version" not in ops, "the service published the versions, once"
+        woken += [i for op, i in stats(handle)["ops"] if op == "resume_memory_occupation"]
+    synced = ray.get(service.synced.remote(), timeout=WAIT_S)
+    assert sorted(i for engines, _ in synced for i in engines) == sorted(woken), "every wake went through the sync"
     snap = rlix.snapshot()
     assert snap["pipelines"] == {} and snap["open_demand"] == {} and snap["idle_gpus"] == [0, 1, 2, 3]
 
 
-def test_the_same_run_without_install_fails_loudly_at_the_first_rollout(rlix, managers):
+def test_the_same_run_without_install_fails_loudly_at_the_first_rollout(rlix, managers, service):
     started = time.monotonic()
     with pytest.raises(HooksNotInstalledError, match="rollout 0 refused.*NoOpRLixHooks"):
-        run_seed(rlix, managers, with_install=False)
+        run_seed(rlix, managers, service, with_install=False)
     assert time.monotonic() - started < 15.0
     assert rlix.snapshot()["pipelines"] == {}
 

@@ -1,6 +1,7 @@
-"""install and the session on the local backend, with the RolloutManager held as a plain object:
-the wiring is verified, a forgotten install fails at the first rollout, and two miles-shaped
-pipelines complete the seed scenario."""
+"""install and the session on the local backend, with miles' RolloutManager (the pinned engine state
+machine and call_rollout_fn) held as a plain object: the wiring is verified, setups whose hooks
+cannot reach the rollout function are refused, a forgotten install fails at the first rollout,
+and two miles pipelines complete the seed scenario."""
 
 from __future__ import annotations
 
@@ -24,15 +25,24 @@ from rlix_plugin.hookspecs import (
 from rlix_plugin.integrations.miles import (
     LOGGER_NAME,
     EngineStateError,
+    FreeMemoryCheck,
     HooksNotInstalledError,
+    HooksNotPassedError,
     MilesRLixHooks,
     MilesSession,
     MilesSurfaceError,
     install,
 )
 
-from .driver import GROUPS, N, ROLLOUTS, TRAIN, LocalCalls, check_runs, run_pipeline, seed_clusters
-from .standins import ForgetfulManager, ManagerWithoutSeam, RolloutManagerStandIn, miles_args
+from .driver import GROUPS, N, ROLLOUT_FUNCTION, ROLLOUTS, TRAIN, LocalCalls, check_runs, run_pipeline, seed_clusters
+from .miles_manager import (
+    ForgetfulManager,
+    ManagerWithoutSeam,
+    MilesRolloutManager,
+    ModelUpdateServiceStandIn,
+    miles_args,
+)
+from .rollouts import generate_rollout_without_hooks
 
 
 @pytest.fixture
@@ -52,16 +62,29 @@ def options(scheduler):
     return {"backend": "local", "backend_options": {"scheduler": scheduler}, "autoload": False}
 
 
-def manager_for(pid="p1", generate=False, cls=RolloutManagerStandIn, states=None, **extra):
+def manager_for(pid="p1", generate=False, cls=MilesRolloutManager, rollout_function=ROLLOUT_FUNCTION, **extra):
     args = miles_args(pipeline_id=pid, seed={"p1": 3, "p2": 4}.get(pid, 5), rollout_batch_size=GROUPS,
-                      n_samples_per_prompt=N, generate=generate, initial_engine_states=states, **extra)
+                      n_samples_per_prompt=N, generate=generate, rollout_function_path=rollout_function, **extra)
     return cls(args, None)
 
 
-def install_local(manager, scheduler, pid="p1", **extra):
+#: GPU memory verified as a miles run should: threshold to miles, free memory before a wake.
+def memory_checks(manager):
+    return {"post_sleep_vram_threshold_gb": 2.0,
+            "free_memory_check": FreeMemoryCheck(free_gb=manager.free_gb, min_free_gb=60.0, wait_s=5.0)}
+
+
+def install_local(manager, scheduler, pid="p1", service=None, **extra):
+    service = service or ModelUpdateServiceStandIn()
+
+    def sync_weights(engines):
+        # rlix's service publishes the version itself: nothing to return for the integration to publish.
+        service.sync_selected_workers(sync_id=None, target_engine_indices=frozenset(engines), version=0)
+        return None
+
+    extra = {**memory_checks(manager), **extra}
     return install(manager, pipeline_id=pid, clusters=seed_clusters(TRAIN.get(pid, (0, 1))), n_samples_per_prompt=N,
-                   rollout_batch_size=GROUPS, sync_weights=lambda engines: manager.sync_selected_workers(list(engines)),
-                   **options(scheduler), **extra)
+                   rollout_batch_size=GROUPS, sync_weights=sync_weights, **options(scheduler), **extra)
 
 
 def test_install_sets_hooks_once_reads_them_back_and_sleeps_awake_engines(scheduler, control_plane, caplog):
@@ -71,7 +94,12 @@ def test_install_sets_hooks_once_reads_them_back_and_sleeps_awake_engines(schedu
     assert isinstance(manager._rlix_hooks, MilesRLixHooks) and manager.set_hooks_calls == 1
     assert manager._rlix_hooks.token == session.installation.probe["token"]
     assert session.installation.probe["registered"] is True
+    rollout = session.installation.probe["rollout"]
+    assert (rollout["function"], rollout["takes_hooks"], rollout["experimental"]) == (
+        f"{ROLLOUT_FUNCTION.__module__}.generate_rollout_on_policy", True, False)
+    assert rollout["call_rollout_fn_takes_hooks"] is True, "the real call_rollout_fn, read in the manager's process"
     assert set(manager.stats()["states"].values()) == {"offloaded"}, "the scheduler starts with none awake"
+    assert session.installation.manager.channel is None, "a plain object needs no engine channel"
     assert session.hooks.plugin_manager.has_plugin("rlix-miles-engines-p1")
     assert "p1" in scheduler.snapshot()["pipelines"]
     assert any("hooks installed" in r.getMessage() and "verified" in r.getMessage() for r in caplog.records)
@@ -79,17 +107,51 @@ def test_install_sets_hooks_once_reads_them_back_and_sleeps_awake_engines(schedu
     session.close()
 
 
-def test_a_manager_without_set_rlix_hooks_is_a_clear_error(scheduler):
-    with pytest.raises(MilesSurfaceError, match="has no set_rlix_hooks"):
-        install_local(ManagerWithoutSeam(), scheduler)
+def test_upstream_miles_without_set_rlix_hooks_is_a_clear_error(scheduler):
+    with pytest.raises(MilesSurfaceError, match="has no set_rlix_hooks.*predates the rlix hook seam"):
+        install(ManagerWithoutSeam(), pipeline_id="p1", clusters=seed_clusters((0, 1)), n_samples_per_prompt=N,
+                rollout_batch_size=GROUPS, sync_weights=lambda engines: None, **options(scheduler))
     assert scheduler.snapshot()["pipelines"] == {}, "nothing stays registered"
+
+
+def test_a_rollout_function_without_rlix_hooks_is_refused_with_the_fix(scheduler, control_plane):
+    manager = manager_for(rollout_function=generate_rollout_without_hooks)
+    with pytest.raises(HooksNotPassedError, match=r"never hand the hooks to its rollout function.*"
+                                                  r"generate_rollout_without_hooks.*no rlix_hooks parameter.*"
+                                                  r"generate_rollout_fully_async"):
+        install_local(manager, scheduler)
+    assert scheduler.snapshot()["pipelines"] == {}
+    assert manager._rlix_hooks is None and manager.set_hooks_calls == 0 and manager.log == [], "nothing changed"
+    assert set(manager.stats()["states"].values()) == {"active"}
+
+
+def test_miles_experimental_rollout_path_is_refused_with_the_fix(scheduler, control_plane, monkeypatch):
+    monkeypatch.setenv("MILES_EXPERIMENTAL_ROLLOUT_REFACTOR", "1")
+    manager = manager_for()  # miles reads the switch once, at construction
+    monkeypatch.delenv("MILES_EXPERIMENTAL_ROLLOUT_REFACTOR")
+    with pytest.raises(HooksNotPassedError, match="experimental rollout path.*Unset MILES_EXPERIMENTAL_ROLLOUT_REFACTOR"):
+        install_local(manager, scheduler)
+    assert scheduler.snapshot()["pipelines"] == {} and manager.set_hooks_calls == 0 and manager.log == []
+
+
+def test_a_threshold_miles_cannot_take_is_refused_before_anything_changes(scheduler, control_plane):
+    class OlderManager(MilesRolloutManager):
+        def shrink_engines(self, engine_indices):  # a miles before post_sleep_vram_threshold_gb
+            return super().shrink_engines(engine_indices)
+
+    manager = manager_for(cls=OlderManager)
+    with pytest.raises(MilesSurfaceError, match=r"shrink_engines takes no post_sleep_vram_threshold_gb \(its "
+                                                r"parameters: \['engine_indices'\]\)"):
+        install_local(manager, scheduler)
+    assert set(manager.stats()["states"].values()) == {"active"} and manager.log == []
+    install_local(manager, scheduler, post_sleep_vram_threshold_gb=None).close()  # without one it installs
 
 
 def test_a_set_rlix_hooks_that_keeps_nothing_is_caught_by_the_read_back(scheduler, control_plane):
     manager = manager_for(cls=ForgetfulManager)
     with pytest.raises(HooksNotInstalledError, match="holds None, not the hooks just installed"):
         install_local(manager, scheduler)
-    assert manager.set_hooks_calls == 1
+    assert manager.set_hooks_calls == 2, "the hooks, then None as the failed install withdrew them"
     assert scheduler.snapshot()["pipelines"] == {}
 
 
@@ -97,12 +159,12 @@ def test_engine_count_must_match_the_dp_ranks(scheduler):
     manager = manager_for(rollout_num_gpus=2)
     with pytest.raises(InvalidRequestError, match="2 engines but actor_infer has 4 DP ranks"):
         install_local(manager, scheduler)
-    assert manager._rlix_hooks is None and manager.timeline == []
+    assert manager._rlix_hooks is None and manager.log == []
 
 
 def test_a_shell_engine_fails_the_install(scheduler):
     with pytest.raises(EngineStateError, match="'shell'.*finish_init_offload"):
-        install_local(manager_for(states=["offloaded", "offloaded", "shell", "offloaded"]), scheduler)
+        install_local(manager_for(shell_engines=[2]), scheduler)
     assert scheduler.snapshot()["pipelines"] == {}
 
 
@@ -111,6 +173,13 @@ def test_missing_control_plane_in_the_manager_process_is_warned(scheduler, monke
     caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
     install_local(manager_for(), scheduler).close()
     assert any("RLIX_CONTROL_PLANE" in r.getMessage() and "retract" in r.getMessage() for r in caplog.records)
+
+
+def test_memory_judged_by_engine_state_alone_is_warned(scheduler, control_plane, caplog):
+    caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
+    install_local(manager_for(), scheduler, post_sleep_vram_threshold_gb=None, free_memory_check=None).close()
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "engine state alone" in warning and "post_sleep_vram_threshold_gb" in warning
 
 
 def test_forgotten_install_refuses_demand_at_once(scheduler):
@@ -142,6 +211,9 @@ def test_signal_rollout_demand_converts_groups_and_wakes_an_engine(scheduler, co
     assert grant.dp_ranks and scheduler.snapshot()["open_demand"] == {"p1": 3 * N}
     awake = [i for i, s in manager.stats()["states"].items() if s == "active"]
     assert sorted(awake) == sorted(grant.dp_ranks)
+    calls = manager.stats()["calls"]
+    assert [kw for op, _, kw in calls if op == "log_post_sleep_residual_diagnostics"][:1] == [{"threshold_gb": 2.0}], \
+        "the install-time sleep handed miles the threshold"
     session.signal_rollout_demand(1)  # default: rollout_batch_size groups
     assert scheduler.snapshot()["open_demand"] == {"p1": GROUPS * N}
     session.close()
@@ -205,11 +277,12 @@ def run_seed(scheduler, *, with_install: bool):
     progress_events = []
     scheduler.service.add_listener(lambda event, _service: progress_events.append(event) if event == "progress" else None)
     managers = {pid: manager_for(pid, generate=True) for pid in TRAIN}
+    services = {pid: ModelUpdateServiceStandIn() for pid in TRAIN}
     sessions = {}
     try:
         for pid, manager in managers.items():
             if with_install:
-                sessions[pid] = install_local(manager, scheduler, pid)
+                sessions[pid] = install_local(manager, scheduler, pid, service=services[pid])
             else:
                 sessions[pid] = MilesSession(pipeline_id=pid, clusters=seed_clusters(TRAIN[pid]),
                                              n_samples_per_prompt=N, rollout_batch_size=GROUPS, **options(scheduler))
@@ -226,7 +299,7 @@ def run_seed(scheduler, *, with_install: bool):
                 for pid in TRAIN
             )), timeout=60)
 
-        return asyncio.run(main()), managers, progress_events
+        return asyncio.run(main()), managers, progress_events, services
     finally:
         for session in sessions.values():
             session.close()
@@ -235,13 +308,17 @@ def run_seed(scheduler, *, with_install: bool):
 
 
 def test_two_miles_pipelines_complete_the_seed_scenario(scheduler, control_plane):
-    records, managers, progress_events = run_seed(scheduler, with_install=True)
+    records, managers, progress_events, services = run_seed(scheduler, with_install=True)
     check_runs(records)
     # Progress from the rollout functions reached the scheduler (begin, coalesced bumps, end).
     assert len(progress_events) >= 2 * 2 * ROLLOUTS
-    for manager in managers.values():
-        shrinks = [op for op, _ in manager.stats()["timeline"] if op == "release_memory_occupation"]
-        assert len(shrinks) >= ROLLOUTS, "training preempted the engines on its GPUs every rollout"
+    for pid, manager in managers.items():
+        ops = [op for op, _ in manager.stats()["ops"]]
+        assert ops.count("release_memory_occupation") >= ROLLOUTS, "training preempted the engines on its GPUs"
+        # Every wake went through the weight sync, and the sync published the version (not the integration).
+        woken = sorted(i for op, i in manager.stats()["ops"] if op == "resume_memory_occupation")
+        assert sorted(i for engines, _ in services[pid].synced() for i in engines) == woken
+        assert "update_weight_version" not in ops
     snap = scheduler.snapshot()
     assert snap["pipelines"] == {} and snap["open_demand"] == {} and snap["idle_gpus"] == [0, 1, 2, 3]
 

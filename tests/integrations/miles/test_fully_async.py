@@ -1,0 +1,103 @@
+"""miles' real fully-async rollout function (pinned ``generate_rollout_fully_async``), called by the
+real ``call_rollout_fn`` from the RolloutManager, reporting through MilesRLixHooks to the local
+scheduler: begin / one bump per group / end, in samples, keyed by the weight version the engines
+serve (read from the router's ``/model_info``, as miles does).
+
+The fully-async worker is a process-wide singleton that keeps generating between rollouts; each
+test starts and stops its own.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from rlix_plugin.backends.local import LocalScheduler
+from rlix_plugin.integrations.miles import install
+from rlix_plugin.testing import HookRecorder
+
+from ...waiting import wait_until
+from .driver import seed_clusters
+from .miles_manager import MilesRolloutManager, miles, miles_args  # skips the module without the pinned files
+
+GROUPS, N, VERSION = 4, 3, 5
+PROGRESS = ("rlix_begin_progress_batch", "rlix_bump_completed", "rlix_end_progress_batch")
+
+
+@pytest.fixture
+def scheduler():
+    sched = LocalScheduler(4, 4, resize_timeout_s=10)
+    yield sched
+    sched.close()
+
+
+@pytest.fixture
+def fully_async(monkeypatch):
+    """The pinned module with a fresh worker and a fresh weight-version cache."""
+    module = miles.fully_async
+    module.stop_global_worker()
+    monkeypatch.setattr(module, "_cached_version", module._CachedWeightVersion())
+    monkeypatch.setenv("RLIX_CONTROL_PLANE", "rlix")
+    yield module
+    module.stop_global_worker()
+
+
+@pytest.fixture
+def pipeline(scheduler, fully_async):
+    """p1 installed on a RolloutManager whose rollout function is miles' fully-async one; its
+    weight sync hands back VERSION, which the integration publishes with set_weight_version."""
+    manager = MilesRolloutManager(miles_args(rollout_batch_size=GROUPS, n_samples_per_prompt=N, router=True))
+    assert manager.generate_rollout is fully_async.generate_rollout_fully_async
+    session = install(manager, pipeline_id="p1", clusters=seed_clusters((0, 1)), n_samples_per_prompt=N,
+                      rollout_batch_size=GROUPS, sync_weights=lambda engines: VERSION, backend="local",
+                      backend_options={"scheduler": scheduler}, autoload=False, post_sleep_vram_threshold_gb=2.0)
+    recorder = HookRecorder(session.hooks.plugin_manager)
+    yield session, manager, recorder
+    recorder.close()
+    session.close()
+    manager.close()
+
+
+def progress(recorder):
+    return recorder.calls(*PROGRESS)
+
+
+def settled(scheduler, session):
+    backend = session.hooks.plugin_manager.get_plugin("rlix-backend")
+    assert backend.flush_progress()
+    return scheduler.snapshot()
+
+
+def test_the_real_fully_async_rollout_reports_begin_bumps_and_end_in_samples(scheduler, pipeline):
+    session, manager, recorder = pipeline
+    events = []
+    scheduler.service.add_listener(lambda event, _service: events.append(event) if event == "progress" else None)
+    session.signal_rollout_demand(0)
+    assert manager.routed_weight_version() == VERSION, "the woken engines were told the synced version"
+    data = manager.generate(0)
+    assert len(data) == GROUPS and all(len(group) == N for group in data)
+    calls = progress(recorder)
+    assert [c.name for c in calls] == [PROGRESS[0], *[PROGRESS[1]] * GROUPS, PROGRESS[2]]
+    begin, *bumps, _end = calls
+    # Groups became samples once: GROUPS x N, each bump N; all keyed by the version the router reports.
+    assert (begin.step_target, begin.initial_completed, begin.target_weight_version) == (GROUPS * N, 0, VERSION)
+    assert {(b.count, b.target_weight_version) for b in bumps} == {(N, VERSION)}
+    snap = settled(scheduler, session)
+    assert snap["open_demand"] == {} and snap["pipelines"]["p1"]["progress"] == [], "the end retired the rollout"
+    assert len(events) >= 2, "begin and end reached the scheduler"
+
+
+def test_the_fatal_path_of_the_real_fully_async_rollout_ends_the_batch(scheduler, pipeline):
+    session, manager, recorder = pipeline
+    manager.inject_fatal_group(1)  # one of the worker's first groups ends in EnginePreemptedError
+    session.signal_rollout_demand(0)
+    with pytest.raises(miles.base_types.EnginePreemptedError, match="preempted"):
+        manager.generate(0)
+    names = [c.name for c in progress(recorder)]
+    assert names[0] == PROGRESS[0] and names[-1] == PROGRESS[2] and names.count(PROGRESS[1]) < GROUPS
+    wait_until(lambda: settled(scheduler, session)["open_demand"] == {}, 10.0, "the fatal path's end retiring demand")
+
+    manager.inject_fatal_group(None)
+    recorder.clear()
+    session.signal_rollout_demand(1)
+    assert len(manager.generate(1)) == GROUPS, "the next rollout recovers"
+    assert [c.name for c in progress(recorder)][-1] == PROGRESS[2]
