@@ -9,6 +9,7 @@ by this module, with the reason, and kept in :data:`load_error`; verl then answe
 from __future__ import annotations
 
 import logging
+import os
 
 from rlix_plugin.integrations.verl import LOGGER_NAME, TRAINER_MODE
 
@@ -18,10 +19,24 @@ log = logging.getLogger(LOGGER_NAME)
 load_error: Exception | None = None
 
 
+def _cpu_platform_first() -> None:
+    """Register the CPU kit's platform before the trainer import makes verl pick one.
+
+    verl resolves its platform once per process, on first use, and importing the trainer
+    module is such a use. verl loads this entry point before ``rlix_cpu``; a job that asks for
+    the CPU platform (``VERL_PLATFORM=cpu``) needs it registered by then.
+    """
+    from rlix_plugin.testing.verl_cpu import PLATFORM_NAME
+
+    if os.environ.get("VERL_PLATFORM", "").strip().lower() == PLATFORM_NAME:
+        import rlix_plugin.testing.verl_cpu.entry  # noqa: F401  (registers on import)
+
+
 def load() -> bool:
     """Import the trainer module (which registers the mode); True on success. Idempotent."""
     global load_error
     try:
+        _cpu_platform_first()
         import rlix_plugin.integrations.verl.trainer  # noqa: F401  (registers on import)
     except Exception as exc:
         load_error = exc
