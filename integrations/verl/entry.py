@@ -1,6 +1,7 @@
 """What verl's ``verl.plugins`` entry point loads (``import verl`` does, in every process).
 
-Importing this module registers the ``rlix_sync`` trainer mode. verl loads entry points inside
+Importing this module gives each Ray job its own TransferQueue (:mod:`.transfer_queue`) and
+registers the ``rlix_sync`` trainer mode. verl loads entry points inside
 ``import verl`` and swallows their errors at DEBUG level, so a failure here is logged at WARNING
 by this module, with the reason, and kept in :data:`load_error`; verl then answers
 ``trainer_mode=rlix_sync`` with its own "Unknown trainer" error.
@@ -37,6 +38,9 @@ def load() -> bool:
     global load_error
     try:
         _cpu_platform_first()
+        from rlix_plugin.integrations.verl import transfer_queue
+
+        transfer_queue.install()
         import rlix_plugin.integrations.verl.trainer  # noqa: F401  (registers on import)
     except Exception as exc:
         load_error = exc

@@ -38,7 +38,9 @@ def test_constructible_from_the_shipped_config_with_rlix_on():
     assert session is not None and session.pipeline_id == "job-a"
     assert session.samples_per_step == 8
     assert session.hooks.plugin_manager.backend_name == "noop"
-    assert session.hooks.plugin_manager.has_plugin("rlix-verl-engines-job-a")
+    # Nothing is registered before init() opens a session.
+    assert not session.registered
+    assert not session.hooks.plugin_manager.has_plugin("rlix-verl-engines-job-a")
 
 
 def test_constructible_with_rlix_absent_and_then_nothing_changes():
