@@ -213,7 +213,7 @@ class SchedulerActor:
     async def decisions(self) -> list[dict[str, Any]]:
         """The committed scheduling cycles, oldest first (at most :data:`DECISIONS_KEPT`): per
         cycle, each pipeline's awake generation DP ranks afterwards and what the cycle woke and
-        put to sleep, its DP size, and the open demand. What tests and operators read to see
+        put to sleep, its DP size, the open demand, and the GPUs of every other stage's grant. What tests and operators read to see
         which grants were partial."""
         return list(self._decisions)
 
@@ -236,6 +236,7 @@ class SchedulerActor:
             "slept": _gained(awake, before),
             "dp_size": {pid: spec.dp_size for pid, spec in sorted(state.pipelines.items())},
             "open_demand": dict(sorted(state.open_demand.items())),
+            "fixed": {cid: list(alloc.gpus) for cid, alloc in sorted(state.fixed.items())},
         })
 
     def _in_order(self, sender: str, pipeline_id: str, seq: int) -> bool:

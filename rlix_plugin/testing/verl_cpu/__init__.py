@@ -51,10 +51,11 @@ def cpu_overrides(*, token_delay_s: float | None = None) -> list[str]:
         "+actor_rollout_ref.model.override_config.attn_implementation=eager",
         "actor_rollout_ref.model.use_remove_padding=false",
         "actor_rollout_ref.actor.fsdp_config.use_torch_compile=false",
-        # One worker process per pool keeps a 2-core machine responsive.
+        # Every worker is a process that imports verl (seconds of CPU each); one per pool.
         "data.dataloader_num_workers=0",
         "actor_rollout_ref.rollout.agent.num_workers=1",
         "reward.num_workers=1",
+        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
     ]
     if token_delay_s is not None:
         if not token_delay_s >= 0:

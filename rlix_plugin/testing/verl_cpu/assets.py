@@ -96,13 +96,16 @@ def build_model(path: Path, vocab_size: int, eos_token_id: int, pad_token_id: in
     model.save_pretrained(path)
 
 
-def build_dataset(path: Path, rows: int, split: str) -> None:
-    """``rows`` prompts "What is a + b ?" with ground truth ``a + b``."""
+def build_dataset(path: Path, rows: int, split: str, tag: str | None = None) -> None:
+    """``rows`` prompts "What is a + b ?" with ground truth ``a + b``; with ``tag``, each prompt
+    starts with ``[tag]``, so that a job's samples can be told from another job's."""
     import pandas as pd
 
     records = []
     for index in range(rows):
         question, answer = _prompt(index)
+        if tag is not None:
+            question = f"[{tag}] {question}"
         records.append({
             "data_source": "openai/gsm8k",
             "prompt": [{"role": "user", "content": question}],
