@@ -6,11 +6,14 @@ BPE tokenizer with a Qwen-style chat template (verl's Qwen token builder require
 token and ``<|im_end|>`` to exist), and a parquet of arithmetic prompts in verl's RL dataset
 layout (``data_source`` ``openai/gsm8k``, so verl's built-in rule reward scores them).
 
-:func:`build` writes all three under one directory and returns their paths.
+:func:`build` writes all three under one directory and returns their paths; from a shell,
+``python -m rlix_plugin.testing.verl_cpu.assets DIR --tags job-a job-b`` does the same.
 """
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,11 +31,12 @@ CHAT_TEMPLATE = (
 @dataclass(frozen=True)
 class TinyAssets:
     """Paths of the built assets: ``model`` (a Hugging Face directory with the tokenizer),
-    ``train`` and ``val`` (parquet files)."""
+    ``train`` and ``val`` (parquet files), and one training set per tag (``tagged[tag]``)."""
 
     model: Path
     train: Path
     val: Path
+    tagged: dict[str, Path]
 
 
 def _prompt(index: int) -> tuple[str, int]:
@@ -116,17 +120,41 @@ def build_dataset(path: Path, rows: int, split: str, tag: str | None = None) -> 
     pd.DataFrame.from_records(records).to_parquet(path)
 
 
-def build(directory: Path | str, train_rows: int = 16, val_rows: int = 4) -> TinyAssets:
-    """Write the model (with its tokenizer) and the two datasets under ``directory``."""
+def build(
+    directory: Path | str, train_rows: int = 16, val_rows: int = 4, tags: Sequence[str] = ()
+) -> TinyAssets:
+    """Write under ``directory`` the model (``tiny-qwen2/``, with its tokenizer),
+    ``train.parquet``, ``val.parquet`` and, per tag, ``<tag>.parquet`` (prompts marked ``[tag]``).
+    """
     root = Path(directory)
     model_dir = root / "tiny-qwen2"
     model_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(model_dir)
     build_model(model_dir, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
-    assets = TinyAssets(model=model_dir, train=root / "train.parquet", val=root / "val.parquet")
+    assets = TinyAssets(
+        model=model_dir, train=root / "train.parquet", val=root / "val.parquet",
+        tagged={tag: root / f"{tag}.parquet" for tag in tags},
+    )
     build_dataset(assets.train, train_rows, "train")
     build_dataset(assets.val, val_rows, "test")
+    for tag, path in assets.tagged.items():
+        build_dataset(path, train_rows, "train", tag=tag)
     return assets
 
 
-__all__ = ["TinyAssets", "build", "build_dataset", "build_model", "build_tokenizer"]
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build a tiny random model, its tokenizer and datasets for verl.")
+    parser.add_argument("directory")
+    parser.add_argument("--tags", nargs="*", default=[], help="also write <tag>.parquet with prompts marked [tag]")
+    args = parser.parse_args(argv)
+    assets = build(args.directory, tags=args.tags)
+    print(f"model {assets.model}\ntrain {assets.train}\nval {assets.val}")
+    for tag, path in assets.tagged.items():
+        print(f"{tag} {path}")
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["TinyAssets", "build", "build_dataset", "build_model", "build_tokenizer", "main"]

@@ -133,8 +133,8 @@ class Job:
 
 class RayCluster:
     """A private single-node Ray cluster (``ray start --head --block``) with logical GPUs,
-    stopped by terminating the process that started it (never ``ray stop``, which would stop
-    every cluster on the machine)."""
+    stopped by killing the processes it started (never ``ray stop``, which would stop every
+    cluster on the machine)."""
 
     def __init__(self, root: Path, num_gpus: int, num_cpus: int, env: Mapping[str, str]) -> None:
         self.port = _free_port()
@@ -154,13 +154,11 @@ class RayCluster:
             handle.close()
 
     def stop(self) -> None:
+        # The cluster is disposable: kill its head processes at once (a graceful stop takes half
+        # a minute); every worker exits when its raylet is gone.
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 

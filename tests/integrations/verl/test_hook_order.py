@@ -206,6 +206,29 @@ def test_scheduled_grants_wake_only_the_granted_replicas(monkeypatch, rlix_hooks
     assert rlix_hooks.resize_infer(pipeline_id=PIPELINE, dp_ranks_to_add=(0,)) is None
 
 
+class GrowingScheduler(PartialScheduler):
+    """Also wakes DP rank 1 once each rollout has begun, as a scheduler does when GPUs free up
+    in the middle of a rollout."""
+
+    @hookimpl
+    def rlix_begin_progress_batch(self, pipeline_id):
+        self._resize(pipeline_id, add=(1,))
+
+
+def test_a_wake_in_the_middle_of_a_rollout_serves_the_weights_that_rollout_uses(
+    monkeypatch, rlix_hooks, rlix_register, rlix_recorder
+):
+    harness = build_trainer(monkeypatch, compose(*SMALL_JOB, *RLIX_ON), hooks=rlix_hooks)
+    rlix_register(GrowingScheduler(rlix_hooks))
+    harness.trainer.init()
+    harness.trainer.fit(harness.manager)
+    # Per rollout s: rank 0 woken before it with the weights of step s - 1, then rank 1 during
+    # it with the same weights (not with the step number verl has already moved to).
+    assert harness.timeline.of("engine", "update_weights") == [0, 0, 1, 1, 2]
+    assert harness.timeline.of("engine", "resume kv_cache") == [0, 1, 0, 1, 0]
+    assert [c.target_weight_version for c in rlix_recorder.calls("begin_progress_batch")] == [0, 1]
+
+
 @pytest.mark.parametrize(
     "error",
     [RuntimeError("actor update blew up"), KeyboardInterrupt()],
@@ -263,6 +286,16 @@ def test_init_failure_unregisters(monkeypatch, rlix_hooks, rlix_recorder):
         "release(actor_train)",
         "unregister_pipeline",
     ]
+
+
+def test_between_init_and_fit_the_job_holds_nothing(monkeypatch, rlix_hooks, rlix_recorder):
+    # verl's TaskRunner builds the agent-loop manager here, with no trainer hook around it.
+    harness = build_trainer(monkeypatch, compose(*SMALL_JOB, *RLIX_ON), hooks=rlix_hooks)
+    harness.trainer.init()
+    assert not harness.trainer.rlix_session.registered
+    assert _hook_sequence(rlix_recorder) == INIT
+    assert rlix_recorder.calls("unregister_pipeline")[-1].reason == "initialized"
+    assert not any(r.awake for r in harness.replicas)
 
 
 def test_refill_grows_the_target_and_keeps_the_count(monkeypatch, rlix_hooks, rlix_recorder):

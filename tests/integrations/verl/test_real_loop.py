@@ -32,16 +32,13 @@ def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("verl-real")
 
 
+JOBS = ("solo", "job-a", "job-b", "job-x", "job-y")
+
+
 @pytest.fixture(scope="module")
 def model(workdir) -> tiny.TinyAssets:
-    return tiny.build(workdir / "assets")
-
-
-def dataset(workdir: Path, tag: str) -> Path:
-    path = workdir / f"{tag}.parquet"
-    if not path.exists():
-        tiny.build_dataset(path, rows=16, split="train", tag=tag)
-    return path
+    """The tiny model, and one dataset per job whose prompts carry the job's name."""
+    return tiny.build(workdir / "assets", tags=JOBS)
 
 
 @pytest.fixture
@@ -74,7 +71,7 @@ def cluster(workdir):
 
 def start(jobs, workdir, model, name, *, backend, gpus, token_delay_s=0.25, env, extra=()):
     argv = rl.job_command(
-        model=model.model, train=dataset(workdir, name), val=model.val, name=name, steps=STEPS, gpus=gpus,
+        model=model.model, train=model.tagged[name], val=model.val, name=name, steps=STEPS, gpus=gpus,
         backend=backend, token_delay_s=token_delay_s, rollout_dump=workdir / f"dump-{name}", extra=extra,
     )
     job = rl.Job.start(name, argv, env, workdir / f"{name}.log", workdir)
