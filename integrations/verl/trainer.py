@@ -59,6 +59,7 @@ from rlix_plugin.manager import ENV_TRACE, trace_log
 from rlix_plugin.integrations.verl import LOGGER_NAME, MANAGER_CLASS_PATH, TRAINER_MODE
 from rlix_plugin.integrations.verl.config import (
     RlixVerlConfig,
+    check_sleep_frees_memory,
     cluster_specs,
     rollout_group_size,
     samples_per_step,
@@ -111,8 +112,8 @@ class RlixPPOTrainerSync(PPOTrainerSync):
     :param config: verl's job config (``DictConfig``).
     :param rlix_hooks: A ready :class:`rlix_plugin.RlixHooks` to call instead of building one
         from ``trainer.rlix`` (tests, embedding). Ignored when rlix is disabled.
-    :raises InvalidRequestError: a bad ``trainer.rlix`` block or a GPU layout rlix cannot
-        register (the message names the key).
+    :raises InvalidRequestError: a bad ``trainer.rlix`` block, a GPU layout rlix cannot
+        register, or ``free_cache_engine`` off (the message names the key).
     """
 
     def __init__(self, config: Any, rlix_hooks: Any = None) -> None:
@@ -128,6 +129,7 @@ class RlixPPOTrainerSync(PPOTrainerSync):
         #: Version of the trainer's current weights (see the module docstring).
         self.rlix_weight_version = 0
         if self.rlix_config.enable:
+            check_sleep_frees_memory(config)
             _use_progress_manager(config)
             clusters = cluster_specs(config, self.rlix_config)
         super().__init__(config=config)

@@ -63,6 +63,25 @@ def job_command(
     return argv + list(extra)
 
 
+#: The two-job layout: job name -> its GPUs in the shared 3-GPU pool.
+SHARED_LAYOUT = {"job-a": "[0,1]", "job-b": "[1,2]"}
+#: Ray resources of the shared cluster and the scheduler's pool.
+CLUSTER_GPUS, CLUSTER_CPUS, POOL_GPUS = 4, 32, 3
+#: Seconds the rollout servers wait per token in the two-job run.
+SHARED_TOKEN_DELAY_S = 0.25
+
+
+def shared_job_command(*, model: Path, train: Path, val: Path, name: str, gpus: str, replicas: int,
+                       rollout_dump: Path, token_delay_s: float = SHARED_TOKEN_DELAY_S, steps: int = 2) -> list[str]:
+    """argv of a job on the shared cluster (docs/verl.md shows it for the two-job layout): its
+    name on the scheduler, its GPUs in the pool (``"[0,1]"``), its own Ray namespace."""
+    return job_command(
+        model=model, train=train, val=val, name=name, steps=steps, gpus=replicas, backend="ray",
+        token_delay_s=token_delay_s, rollout_dump=rollout_dump,
+        extra=[f"+trainer.rlix.pipeline_id={name}", f"+trainer.rlix.gpus={gpus}", f"+ray_kwargs.ray_init.namespace={name}"],
+    )
+
+
 def job_env(**extra: str) -> dict[str, str]:
     """Environment of a job's driver (and of a cluster's ``ray start``)."""
     env = dict(os.environ)
@@ -294,7 +313,8 @@ def staleness(text: str) -> list[int]:
 
 
 __all__ = [
-    "JOB_TIMEOUT_S", "SAMPLES", "HeldBack", "HookCall", "Job", "RayCluster", "demand_sequence",
+    "CLUSTER_CPUS", "CLUSTER_GPUS", "JOB_TIMEOUT_S", "POOL_GPUS", "SAMPLES", "SHARED_LAYOUT", "SHARED_TOKEN_DELAY_S",
+    "shared_job_command", "HeldBack", "HookCall", "Job", "RayCluster", "demand_sequence",
     "expected_demand_sequence", "held_back", "hook_calls", "job_command", "job_env", "resizes",
     "rollouts_done", "server_events", "staleness",
 ]

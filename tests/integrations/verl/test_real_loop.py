@@ -59,10 +59,10 @@ def cluster(workdir):
     import rlix_plugin
 
     env = rl.job_env()
-    cluster = rl.RayCluster(workdir, num_gpus=4, num_cpus=32, env=env)
+    cluster = rl.RayCluster(workdir, num_gpus=rl.CLUSTER_GPUS, num_cpus=rl.CLUSTER_CPUS, env=env)
     try:
         ray.init(address=cluster.address, namespace="rlix-real-loop-test", log_to_driver=False)
-        client = rlix_plugin.connect(cluster.address, num_gpus=3, gpus_per_node=3)
+        client = rlix_plugin.connect(cluster.address, num_gpus=rl.POOL_GPUS, gpus_per_node=rl.POOL_GPUS)
         yield cluster, client, {**env, "RAY_ADDRESS": cluster.address}
     finally:
         ray.shutdown()
@@ -79,10 +79,14 @@ def start(jobs, workdir, model, name, *, backend, gpus, token_delay_s=0.25, env,
     return job
 
 
-def shared(name: str, gpus: str) -> list[str]:
-    """Overrides of a job on the shared cluster: its name on the scheduler, its GPUs in the
-    pool, its own Ray namespace."""
-    return [f"+trainer.rlix.pipeline_id={name}", f"+trainer.rlix.gpus={gpus}", f"+ray_kwargs.ray_init.namespace={name}"]
+def start_shared(jobs, workdir, model, name, *, gpus, replicas, token_delay_s=rl.SHARED_TOKEN_DELAY_S, env):
+    argv = rl.shared_job_command(
+        model=model.model, train=model.tagged[name], val=model.val, name=name, gpus=gpus, replicas=replicas,
+        rollout_dump=workdir / f"dump-{name}", token_delay_s=token_delay_s, steps=STEPS,
+    )
+    job = rl.Job.start(name, argv, env, workdir / f"{name}.log", workdir)
+    jobs.append(job)
+    return job
 
 
 def dumped_inputs(workdir: Path, name: str) -> dict[int, list[str]]:
@@ -138,8 +142,8 @@ def test_two_jobs_share_three_gpus_through_the_ray_scheduler(jobs, workdir, mode
     update leaves the other replica asleep. Both finish every step with their own samples
     (one TransferQueue per job), and both exit 0."""
     _, client, env = cluster
-    a = start(jobs, workdir, model, "job-a", backend="ray", gpus=2, env=env, extra=shared("job-a", "[0,1]"))
-    b = start(jobs, workdir, model, "job-b", backend="ray", gpus=2, env=env, extra=shared("job-b", "[1,2]"))
+    a, b = (start_shared(jobs, workdir, model, name, gpus=gpus, replicas=2, env=env)
+            for name, gpus in rl.SHARED_LAYOUT.items())
     assert a.wait() == 0, a.tail()
     assert b.wait() == 0, b.tail()
     texts = {job.name: assert_job_ran_as_documented(job, workdir) for job in (a, b)}
@@ -177,8 +181,7 @@ def test_a_job_killed_mid_rollout_while_the_other_finishes(jobs, workdir, model,
     _, client, env = cluster
     names = ("job-x", "job-y")
     started = {
-        name: start(jobs, workdir, model, name, backend="ray", gpus=1, token_delay_s=1.0, env=env,
-                    extra=shared(name, "[0]"))
+        name: start_shared(jobs, workdir, model, name, gpus="[0]", replicas=1, token_delay_s=1.0, env=env)
         for name in names
     }
 
