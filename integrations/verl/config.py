@@ -165,6 +165,24 @@ def replica_world_size(config: Any) -> int:
     )
 
 
+def check_sleep_frees_memory(config: Any) -> None:
+    """Refuse a rollout whose sleep would keep its GPU memory.
+
+    verl's servers free weights and KV cache on ``sleep()`` only when
+    ``actor_rollout_ref.rollout.free_cache_engine`` is true (vLLM's returns at once otherwise,
+    ``vllm_async_server.py:854``): an engine the scheduler put to sleep would keep its memory on a
+    GPU that another job is then given.
+
+    :raises InvalidRequestError: ``free_cache_engine`` is false.
+    """
+    value = _get(config.actor_rollout_ref.rollout, "free_cache_engine", True)
+    if not _as_bool(value, "free_cache_engine"):
+        raise InvalidRequestError(
+            f"actor_rollout_ref.rollout.free_cache_engine={value!r}: with rlix the engines must free their "
+            "GPU memory when put to sleep, or a GPU given to another job stays full; set it to true"
+        )
+
+
 def cluster_specs(config: Any, rlix: RlixVerlConfig) -> dict[str, ClusterSpec]:
     """The clusters a verl sync job registers.
 
@@ -194,6 +212,7 @@ def cluster_specs(config: Any, rlix: RlixVerlConfig) -> dict[str, ClusterSpec]:
 __all__ = [
     "KNOWN_KEYS",
     "RlixVerlConfig",
+    "check_sleep_frees_memory",
     "cluster_specs",
     "replica_world_size",
     "rollout_group_size",

@@ -1,16 +1,17 @@
 """Supply side for verl: put a pipeline's rollout replicas to sleep and wake them.
 
 DP rank ``i`` of the pipeline's ``actor_infer`` cluster is verl's rollout replica ``i`` (one
-inference server on ``rollout TP × DP × PP`` GPUs). :class:`VerlEngines` keeps three things in
-step: which replicas are awake, which servers verl's load balancer routes requests to, and the
-weights an awake replica serves.
+inference server on ``rollout TP × DP × PP`` GPUs). :class:`VerlEngines` keeps four things in
+step: which replicas are awake, which servers verl's load balancer routes requests to, the
+weights (and their version) each awake replica serves, and which submission gates are closed.
 
 Waking goes through the weight-update path, never a bare ``wake_up``: verl's sync trainer runs
-its checkpoint engine with the ``naive`` backend, whose sleep frees the weights, and whose
-``update_weights`` is a collective over every training rank that reloads and wakes *every*
-colocated replica. So a partial wake is: park the requests of replicas already serving, update
-weights (everything wakes), put back to sleep the replicas the scheduler did not grant, add the
-granted ones to the load balancer, resume the parked requests.
+its checkpoint engine with the ``naive`` backend, whose sleep frees the weights. That update is a
+collective over every training rank, and as verl ships it wakes *every* colocated replica; the
+:class:`~.weight_sync.SyncFilter` narrows it to the replicas being woken, so a partial wake
+allocates nothing on the other replicas' GPUs (which the scheduler may have given to another
+job) and leaves replicas already serving those weights alone. A replica still serving older
+weights is parked (its requests aborted, to be re-sent) while it is updated.
 
 Sleeping a replica takes it out of the load balancer first, then aborts its in-flight requests
 with ``reject_request=True``; the trainer gives verl's abort-aware client
@@ -28,8 +29,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rlix_plugin.supply import PipelineEngines
 from rlix_plugin.integrations.verl import LOGGER_NAME
+from rlix_plugin.integrations.verl.weight_sync import SyncFilter, wait_all
+from rlix_plugin.supply import PipelineEngines
 
 if TYPE_CHECKING:
     from rlix_plugin import RlixHooks
@@ -80,14 +82,7 @@ async def _each(calls: Sequence[Any]) -> list[Any]:
 
 def _call_actor(method: Any, *args: Any) -> Any:
     """``method.remote(*args)`` and wait for it (a bounded wait: the load balancer is local)."""
-    result = method.remote(*args)
-    try:
-        import ray
-    except ImportError:  # pragma: no cover - verl always brings ray
-        return result
-    if isinstance(result, ray.ObjectRef):
-        return ray.get(result, timeout=LOAD_BALANCER_TIMEOUT_S)
-    return result
+    return wait_all([method.remote(*args)], LOAD_BALANCER_TIMEOUT_S)[0]
 
 
 @dataclass
@@ -97,14 +92,17 @@ class VerlRollout:
     ``replicas``           verl ``RolloutReplica`` objects in replica-rank order.
     ``checkpoint_manager`` verl's ``CheckpointEngineManager`` (its ``update_weights`` wakes).
     ``load_balancer``      the global load balancer actor (``add_servers`` / ``remove_servers``).
-    ``global_steps``       returns the trainer's current step, the version ``update_weights``
-                           tags the weights with.
+    ``weight_version``     returns the version of the trainer's current weights, the one verl
+                           tags a rollout with (``s - 1`` while step ``s`` rolls out).
+    ``sync_filter``        narrows a weight update to some replicas
+                           (:class:`~.weight_sync.SyncFilter` over the training ranks).
     """
 
     replicas: Sequence[Any]
     checkpoint_manager: Any
     load_balancer: Any
-    global_steps: Callable[[], int]
+    weight_version: Callable[[], int]
+    sync_filter: SyncFilter
 
     @classmethod
     def from_trainer(cls, trainer: Any) -> VerlRollout:
@@ -113,7 +111,8 @@ class VerlRollout:
             replicas=list(manager.get_replicas()),
             checkpoint_manager=trainer.checkpoint_manager,
             load_balancer=manager.global_load_balancer,
-            global_steps=lambda: int(trainer.global_steps),
+            weight_version=lambda: int(trainer.rlix_weight_version),
+            sync_filter=SyncFilter(trainer.actor_rollout_wg.workers),
         )
 
 
@@ -131,6 +130,8 @@ class VerlEngines(PipelineEngines):
         self._lock = threading.RLock()
         self._rollout: VerlRollout | None = None
         self._awake: set[int] = set()
+        # Weight version each awake replica serves.
+        self._versions: dict[int, int] = {}
         # Ranks whose server gate was closed by an abort with reject_request=True: verl's
         # naive weight update does not reopen it, so the wake must.
         self._gated: set[int] = set()
@@ -144,8 +145,10 @@ class VerlEngines(PipelineEngines):
         replicas may be routed to, so all are taken out here and put back as they wake.
         """
         with self._lock:
+            rollout.sync_filter.install()
             self._rollout = rollout
             self._awake = set()
+            self._versions = {}
             self._gated = set()
             _call_actor(rollout.load_balancer.remove_servers, self._addresses(range(self.dp_size)))
 
@@ -233,6 +236,8 @@ class VerlEngines(PipelineEngines):
             self._gated |= set(ranks)
         run_sync(_each([r.sleep() for r in replicas]))
         self._awake -= set(ranks)
+        for rank in ranks:
+            self._versions.pop(rank, None)
         for rank, result in zip(ranks, aborted, strict=True):
             retracted = int(result.get("aborted_count", 0)) if isinstance(result, dict) else 0
             if retracted and self._hooks is not None:
@@ -249,24 +254,33 @@ class VerlEngines(PipelineEngines):
     def _wake(self, ranks: Sequence[int], target: set[int]) -> None:
         rollout = self._rollout
         assert rollout is not None
-        serving = [rollout.replicas[r] for r in sorted(self._awake)]
-        # The weight update is a collective that touches every replica; park what is being
-        # generated on the serving ones (not rejected: they resume right after).
-        if serving:
-            run_sync(_each([r.abort_all_requests() for r in serving]))
+        version = rollout.weight_version()
+        stale = sorted(r for r in self._awake if self._versions.get(r) != version)
+        synced = sorted(set(ranks) | set(stale))
+        # A serving replica with older weights is parked (not rejected: it resumes right after).
+        if stale:
+            run_sync(_each([rollout.replicas[r].abort_all_requests() for r in stale]))
         try:
-            run_sync(rollout.checkpoint_manager.update_weights(rollout.global_steps()))
-            extra = [rollout.replicas[r] for r in range(self.dp_size) if r not in target]
-            if extra:
-                run_sync(_each([r.sleep() for r in extra]))
+            with rollout.sync_filter.only(synced) as skipped:
+                run_sync(rollout.checkpoint_manager.update_weights(version))
         finally:
-            reopen = [rollout.replicas[r] for r in sorted(self._gated & set(ranks))] + serving
+            reopen = sorted((self._gated & set(ranks)) | set(stale))
             if reopen:
-                run_sync(_each([r.resume_generation() for r in reopen]))
+                run_sync(_each([rollout.replicas[r].resume_generation() for r in reopen]))
         self._gated -= set(ranks)
         self._awake = set(target)
+        self._versions.update({rank: version for rank in synced})
         servers = {rollout.replicas[r].server_address: rollout.replicas[r].server_handle for r in ranks}
         _call_actor(rollout.load_balancer.add_servers, servers)
+        if skipped:
+            held = sorted({s.replica_rank for s in skipped})
+            log.info(
+                "rlix: pipeline %r: weights v%d went to replicas %s only; replicas %s stayed asleep "
+                "(per training rank at most %d tensors, %d bytes, largest %d bytes, %.3fs of all-gather, dropped)",
+                self.pipeline_id, version, synced, held,
+                max(s.tensors for s in skipped), max(s.bytes for s in skipped),
+                max(s.largest for s in skipped), max(s.seconds for s in skipped),
+            )
 
 
 __all__ = ["LOAD_BALANCER_TIMEOUT_S", "VerlEngines", "VerlRollout", "run_sync"]

@@ -10,8 +10,10 @@ Hook points of one job (``P`` = prompts per step × ``rollout.n``, in samples):
 verl lifecycle              hooks, in order
 ==========================  ===============================================================
 ``init``                    ``register_pipeline``; ``request_gpus(actor_train, INITIALIZATION)``
-                            around model and engine construction, then ``release``
-``on_init_end``             ``signal_demand(rollout 1, P)``, then the first wake
+                            around model and engine construction; ``release``;
+                            ``unregister_pipeline`` (init holds nothing once it returns)
+``fit`` start               ``register_pipeline``; ``signal_demand(rollout 1, P)``, then the
+                            first wake (verl's ``on_init_end`` weight sync)
 ``_submit_batch_to_rollout`` ``begin_progress_batch(step_target=P)`` before dispatch
 agent-loop workers          ``bump_completed(n)`` per finished group of ``n`` samples
 ``on_sample_end``           engines sleep; ``end_progress_batch``; ``release(actor_infer)``;
@@ -22,10 +24,22 @@ agent-loop workers          ``bump_completed(n)`` per finished group of ``n`` sa
                             ``unregister_pipeline``
 ==========================  ===============================================================
 
+Why two registrations: verl's ``TaskRunner`` builds the agent-loop manager between ``init()``
+and ``fit()`` with no hook of the trainer around it, so nothing could release what the job held
+if that failed. Each scope (``init``, ``fit``) therefore closes its session on every exit path,
+and the job holds nothing in between (its engines asleep, no demand, no GPU).
+
 Who wakes the engines: a scheduled grant means the scheduler already woke the granted DP ranks
 through ``rlix_resize_infer`` (:class:`~.engines.VerlEngines`), so the trainer does nothing more;
 an unscheduled grant (no scheduler answers, e.g. the ``noop`` backend) means the job owns its
 GPUs, and the trainer wakes every replica through verl's weight update, as verl does.
+
+Weights are tagged as verl tags them: :attr:`RlixPPOTrainerSync.rlix_weight_version` is the
+version of the trainer's current weights (the checkpoint's step after ``init``, step ``s`` after
+training step ``s``), so every wake during step ``s + 1``'s rollout serves version ``s``.
+
+With ``RLIX_TRACE_HOOKS=1`` in the job's environment, the hook trace (logger
+``rlix_plugin.trace``) is shown in verl's processes, whose root logger verl sets to WARNING.
 """
 
 from __future__ import annotations
@@ -41,9 +55,11 @@ from verl.utils.debug import marked_timer
 from verl.workers.rollout.llm_server import FullyAsyncLLMServerClient
 
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, Grant, Priority
+from rlix_plugin.manager import ENV_TRACE, trace_log
 from rlix_plugin.integrations.verl import LOGGER_NAME, MANAGER_CLASS_PATH, TRAINER_MODE
 from rlix_plugin.integrations.verl.config import (
     RlixVerlConfig,
+    check_sleep_frees_memory,
     cluster_specs,
     rollout_group_size,
     samples_per_step,
@@ -55,6 +71,9 @@ log = logging.getLogger(LOGGER_NAME)
 # verl shows a module's INFO lines by giving its logger a level from VERL_LOGGING_LEVEL (the root
 # stays at WARNING); do the same so the scheduling decisions appear in the job's log.
 log.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
+if os.environ.get(ENV_TRACE, "").strip().lower() in {"1", "true", "yes", "on"}:
+    # The hook trace is logged at INFO; verl's root logger would drop it.
+    trace_log.setLevel(logging.INFO)
 
 #: The mode verl's code compares against literally; the trainer runs under it.
 VERL_SYNC_MODE = "sync"
@@ -93,8 +112,8 @@ class RlixPPOTrainerSync(PPOTrainerSync):
     :param config: verl's job config (``DictConfig``).
     :param rlix_hooks: A ready :class:`rlix_plugin.RlixHooks` to call instead of building one
         from ``trainer.rlix`` (tests, embedding). Ignored when rlix is disabled.
-    :raises InvalidRequestError: a bad ``trainer.rlix`` block or a GPU layout rlix cannot
-        register (the message names the key).
+    :raises InvalidRequestError: a bad ``trainer.rlix`` block, a GPU layout rlix cannot
+        register, or ``free_cache_engine`` off (the message names the key).
     """
 
     def __init__(self, config: Any, rlix_hooks: Any = None) -> None:
@@ -107,7 +126,10 @@ class RlixPPOTrainerSync(PPOTrainerSync):
         self._rlix: RlixSession | None = None
         self._rlix_engines: VerlEngines | None = None
         self._rlix_plugin_name: str | None = None
+        #: Version of the trainer's current weights (see the module docstring).
+        self.rlix_weight_version = 0
         if self.rlix_config.enable:
+            check_sleep_frees_memory(config)
             _use_progress_manager(config)
             clusters = cluster_specs(config, self.rlix_config)
         super().__init__(config=config)
@@ -123,10 +145,6 @@ class RlixPPOTrainerSync(PPOTrainerSync):
             samples_per_step=samples_per_step(config),
         )
         self._rlix_engines = VerlEngines(pipeline_id, hooks)
-        # The backend calls rlix_resize_infer on this manager; the engines must answer there.
-        self._rlix_plugin_name = hooks.plugin_manager.register(
-            self._rlix_engines, name=f"rlix-verl-engines-{pipeline_id}"
-        )
 
     @property
     def rlix_session(self) -> RlixSession | None:
@@ -142,8 +160,9 @@ class RlixPPOTrainerSync(PPOTrainerSync):
     def init(self) -> None:
         if self._rlix is None:
             return super().init()
+        reason = "initialized"
         try:
-            self._rlix.open()
+            self._rlix_open()
             # Building the models and engines takes memory on the training GPUs.
             self._rlix.acquire(ACTOR_TRAIN, Priority.INITIALIZATION)
             try:
@@ -151,10 +170,13 @@ class RlixPPOTrainerSync(PPOTrainerSync):
             finally:
                 self._rlix.release(ACTOR_TRAIN)
             self._rlix_engines.bind(VerlRollout.from_trainer(self))
+            self.rlix_weight_version = int(self.global_steps)
             self.on_init_end()
         except BaseException as exc:
-            self._rlix_close(f"init failed: {exc!r}")
+            reason = f"init failed: {exc!r}"
             raise
+        finally:
+            self._rlix_close(reason)
 
     def get_llm_client(self) -> Any:
         if self._rlix is None:
@@ -166,24 +188,29 @@ class RlixPPOTrainerSync(PPOTrainerSync):
     def on_init_end(self) -> None:
         if self._rlix is None:
             return super().on_init_end()
-        grant = self._rlix.signal_demand(rollout_id=self.global_steps + 1)
-        self._rlix_wake(grant)
+        # verl wakes every replica here; under a scheduler the first wake waits for fit(), where
+        # a demand signal precedes it (nothing generates before fit).
 
     # -- fit --------------------------------------------------------------------------------------
 
     def fit(self, agent_loop_manager: Any) -> Any:
         if self._rlix is None:
             return super().fit(agent_loop_manager)
-        attach = getattr(agent_loop_manager, "rlix_attach", None)
-        if attach is not None:
-            attach(self._rlix.groups_completed)
-        else:
-            log.warning(
-                "rlix: %s reports no per-group progress; use %s",
-                type(agent_loop_manager).__name__, MANAGER_CLASS_PATH,
-            )
         reason = "finished"
+        attached = False
         try:
+            self._rlix_open()
+            attach = getattr(agent_loop_manager, "rlix_attach", None)
+            if attach is not None:
+                attach(self._rlix.groups_completed)
+                attached = True
+            else:
+                log.warning(
+                    "rlix: %s reports no per-group progress; use %s",
+                    type(agent_loop_manager).__name__, MANAGER_CLASS_PATH,
+                )
+            grant = self._rlix.signal_demand(rollout_id=self.global_steps + 1)
+            self._rlix_wake(grant)
             return super().fit(agent_loop_manager)
         except BaseException as exc:
             # KeyboardInterrupt and SystemExit too: the GPUs must go back whatever stops the job.
@@ -191,7 +218,7 @@ class RlixPPOTrainerSync(PPOTrainerSync):
             raise
         finally:
             detach = getattr(agent_loop_manager, "rlix_detach", None)
-            if detach is not None:
+            if attached and detach is not None:
                 detach()
             # verl's fit returns from inside its loop on the last step, before on_train_end,
             # so the release lives here rather than in a lifecycle method.
@@ -205,7 +232,7 @@ class RlixPPOTrainerSync(PPOTrainerSync):
             # finish before its batch exists. Rollouts of step s use the weights of step s - 1.
             self._rlix.rollout_submitted(
                 samples=len(batch) * rollout_group_size(self.config),
-                weight_version=max(0, self.global_steps - 1),
+                weight_version=self.rlix_weight_version,
             )
         return super()._submit_batch_to_rollout(batch)
 
@@ -227,6 +254,8 @@ class RlixPPOTrainerSync(PPOTrainerSync):
         if self._rlix is None:
             return super().on_step_end()
         self._rlix.release(ACTOR_TRAIN)
+        # Step global_steps has trained: its weights are the ones every later wake serves.
+        self.rlix_weight_version = int(self.global_steps)
         grant = self._rlix.signal_demand(rollout_id=self.global_steps + 1)
         with marked_timer("update_weights", self.timing_raw, color="red"):
             self._rlix_wake(grant)
@@ -245,6 +274,14 @@ class RlixPPOTrainerSync(PPOTrainerSync):
         flush = getattr(getattr(self, "agent_loop_manager", None), "rlix_flush", None)
         if flush is not None:
             flush()
+
+    def _rlix_open(self) -> None:
+        """Register the pipeline and the engines that answer its resizes (idempotent)."""
+        pm = self._rlix.hooks.plugin_manager
+        if self._rlix_plugin_name is None:
+            # The backend calls rlix_resize_infer on this manager; the engines must answer there.
+            self._rlix_plugin_name = pm.register(self._rlix_engines, name=f"rlix-verl-engines-{self._rlix.pipeline_id}")
+        self._rlix.open()
 
     def _rlix_close(self, reason: str) -> None:
         if self._rlix is None:

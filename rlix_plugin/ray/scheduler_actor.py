@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -42,6 +43,9 @@ log = logging.getLogger("rlix_plugin.ray.scheduler")
 #: Seconds the scheduler waits for an old coordinator to answer a ping before deciding, on
 #: re-registration of the same pipeline id, that it belongs to a dead run.
 PING_TIMEOUT_S = 2.0
+
+#: Committed scheduling decisions kept for :meth:`SchedulerActor.decisions` (oldest dropped first).
+DECISIONS_KEPT = 4096
 
 #: Options of the scheduler actor. Why each value:
 SCHEDULER_OPTIONS: dict[str, Any] = {
@@ -81,6 +85,8 @@ class SchedulerActor:
         self._progress_reports: dict[str, int] = {}
         self._reaped: dict[str, str] = {}
         self._started_at = time.time()
+        self._decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
+        self._service.add_listener(self._record_decision)
 
     # -- pipelines ----------------------------------------------------------------------------------
 
@@ -212,10 +218,34 @@ class SchedulerActor:
     async def diagnostic(self, headline: str = "") -> str:
         return self._service.diagnostic(headline)
 
+    async def decisions(self) -> list[dict[str, Any]]:
+        """The committed scheduling cycles, oldest first (at most :data:`DECISIONS_KEPT`): per
+        cycle, each pipeline's awake generation DP ranks afterwards and what the cycle woke and
+        put to sleep, its DP size, the open demand, and the GPUs of every other stage's grant. What tests and operators read to see
+        which grants were partial."""
+        return list(self._decisions)
+
     async def ping(self) -> str:
         return "ok"
 
     # -- plumbing -----------------------------------------------------------------------------------
+
+    def _record_decision(self, event: str, service: SchedulerService) -> None:
+        if event != "commit":
+            return
+        state = service.state
+        awake = {pid: sorted(alloc.active) for pid, alloc in sorted(state.generation.items())}
+        before = self._decisions[-1]["awake"] if self._decisions else {}
+        self._decisions.append({
+            "cycle": service.cycles,
+            "t": time.time(),
+            "awake": awake,
+            "woke": _gained(before, awake),
+            "slept": _gained(awake, before),
+            "dp_size": {pid: spec.dp_size for pid, spec in sorted(state.pipelines.items())},
+            "open_demand": dict(sorted(state.open_demand.items())),
+            "fixed": {cid: list(alloc.gpus) for cid, alloc in sorted(state.fixed.items())},
+        })
 
     def _in_order(self, sender: str, pipeline_id: str, seq: int) -> bool:
         key = (sender, pipeline_id)
@@ -281,7 +311,14 @@ class SchedulerActor:
         self._progress_reports.pop(pipeline_id, None)
 
 
+def _gained(before: Mapping[str, list[int]], after: Mapping[str, list[int]]) -> dict[str, list[int]]:
+    """Per pipeline, the ranks in ``after`` that were not in ``before`` (pipelines with none
+    left out)."""
+    gained = {pid: sorted(set(ranks) - set(before.get(pid, ()))) for pid, ranks in after.items()}
+    return {pid: ranks for pid, ranks in gained.items() if ranks}
+
+
 #: The actor class; :func:`rlix_plugin.ray.client.connect` creates it with ``SCHEDULER_OPTIONS``.
 SchedulerActorClass = ray.remote(SchedulerActor)
 
-__all__ = ["PING_TIMEOUT_S", "SCHEDULER_OPTIONS", "SchedulerActor", "SchedulerActorClass"]
+__all__ = ["DECISIONS_KEPT", "PING_TIMEOUT_S", "SCHEDULER_OPTIONS", "SchedulerActor", "SchedulerActorClass"]

@@ -78,12 +78,14 @@ class FakeLoadBalancer:
 
 
 class FakeReplica:
-    """A rollout replica: awake or asleep, with a gate that an abort closes."""
+    """A rollout replica: awake or asleep, the weight version it holds, and a gate that an abort
+    closes."""
 
     def __init__(self, rank: int, timeline: Timeline, in_flight: int = 0) -> None:
         self.rank = rank
         self.timeline = timeline
         self.awake = False
+        self.version: int | None = None
         self.gate_open = True
         self.in_flight = in_flight
         self.server_address = f"replica-{rank}"
@@ -91,6 +93,7 @@ class FakeReplica:
 
     async def sleep(self) -> None:
         self.awake = False
+        self.version = None
         self.timeline.add("engine", "sleep", self.rank)
 
     async def wake_up(self) -> None:  # verl has it; waking must not use it (weights are gone)
@@ -107,23 +110,78 @@ class FakeReplica:
         self.timeline.add("engine", "resume", self.rank)
 
 
+class FakeAdapter:
+    """verl's rollout adapter (``BaseRollout``) in one training rank, serving ``replica``."""
+
+    def __init__(self, replica: FakeReplica) -> None:
+        self.replica = replica
+        self.replica_rank = replica.rank
+
+    async def resume(self, tags: list[str]) -> None:
+        self.replica.timeline.add("engine", f"resume {'+'.join(tags)}", self.replica_rank)
+        if "kv_cache" in tags:
+            self.replica.awake = True
+
+    async def update_weights(self, weights: Any, global_steps: int | None = None, **kwargs: Any) -> None:
+        self.replica.tensors = [name for name, _ in weights]
+        self.replica.version = global_steps
+
+
+class FakeTrainingRank:
+    """A training-rank actor as verl builds it: a ``WorkerDict`` whose actor-rollout worker holds
+    the rollout adapter; ``__ray_call__.remote(fn, *args)`` runs ``fn(actor, *args)``."""
+
+    def __init__(self, adapter: FakeAdapter) -> None:
+        self.worker_dict = {"actor_rollout": type("ActorRolloutRefWorker", (), {"rollout": adapter})()}
+        self.__ray_call__ = _Remote(lambda fn, *args: fn(self, *args))
+
+
+def _weights(exported: list[str]) -> Any:
+    import torch
+
+    for index in range(3):
+        # Each tensor is an all-gather every rank takes part in: count the ranks that drained it.
+        exported.append(f"w{index}")
+        yield f"w{index}", torch.zeros(4, 8)
+
+
 class FakeCheckpointManager:
-    """verl's naive sync weight update: wakes every replica with the step's weights."""
+    """verl's naive sync weight update: on every training rank, resume the rank's replica's
+    weights, load them, resume its KV cache (``engine_workers.update_weights``)."""
 
     def __init__(self, replicas: list[FakeReplica], timeline: Timeline) -> None:
         self.replicas = replicas
         self.timeline = timeline
+        self.ranks = [FakeTrainingRank(FakeAdapter(replica)) for replica in replicas]
+        self.exported: list[str] = []
 
     def update_weights(self, global_steps: int | None = None) -> dict:
-        for replica in self.replicas:
-            replica.awake = True
+        # verl's is auto_await: called plainly by its trainer, awaited by nobody.
+        from rlix_plugin.integrations.verl.engines import run_sync
+
+        async def each_rank() -> None:
+            for rank in self.ranks:
+                adapter = rank.worker_dict["actor_rollout"].rollout
+                await adapter.resume(tags=["weights"])
+                await adapter.update_weights(_weights(self.exported), global_steps=global_steps)
+                await adapter.resume(tags=["kv_cache"])
+
         self.timeline.add("engine", "update_weights", global_steps)
+        run_sync(each_rank())
         return {}
 
     def sleep_replicas(self) -> None:
         for replica in self.replicas:
             replica.awake = False
+            replica.version = None
         self.timeline.add("engine", "sleep_replicas", None)
+
+
+class FakeWorkerGroup:
+    """``actor_rollout_wg``: the training ranks' actor handles."""
+
+    def __init__(self, checkpoint_manager: FakeCheckpointManager) -> None:
+        self.workers = checkpoint_manager.ranks
 
 
 class FakeLLMServerManager:

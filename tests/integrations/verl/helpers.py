@@ -12,6 +12,7 @@ from typing import Any
 from .fakes import (
     FakeAgentLoopManager,
     FakeCheckpointManager,
+    FakeWorkerGroup,
     FakeLLMServerManager,
     FakeLoadBalancer,
     FakePromptBatch,
@@ -117,6 +118,7 @@ def build_trainer(
         trainer._init_dump_executor()
         trainer.llm_server_manager = llm
         trainer.checkpoint_manager = checkpoint_manager
+        trainer.actor_rollout_wg = FakeWorkerGroup(checkpoint_manager)
         trainer.reward_loop_manager = type("RLM", (), {"reward_loop_worker_handles": ["reward-worker"]})()
         trainer.global_steps = 0
         trainer.total_training_steps = steps

@@ -9,10 +9,21 @@ import pytest
 pytest.importorskip("verl", reason="verl is not installed (the verl integration tests need rlix-plugin[verl])")
 
 from rlix_plugin.integrations.verl.engines import VerlEngines, VerlRollout, run_sync  # noqa: E402
+from rlix_plugin.integrations.verl.weight_sync import SyncFilter  # noqa: E402
 
 from .fakes import FakeCheckpointManager, FakeLoadBalancer, FakeReplica, Timeline  # noqa: E402
 
 PIPELINE = "p1"
+
+
+class Version:
+    """The trainer's weight version, changed by a test between resizes."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __call__(self) -> int:
+        return self.value
 
 
 def make_engines(rlix_hooks=None, dp=3, in_flight=0, step=7):
@@ -20,7 +31,10 @@ def make_engines(rlix_hooks=None, dp=3, in_flight=0, step=7):
     replicas = [FakeReplica(r, timeline, in_flight=in_flight) for r in range(dp)]
     lb = FakeLoadBalancer(timeline, [r.server_address for r in replicas])
     engines = VerlEngines(PIPELINE, rlix_hooks)
-    engines.bind(VerlRollout(replicas, FakeCheckpointManager(replicas, timeline), lb, lambda: step))
+    checkpoint_manager = FakeCheckpointManager(replicas, timeline)
+    version = Version(step)
+    engines.bind(VerlRollout(replicas, checkpoint_manager, lb, version, SyncFilter(checkpoint_manager.ranks)))
+    engines.version = version  # for the tests
     return engines, replicas, lb, timeline
 
 
@@ -37,28 +51,49 @@ def test_hook_answers_only_for_its_pipeline(rlix_hooks, rlix_register):
     assert rlix_hooks.resize_infer(pipeline_id=PIPELINE, dp_ranks_to_add=(2, 0)) == (0, 2)
 
 
-def test_partial_wake_goes_through_the_weight_update_and_resleeps_the_rest():
+def test_partial_wake_loads_only_the_granted_replica_and_never_wakes_the_others(caplog):
     engines, replicas, lb, timeline = make_engines(step=7)
-    assert engines.resize(add=(1,)) == (1,)
+    with caplog.at_level("INFO", logger="rlix_plugin.integrations.verl"):
+        assert engines.resize(add=(1,)) == (1,)
     assert [r.awake for r in replicas] == [False, True, False]
+    assert [r.version for r in replicas] == [None, 7, None]
     assert lb.servers == {"replica-1"}
-    # Weights first (tagged with the trainer's step), then the ungranted replicas back to sleep.
-    assert timeline.names("engine") == ["update_weights", "sleep", "sleep"]
+    # verl's update ran on every training rank, but only rank 1's replica resumed anything:
+    # the others neither allocated weights nor KV cache, and nothing had to go back to sleep.
     assert timeline.of("engine", "update_weights") == [7]
-    assert sorted(timeline.of("engine", "sleep")) == [0, 2]
+    assert timeline.of("engine", "resume weights") == [1]
+    assert timeline.of("engine", "resume kv_cache") == [1]
+    assert timeline.of("engine", "sleep") == []
+    # Every rank drained every exported tensor (each is a collective all-gather)...
+    checkpoint_manager = engines._rollout.checkpoint_manager
+    assert len(checkpoint_manager.exported) == 3 * 3
+    # ...and what the held-back ranks did is measured in the log.
+    assert "replicas [0, 2] stayed asleep (per training rank at most 3 tensors, 384 bytes" in caplog.text
 
 
-def test_waking_more_parks_and_resumes_the_serving_replicas():
+def test_waking_more_leaves_serving_replicas_alone():
     engines, replicas, lb, timeline = make_engines()
     engines.resize(add=(0,))
     timeline.events.clear()
     assert engines.resize(add=(2,)) == (0, 2)
-    names = timeline.names("engine")
-    assert names[0] == "abort" and timeline.of("engine", "abort") == [(0, False)]
-    assert names.index("update_weights") < names.index("resume")
-    assert timeline.of("engine", "resume") == [0]
+    # Replica 0 serves the current weights: no abort, no reload, its gate stays open.
+    assert timeline.of("engine", "abort") == []
+    assert timeline.of("engine", "resume weights") == [2]
     assert lb.servers == {"replica-0", "replica-2"}
     assert [r.awake for r in replicas] == [True, False, True]
+
+
+def test_a_serving_replica_with_older_weights_is_parked_and_reloaded():
+    engines, replicas, lb, timeline = make_engines(step=3)
+    engines.resize(add=(0,))
+    engines.version.value = 4
+    timeline.events.clear()
+    assert engines.resize(add=(1,)) == (0, 1)
+    names = timeline.names("engine")
+    assert timeline.of("engine", "abort") == [(0, False)]  # parked, not rejected
+    assert names.index("abort") < names.index("update_weights") < names.index("resume")
+    assert timeline.of("engine", "resume") == [0]
+    assert [r.version for r in replicas] == [4, 4, None]
 
 
 def test_shrink_retracts_reports_and_reopens_the_gate_on_the_next_wake(rlix_hooks, rlix_recorder):

@@ -60,6 +60,16 @@ def _collapse_bumps(sequence):
     return out
 
 
+# init() closes its own session: it holds nothing once it returns.
+INIT = [
+    "register_pipeline",
+    f"request_gpus(actor_train,{int(Priority.INITIALIZATION)})",
+    "release(actor_train)",
+    "release(actor_infer)",
+    "release(actor_train)",
+    "unregister_pipeline",
+]
+
 STEP = [
     f"begin({SAMPLES_PER_STEP},0)",
     f"bump*({SAMPLES_PER_STEP})",
@@ -75,9 +85,8 @@ def test_two_steps_call_the_hooks_in_the_documented_order(monkeypatch, rlix_hook
     _run(harness)
 
     assert _collapse_bumps(_hook_sequence(rlix_recorder)) == [
+        *INIT,
         "register_pipeline",
-        f"request_gpus(actor_train,{int(Priority.INITIALIZATION)})",
-        "release(actor_train)",
         f"signal_demand(1,{SAMPLES_PER_STEP})",
         *STEP,
         f"signal_demand(2,{SAMPLES_PER_STEP})",
@@ -89,12 +98,12 @@ def test_two_steps_call_the_hooks_in_the_documented_order(monkeypatch, rlix_hook
     ]
     # Every call names this pipeline; the finish is recorded as such.
     assert {call.pipeline_id for call in rlix_recorder.calls()} == {PIPELINE}
-    assert rlix_recorder.getcall("unregister_pipeline").reason == "finished"
+    assert [c.reason for c in rlix_recorder.calls("unregister_pipeline")] == ["initialized", "finished"]
     # Units: each group bumps by its size (n=2), never by 1 prompt.
     assert {call.count for call in rlix_recorder.calls("bump_completed")} == {2}
     # Rollouts of step s carry the weights of step s - 1.
     assert [c.target_weight_version for c in rlix_recorder.calls("begin_progress_batch")] == [0, 1]
-    registered = rlix_recorder.getcall("register_pipeline").clusters
+    registered = rlix_recorder.calls("register_pipeline")[-1].clusters
     assert registered[ACTOR_INFER].tp_size == 2 and registered[ACTOR_INFER].gpus == (0, 1, 2, 3)
     assert registered[ACTOR_TRAIN].gpus == (0, 1, 2, 3)
     assert harness.manager.attached == 1 and harness.manager.detached == 1
@@ -119,7 +128,10 @@ def test_engine_events_interleave_with_the_hooks_as_documented(monkeypatch, rlix
         "setup",
         "sleep_replicas",  # verl's _setup leaves the engines asleep
         "release",  # actor_train after initialisation
-        "signal_demand",
+        "release",  # init's session closes: actor_infer, actor_train
+        "release",
+        "signal_demand",  # fit's session
+
         "update_weights",
         *step,
         "signal_demand",
@@ -131,6 +143,8 @@ def test_engine_events_interleave_with_the_hooks_as_documented(monkeypatch, rlix
         "release",
     ]
     assert harness.timeline.of("engine", "update_weights") == [0, 1, 2]
+    # Unscheduled: every replica is woken each time.
+    assert harness.timeline.of("engine", "resume kv_cache") == [0, 1] * 3
     # The agent loop gets verl's abort-aware client, which re-sends requests of a preempted replica.
     harness.trainer.get_llm_client()
     client_cls, kwargs = harness.llm_server_manager.client_requests[-1]
@@ -171,23 +185,48 @@ def test_scheduled_grants_wake_only_the_granted_replicas(monkeypatch, rlix_hooks
     rlix_register(scheduler)
     harness.trainer.init()
 
-    # After the first grant: rank 0 serves with fresh weights, rank 1 was put back to sleep,
-    # and only rank 0 is routed to.
-    assert [r.awake for r in harness.replicas] == [True, False]
-    assert harness.load_balancer.servers == {"replica-0"}
-    assert harness.trainer.rlix_engines.awake == (0,)
-    assert scheduler.resizes == [((), (0,), (0,))]
+    # init() asks for no rollout GPUs: everything asleep, nothing routed to, nothing woken (its
+    # closing release of actor_infer finds nothing awake).
+    assert [r.awake for r in harness.replicas] == [False, False]
+    assert harness.load_balancer.servers == set()
+    assert scheduler.resizes == [((0, 1), (), ())]
 
     harness.trainer.fit(harness.manager)
-    # Each demand woke rank 0 through the weight update (init, step 1 end, step 2 end); the
-    # trainer never woke everything on its own.
+    # Each demand woke rank 0 through the weight update (fit start, step 1 end, step 2 end); the
+    # trainer never woke everything on its own, and replica 1 never resumed anything.
     assert harness.timeline.of("engine", "update_weights") == [0, 1, 2]
+    assert harness.timeline.of("engine", "resume weights") == [0, 0, 0]
+    assert harness.timeline.of("engine", "resume kv_cache") == [0, 0, 0]
     # Releasing generation after the rollout finds the engines already asleep: nothing to do.
-    assert [awake for remove, _, awake in scheduler.resizes if remove] == [(), (), ()]
+    assert [awake for remove, _, awake in scheduler.resizes if remove] == [(), (), (), ()]
     resize_results = [c.result for c in rlix_recorder.calls("resize_infer")]
-    assert resize_results == [(0,), (), (0,), (), (0,), ()]
-    # The pipeline's engines answer only for it.
+    assert resize_results == [(), (0,), (), (0,), (), (0,), ()]
+    # The pipeline's engines answer only for it, and only while a session is open.
     assert rlix_hooks.resize_infer(pipeline_id="someone-else", dp_ranks_to_add=(0,)) is None
+    assert rlix_hooks.resize_infer(pipeline_id=PIPELINE, dp_ranks_to_add=(0,)) is None
+
+
+class GrowingScheduler(PartialScheduler):
+    """Also wakes DP rank 1 once each rollout has begun, as a scheduler does when GPUs free up
+    in the middle of a rollout."""
+
+    @hookimpl
+    def rlix_begin_progress_batch(self, pipeline_id):
+        self._resize(pipeline_id, add=(1,))
+
+
+def test_a_wake_in_the_middle_of_a_rollout_serves_the_weights_that_rollout_uses(
+    monkeypatch, rlix_hooks, rlix_register, rlix_recorder
+):
+    harness = build_trainer(monkeypatch, compose(*SMALL_JOB, *RLIX_ON), hooks=rlix_hooks)
+    rlix_register(GrowingScheduler(rlix_hooks))
+    harness.trainer.init()
+    harness.trainer.fit(harness.manager)
+    # Per rollout s: rank 0 woken before it with the weights of step s - 1, then rank 1 during
+    # it with the same weights (not with the step number verl has already moved to).
+    assert harness.timeline.of("engine", "update_weights") == [0, 0, 1, 1, 2]
+    assert harness.timeline.of("engine", "resume kv_cache") == [0, 1, 0, 1, 0]
+    assert [c.target_weight_version for c in rlix_recorder.calls("begin_progress_batch")] == [0, 1]
 
 
 @pytest.mark.parametrize(
@@ -206,7 +245,7 @@ def test_fit_releases_everything_when_training_raises(monkeypatch, rlix_hooks, r
     # Raised while training step 2 (holding actor_train): both clusters go back, then unregister.
     assert tail == [f"request_gpus(actor_train,{int(Priority.ACTOR_TRAINING)})", "release(actor_infer)",
                     "release(actor_train)", "unregister_pipeline"]
-    assert type(error).__name__ in rlix_recorder.getcall("unregister_pipeline").reason
+    assert type(error).__name__ in rlix_recorder.calls("unregister_pipeline")[-1].reason
     assert harness.manager.detached == 1
     # The engines plugin left the manager with the pipeline.
     assert rlix_hooks.resize_infer(pipeline_id=PIPELINE, dp_ranks_to_add=(0,)) is None
@@ -249,6 +288,16 @@ def test_init_failure_unregisters(monkeypatch, rlix_hooks, rlix_recorder):
     ]
 
 
+def test_between_init_and_fit_the_job_holds_nothing(monkeypatch, rlix_hooks, rlix_recorder):
+    # verl's TaskRunner builds the agent-loop manager here, with no trainer hook around it.
+    harness = build_trainer(monkeypatch, compose(*SMALL_JOB, *RLIX_ON), hooks=rlix_hooks)
+    harness.trainer.init()
+    assert not harness.trainer.rlix_session.registered
+    assert _hook_sequence(rlix_recorder) == INIT
+    assert rlix_recorder.calls("unregister_pipeline")[-1].reason == "initialized"
+    assert not any(r.awake for r in harness.replicas)
+
+
 def test_refill_grows_the_target_and_keeps_the_count(monkeypatch, rlix_hooks, rlix_recorder):
     harness = build_trainer(monkeypatch, compose(*SMALL_JOB, *RLIX_ON), hooks=rlix_hooks, steps=1)
     trainer = harness.trainer
@@ -280,9 +329,10 @@ def test_disabled_calls_no_hook_and_behaves_like_verl_sync(monkeypatch, rlix_hoo
     assert harness.trainer.rlix_session is None
     # verl's PPOTrainerSync: wake everything at init end and each step end, sleep everything
     # after each sample; the load balancer is left alone.
-    engine = harness.timeline.names("engine")
+    engine = [n for n in harness.timeline.names("engine") if n in {"sleep_replicas", "update_weights"}]
     assert engine == ["sleep_replicas", "update_weights", "sleep_replicas", "update_weights",
                       "sleep_replicas", "update_weights"]
+    assert harness.timeline.of("engine", "resume kv_cache") == [0, 1] * 3
     assert harness.timeline.names("lb") == []
     harness.trainer.get_llm_client()
     assert harness.llm_server_manager.client_requests == [(None, {})]

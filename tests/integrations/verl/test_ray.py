@@ -137,3 +137,32 @@ def test_pump_survives_a_dead_worker_and_a_failing_sink():
     finally:
         pump.stop()
         ray.kill(workers[1])
+
+
+def test_transfer_queue_lives_in_this_ray_jobs_namespace_and_close_kills_only_it():
+    import transfer_queue as tq
+    from omegaconf import OmegaConf
+
+    from rlix_plugin.integrations.verl import transfer_queue as isolation
+
+    # import verl ran the integration's entry point in this process: TransferQueue is isolated.
+    assert isolation.install() is True
+    namespace = isolation.job_namespace()
+    assert namespace == f"transfer_queue-{ray.get_runtime_context().get_job_id()}"
+    assert isolation.isolated("transfer_queue") == namespace and isolation.isolated("other") == "other"
+
+    # Another job's controller, in the namespace TransferQueue hard-codes: it must stay unseen.
+    neighbour = VerlProbe.options(name="TransferQueueController", namespace="transfer_queue").remote()
+    try:
+        tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
+        try:
+            ours = ray.get_actor("TransferQueueController", namespace=namespace)
+            assert ours._actor_id != neighbour._actor_id
+        finally:
+            tq.close()
+        # Closing killed our controller only.
+        with pytest.raises(ValueError):
+            ray.get_actor("TransferQueueController", namespace=namespace)
+        assert ray.get_actor("TransferQueueController", namespace="transfer_queue")._actor_id == neighbour._actor_id
+    finally:
+        ray.kill(neighbour)

@@ -38,7 +38,9 @@ def test_constructible_from_the_shipped_config_with_rlix_on():
     assert session is not None and session.pipeline_id == "job-a"
     assert session.samples_per_step == 8
     assert session.hooks.plugin_manager.backend_name == "noop"
-    assert session.hooks.plugin_manager.has_plugin("rlix-verl-engines-job-a")
+    # Nothing is registered before init() opens a session.
+    assert not session.registered
+    assert not session.hooks.plugin_manager.has_plugin("rlix-verl-engines-job-a")
 
 
 def test_constructible_with_rlix_absent_and_then_nothing_changes():
@@ -105,11 +107,20 @@ def test_layout_errors_are_clear():
         RlixVerlConfig(backend="local", address="auto").backend_options()
 
 
-def test_bad_config_fails_at_construction_before_any_hook(rlix_hooks, rlix_recorder):
-    config = compose(*SMALL_JOB, *RLIX_ON, "+trainer.rlix.gpus=[0]")
-    with pytest.raises(InvalidRequestError):
+@pytest.mark.parametrize(
+    "override, message",
+    [("+trainer.rlix.gpus=[0]", "lists 1 GPUs"), ("actor_rollout_ref.rollout.free_cache_engine=false", "free_cache_engine")],
+)
+def test_bad_config_fails_at_construction_before_any_hook(rlix_hooks, rlix_recorder, override, message):
+    config = compose(*SMALL_JOB, *RLIX_ON, override)
+    with pytest.raises(InvalidRequestError, match=message):
         get_trainer_cls(TRAINER_MODE)(config=config, rlix_hooks=rlix_hooks)
     assert rlix_recorder.calls() == []
+
+
+def test_free_cache_engine_off_is_fine_without_rlix():
+    config = compose(*SMALL_JOB, "trainer.v1.trainer_mode=rlix_sync", "actor_rollout_ref.rollout.free_cache_engine=false")
+    assert get_trainer_cls(TRAINER_MODE)(config=config).rlix_session is None
 
 
 def test_agent_loop_manager_uses_the_progress_worker():
