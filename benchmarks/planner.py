@@ -26,8 +26,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _stats import emit, median  # noqa: E402
 
 from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec, Priority  # noqa: E402
-from rlix_plugin.scheduler.planner import Plan, plan_cycle  # noqa: E402
-from rlix_plugin.scheduler.state import SchedulerState  # noqa: E402
+from rlix_plugin.scheduler.plan import IDLE, Move, Plan  # noqa: E402
+from rlix_plugin.scheduler.planner import plan_cycle  # noqa: E402
+from rlix_plugin.scheduler.policy import POLICIES  # noqa: E402
+from rlix_plugin.scheduler.state import ResizeOutcome, SchedulerState  # noqa: E402
 from rlix_plugin.scheduler.topology import PoolTopology  # noqa: E402
 from rlix_plugin.scheduler.validation import validate_plan  # noqa: E402
 
@@ -44,7 +46,9 @@ def build_state(pipelines: int, gpus: int, tp: int, seed: int = 0) -> SchedulerS
         state.admit(pid)
     # Pipeline 0 wakes every worker, then finishes its rollout.
     state.request("p0", ACTOR_INFER, Priority.GENERATION, STEP)
-    state.apply(Plan(expands={"p0": set(range(gpus // tp))}))
+    state.start(Plan([Move(IDLE, wakes={"p0": set(range(gpus // tp))})]))
+    for action in state.take_actions():
+        state.resized(action, ResizeOutcome(action.add))
     state.report_progress("p0", "full", None, STEP, STEP)
     state.clear_progress("p0")
     for i in range(1, pipelines):
@@ -68,6 +72,7 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=1024)
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=9)
+    parser.add_argument("--policy", choices=sorted(POLICIES), default="finish_first")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -75,7 +80,7 @@ def main() -> None:
     timings, plan = [], None
     for _ in range(args.repeat):
         start = time.perf_counter()
-        plan = plan_cycle(state)
+        plan = plan_cycle(state, args.policy)
         validate_plan(state, plan)
         timings.append((time.perf_counter() - start) * 1e3)
     assert plan is not None
@@ -84,6 +89,7 @@ def main() -> None:
             "pipelines": args.pipelines,
             "gpus": args.gpus,
             "tp": args.tp,
+            "policy": args.policy,
             "repeat": args.repeat,
             "plan_ms_median": round(median(timings), 3),
             "plan_ms_min": round(min(timings), 3),

@@ -16,7 +16,10 @@ def rlix_resize_infer(
     ``dp_ranks_to_remove`` must be paused (in-flight requests retracted, then reported with
     ``rlix_report_preempt``) before their memory is released; a woken engine must load the latest
     weights before it serves. Must be idempotent per rank: waking an awake rank or sleeping a
-    sleeping one is a no-op.
+    sleeping one is a no-op. Each call either sleeps or wakes. Calls for one pipeline may come
+    concurrently, from different threads, for disjoint ranks (the scheduler moves different
+    bundles independently); an implementation that cannot take that serializes them
+    (:class:`rlix_plugin.supply.PipelineEngines` does by default).
 
     Exactly one implementation owns a pipeline's engines: implementations return ``None`` for
     pipelines they do not own, so that the call stops at the owner.

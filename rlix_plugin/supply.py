@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 from rlix_plugin.hookspecs import hookimpl
@@ -13,9 +14,15 @@ class PipelineEngines:
     Subclasses set ``pipeline_id`` and implement :meth:`resize`; register an instance on the
     pipeline's plugin manager. Other pipelines' resizes get ``None``, so that the call reaches
     their owner (the hook is first-result).
+
+    The scheduler may call ``rlix_resize_infer`` for one pipeline from several threads at once
+    (moves on disjoint DP ranks). This base runs one :meth:`resize` at a time, so a subclass need
+    not be thread-safe; one that is, and whose engines switch in parallel, sets
+    ``concurrent_resizes = True``.
     """
 
     pipeline_id: str
+    concurrent_resizes = False
 
     @hookimpl
     def rlix_resize_infer(
@@ -23,7 +30,13 @@ class PipelineEngines:
     ) -> tuple[int, ...] | None:
         if pipeline_id != self.pipeline_id:
             return None
-        return self.resize(dp_ranks_to_remove, dp_ranks_to_add)
+        if self.concurrent_resizes:
+            return self.resize(dp_ranks_to_remove, dp_ranks_to_add)
+        lock = self.__dict__.get("_resize_lock")
+        if lock is None:  # per instance, made on first use: subclasses need not call a base __init__
+            lock = self.__dict__.setdefault("_resize_lock", threading.Lock())
+        with lock:
+            return self.resize(dp_ranks_to_remove, dp_ranks_to_add)
 
     def resize(self, remove: Sequence[int] = (), add: Sequence[int] = ()) -> tuple[int, ...]:
         """Sleep the engines of ``remove`` (pausing and retracting their in-flight work first),

@@ -39,6 +39,7 @@ def _execute(args: argparse.Namespace, scenario_ref: str) -> int:
         stall_timeout_s=args.stall_timeout,
         timeout_s=args.timeout,
         measure_static=not args.no_static,
+        policy=args.policy,
     )
     console: Any = None
     progress = baseline = None
@@ -114,6 +115,10 @@ def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-scale", type=float, default=1.0, metavar="X",
                         help="multiply every scenario duration by X (default 1)")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="S", help="bound on the whole run (default 600)")
+    from rlix_plugin.scheduler.policy import POLICIES
+
+    parser.add_argument("--policy", choices=sorted(POLICIES), default=None,
+                        help="sharing policy (default: the scenario's, else finish_first)")
     parser.add_argument("--no-static", action="store_true",
                         help="skip the static-partition baseline run (static_partition_s is then null)")
 

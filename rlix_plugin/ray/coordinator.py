@@ -42,11 +42,11 @@ COORDINATOR_OPTIONS: dict[str, Any] = {
     # A resize is not idempotent from the scheduler's side (it checks the awake ranks against
     # its plan); a silent retry could answer a different question. Never retried.
     "max_task_retries": 0,
-    # Calls held at once: the scheduler's watch (always), the pipeline's long poll (always), one
-    # resize (the scheduler runs one cycle at a time, so at most one per pipeline), its
-    # completion, and status reads. 16 leaves room for all of them several times over, so that a
-    # hook that hangs inside a resize never queues the next poll, completion or watch.
-    "max_concurrency": 16,
+    # Calls held at once: the scheduler's watch (always), the pipeline's long poll (always), the
+    # resizes in flight (one per move involving the pipeline, on disjoint DP ranks: a few), their
+    # completions, and status reads. 64 leaves room for all of them several times over, so that
+    # a hook that hangs inside a resize never queues the next poll, completion or watch.
+    "max_concurrency": 64,
     # A mailbox; it must not take a CPU slot the pipeline's workers need.
     "num_cpus": 0,
 }

@@ -100,6 +100,7 @@ class ResizeServer:
         self._run_hook = run_hook
         self._poll_s = poll_s
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"rlix-resize-{pipeline_id}", daemon=True)
 
     def start(self) -> ResizeServer:
@@ -139,7 +140,10 @@ class ResizeServer:
                 continue
             if request == CLOSED:
                 return
-            self._serve(request)
+            # Each resize in its own thread: the scheduler runs moves of one pipeline on disjoint
+            # ranks concurrently, and a slow wake must not hold up a sleep another move needs.
+            threading.Thread(target=self._serve, args=(request,), daemon=True,
+                             name=f"rlix-resize-{self.pipeline_id}-{request.request_id}").start()
 
     def _serve(self, request: ResizeRequest) -> None:
         awake: tuple[int, ...] | None = None
@@ -150,7 +154,8 @@ class ResizeServer:
         except Exception as exc:
             error = f"{exc!r}\n{traceback.format_exc()}"
             log.error("rlix_resize_infer of pipeline %s failed: %r", request.pipeline_id, exc)
-        self.served += 1
+        with self._lock:
+            self.served += 1
         try:
             # Fire and forget: the scheduler is waiting on the coordinator, not on this call.
             self._coordinator.complete.remote(request.request_id, awake, error)

@@ -17,31 +17,39 @@ donors and receivers are disjoint, so the moves of one pass never exceed the dis
 the current and the target allocation. Work per pass is in counts and per-donor queues:
 O(GPUs + pipelines log pipelines + moves x tp).
 
-**Switch-cost rules** (policies with ``switch_aware``; estimates from :mod:`.estimates`):
+**Switch-cost rules** (policies with ``switch_aware``; estimates from :mod:`.estimates`, whose
+figures a framework may declare and the scheduler then measures; see docs/switch-costs.md):
 
 * *payoff*: a bundle moves from donor D to receiver R only when the work R can do on it before
-  its queue drains exceeds the GPU time the move destroys::
+  it would move again exceeds ``PAYOFF_MARGIN`` times the GPU time the move destroys::
 
-      queued_R / (held_R + 1) x sample_s_R  >  sleep_s_D + wake_s_R
+      min(queued_R / (held_R + 1) x sample_s_R, stage_horizon)  >  1.5 x (sleep_s_D + wake_s_R)
 
-  ``queued_R`` = remaining samples of R not already running on one of its ``held_R`` bundles.
-  Worked example: R has 40 samples left on 3 bundles, 2.0 engine-seconds per sample, D sleeps in
-  3 s and R wakes in 5 s: (40 - 3) / 4 x 2.0 = 18.5 s > 8 s, so the bundle moves. With 9 samples
-  left: (9 - 3) / 4 x 2.0 = 3 s < 8 s, so it stays: moving it would cost more than it gains;
+  ``queued_R`` = remaining samples of R not already running on one of its ``held_R`` bundles,
+  ``sample_s_R`` its measured engine-seconds per sample, ``stage_horizon`` how soon another
+  pipeline's stage is expected to take those GPUs (a pipeline rolling out asks for its stages when
+  its rollout ends: in about its remaining samples / its bundles x its sample time).
+  Worked example: R has 40 samples left on 3 bundles at 2.0 engine-seconds per sample, D sleeps
+  in 3 s and R wakes in 5 s: (40 - 3) / 4 x 2.0 = 18.5 s > 1.5 x 8 s = 12 s, so the bundle
+  moves. With 11 samples left, (11 - 3) / 4 x 2.0 = 4 s < 12 s: it stays. The same rule, with
+  the wake alone as the cost, decides whether an idle bundle is worth waking;
 * *minimum residency*: a woken bundle of a pipeline with demand is not donated before
   ``RESIDENCY_FACTOR x (wake_s + sleep_s)`` seconds of service (a bundle then spends at most
   1 / RESIDENCY_FACTOR of its time switching);
-* *anticipation*: after a pipeline's rollout ends (and between its stages), the GPUs of its
-  stages are not given to other pipelines' engines for ``ANTICIPATION_S``: its next stage would
-  have to wait for that wake and a sleep;
+* *anticipation*: for ``ANTICIPATION_S`` after a pipeline's rollout ends (or one of its stages is
+  released), the GPUs of its stages are not given to engines of other pipelines that already
+  have a bundle: its next stage would have to wait for that wake and a sleep;
 * *placement*: a receiver takes bundles on its own stages' GPUs first, then bundles outside every
-  stage mapping; a donor gives bundles on other pipelines' stage GPUs first. A pipeline's own
-  stage then preempts its own engines, idle once its rollout is done, instead of a neighbour's.
+  stage mapping; a donor gives bundles on other pipelines' stage GPUs first. A pipeline's stage
+  then preempts its own engines, idle once its rollout is done, instead of a neighbour's busy ones;
+* *reclaim before a costly sync*: a pipeline between rollouts whose declared weight sync costs
+  more than a sleep and a wake has its engines put to sleep instead of re-synced after training.
 
-Idle GPUs are always used by a pipeline that has samples left for them, and the starvation rule
-overrides residency and payoff: a pipeline with demand and no bundle gets one as soon as one can
-be freed. So it waits at most for one planning pass plus the donor's sleep and its own wake (or
-for a stage holding the GPUs to release them).
+None of these ever delays a stage (priorities 0-5). Idle GPUs are used whenever a pipeline has
+samples left for them and the wake pays. The starvation rule overrides residency, payoff and
+anticipation: a pipeline with demand and no bundle gets one as soon as one can be freed. It waits
+at most one planning pass plus the donor's sleep and its own wake (or, if stages hold every GPU it
+could use, until one releases them).
 """
 
 from __future__ import annotations

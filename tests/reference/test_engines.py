@@ -116,3 +116,56 @@ def test_same_sample_same_answer_whichever_engine_generates_it(pool):
     second = pool.collect(6, timeout_s=10)
     assert [s.answer for s in first] == [s.answer for s in second]
     assert {s.dp_rank for s in first} == {0} and {s.dp_rank for s in second} == {1}
+
+
+@pytest.fixture
+def slow_pool():
+    """Engines that take 0.3 s to wake or sleep and 0.3 s to sync weights."""
+    from rlix_plugin.hookspecs import SwitchCosts
+
+    trainer = Trainer(seed=5)
+    store = WeightStore(trainer.model)
+    status = PipelineStatus("p", rollouts=1, samples_per_rollout=4, dp_size=2)
+    engines = EnginePool("p", [(0,), (1,)], store, status, seed=5, offset=2,
+                         switch_costs=SwitchCosts(wake_seconds=0.3, sleep_seconds=0.3, sync_seconds=0.3))
+    pm = get_plugin_manager("noop", autoload=False)
+    pm.register(engines, name="engines")
+    engines.hooks = RlixHooks(pm)
+    engines.test_status = status
+    try:
+        yield engines
+    finally:
+        engines.close()
+
+
+def test_switching_engines_hold_their_gpus_generate_nothing_and_switch_in_parallel(slow_pool):
+    import threading
+
+    slow_pool.submit([Job(0, 0, 1, 0.0)])
+    answers = {}
+    calls = [threading.Thread(target=lambda r=r: answers.setdefault(r, resize(slow_pool, add=(r,)))) for r in (0, 1)]
+    for call in calls:
+        call.start()
+    # Two calls for different ranks: both engines are waking at the same time.
+    wait_until(lambda: [e.transition for e in slow_pool.engines] == ["waking", "waking"], 10, what="both waking")
+    assert slow_pool.awake_ranks() == () and not slow_pool._results, "a waking engine serves nothing"
+    for call in calls:
+        call.join(10)
+    assert set(answers[0]) | set(answers[1]) == {0, 1} and slow_pool.awake_ranks() == (0, 1)
+    assert slow_pool.collect(1, timeout_s=10)[0].index == 0
+    view = slow_pool.test_status.view()
+    assert view.switches == 2 and view.switch_gpu_s == pytest.approx(0.6)
+
+
+def test_a_weight_sync_pauses_awake_engines_and_retracts_their_work(slow_pool):
+    import threading
+
+    resize(slow_pool, add=(0,))
+    slow_pool.submit([Job(0, 0, 1, 30.0)])  # long: still running when the sync starts
+    wait_until(lambda: slow_pool.engines[0].current is not None, 10, what="engine 0 busy")
+    sync = threading.Thread(target=slow_pool.sync_weights)
+    sync.start()
+    wait_until(lambda: slow_pool.engines[0].transition == "syncing", 10, what="syncing")
+    assert slow_pool.engines[0].current is None and slow_pool.awake_ranks() == ()
+    sync.join(10)
+    assert slow_pool.awake_ranks() == (0,) and slow_pool.test_status.view().retracted == 1
