@@ -27,6 +27,11 @@ class SchedulerTimeoutError(RlixError, TimeoutError):
         self.diagnostic = diagnostic
 
 
+class NotPipelineOwnerError(RlixError, PermissionError):
+    """The caller does not hold the pipeline's lease (or, for an operator action, the operator
+    credential). The message names the pipeline; nothing was changed."""
+
+
 class PipelineGoneError(RlixError):
     """The pipeline was unregistered (or fenced) while the caller waited."""
 
@@ -46,6 +51,7 @@ class BackendUnavailableError(RlixError, ImportError):
 __all__ = [
     "BackendUnavailableError",
     "InvalidRequestError",
+    "NotPipelineOwnerError",
     "PipelineGoneError",
     "PlanInvariantError",
     "RlixError",

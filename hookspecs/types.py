@@ -103,6 +103,33 @@ class SwitchCosts:
 
 
 @dataclass(frozen=True)
+class PipelineLimits:
+    """What a pipeline declares about itself at registration, and the scheduler holds it to.
+
+    ``max_step_target``: the most samples one rollout may ask for (``None``: no bound); a larger
+    ``step_target`` is refused. ``min_bundles`` / ``max_bundles``: a quota of generation bundles
+    (DP workers): the planner gives the pipeline at least ``min_bundles`` while it has demand
+    (when they can be freed) and never more than ``max_bundles``.
+    """
+
+    max_step_target: int | None = None
+    min_bundles: int = 1
+    max_bundles: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_step_target", "max_bundles"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InvalidRequestError(f"PipelineLimits.{name} must be an int >= 1 or None, got {value!r}")
+        if isinstance(self.min_bundles, bool) or not isinstance(self.min_bundles, int) or self.min_bundles < 0:
+            raise InvalidRequestError(f"PipelineLimits.min_bundles must be an int >= 0, got {self.min_bundles!r}")
+        if self.max_bundles is not None and self.min_bundles > self.max_bundles:
+            raise InvalidRequestError(
+                f"PipelineLimits.min_bundles ({self.min_bundles}) exceeds max_bundles ({self.max_bundles})"
+            )
+
+
+@dataclass(frozen=True)
 class StreamProgress:
     """Latest progress of one stream, as the scheduler saw it."""
 
@@ -128,6 +155,7 @@ __all__ = [
     "MODE_FULL",
     "MODE_LORA",
     "PROGRESS_MODES",
+    "PipelineLimits",
     "Priority",
     "REFERENCE",
     "StreamProgress",

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from rlix_plugin.hookspecs import ACTOR_INFER, MODE_FULL, Grant
 
 if TYPE_CHECKING:
-    from rlix_plugin.hookspecs import ClusterSpec, SwitchCosts
+    from rlix_plugin.hookspecs import ClusterSpec, PipelineLimits, SwitchCosts
     from rlix_plugin.manager import RlixPluginManager
 
 #: Default wait of the blocking calls, seconds. Long enough for a training stage to finish and
@@ -60,9 +60,12 @@ class RlixHooks:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def register_pipeline(
-        self, *, pipeline_id: str, clusters: Mapping[str, ClusterSpec], switch_costs: SwitchCosts | None = None
+        self, *, pipeline_id: str, clusters: Mapping[str, ClusterSpec], switch_costs: SwitchCosts | None = None,
+        limits: PipelineLimits | None = None,
     ) -> None:
-        self._hook.rlix_register_pipeline(pipeline_id=pipeline_id, clusters=dict(clusters), switch_costs=switch_costs)
+        self._hook.rlix_register_pipeline(
+            pipeline_id=pipeline_id, clusters=dict(clusters), switch_costs=switch_costs, limits=limits
+        )
 
     def unregister_pipeline(self, *, pipeline_id: str, reason: str = "finished") -> None:
         self._hook.rlix_unregister_pipeline(pipeline_id=pipeline_id, reason=reason)

@@ -22,7 +22,7 @@ import os
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -30,6 +30,9 @@ from rlix_plugin.backends import DEFAULT_BACKEND, check_backend_name, make_backe
 from rlix_plugin.backends.noop import NAME as NOOP_NAME
 from rlix_plugin.backends.noop import NoopPlugin
 from rlix_plugin.hookspecs import PROJECT_NAME, SPEC_MODULES, RlixError, hook_names
+
+if TYPE_CHECKING:
+    from rlix_plugin.backends.hooks import SchedulerHooks
 
 ENTRY_POINT_GROUP = "rlix_plugin"
 ENV_BACKEND = "RLIX_BACKEND"
@@ -125,6 +128,12 @@ class RlixPluginManager(pluggy.PluginManager):
         return undo_and_refresh
 
     # -- queries --------------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> SchedulerHooks | None:
+        """The scheduler backend's plugin (leases, ``flush_progress``, ``is_registered``,
+        ``close``), or ``None`` with the no-op default."""
+        return self.get_plugin(BACKEND_PLUGIN_NAME)  # type: ignore[no-any-return]
 
     @property
     def monitored(self) -> bool:
@@ -241,16 +250,15 @@ def get_plugin_manager(
     if autoload if autoload is not None else not _env_flag(ENV_DISABLE_AUTOLOAD):
         _load_entry_points(pm, strict if strict is not None else _env_flag(ENV_STRICT))
     pm.register(NoopPlugin(), name=NOOP_NAME, origin=PluginOrigin("built-in", _describe(NoopPlugin)))
-    backend_plugin = make_backend(backend_name, backend_options)
+    from rlix_plugin.backends.hooks import manager_resize
+
+    backend_plugin = make_backend(backend_name, backend_options, manager_resize(pm))
     if backend_plugin is not None:
         pm.register(
             backend_plugin,
             name=BACKEND_PLUGIN_NAME,
             origin=PluginOrigin("backend", f"{backend_name}: {_describe(backend_plugin)}"),
         )
-        bind = getattr(backend_plugin, "bind", None)
-        if bind is not None:
-            bind(pm)  # a backend that calls supply-side hooks needs the manager to call them on
     pm.check_pending()
     if trace if trace is not None else _env_flag(ENV_TRACE):
         _install_tracing(pm)

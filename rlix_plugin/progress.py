@@ -21,7 +21,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rlix_plugin.hookspecs import hookimpl
 
 log = logging.getLogger("rlix_plugin.progress")
 
@@ -111,6 +110,16 @@ class ProgressCoalescer:
             self._ensure_thread()
             self._lock.notify()
 
+    def lose(self, pipeline_id: object, mode: object, adapter_id: object, what: str, error: BaseException) -> None:
+        """A call the caller made could not be taken (a bad argument, a pipeline not ours): log
+        it once per batch of that stream, never raise."""
+        key = tuple(v if v is None or isinstance(v, str) else repr(v) for v in (pipeline_id, mode, adapter_id))
+        with self._lock:
+            first = key not in self._lost
+            self._lost.add(key)  # type: ignore[arg-type]
+        if first:
+            log.warning("progress signal lost for pipeline %r (%s): %s; the rollout continues", pipeline_id, what, error)
+
     def forget(self, pipeline_id: str) -> None:
         """Drop every open stream of a pipeline (its generation cluster was released)."""
         with self._lock:
@@ -198,41 +207,4 @@ class ProgressCoalescer:
                             report.pipeline_id, report.kind, exc)
 
 
-class CoalescedProgressHooks:
-    """The progress hookimpls of a backend that coalesces through ``self._progress``.
-
-    Backends inherit these (pluggy finds inherited hookimpls) and implement ``flush_progress``;
-    :meth:`settle_progress` is called before a new rollout's demand is signalled, so that the
-    previous rollout's ``end`` can never arrive after it and retire the new demand.
-    """
-
-    _progress: ProgressCoalescer
-    #: How long a new rollout's demand waits for earlier progress to land before going on anyway.
-    settle_timeout_s = 2.0
-
-    @hookimpl
-    def rlix_begin_progress_batch(
-        self, pipeline_id: str, mode: str, adapter_id: str | None, target_weight_version: int,
-        step_target: int, initial_completed: int,
-    ) -> None:
-        self._progress.begin(pipeline_id, mode, adapter_id, target_weight_version, step_target, initial_completed)
-
-    @hookimpl
-    def rlix_bump_completed(
-        self, pipeline_id: str, mode: str, adapter_id: str | None, target_weight_version: int, count: int
-    ) -> None:
-        self._progress.bump(pipeline_id, mode, adapter_id, target_weight_version, count)
-
-    @hookimpl
-    def rlix_end_progress_batch(self, pipeline_id: str, mode: str, adapter_id: str | None) -> None:
-        self._progress.end(pipeline_id, mode, adapter_id)
-
-    def flush_progress(self, timeout_s: float = 5.0) -> bool:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def settle_progress(self) -> None:
-        if not self.flush_progress(self.settle_timeout_s):
-            log.warning("earlier progress reports did not land within %.1fs; going on", self.settle_timeout_s)
-
-
-__all__ = ["BEGIN", "END", "PROGRESS", "CoalescedProgressHooks", "ProgressCoalescer", "ProgressReport"]
+__all__ = ["BEGIN", "END", "PROGRESS", "ProgressCoalescer", "ProgressReport"]

@@ -260,16 +260,9 @@ class MilesRLixHooks:
 
 def _registered(pm: Any, pipeline_id: str) -> bool | None:
     """Whether the scheduler behind ``pm``'s backend knows ``pipeline_id``: one round trip that
-    proves the far side reaches the right scheduler. ``None`` for a backend with no scheduler to
-    ask (``noop``, third-party)."""
-    backend = pm.get_plugin("rlix-backend")
-    client = getattr(backend, "client", None) if backend is not None and hasattr(type(backend), "client") else None
-    if client is not None:  # the ray backend: the scheduler actor
-        return bool(client.is_registered(pipeline_id, timeout_s=PROBE_TIMEOUT_S))
-    scheduler = getattr(backend, "scheduler", None)
-    if scheduler is not None:  # the local backend: the scheduler in this process
-        return bool(scheduler.read(lambda: pipeline_id in scheduler.service.state.pipelines, PROBE_TIMEOUT_S))
-    return None
+    proves the far side reaches the right scheduler. ``None`` with no scheduler to ask (noop)."""
+    backend = pm.backend
+    return None if backend is None else bool(backend.is_registered(pipeline_id))
 
 
 __all__ = ["PROBE_TIMEOUT_S", "PROGRESS_HOOKS", "MilesRLixHooks"]

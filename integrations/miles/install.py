@@ -122,11 +122,14 @@ def read_back(manager: Any, token: str) -> dict[str, Any]:
     return held.probe()
 
 
-def far_side_options(backend: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Backend options for the hooks' rebuild in the manager's process. For ``ray``, the far side
-    only joins the scheduler the pipeline registered with, never starts a new one (a fresh empty
-    scheduler there would swallow progress for a pipeline it does not know)."""
+def far_side_options(backend: str, options: Mapping[str, Any], leases: Mapping[str, str]) -> dict[str, Any]:
+    """Backend options for the hooks' rebuild in the manager's process: the pipeline's lease, so
+    that its progress is accepted there. For ``ray``, the far side only joins the scheduler the
+    pipeline registered with, never starts a new one (a fresh empty scheduler there would swallow
+    progress for a pipeline it does not know)."""
     far = dict(options)
+    if leases:
+        far["leases"] = dict(leases)
     if backend == "ray":
         far["create_if_missing"] = False
     return far
@@ -222,16 +225,18 @@ def _install(session: MilesSession, proxy: ManagerProxy, sync_weights: WeightSyn
     pm.register(engines, name=plugin_name)
     registered_here = hooks_sent = False
     try:
+        if not session.registered:
+            session.register()
+            registered_here = True
+        # The far side acts for the pipeline with the lease its registration here returned.
+        leases = {pid: pm.backend.lease(pid)} if pm.backend is not None else {}
         hooks = MilesRLixHooks(
             pid, session.units.n_samples_per_prompt, backend=backend,
-            backend_options=far_side_options(backend, session.backend_options), autoload=session.autoload,
+            backend_options=far_side_options(backend, session.backend_options, leases), autoload=session.autoload,
             engine_to_rank=engines.rank_of_engine, hooks=None if proxy.remote else session.hooks,
         )
         hooks_sent = True
         proxy.call(SET_HOOKS, hooks, timeout_s=control_timeout)
-        if not session.registered:
-            session.register()
-            registered_here = True
         # The read-back builds the hooks' front end over there and asks the scheduler once.
         probe = {**proxy.run_inside(read_back, hooks.token, timeout_s=control_timeout + PROBE_TIMEOUT_S),
                  "rollout": surface["rollout"]}

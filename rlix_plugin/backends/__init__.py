@@ -1,7 +1,9 @@
 """Scheduler backends, selected by name (``RLIX_BACKEND`` or ``get_plugin_manager(backend=)``).
 
-A backend is a plugin that answers the demand-side hooks. Each name maps to a factory imported
-only when selected, so that ``import rlix_plugin`` never imports ray.
+A backend is a :class:`~.hooks.SchedulerHooks` plugin over a transport (:mod:`.port`) to a
+scheduler; it answers the demand-side hooks. Each name maps to a factory imported only when
+selected, so that ``import rlix_plugin`` never imports ray. A factory takes the supply side
+(``resize``: runs ``rlix_resize_infer`` on the owning manager) first, then the backend's options.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ def check_backend_name(name: str) -> str:
     return normalised
 
 
-def make_backend(name: str, options: dict[str, Any] | None = None) -> object | None:
-    """Build the plugin object of backend ``name`` (``None`` for ``noop``).
+def make_backend(name: str, options: dict[str, Any] | None = None, resize: Any = None) -> Any:
+    """Build the plugin object of backend ``name`` (``None`` for ``noop``); ``resize`` is the
+    supply side its pipelines' resizes are run with.
 
     :raises InvalidRequestError: unknown name.
     :raises BackendUnavailableError: the backend's module or its dependencies cannot be imported.
@@ -45,7 +48,12 @@ def make_backend(name: str, options: dict[str, Any] | None = None) -> object | N
             f"rlix backend {name!r} is not available ({exc}); install {install!r}"
         ) from exc
     factory = getattr(module, factory_name)
-    return factory(**(options or {}))
+    if name == "noop":
+        return factory()
+    try:
+        return factory(resize, **(options or {}))
+    except TypeError as exc:  # an option the backend does not take: name it
+        raise InvalidRequestError(f"rlix backend {name!r}: bad backend_options {sorted(options or {})}: {exc}") from None
 
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "check_backend_name", "make_backend"]

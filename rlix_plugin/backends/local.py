@@ -1,11 +1,11 @@
 """The ``local`` backend: an embedded scheduler in this process.
 
 :class:`LocalScheduler` runs a :class:`~rlix_plugin.scheduler.service.SchedulerService` on an
-event loop in a daemon thread and gives it a synchronous, timeout-bounded face.
-:class:`LocalBackend` is the plugin that answers the demand-side hooks with it; every pipeline
-registered through a plugin manager has its resizes sent back through that manager's
-``rlix_resize_infer`` (run in a worker thread, so pipelines resize concurrently and the
-scheduling loop is never blocked by a framework).
+event loop in a daemon thread and gives it a synchronous, timeout-bounded face. :class:`LocalPort`
+is the transport (:class:`~.port.SchedulerPort`) the hook layer (:class:`~.hooks.SchedulerHooks`)
+calls; every pipeline registered through a plugin manager has its resizes sent back through that
+manager's ``rlix_resize_infer``, each in a worker thread, so pipelines resize concurrently and the
+scheduling loop is never blocked by a framework.
 
 Pool size: ``backend_options={"num_gpus": 8, "gpus_per_node": 8}``, or the environment
 (``RLIX_LOCAL_GPUS``, ``RLIX_LOCAL_GPUS_PER_NODE``), or pass ``scheduler=`` to share one
@@ -21,25 +21,22 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from rlix_plugin.hookspecs import (
-    ACTOR_INFER,
-    ClusterSpec,
     Grant,
     InvalidRequestError,
     RlixError,
     SchedulerTimeoutError,
     SchedulerUnavailableError,
-    SwitchCosts,
-    hookimpl,
 )
-from rlix_plugin.progress import BEGIN, END, CoalescedProgressHooks, ProgressCoalescer, ProgressReport
+from rlix_plugin.progress import BEGIN, END, ProgressReport
 from rlix_plugin.scheduler.service import SchedulerService
+from rlix_plugin.scheduler.state import SchedulerState
 from rlix_plugin.scheduler.topology import PoolTopology
 
-if TYPE_CHECKING:
-    from rlix_plugin.manager import RlixPluginManager
+from .hooks import SchedulerHooks
+from .port import Registration, ResizeHook
 
 T = TypeVar("T")
 log = logging.getLogger("rlix_plugin.local")
@@ -93,6 +90,19 @@ class LocalScheduler:
     def snapshot(self) -> dict[str, Any]:
         return self.read(self.service.snapshot)
 
+    def diagnostic(self, headline: str = "", timeout_s: float = 5.0) -> str:
+        """The scheduler's view (or, if its loop does not answer, a line that says so)."""
+        try:
+            return self.read(lambda: self.service.diagnostic(headline), timeout_s=timeout_s)
+        except Exception as exc:  # the loop itself is wedged: say so instead of hanging
+            return f"{headline}\n(scheduler did not answer: {exc!r})"
+
+    def add_listener(self, listener: Callable[[str, SchedulerState], None]) -> None:
+        """``listener(event, state)`` after every change, on the scheduler's loop thread (read the
+        state there, never change it). Registered on the loop, so no change slips in between."""
+        service = self.service
+        self.read(lambda: service.add_listener(lambda event, svc: listener(event, svc.state)))
+
     def close(self) -> None:
         if self._closed:
             return
@@ -123,105 +133,78 @@ def default_scheduler() -> LocalScheduler:
         return _default
 
 
-class LocalBackend(CoalescedProgressHooks):
-    """Answers the demand-side hooks with a :class:`LocalScheduler`."""
+class LocalPort:
+    """The :class:`~.port.SchedulerPort` of a :class:`LocalScheduler` in this process."""
 
-    def __init__(self, scheduler: LocalScheduler, *, progress_interval_s: float = 0.05) -> None:
+    name = "local"
+
+    def __init__(self, scheduler: LocalScheduler) -> None:
         self.scheduler = scheduler
-        self._pm: RlixPluginManager | None = None
-        self._progress = ProgressCoalescer(self._deliver, min_interval_s=progress_interval_s)
-        self._resize_pool = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="rlix-resize")
+        # Resize calls run here, each on its own worker: they may take seconds and several of one
+        # pipeline may be in flight at once (moves on disjoint ranks).
+        self._resize_pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rlix-resize")
 
-    def bind(self, pm: RlixPluginManager) -> None:
-        """Called by the manager factory: resizes of pipelines registered here go through ``pm``."""
-        self._pm = pm
+    def register(self, registration: Registration, resize: ResizeHook) -> str:
+        service = self.scheduler.service
+        pool = self._resize_pool
 
-    # -- lifecycle --------------------------------------------------------------------------------
+        async def resizer(pipeline_id: str, remove: tuple[int, ...], add: tuple[int, ...]) -> Any:
+            return await asyncio.get_running_loop().run_in_executor(pool, resize, pipeline_id, remove, add)
 
-    @hookimpl
-    def rlix_register_pipeline(
-        self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], switch_costs: SwitchCosts | None
-    ) -> None:
-        self.scheduler.call(
-            self.scheduler.service.register_pipeline(
-                pipeline_id, clusters, self._resizer(), switch_costs=switch_costs
-            ),
-            timeout_s=10.0,
-        )
+        return self.scheduler.call(service.register_pipeline(
+            registration.pipeline_id, registration.clusters, resizer,
+            switch_costs=registration.switch_costs, limits=registration.limits,
+        ), timeout_s=10.0)
 
-    @hookimpl
-    def rlix_unregister_pipeline(self, pipeline_id: str, reason: str) -> None:
-        self._progress.forget(pipeline_id)
-        self.scheduler.call(self.scheduler.service.unregister_pipeline(pipeline_id, reason), timeout_s=10.0)
+    def unregister(self, pipeline_id: str, lease: str, reason: str) -> None:
+        self.scheduler.call(self.scheduler.service.unregister_pipeline(pipeline_id, lease, reason), timeout_s=10.0)
 
-    # -- demand -----------------------------------------------------------------------------------
-
-    @hookimpl
-    def rlix_signal_demand(self, pipeline_id: str, rollout_id: int, step_target: int, timeout_s: float) -> Grant:
-        self.settle_progress()
+    def signal_demand(self, pipeline_id: str, lease: str, rollout_id: int, step_target: int, timeout_s: float) -> Grant:
         return self.scheduler.call(
-            self.scheduler.service.signal_demand(pipeline_id, rollout_id, step_target, timeout_s), timeout_s
+            self.scheduler.service.signal_demand(pipeline_id, lease, rollout_id, step_target, timeout_s), timeout_s
         )
 
-    @hookimpl
-    def rlix_request_gpus(
-        self, pipeline_id: str, cluster: str, priority: int, step_target: int | None, timeout_s: float
-    ) -> Grant:
-        if cluster == ACTOR_INFER:
-            self.settle_progress()
+    def request(self, pipeline_id: str, lease: str, cluster: str, priority: int, step_target: int | None,
+                timeout_s: float) -> Grant:
         return self.scheduler.call(
-            self.scheduler.service.request_gpus(pipeline_id, cluster, priority, step_target, timeout_s), timeout_s
+            self.scheduler.service.request_gpus(pipeline_id, lease, cluster, priority, step_target, timeout_s),
+            timeout_s,
         )
 
-    @hookimpl
-    def rlix_release(self, pipeline_id: str, cluster: str) -> None:
-        if cluster == ACTOR_INFER:
-            self._progress.forget(pipeline_id)
+    def release(self, pipeline_id: str, lease: str, cluster: str) -> None:
         timeout_s = self.scheduler.service.resize_timeout_s + 10.0
-        self.scheduler.call(self.scheduler.service.release(pipeline_id, cluster, timeout_s), timeout_s)
+        self.scheduler.call(self.scheduler.service.release(pipeline_id, lease, cluster, timeout_s), timeout_s)
 
-    @hookimpl
-    def rlix_report_preempt(self, pipeline_id: str, dp_rank: int, retracted: int) -> None:
-        self.scheduler.call_soon(self.scheduler.service.report_preempt, pipeline_id, dp_rank, retracted)
+    def report_preempt(self, pipeline_id: str, lease: str, dp_rank: int, retracted: int) -> None:
+        self.scheduler.call_soon(_quietly, self.scheduler.service.report_preempt, pipeline_id, lease, dp_rank, retracted)
 
-    def close(self) -> None:
-        """Deliver what progress is left and stop this backend's threads (idempotent). The
-        scheduler is not closed: other managers may share it."""
-        self._progress.close()
-        self._resize_pool.shutdown(wait=False)
-
-    def flush_progress(self, timeout_s: float = 5.0) -> bool:
-        """Wait until every progress call so far reached the scheduler (tests, shutdown)."""
-        if not self._progress.flush(timeout_s):
-            return False
-        self.scheduler.read(lambda: None, timeout_s)  # deliveries queued before this have run
-        return True
-
-    # -- plumbing ---------------------------------------------------------------------------------
-
-    def _deliver(self, report: ProgressReport) -> None:
+    def send_progress(self, lease: str, report: ProgressReport) -> None:
         service = self.scheduler.service
         if report.kind == END:
-            self.scheduler.call_soon(_quietly, service.clear_progress, report.pipeline_id, report.mode, report.adapter_id)
+            self.scheduler.call_soon(_quietly, service.clear_progress, report.pipeline_id, lease, report.mode,
+                                     report.adapter_id)
         else:
             self.scheduler.call_soon(
-                _quietly, service.report_progress, report.pipeline_id, report.mode, report.adapter_id,
+                _quietly, service.report_progress, report.pipeline_id, lease, report.mode, report.adapter_id,
                 report.step_target, report.completed, report.target_weight_version, report.kind == BEGIN,
             )
 
-    def _resizer(self) -> Callable[[str, tuple[int, ...], tuple[int, ...]], Coroutine[Any, Any, Any]]:
-        pm = self._pm
-        pool = self._resize_pool
+    def flush(self, timeout_s: float) -> bool:
+        try:
+            self.scheduler.read(lambda: None, timeout_s)  # reports queued before this have run
+        except RlixError:
+            return False
+        return True
 
-        async def resize(pipeline_id: str, remove: tuple[int, ...], add: tuple[int, ...]) -> Any:
-            if pm is None:
-                raise RuntimeError("the local backend is not bound to a plugin manager")
-            call = pm.hook.rlix_resize_infer
-            return await asyncio.get_running_loop().run_in_executor(
-                pool, lambda: call(pipeline_id=pipeline_id, dp_ranks_to_remove=remove, dp_ranks_to_add=add)
-            )
+    def is_registered(self, pipeline_id: str) -> bool:
+        state = self.scheduler.service.state
+        return bool(self.scheduler.read(lambda: pipeline_id in state.pipelines))
 
-        return resize
+    def diagnostic(self, headline: str) -> str:
+        return self.scheduler.diagnostic(headline)
+
+    def close(self) -> None:
+        self._resize_pool.shutdown(wait=False)
 
 
 def _quietly(fn: Callable[..., Any], *args: Any) -> None:
@@ -233,16 +216,20 @@ def _quietly(fn: Callable[..., Any], *args: Any) -> None:
 
 
 def make_backend(
+    resize: ResizeHook,
     scheduler: LocalScheduler | None = None,
     num_gpus: int | None = None,
     gpus_per_node: int = 8,
     progress_interval_s: float = 0.05,
+    leases: Mapping[str, str] | None = None,
     **service_options: Any,
-) -> LocalBackend:
-    """Build the plugin: on ``scheduler``, on a new one of ``num_gpus``, or on the process-wide one."""
+) -> SchedulerHooks:
+    """Build the plugin: on ``scheduler``, on a new one of ``num_gpus``, or on the process-wide
+    one. ``resize`` runs the owning manager's ``rlix_resize_infer``; ``leases`` are pipelines'
+    leases handed over by the process that registered them."""
     if scheduler is None:
         scheduler = LocalScheduler(num_gpus, gpus_per_node, **service_options) if num_gpus else default_scheduler()
-    return LocalBackend(scheduler, progress_interval_s=progress_interval_s)
+    return SchedulerHooks(LocalPort(scheduler), resize, progress_interval_s=progress_interval_s, leases=leases)
 
 
-__all__ = ["LocalBackend", "LocalScheduler", "default_scheduler", "make_backend"]
+__all__ = ["LocalPort", "LocalScheduler", "default_scheduler", "make_backend"]

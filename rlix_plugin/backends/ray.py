@@ -31,31 +31,22 @@ except ImportError as exc:  # the registry turns this into BackendUnavailableErr
 
 import itertools
 import logging
+import secrets
 import threading
-import time
 import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from rlix_plugin.hookspecs import (
-    ACTOR_INFER,
-    ClusterSpec,
-    Grant,
-    InvalidRequestError,
-    SchedulerUnavailableError,
-    SwitchCosts,
-    hookimpl,
-)
-from rlix_plugin.progress import BEGIN, END, CoalescedProgressHooks, ProgressCoalescer, ProgressReport
-from rlix_plugin.ray.calls import GRACE_S
+from rlix_plugin.hookspecs import Grant, InvalidRequestError, SchedulerUnavailableError
+from rlix_plugin.progress import ProgressReport
 from rlix_plugin.ray.client import RlixClient, connect
 from rlix_plugin.ray.supply import ResizeServer, start_coordinator
 from rlix_plugin.scheduler.topology import PoolTopology, validate_pipeline
 
-if TYPE_CHECKING:
-    from rlix_plugin.manager import RlixPluginManager
+from .hooks import SchedulerHooks
+from .port import Registration, ResizeHook
 
 log = logging.getLogger("rlix_plugin.ray")
 
@@ -69,30 +60,20 @@ class _Registered:
     server: ResizeServer
 
 
-class RayBackend(CoalescedProgressHooks):
-    """Answers the demand-side hooks with the ``rlix:scheduler`` actor."""
+class RayPort:
+    """The :class:`~.port.SchedulerPort` of the ``rlix:scheduler`` actor of a Ray cluster."""
 
-    def __init__(
-        self,
-        client: RlixClient | None = None,
-        *,
-        progress_interval_s: float = 0.05,
-        **connect_options: Any,
-    ) -> None:
+    name = "ray"
+
+    def __init__(self, client: RlixClient | None = None, **connect_options: Any) -> None:
         self._client = client
         self._connect_options = connect_options
         self._client_lock = threading.Lock()
-        self._pm: RlixPluginManager | None = None
         self._pipelines: dict[str, _Registered] = {}
         self._sender = uuid.uuid4().hex
         self._seq = itertools.count(1)
         self._outstanding: deque[Any] = deque()
         self._outstanding_lock = threading.Lock()
-        self._progress = ProgressCoalescer(self._deliver, min_interval_s=progress_interval_s)
-
-    def bind(self, pm: RlixPluginManager) -> None:
-        """Called by the manager factory: resizes of pipelines registered here go through ``pm``."""
-        self._pm = pm
 
     @property
     def client(self) -> RlixClient:
@@ -103,34 +84,31 @@ class RayBackend(CoalescedProgressHooks):
                     self._client = connect(**self._connect_options)
         return self._client
 
-    @property
-    def pipelines(self) -> tuple[str, ...]:
-        """Pipelines registered through this backend and not unregistered yet."""
-        return tuple(self._pipelines)
-
     # -- lifecycle --------------------------------------------------------------------------------
 
-    @hookimpl
-    def rlix_register_pipeline(
-        self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], switch_costs: SwitchCosts | None
-    ) -> None:
+    def register(self, registration: Registration, resize: ResizeHook) -> str:
         client = self.client
+        pipeline_id = registration.pipeline_id
         # Validate here first: bad input gets its error before any actor is started.
-        validate_pipeline(PoolTopology(client.info["num_gpus"], client.info["gpus_per_node"]), pipeline_id, clusters)
+        validate_pipeline(PoolTopology(client.info["num_gpus"], client.info["gpus_per_node"]), pipeline_id,
+                          registration.clusters)
         if pipeline_id in self._pipelines:
             raise InvalidRequestError(f"pipeline {pipeline_id!r} is already registered through this backend")
-        coordinator = start_coordinator(pipeline_id, client.is_registered)
-        server = ResizeServer(pipeline_id, coordinator, self._run_resize).start()
+        # The coordinator takes resizes only from whoever presents this token: the scheduler,
+        # which alone learns it, through the registration below.
+        resize_token = secrets.token_urlsafe(24)
+        coordinator = start_coordinator(pipeline_id, client.is_registered, resize_token)
+        server = ResizeServer(pipeline_id, coordinator, resize).start()
+        entry = _Registered(coordinator, server)
         try:
-            client.register_pipeline(pipeline_id, clusters, coordinator, switch_costs)
+            lease = client.register_pipeline(registration, coordinator, resize_token)
         except BaseException:
-            self._stop_coordinator(_Registered(coordinator, server), "registration failed")
+            self._stop_coordinator(entry, "registration failed")
             raise
-        self._pipelines[pipeline_id] = _Registered(coordinator, server)
+        self._pipelines[pipeline_id] = entry
+        return lease
 
-    @hookimpl
-    def rlix_unregister_pipeline(self, pipeline_id: str, reason: str) -> None:
-        self._progress.forget(pipeline_id)
+    def unregister(self, pipeline_id: str, lease: str, reason: str) -> None:
         entry = self._pipelines.pop(pipeline_id, None)
         try:
             client = self._client
@@ -138,7 +116,7 @@ class RayBackend(CoalescedProgressHooks):
                 # Never connected here: look for a scheduler, but do not start one just to tell it
                 # that nothing is registered.
                 client = connect(**{**self._connect_options, "create_if_missing": False})
-            client.unregister_pipeline(pipeline_id, reason)
+            client.unregister_pipeline(pipeline_id, lease, reason)
         except SchedulerUnavailableError as exc:
             # Nothing is held on a scheduler that is gone; unregistering must not mask the error
             # that brought the pipeline down.
@@ -149,55 +127,39 @@ class RayBackend(CoalescedProgressHooks):
 
     # -- demand -----------------------------------------------------------------------------------
 
-    @hookimpl
-    def rlix_signal_demand(self, pipeline_id: str, rollout_id: int, step_target: int, timeout_s: float) -> Grant:
-        self.settle_progress()
-        return self.client.call(
-            "signal_demand", pipeline_id, rollout_id, step_target, timeout_s,
-            timeout_s=_client_timeout(timeout_s), what=f"signal_demand({pipeline_id}, rollout {rollout_id})",
-        )
+    def signal_demand(self, pipeline_id: str, lease: str, rollout_id: int, step_target: int, timeout_s: float) -> Grant:
+        return self.client.signal_demand(pipeline_id, lease, rollout_id, step_target, timeout_s)
 
-    @hookimpl
-    def rlix_request_gpus(
-        self, pipeline_id: str, cluster: str, priority: int, step_target: int | None, timeout_s: float
-    ) -> Grant:
-        if cluster == ACTOR_INFER:
-            self.settle_progress()
-        return self.client.call(
-            "request_gpus", pipeline_id, cluster, priority, step_target, timeout_s,
-            timeout_s=_client_timeout(timeout_s), what=f"request_gpus({pipeline_id}_{cluster})",
-        )
+    def request(self, pipeline_id: str, lease: str, cluster: str, priority: int, step_target: int | None,
+                timeout_s: float) -> Grant:
+        return self.client.request_gpus(pipeline_id, lease, cluster, priority, step_target, timeout_s)
 
-    @hookimpl
-    def rlix_release(self, pipeline_id: str, cluster: str) -> None:
-        if cluster == ACTOR_INFER:
-            self._progress.forget(pipeline_id)
-        timeout_s = float(self.client.info.get("resize_timeout_s", 120.0)) + 10.0
-        self.client.call(
-            "release", pipeline_id, cluster, timeout_s,
-            timeout_s=timeout_s + GRACE_S, what=f"release({pipeline_id}_{cluster})",
-        )
+    def release(self, pipeline_id: str, lease: str, cluster: str) -> None:
+        self.client.release(pipeline_id, lease, cluster)
 
-    @hookimpl
-    def rlix_report_preempt(self, pipeline_id: str, dp_rank: int, retracted: int) -> None:
-        try:
-            # Fire and forget: submitting does not wait on the network.
-            self.client.scheduler.report_preempt.remote(pipeline_id, dp_rank, retracted)
-        except Exception as exc:
-            log.warning("progress signal lost for pipeline %s (preempt report): %r", pipeline_id, exc)
+    def report_preempt(self, pipeline_id: str, lease: str, dp_rank: int, retracted: int) -> None:
+        # Fire and forget: submitting does not wait on the network.
+        self.client.scheduler.report_preempt.remote(pipeline_id, lease, dp_rank, retracted)
 
-    # -- progress plumbing ------------------------------------------------------------------------
+    # -- progress ---------------------------------------------------------------------------------
 
-    def flush_progress(self, timeout_s: float = 5.0) -> bool:
-        """Wait until every progress call so far was applied by the scheduler (tests, shutdown).
-        True on success; reports the scheduler rejected are logged, not raised."""
-        deadline = time.monotonic() + timeout_s
-        if not self._progress.flush(timeout_s):
-            return False
+    def send_progress(self, lease: str, report: ProgressReport) -> None:
+        """Runs in the coalescer's thread: submit one report, fire and forget. Raises when an
+        earlier report turned out to have failed (the hook layer logs "progress signal lost")."""
+        ref = self.client.scheduler.apply_progress.remote(self._sender, next(self._seq), lease, report)
+        with self._outstanding_lock:
+            self._outstanding.append(ref)
+            while len(self._outstanding) > MAX_OUTSTANDING:
+                self._outstanding.popleft()
+        self._check_outstanding()
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every report sent so far was applied (reports the scheduler rejected are
+        logged, not raised)."""
         with self._outstanding_lock:
             refs = list(self._outstanding)
         if refs:
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=max(0.0, deadline - time.monotonic()))
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
             if len(ready) < len(refs):
                 return False
         try:
@@ -205,24 +167,6 @@ class RayBackend(CoalescedProgressHooks):
         except Exception as exc:
             log.warning("progress signal lost: %s", exc)
         return True
-
-    def _deliver(self, report: ProgressReport) -> None:
-        """Runs in the coalescer's thread: submit one report, fire and forget. Raises (and the
-        coalescer logs "progress signal lost") when an earlier report turned out to have failed."""
-        scheduler = self.client.scheduler
-        seq = next(self._seq)
-        if report.kind == END:
-            ref = scheduler.clear_progress.remote(self._sender, seq, report.pipeline_id, report.mode, report.adapter_id)
-        else:
-            ref = scheduler.report_progress.remote(
-                self._sender, seq, report.pipeline_id, report.mode, report.adapter_id,
-                report.step_target, report.completed, report.target_weight_version, report.kind == BEGIN,
-            )
-        with self._outstanding_lock:
-            self._outstanding.append(ref)
-            while len(self._outstanding) > MAX_OUTSTANDING:
-                self._outstanding.popleft()
-        self._check_outstanding()
 
     def _check_outstanding(self) -> None:
         """Read the answers of reports that are done; raise if any was lost."""
@@ -248,13 +192,18 @@ class RayBackend(CoalescedProgressHooks):
         if errors:
             raise RuntimeError("; ".join(errors[:3]))
 
-    # -- supply plumbing --------------------------------------------------------------------------
+    # -- reading ----------------------------------------------------------------------------------
 
-    def _run_resize(self, pipeline_id: str, remove: tuple[int, ...], add: tuple[int, ...]) -> tuple[int, ...] | None:
-        pm = self._pm
-        if pm is None:
-            raise RuntimeError("the ray backend is not bound to a plugin manager (build it with get_plugin_manager)")
-        return pm.hook.rlix_resize_infer(pipeline_id=pipeline_id, dp_ranks_to_remove=remove, dp_ranks_to_add=add)
+    def is_registered(self, pipeline_id: str) -> bool:
+        return self.client.is_registered(pipeline_id)
+
+    def diagnostic(self, headline: str) -> str:
+        try:
+            return self.client.diagnostic(headline, timeout_s=10.0)
+        except Exception as exc:
+            return f"{headline}\n(the scheduler actor did not answer: {exc!r})"
+
+    # -- plumbing ---------------------------------------------------------------------------------
 
     def _stop_coordinator(self, entry: _Registered, reason: str) -> None:
         entry.server.stop(timeout_s=0)
@@ -265,30 +214,23 @@ class RayBackend(CoalescedProgressHooks):
             log.debug("stopping a coordinator: %r", exc)
         entry.server.stop(timeout_s=2.0)
 
-    def close(self, reason: str = "backend closed") -> None:
-        """Unregister every pipeline registered here and stop the progress thread."""
-        for pipeline_id in list(self._pipelines):
-            try:
-                self.rlix_unregister_pipeline(pipeline_id, reason)
-            except Exception as exc:
-                log.warning("unregistering %s on close: %r", pipeline_id, exc)
-        self._progress.close()
-
-
-def _client_timeout(timeout_s: object) -> float:
-    """The caller's wait: the scheduler-side timeout plus a grace (the scheduler validates it)."""
-    if isinstance(timeout_s, (int, float)) and not isinstance(timeout_s, bool) and 0 < timeout_s < float("inf"):
-        return float(timeout_s) + GRACE_S
-    return GRACE_S
+    def close(self) -> None:
+        for entry in list(self._pipelines.values()):
+            self._stop_coordinator(entry, "backend closed")
+        self._pipelines.clear()
 
 
 def make_backend(
+    resize: ResizeHook,
     client: RlixClient | None = None,
     progress_interval_s: float = 0.05,
+    leases: Mapping[str, str] | None = None,
     **connect_options: Any,
-) -> RayBackend:
-    """Build the plugin; options are :func:`rlix_plugin.ray.connect`'s, applied on first use."""
-    return RayBackend(client, progress_interval_s=progress_interval_s, **connect_options)
+) -> SchedulerHooks:
+    """Build the plugin; options are :func:`rlix_plugin.ray.connect`'s, applied on first use.
+    ``leases`` are pipelines' leases handed over by the process that registered them."""
+    return SchedulerHooks(RayPort(client, **connect_options), resize, progress_interval_s=progress_interval_s,
+                          leases=leases)
 
 
-__all__ = ["RayBackend", "make_backend"]
+__all__ = ["RayPort", "make_backend"]

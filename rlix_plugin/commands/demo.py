@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
+import pathlib
 import sys
 from typing import Any
 
@@ -23,12 +25,30 @@ def _require(module: str, what: str) -> None:
         raise RlixError(f"{what} needs the {module!r} package: pip install \"rlix-plugin[demo]\"")
 
 
+def _writable(path: str, option: str) -> None:
+    """Refuse before the run an output file that cannot be written (the run's JSON must not be
+    lost to a typo in a path)."""
+    from rlix_plugin.hookspecs import InvalidRequestError
+
+    target = pathlib.Path(path)
+    folder = target.parent if str(target.parent) else pathlib.Path(".")
+    if target.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise InvalidRequestError(f"{option} {path!r}: cannot write there (no such folder, or not writable)")
+
+
 def _execute(args: argparse.Namespace, scenario_ref: str) -> int:
+    from rlix_plugin import arguments as check
+
+    check.timeout(args.timeout, "--timeout")
+    check.timeout(args.stall_timeout, "--stall-timeout")
+    check.timeout(args.time_scale, "--time-scale")
     _require("torch", "the reference framework")
     if args.trace:
         _require("perfetto", "--trace")
+        _writable(args.trace, "--trace")
     if args.timeline:
         _require("matplotlib", "--timeline")
+        _writable(args.timeline, "--timeline")
     from rlix_plugin.reference.runner import RunOptions, run_scenario
     from rlix_plugin.reference.scenario import load_scenario
 
@@ -55,17 +75,17 @@ def _execute(args: argparse.Namespace, scenario_ref: str) -> int:
         progress = LiveProgress(console)
         baseline = _Announce(console, LiveProgress(console))
     result = run_scenario(scenario, options, progress, baseline_progress=baseline)
-    if args.trace:
-        from rlix_plugin.reference.trace import write_trace
-
-        write_trace(result.recorder, args.trace)
-    if args.timeline:
-        from rlix_plugin.reference.timeline import draw_timeline
-
-        draw_timeline(result.recorder, args.timeline, title=f"{scenario.name}: GPU ownership ({args.backend} backend)")
-    if args.json:
-        print(json.dumps(result.to_json(), indent=2))
-    else:
+    if args.json:  # first: nothing after the run may lose it
+        print(json.dumps(result.to_json(), indent=2), flush=True)
+    outputs_failed = False
+    for path, write in ((args.trace, _write_trace), (args.timeline, _draw_timeline)):
+        if path:
+            try:
+                write(result, path, scenario, args)
+            except Exception as exc:
+                print(f"rlix-plugin: error: could not write {path}: {exc}", file=sys.stderr)
+                outputs_failed = True
+    if not args.json:
         from rich.console import Console
 
         from rlix_plugin.reference.display import result_table
@@ -78,7 +98,20 @@ def _execute(args: argparse.Namespace, scenario_ref: str) -> int:
         print(result.diagnostic or "run failed", file=sys.stderr)
         for error in result.errors:
             print(f"error: {error}", file=sys.stderr)
-    return 0 if result.ok else 1
+    return 0 if result.ok and not outputs_failed else 1
+
+
+def _write_trace(result: Any, path: str, scenario: Any, args: argparse.Namespace) -> None:
+    from rlix_plugin.reference.trace import write_trace
+
+    del scenario, args  # same signature as _draw_timeline
+    write_trace(result.recorder, path)
+
+
+def _draw_timeline(result: Any, path: str, scenario: Any, args: argparse.Namespace) -> None:
+    from rlix_plugin.reference.timeline import draw_timeline
+
+    draw_timeline(result.recorder, path, title=f"{scenario.name}: GPU ownership ({args.backend} backend)")
 
 
 class _Announce:

@@ -17,6 +17,7 @@ process) dies.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -26,14 +27,16 @@ import ray
 from ray.exceptions import RayActorError
 
 from rlix_plugin.hookspecs import (
-    ClusterSpec,
+    Grant,
     InvalidRequestError,
     RlixError,
     SchedulerTimeoutError,
     SchedulerUnavailableError,
-    SwitchCosts,
 )
 
+from rlix_plugin import arguments as check
+from rlix_plugin.backends.port import Registration
+from rlix_plugin.scheduler.leases import operator_digest
 from rlix_plugin.scheduler.policy import DEFAULT_POLICY, get_policy
 
 from .calls import GRACE_S, wait
@@ -48,6 +51,8 @@ log = logging.getLogger("rlix_plugin.ray")
 CONTROL_TIMEOUT_S = 60.0
 #: Longest wait for the diagnostic attached to a timeout: the caller already waited long enough.
 DIAGNOSTIC_TIMEOUT_S = 2.0
+#: The operator credential's environment variable (see :func:`connect`).
+ENV_OPERATOR_TOKEN = "RLIX_OPERATOR_TOKEN"
 #: Default per-resize timeout of a new scheduler: long enough for a real engine to load weights
 #: and wake, short enough that a hung engine is fenced before its peers notice.
 DEFAULT_RESIZE_TIMEOUT_S = 120.0
@@ -70,40 +75,57 @@ class RlixClient:
 
     # -- scheduler calls ----------------------------------------------------------------------------
 
-    def call(self, method: str, *args: Any, timeout_s: float, what: str | None = None) -> Any:
-        """Call ``method`` on the scheduler and wait at most ``timeout_s`` seconds for it. A wait
-        that runs out here (not in the scheduler, which sends its own diagnostic) carries the
-        scheduler's diagnostic if it still answers one."""
-        ref = getattr(self.scheduler, method).remote(*args)
+    def _wait(self, ref: Any, timeout_s: float, what: str) -> Any:
+        """Wait at most ``timeout_s`` for a scheduler call. A wait that runs out here (not in the
+        scheduler, which sends its own diagnostic) carries the scheduler's diagnostic if it still
+        answers one."""
         try:
-            return wait(ref, timeout_s, what or method, SCHEDULER_NAME)
+            return wait(ref, timeout_s, what, SCHEDULER_NAME)
         except SchedulerTimeoutError as exc:
-            if exc.diagnostic or method == "diagnostic":
+            if exc.diagnostic:
                 raise
             try:
-                diagnostic = self.diagnostic("scheduler state now:", timeout_s=DIAGNOSTIC_TIMEOUT_S)
+                diagnostic = wait(self.scheduler.diagnostic.remote("scheduler state now:"), DIAGNOSTIC_TIMEOUT_S,
+                                  "diagnostic", SCHEDULER_NAME)
             except RlixError as inner:
                 diagnostic = f"(no diagnostic either: {inner}; the scheduler's event loop may be stuck)"
             raise SchedulerTimeoutError(str(exc), diagnostic) from None
 
+    def signal_demand(self, pipeline_id: str, lease: str, rollout_id: int, step_target: int, timeout_s: float) -> Grant:
+        ref = self.scheduler.signal_demand.remote(pipeline_id, lease, rollout_id, step_target, timeout_s)
+        return self._wait(ref, timeout_s + GRACE_S, f"signal_demand({pipeline_id}, rollout {rollout_id})")
+
+    def request_gpus(self, pipeline_id: str, lease: str, cluster: str, priority: int, step_target: int | None,
+                     timeout_s: float) -> Grant:
+        ref = self.scheduler.request_gpus.remote(pipeline_id, lease, cluster, priority, step_target, timeout_s)
+        return self._wait(ref, timeout_s + GRACE_S, f"request_gpus({pipeline_id}_{cluster})")
+
+    def release(self, pipeline_id: str, lease: str, cluster: str) -> None:
+        """Give a cluster back; for the generation cluster, once its workers sleep (bounded by the
+        scheduler's resize timeout)."""
+        timeout_s = float(self.info.get("resize_timeout_s", DEFAULT_RESIZE_TIMEOUT_S)) + 10.0
+        ref = self.scheduler.release.remote(pipeline_id, lease, cluster, timeout_s)
+        self._wait(ref, timeout_s + GRACE_S, f"release({pipeline_id}_{cluster})")
+
     def describe(self, timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
-        return self.call("describe", timeout_s=timeout_s)
+        return self._wait(self.scheduler.describe.remote(), timeout_s, "describe")  # type: ignore[no-any-return]
 
     def snapshot(self, timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
         """The scheduler's full view: pipelines, allocations, open demand, progress, queue."""
-        return self.call("snapshot", timeout_s=timeout_s)
+        return self._wait(self.scheduler.snapshot.remote(), timeout_s, "snapshot")  # type: ignore[no-any-return]
 
     def diagnostic(self, headline: str = "", timeout_s: float = 10.0) -> str:
-        return self.call("diagnostic", headline, timeout_s=timeout_s)
+        return str(wait(self.scheduler.diagnostic.remote(headline), timeout_s, "diagnostic", SCHEDULER_NAME))
 
     def is_registered(self, pipeline_id: str, timeout_s: float = CONTROL_TIMEOUT_S) -> bool:
-        return bool(self.call("is_registered", pipeline_id, timeout_s=timeout_s))
+        return bool(self._wait(self.scheduler.is_registered.remote(pipeline_id), timeout_s, "is_registered"))
 
-    def unregister_pipeline(self, pipeline_id: str, reason: str, timeout_s: float = CONTROL_TIMEOUT_S) -> None:
+    def unregister_pipeline(self, pipeline_id: str, lease: str, reason: str,
+                            timeout_s: float = CONTROL_TIMEOUT_S) -> None:
         """Straight to the scheduler: a pipeline must be able to give its GPUs back while the
         orchestrator is down."""
-        self.call("unregister_pipeline", pipeline_id, reason, timeout_s=timeout_s,
-                  what=f"unregister_pipeline({pipeline_id})")
+        ref = self.scheduler.unregister_pipeline.remote(pipeline_id, lease, reason)
+        self._wait(ref, timeout_s, f"unregister_pipeline({pipeline_id})")
 
     # -- orchestrator calls -------------------------------------------------------------------------
 
@@ -127,23 +149,25 @@ class RlixClient:
                 self._orchestrator = None
         raise AssertionError("unreachable")
 
-    def register_pipeline(
-        self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], coordinator: Any,
-        switch_costs: SwitchCosts | None = None,
-    ) -> None:
-        """Register and admit through the orchestrator (the front door)."""
-        self._orchestrate("register_pipeline", pipeline_id, dict(clusters), coordinator, switch_costs)
+    def register_pipeline(self, registration: Registration, coordinator: Any, resize_token: str) -> str:
+        """Register and admit through the orchestrator (the front door); returns the lease."""
+        return str(self._orchestrate("register_pipeline", registration, coordinator, resize_token))
 
     def allocate_pipeline_id(self, prefix: str = "pipeline") -> str:
         return str(self._orchestrate("allocate_pipeline_id", prefix))
 
-    def kill_pipeline(self, pipeline_id: str, reason: str = "killed by the orchestrator") -> list[str]:
-        """Unregister a pipeline and kill every named actor in its namespace."""
-        return list(self._orchestrate("kill_pipeline", pipeline_id, reason))
+    def kill_pipeline(self, pipeline_id: str, operator: str | None, reason: str = "killed by an operator") -> list[str]:
+        """Kill every named actor in the pipeline's namespace and unregister it (an operator
+        action: ``operator`` is the credential the scheduler was started with)."""
+        return list(self._orchestrate("kill_pipeline", pipeline_id, operator, reason))
 
-    def shutdown(self, timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
-        """Kill every pipeline, the scheduler and the orchestrator."""
-        result = self._orchestrate("shutdown", timeout_s=timeout_s)
+    def drain(self, operator: str | None, timeout_s: float = CONTROL_TIMEOUT_S) -> list[str]:
+        """Refuse new registrations from now on (an operator action); returns who is registered."""
+        return list(self._wait(self.scheduler.drain.remote(operator), timeout_s, "drain"))
+
+    def shutdown(self, operator: str | None, timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
+        """Kill every pipeline, the scheduler and the orchestrator (an operator action)."""
+        result = self._orchestrate("shutdown", operator, timeout_s=timeout_s)
         ray.kill(self.orchestrator, no_restart=True)
         self._orchestrator = None
         return dict(result)
@@ -166,8 +190,9 @@ def _alive(handle: Any) -> bool:
         return True  # slow is not dead
 
 
-def _get_or_create(name: str, actor_class: Any, options: dict[str, Any], args: tuple[Any, ...]) -> Any:
-    return actor_class.options(name=name, namespace=NAMESPACE, get_if_exists=True, **options).remote(*args)
+def _get_or_create(name: str, actor_class: Any, options: dict[str, Any], args: tuple[Any, ...],
+                   kwargs: dict[str, Any] | None = None) -> Any:
+    return actor_class.options(name=name, namespace=NAMESPACE, get_if_exists=True, **options).remote(*args, **(kwargs or {}))
 
 
 def _ensure_ray(address: str | None, init_options: Mapping[str, Any] | None) -> None:
@@ -211,7 +236,7 @@ def _mismatch(info: dict[str, Any], wanted: dict[str, Any]) -> dict[str, tuple[A
 
 
 def _create_scheduler(num_gpus: int | None, gpus_per_node: int | None, resize_timeout_s: float | None,
-                      policy: str | None) -> Any:
+                      policy: str | None, operator: str | None, lifetimes: dict[str, float]) -> Any:
     detected_gpus, detected_per_node = detect_pool()
     gpus = num_gpus if num_gpus is not None else detected_gpus
     if not gpus:
@@ -221,18 +246,38 @@ def _create_scheduler(num_gpus: int | None, gpus_per_node: int | None, resize_ti
     per_node = gpus_per_node if gpus_per_node is not None else (detected_per_node or gpus)
     timeout = float(resize_timeout_s) if resize_timeout_s is not None else DEFAULT_RESIZE_TIMEOUT_S
     name = get_policy(policy).name if policy is not None else DEFAULT_POLICY
-    return _get_or_create(SCHEDULER_NAME, SchedulerActorClass, SCHEDULER_OPTIONS, (gpus, per_node, timeout, name))
+    digest = operator_digest(operator) if operator else None
+    return _get_or_create(SCHEDULER_NAME, SchedulerActorClass, SCHEDULER_OPTIONS, (gpus, per_node, timeout, name, digest),
+                          lifetimes)
 
 
-def _replace_idle(handle: Any, info: dict[str, Any], mismatch: dict[str, tuple[Any, Any]]) -> None:
+def operator_token(explicit: str | None = None) -> str | None:
+    """The operator credential: ``explicit``, else ``$RLIX_OPERATOR_TOKEN``, else None."""
+    token = explicit if explicit is not None else os.environ.get(ENV_OPERATOR_TOKEN) or None
+    return token
+
+
+def _replace(handle: Any, info: dict[str, Any], mismatch: dict[str, tuple[Any, Any]], operator: str | None) -> None:
+    """Replace a running scheduler whose settings differ from what was asked: automatically only
+    when it speaks an older protocol and serves nobody (it cannot be used anyway); otherwise only
+    as an operator action, and never while pipelines use it."""
+    differences = ", ".join(f"{k}: running {have!r}, asked {want!r}" for k, (have, want) in mismatch.items())
     if info.get("pipelines"):
-        differences = ", ".join(f"{k}: running {have!r}, asked {want!r}" for k, (have, want) in mismatch.items())
         raise InvalidRequestError(
             f"the rlix scheduler on this cluster serves pipelines {info['pipelines']} and differs from what "
-            f"was asked ({differences}); connect without those options, or shut it down first "
+            f"was asked ({differences}); connect without those options, or wait until they finish "
             "(`rlix-plugin status` shows what it serves)"
         )
-    log.warning("replacing an idle rlix scheduler left by an earlier run (%s)", mismatch)
+    if set(mismatch) != {"protocol"}:
+        if operator is None:
+            raise InvalidRequestError(
+                f"the rlix scheduler on this cluster differs from what was asked ({differences}); connect "
+                "without those options, or replace it as an operator (connect(replace=True) with "
+                f"{ENV_OPERATOR_TOKEN} set)"
+            )
+        wait(handle.check_operator.remote(operator, "replacing the scheduler"), CONTROL_TIMEOUT_S, "check_operator",
+             SCHEDULER_NAME)
+    log.warning("replacing an idle rlix scheduler (%s)", differences)
     ray.kill(handle, no_restart=True)
     deadline = time.monotonic() + 30.0
     while _lookup(SCHEDULER_NAME) is not None:  # the name is released asynchronously
@@ -250,6 +295,10 @@ def connect(
     resize_timeout_s: float | None = None,
     policy: str | None = None,
     init_options: Mapping[str, Any] | None = None,
+    replace: bool = False,
+    operator: str | None = None,
+    fence_grace_s: float | None = None,
+    liveness_timeout_s: float | None = None,
 ) -> RlixClient:
     """Attach to (or start) Ray and the rlix actors; return a :class:`RlixClient`.
 
@@ -264,10 +313,20 @@ def connect(
     :param policy: Sharing policy of a new scheduler (default ``finish_first``; see
         :mod:`rlix_plugin.scheduler.policy`).
     :param init_options: Extra keyword arguments for ``ray.init`` when this call starts Ray.
+    :param replace: Replace a running scheduler that serves nobody and differs from the options
+        (an operator action: needs ``operator``).
+    :param operator: The operator credential (default ``$RLIX_OPERATOR_TOKEN``). A scheduler this
+        call starts keeps it (as a digest) and asks for it for every operator action; one started
+        without it refuses them.
+    :param fence_grace_s: How long a new scheduler lets a fenced pipeline keep its GPUs (default
+        30 s) before it reclaims them.
+    :param liveness_timeout_s: How long a new scheduler waits for a pipeline process's heartbeat
+        (its resize poll) before it fences the pipeline as unresponsive (default 60 s).
     :raises SchedulerUnavailableError: no Ray cluster, or no scheduler and ``create_if_missing``
         is False.
-    :raises InvalidRequestError: a running scheduler that serves pipelines differs from the
-        explicit options; a cluster without GPUs and no ``num_gpus``.
+    :raises InvalidRequestError: a running scheduler differs from the explicit options (the
+        message names both settings); a cluster without GPUs and no ``num_gpus``.
+    :raises NotPipelineOwnerError: ``replace`` with a wrong operator credential.
     """
     with _connect_lock:
         _ensure_ray(address, init_options)
@@ -281,7 +340,11 @@ def connect(
                         f"{NAMESPACE!r}); it starts with the first pipeline that uses the ray backend, "
                         "or with rlix_plugin.connect()"
                     )
-                scheduler = _create_scheduler(num_gpus, gpus_per_node, resize_timeout_s, policy)
+                lifetimes = {k: float(check.timeout(v, k)) for k, v in
+                             (("fence_grace_s", fence_grace_s), ("liveness_timeout_s", liveness_timeout_s))
+                             if v is not None}
+                scheduler = _create_scheduler(num_gpus, gpus_per_node, resize_timeout_s, policy,
+                                              operator_token(operator), lifetimes)
             try:
                 info = wait(scheduler.describe.remote(), CONTROL_TIMEOUT_S + GRACE_S, "describe", SCHEDULER_NAME)
             except SchedulerUnavailableError:
@@ -289,7 +352,7 @@ def connect(
             mismatch = _mismatch(info, wanted)
             if not mismatch:
                 break
-            _replace_idle(scheduler, info, mismatch)
+            _replace(scheduler, info, mismatch, operator_token(operator) if replace else None)
         else:
             raise SchedulerUnavailableError("could not start or reach the rlix scheduler (3 attempts)")
         orchestrator = _lookup(ORCHESTRATOR_NAME)
@@ -298,4 +361,12 @@ def connect(
         return RlixClient(scheduler, orchestrator, info)
 
 
-__all__ = ["CONTROL_TIMEOUT_S", "DEFAULT_RESIZE_TIMEOUT_S", "RlixClient", "connect", "detect_pool"]
+__all__ = [
+    "CONTROL_TIMEOUT_S",
+    "DEFAULT_RESIZE_TIMEOUT_S",
+    "ENV_OPERATOR_TOKEN",
+    "RlixClient",
+    "connect",
+    "detect_pool",
+    "operator_token",
+]

@@ -17,6 +17,7 @@ its GPUs (failure modes 3 and 10).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import time
 from collections import deque
@@ -25,7 +26,7 @@ from typing import Any
 
 import ray
 
-from rlix_plugin.hookspecs import InvalidRequestError
+from rlix_plugin.hookspecs import InvalidRequestError, NotPipelineOwnerError
 
 #: Seconds without any poll from the pipeline process after which a resize fails at once instead
 #: of waiting for the scheduler's resize timeout. Longer than a poll interval plus a round trip.
@@ -69,8 +70,10 @@ class ResizeFailedError(RuntimeError):
 class Coordinator:
     """Mailbox between the scheduler's resize calls and the pipeline process's hook."""
 
-    def __init__(self, pipeline_id: str, namespace: str, server_grace_s: float = SERVER_GRACE_S) -> None:
+    def __init__(self, pipeline_id: str, namespace: str, resize_token: str,
+                 server_grace_s: float = SERVER_GRACE_S) -> None:
         self._pipeline_id = pipeline_id
+        self._resize_token = resize_token
         self._namespace = namespace
         self._grace = server_grace_s
         self._ids = itertools.count(1)
@@ -94,13 +97,20 @@ class Coordinator:
     # -- called by the scheduler ------------------------------------------------------------------
 
     async def resize(
-        self, pipeline_id: str, dp_ranks_to_remove: tuple[int, ...], dp_ranks_to_add: tuple[int, ...]
+        self, resize_token: str, pipeline_id: str, dp_ranks_to_remove: tuple[int, ...],
+        dp_ranks_to_add: tuple[int, ...],
     ) -> tuple[int, ...] | None:
-        """Have the pipeline process run ``rlix_resize_infer`` and return its answer.
+        """Have the pipeline process run ``rlix_resize_infer`` and return its answer. Only the
+        scheduler may ask: it presents the token the pipeline process gave it at registration.
 
+        :raises NotPipelineOwnerError: a wrong token (nothing is resized).
         :raises ResizeFailedError: the hook raised, nobody serves this pipeline's resizes, or the
             coordinator was closed. The caller's timeout bounds the wait.
         """
+        if not isinstance(resize_token, str) or not hmac.compare_digest(resize_token, self._resize_token):
+            raise NotPipelineOwnerError(
+                f"coordinator of {self._pipeline_id!r}: resizes are taken only from the scheduler it registered with"
+            )
         if pipeline_id != self._pipeline_id:
             raise InvalidRequestError(f"coordinator of {self._pipeline_id!r} got a resize for {pipeline_id!r}")
         if self._closed_reason is not None:
@@ -187,6 +197,13 @@ class Coordinator:
 
     async def ping(self) -> str:
         return self._pipeline_id
+
+    async def quiet_for(self) -> float:
+        """Seconds since the pipeline process last polled for resizes (0 while a poll or a resize
+        is in progress): its heartbeat."""
+        if self._polls or self._serving:
+            return 0.0
+        return time.monotonic() - self._last_seen
 
     async def describe(self) -> dict[str, Any]:
         return {

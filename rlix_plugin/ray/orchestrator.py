@@ -1,13 +1,13 @@
 """The orchestrator: ``rlix:orchestrator`` in namespace ``rlix``, the pipelines' front door.
 
-It allocates pipeline ids, registers and admits pipelines, unregisters them, kills a pipeline and
-every named actor in its namespace, and shuts the whole deployment down. It calls the scheduler;
+It allocates pipeline ids, registers and admits pipelines, and -- as operator actions, with the
+operator credential -- kills a pipeline and every named actor in its namespace, and shuts the
+whole deployment down. It calls the scheduler;
 the scheduler never calls it. Only starting, stopping and killing go through it, so while it is
 down running pipelines keep requesting, reporting and releasing as before, and
 :func:`rlix_plugin.ray.client.connect` starts a new one for the next pipeline.
 
-Admission policy today: admit at once. Registration and admission are separate steps on the
-scheduler so that a policy (quotas, a maximum number of pipelines) can hold pipelines here later.
+Admission policy today: admit at once, unless an operator is draining the scheduler.
 """
 
 from __future__ import annotations
@@ -16,16 +16,17 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from rlix_plugin.hookspecs import ClusterSpec, SchedulerUnavailableError, SwitchCosts
+from rlix_plugin.backends.port import Registration
+from rlix_plugin.hookspecs import SchedulerUnavailableError
 
 from .calls import unwrap
-from .names import HEAD_NODE_RESOURCE, NAMESPACE, SCHEDULER_NAME, pipeline_namespace
+from .kill import kill_namespace
+from .names import HEAD_NODE_RESOURCE, NAMESPACE, SCHEDULER_NAME
 
 log = logging.getLogger("rlix_plugin.ray.orchestrator")
 
@@ -93,51 +94,37 @@ class Orchestrator:
                 self._allocated.add(candidate)
                 return candidate
 
-    async def register_pipeline(
-        self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], coordinator: Any,
-        switch_costs: SwitchCosts | None = None,
-    ) -> None:
-        """Register the pipeline on the scheduler, then admit it."""
-        await self._call_scheduler("register_pipeline", pipeline_id, dict(clusters), coordinator, False, switch_costs)
-        self._allocated.add(pipeline_id)
-        await self.admit_pipeline(pipeline_id)
+    async def register_pipeline(self, registration: Registration, coordinator: Any, resize_token: str) -> str:
+        """Register and admit the pipeline on the scheduler; returns its lease."""
+        lease = await self._call_scheduler("register_pipeline", registration, coordinator, resize_token)
+        self._allocated.add(registration.pipeline_id)
+        return str(lease)
 
-    async def admit_pipeline(self, pipeline_id: str) -> None:
-        await self._call_scheduler("admit_pipeline", pipeline_id)
-
-    async def unregister_pipeline(self, pipeline_id: str, reason: str = "unregistered by the orchestrator") -> None:
-        await self._call_scheduler("unregister_pipeline", pipeline_id, reason)
-
-    async def kill_pipeline(self, pipeline_id: str, reason: str = "killed by the orchestrator") -> list[str]:
-        """Kill every named actor in the pipeline's namespace (its coordinator and the framework's
-        actors; unnamed actors they own die with them, by Ray's owner fate-sharing), then
-        unregister it. Killing first means its GPUs are handed to others only once the processes
-        using them are gone, never while they may still hold memory. Returns the names that were
-        in the namespace (each killed here or already dying)."""
-        namespace = pipeline_namespace(pipeline_id)
-        named = await asyncio.to_thread(ray.util.list_named_actors, all_namespaces=True)
-        names = sorted(entry["name"] for entry in named if entry.get("namespace") == namespace)
-        for name in names:
-            try:
-                handle = await asyncio.to_thread(ray.get_actor, name, namespace=namespace)
-            except ValueError:
-                continue  # it died meanwhile (an owner killed just before took it along)
-            ray.kill(handle, no_restart=True)
+    async def kill_pipeline(self, pipeline_id: str, operator: str | None,
+                            reason: str = "killed by an operator") -> list[str]:
+        """Kill every named actor in the pipeline's namespace, then unregister it (an operator
+        action). Killing first means its GPUs are handed to others only once the processes using
+        them are gone, never while they may still hold memory. Returns the names that were in the
+        namespace."""
+        await self._call_scheduler("check_operator", operator, f"killing pipeline {pipeline_id!r}")
+        names = await kill_namespace(pipeline_id)
         try:
-            await self.unregister_pipeline(pipeline_id, reason)
+            await self._call_scheduler("unregister_pipeline", pipeline_id, None, reason, operator)
         except SchedulerUnavailableError:
             log.warning("scheduler unavailable while killing %s; its actors are killed anyway", pipeline_id)
         self._killed[pipeline_id] = names
         return names
 
-    async def shutdown(self) -> dict[str, Any]:
-        """Kill every registered pipeline and the scheduler. The caller kills this actor after."""
+    async def shutdown(self, operator: str | None) -> dict[str, Any]:
+        """Kill every registered pipeline and the scheduler (an operator action). The caller kills
+        this actor after."""
+        await self._call_scheduler("check_operator", operator, "shutting the rlix control plane down")
         pipelines: list[str] = []
         try:
             pipelines = list((await self._call_scheduler("describe"))["pipelines"])
         except SchedulerUnavailableError:
             pass
-        killed = {pid: await self.kill_pipeline(pid, "rlix shutdown") for pid in pipelines}
+        killed = {pid: await self.kill_pipeline(pid, operator, "rlix shutdown") for pid in pipelines}
         try:
             ray.kill(await self._scheduler(), no_restart=True)
         except SchedulerUnavailableError:

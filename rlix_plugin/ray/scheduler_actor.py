@@ -30,12 +30,15 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from rlix_plugin.hookspecs import ClusterSpec, Grant, RlixError, SwitchCosts
+from rlix_plugin.backends.port import Registration
+from rlix_plugin.hookspecs import Grant, RlixError
+from rlix_plugin.progress import BEGIN, END, ProgressReport
 from rlix_plugin.scheduler.policy import DEFAULT_POLICY
-from rlix_plugin.scheduler.service import SchedulerService
+from rlix_plugin.scheduler.service import FENCE_GRACE_S, SchedulerService
 from rlix_plugin.scheduler.topology import PoolTopology
 
 from .calls import cancel_quietly
+from .kill import kill_namespace
 from .names import HEAD_NODE_RESOURCE, PROTOCOL
 
 log = logging.getLogger("rlix_plugin.ray.scheduler")
@@ -43,6 +46,9 @@ log = logging.getLogger("rlix_plugin.ray.scheduler")
 #: Seconds the scheduler waits for an old coordinator to answer a ping before deciding, on
 #: re-registration of the same pipeline id, that it belongs to a dead run.
 PING_TIMEOUT_S = 2.0
+
+#: Seconds without a poll from a pipeline's process before the pipeline is fenced as unresponsive.
+LIVENESS_TIMEOUT_S = 60.0
 
 #: Committed scheduling decisions kept for :meth:`SchedulerActor.decisions` (oldest dropped first).
 DECISIONS_KEPT = 4096
@@ -75,12 +81,17 @@ class SchedulerActor:
     is what the service requires; a method that does not await runs atomically."""
 
     def __init__(self, num_gpus: int, gpus_per_node: int, resize_timeout_s: float = 120.0,
-                 policy: str = DEFAULT_POLICY) -> None:
+                 policy: str = DEFAULT_POLICY, operator_digest: str | None = None,
+                 fence_grace_s: float = FENCE_GRACE_S, liveness_timeout_s: float = LIVENESS_TIMEOUT_S) -> None:
         self._service = SchedulerService(
-            PoolTopology(num_gpus, gpus_per_node), resize_timeout_s=resize_timeout_s, policy=policy
+            PoolTopology(num_gpus, gpus_per_node), resize_timeout_s=resize_timeout_s, policy=policy,
+            operator_digest=operator_digest, fence_grace_s=fence_grace_s, on_reclaim=self._stop_pipeline,
         )
+        self._liveness_timeout_s = liveness_timeout_s
         self._coordinators: dict[str, Any] = {}
+        self._registrations: dict[str, str] = {}  # pipeline -> lease, to answer a retried registration
         self._watches: dict[str, asyncio.Task[None]] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
         self._last_seq: dict[tuple[str, str], int] = {}
         self._progress_reports: dict[str, int] = {}
         self._reaped: dict[str, str] = {}
@@ -90,107 +101,106 @@ class SchedulerActor:
 
     # -- pipelines ----------------------------------------------------------------------------------
 
-    async def register_pipeline(
-        self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], coordinator: Any, admit: bool = True,
-        switch_costs: SwitchCosts | None = None,
-    ) -> None:
-        """Register a pipeline whose resizes go to ``coordinator``. A pipeline id still held by a
-        run whose coordinator is dead is reaped first; one whose coordinator answers is refused
-        by the service (``InvalidRequestError``). Registering the same pipeline with the same
-        coordinator again is a no-op, so a retried registration is safe."""
-        await self._service.start()
+    async def register_pipeline(self, registration: Registration, coordinator: Any, resize_token: str) -> str:
+        """Register and admit a pipeline whose resizes go to ``coordinator`` (presenting
+        ``resize_token``, which only it and this actor know); returns its lease. A pipeline id
+        still held by a run whose coordinator is dead is reaped first; one whose coordinator
+        answers is refused (``InvalidRequestError``). The same registration again (a caller
+        retrying after a lost answer) returns the same lease."""
+        await self._start()
+        pipeline_id = registration.pipeline_id
         old = self._coordinators.get(pipeline_id)
-        if old is not None and old == coordinator:
-            # The same registration again (a caller retrying through a new orchestrator).
-            if admit:
-                await self._service.admit_pipeline(pipeline_id)
-            return
+        if old is not None and old == coordinator and pipeline_id in self._registrations:
+            return self._registrations[pipeline_id]
         if old is not None and not await self._answers(old):
             await self._reap(pipeline_id, old, "re-registered while its previous coordinator is dead")
-        await self._service.register_pipeline(
-            pipeline_id, clusters, self._resizer(pipeline_id, coordinator), admit=admit, switch_costs=switch_costs
+        lease = await self._service.register_pipeline(
+            pipeline_id, registration.clusters, self._resizer(pipeline_id, coordinator, resize_token),
+            switch_costs=registration.switch_costs, limits=registration.limits,
         )
         self._coordinators[pipeline_id] = coordinator
+        self._registrations[pipeline_id] = lease
         self._reaped.pop(pipeline_id, None)
         self._watches[pipeline_id] = asyncio.get_running_loop().create_task(
             self._watch(pipeline_id, coordinator), name=f"rlix-watch-{pipeline_id}"
         )
+        return lease
 
-    async def admit_pipeline(self, pipeline_id: str) -> None:
-        await self._service.admit_pipeline(pipeline_id)
-
-    async def unregister_pipeline(self, pipeline_id: str, reason: str) -> None:
-        self._forget(pipeline_id)
-        await self._service.unregister_pipeline(pipeline_id, reason)
+    async def unregister_pipeline(self, pipeline_id: str, lease: str | None, reason: str,
+                                  operator: str | None = None) -> None:
+        """Remove a pipeline: its lease holder may, and so may an operator."""
+        await self._service.unregister_pipeline(pipeline_id, lease, reason, operator=operator)
+        if pipeline_id not in self._service.state.pipelines:
+            self._forget(pipeline_id)
 
     async def is_registered(self, pipeline_id: str) -> bool:
         return pipeline_id in self._service.state.pipelines
 
+    async def drain(self, operator: str | None) -> list[str]:
+        """Refuse new registrations from now on (an operator action); returns who is registered."""
+        return self._service.drain(operator)
+
+    async def check_operator(self, operator: str | None, action: str) -> None:
+        """Raise :class:`NotPipelineOwnerError` unless ``operator`` is the operator credential."""
+        self._service.leases.check_operator(operator, action)
+
     # -- requests and releases --------------------------------------------------------------------
 
-    async def request_gpus(
-        self, pipeline_id: str, cluster: str, priority: int, step_target: int | None, timeout_s: float
-    ) -> Grant:
-        return await self._service.request_gpus(pipeline_id, cluster, priority, step_target, timeout_s)
+    async def request_gpus(self, pipeline_id: str, lease: str, cluster: str, priority: int,
+                           step_target: int | None, timeout_s: float) -> Grant:
+        return await self._service.request_gpus(pipeline_id, lease, cluster, priority, step_target, timeout_s)
 
-    async def signal_demand(self, pipeline_id: str, rollout_id: int, step_target: int, timeout_s: float) -> Grant:
-        return await self._service.signal_demand(pipeline_id, rollout_id, step_target, timeout_s)
+    async def signal_demand(self, pipeline_id: str, lease: str, rollout_id: int, step_target: int,
+                            timeout_s: float) -> Grant:
+        return await self._service.signal_demand(pipeline_id, lease, rollout_id, step_target, timeout_s)
 
-    async def release(self, pipeline_id: str, cluster: str, timeout_s: float) -> None:
-        await self._service.release(pipeline_id, cluster, timeout_s)
+    async def release(self, pipeline_id: str, lease: str, cluster: str, timeout_s: float) -> None:
+        await self._service.release(pipeline_id, lease, cluster, timeout_s)
 
-    async def release_and_request(
-        self, pipeline_id: str, release_cluster: str, cluster: str, priority: int, step_target: int | None,
-        timeout_s: float,
-    ) -> Grant:
+    async def release_and_request(self, pipeline_id: str, lease: str, release_cluster: str, cluster: str,
+                                  priority: int, step_target: int | None, timeout_s: float) -> Grant:
         return await self._service.release_and_request(
-            pipeline_id, release_cluster, cluster, priority, step_target, timeout_s
+            pipeline_id, lease, release_cluster, cluster, priority, step_target, timeout_s
         )
 
-    async def planned_release(self, pipeline_id: str, dp_ranks: Iterable[int], timeout_s: float) -> None:
-        await self._service.planned_release(pipeline_id, tuple(dp_ranks), timeout_s)
+    async def planned_release(self, pipeline_id: str, lease: str, dp_ranks: Iterable[int], timeout_s: float) -> None:
+        await self._service.planned_release(pipeline_id, lease, tuple(dp_ranks), timeout_s)
 
     # -- progress (fire-and-forget from the pipelines) ----------------------------------------------
 
-    async def report_progress(
-        self, sender: str, seq: int, pipeline_id: str, mode: str, adapter_id: str | None, step_target: int,
-        completed: int, target_weight_version: int, new_batch: bool = False,
-    ) -> str | None:
+    async def apply_progress(self, sender: str, seq: int, lease: str, report: ProgressReport) -> str | None:
         """Apply one coalesced report. Returns ``None``, or why it was dropped: the sender checks
         the answer later and logs "progress signal lost" (an exception here would only surface
         as an unhandled-error log line in a process that never reads it)."""
+        if not isinstance(report, ProgressReport):
+            return f"InvalidRequestError: not a progress report: {report!r:.80}"
+        pipeline_id = report.pipeline_id
         if not self._in_order(sender, pipeline_id, seq):
             return None  # a newer report of this sender was applied already; latest wins
         try:
-            self._service.report_progress(
-                pipeline_id, mode, adapter_id, step_target, completed, target_weight_version, new_batch
-            )
+            if report.kind == END:
+                self._service.clear_progress(pipeline_id, lease, report.mode, report.adapter_id)
+            else:
+                self._service.report_progress(
+                    pipeline_id, lease, report.mode, report.adapter_id, report.step_target, report.completed,
+                    report.target_weight_version, report.kind == BEGIN,
+                )
         except RlixError as exc:
             return f"{type(exc).__name__}: {exc}"
         self._progress_reports[pipeline_id] = self._progress_reports.get(pipeline_id, 0) + 1
         return None
 
-    async def clear_progress(
-        self, sender: str, seq: int, pipeline_id: str, mode: str | None, adapter_id: str | None
-    ) -> str | None:
-        """Close a stream (the final count was reported first). Same answer as report_progress."""
-        if not self._in_order(sender, pipeline_id, seq):
-            return None
+    async def report_preempt(self, pipeline_id: str, lease: str, dp_rank: int, retracted: int) -> None:
         try:
-            self._service.clear_progress(pipeline_id, mode, adapter_id)
+            self._service.report_preempt(pipeline_id, lease, dp_rank, retracted)
         except RlixError as exc:
-            return f"{type(exc).__name__}: {exc}"
-        self._progress_reports[pipeline_id] = self._progress_reports.get(pipeline_id, 0) + 1
-        return None
-
-    async def report_preempt(self, pipeline_id: str, dp_rank: int, retracted: int) -> None:
-        self._service.report_preempt(pipeline_id, dp_rank, retracted)
+            log.warning("preempt report of pipeline %s refused: %s", pipeline_id, exc)
 
     # -- reading ------------------------------------------------------------------------------------
 
     async def describe(self) -> dict[str, Any]:
         """Who this scheduler is: protocol, pool, options, where it runs, what it serves."""
-        await self._service.start()
+        await self._start()
         state = self._service.state
         return {
             "protocol": PROTOCOL,
@@ -198,6 +208,8 @@ class SchedulerActor:
             "gpus_per_node": state.pool.gpus_per_node,
             "resize_timeout_s": self._service.resize_timeout_s,
             "policy": self._service.policy.name,
+            "operator_credential": self._service.leases.has_operator,
+            "draining": self._service.draining,
             "node_id": ray.get_runtime_context().get_node_id(),
             "started_at": self._started_at,
             "pipelines": sorted(state.pipelines),
@@ -221,8 +233,8 @@ class SchedulerActor:
     async def decisions(self) -> list[dict[str, Any]]:
         """The committed scheduling cycles, oldest first (at most :data:`DECISIONS_KEPT`): per
         cycle, each pipeline's awake generation DP ranks afterwards and what the cycle woke and
-        put to sleep, its DP size, the open demand, and the GPUs of every other stage's grant. What tests and operators read to see
-        which grants were partial."""
+        put to sleep, its DP size, the open demand, and the GPUs of every other stage's grant. What
+        tests and operators read to see which grants were partial."""
         return list(self._decisions)
 
     async def ping(self) -> str:
@@ -254,12 +266,17 @@ class SchedulerActor:
         self._last_seq[key] = seq
         return True
 
-    def _resizer(self, pipeline_id: str, coordinator: Any) -> Any:
+    async def _start(self) -> None:
+        await self._service.start()
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.get_running_loop().create_task(self._check_liveness(), name="rlix-liveness")
+
+    def _resizer(self, pipeline_id: str, coordinator: Any, resize_token: str) -> Any:
         """The service's resizer for one pipeline: a call on its coordinator. The service bounds
         it with ``resize_timeout_s`` and runs the pipelines' resizes concurrently."""
 
         async def resize(pid: str, remove: tuple[int, ...], add: tuple[int, ...]) -> tuple[int, ...] | None:
-            ref = coordinator.resize.remote(pid, remove, add)
+            ref = coordinator.resize.remote(resize_token, pid, remove, add)
             try:
                 return await ref
             except asyncio.CancelledError:
@@ -293,16 +310,51 @@ class SchedulerActor:
         except Exception:
             log.exception("death watch of pipeline %s failed; it will not be reaped automatically", pipeline_id)
 
+    async def _check_liveness(self) -> None:
+        """Fence a pipeline whose process is alive but has not polled its coordinator for
+        ``liveness_timeout_s`` (stopped, or stuck holding the GIL): its engines cannot be resized.
+        The service's grace then reclaims its GPUs. A long pause of the pipeline's own work (a
+        checkpoint) does not count: the polls come from a thread of their own."""
+        interval = max(1.0, self._liveness_timeout_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            for pipeline_id, coordinator in list(self._coordinators.items()):
+                if pipeline_id in self._service.state.fenced:
+                    continue
+                try:
+                    quiet = await asyncio.wait_for(coordinator.quiet_for.remote(), PING_TIMEOUT_S)
+                except (asyncio.TimeoutError, RayActorError, RayTaskError):
+                    continue  # the death watch handles a dead coordinator; a slow one is not proof
+                if quiet > self._liveness_timeout_s:
+                    self._service.fence_pipeline(
+                        pipeline_id, f"unresponsive: its process has not polled for resizes for {quiet:.0f}s"
+                    )
+
+    async def _stop_pipeline(self, pipeline_id: str, reason: str) -> None:
+        """The kill path of a pipeline whose grace ran out: close its coordinator (its process
+        learns it is gone) and kill the named actors in its namespace (the framework's engines
+        when they are actors), so that nothing keeps using GPUs that go back to the pool."""
+        coordinator = self._coordinators.get(pipeline_id)
+        if coordinator is not None:
+            try:
+                await asyncio.wait_for(coordinator.close.remote(reason), PING_TIMEOUT_S)
+            except Exception:  # already dead or stuck: killed below either way
+                pass
+        killed = await kill_namespace(pipeline_id)
+        log.warning("pipeline %s: killed %s (%s)", pipeline_id, killed or "nothing", reason)
+        self._forget(pipeline_id)
+
     async def _reap(self, pipeline_id: str, coordinator: Any, reason: str) -> None:
         if self._coordinators.get(pipeline_id) != coordinator:
             return
         log.warning("unregistering pipeline %s: %s", pipeline_id, reason)
         self._forget(pipeline_id, cancel_watch=False)
         self._reaped[pipeline_id] = reason
-        await self._service.unregister_pipeline(pipeline_id, reason)
+        self._service.reap(pipeline_id, reason)
 
     def _forget(self, pipeline_id: str, cancel_watch: bool = True) -> None:
         self._coordinators.pop(pipeline_id, None)
+        self._registrations.pop(pipeline_id, None)
         watch = self._watches.pop(pipeline_id, None)
         if watch is not None and cancel_watch and watch is not asyncio.current_task():
             watch.cancel()

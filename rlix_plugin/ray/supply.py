@@ -42,7 +42,7 @@ def _actor_or_none(name: str, namespace: str) -> Any:
         return None
 
 
-def start_coordinator(pipeline_id: str, is_registered: Callable[[str], bool]) -> Any:
+def start_coordinator(pipeline_id: str, is_registered: Callable[[str], bool], resize_token: str) -> Any:
     """Create the coordinator of ``pipeline_id`` and wait until it answers.
 
     A coordinator left under that name by an earlier run (this process re-registering, or a
@@ -50,6 +50,7 @@ def start_coordinator(pipeline_id: str, is_registered: Callable[[str], bool]) ->
     pipeline; while the scheduler still has it registered, registering again is refused.
 
     :param is_registered: asks the scheduler whether the pipeline is registered.
+    :param resize_token: what the coordinator asks of every resize (only the scheduler gets it).
     :raises InvalidRequestError: the pipeline is registered and its coordinator alive.
     :raises SchedulerTimeoutError: the coordinator did not start in time.
     """
@@ -61,7 +62,7 @@ def start_coordinator(pipeline_id: str, is_registered: Callable[[str], bool]) ->
         try:
             handle = CoordinatorActor.options(
                 name=COORDINATOR_NAME, namespace=namespace, scheduling_strategy=here, **COORDINATOR_OPTIONS
-            ).remote(pipeline_id, namespace)
+            ).remote(pipeline_id, namespace, resize_token)
         except ValueError:  # the name is taken
             stale = _actor_or_none(COORDINATOR_NAME, namespace)
             if stale is None:

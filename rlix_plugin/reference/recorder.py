@@ -3,7 +3,7 @@ requests per priority, and each pipeline's phases. The trace writer and the time
 
 Two feeds, one format (:class:`Frame`):
 
-* the scheduler itself, through a ``SchedulerService`` listener (local backend): exact, one frame
+* the scheduler itself, through a listener on its state (local backend): exact, one frame
   per change; the listener runs on the scheduler loop, so it only copies a few tuples and drops
   frames that change nothing;
 * the framework side, for backends whose scheduler lives elsewhere (ray): engines report the DP
@@ -99,9 +99,9 @@ class Recorder:
 
     # -- feed 1: the scheduler --------------------------------------------------------------------
 
-    def scheduler_listener(self, event: str, service: Any) -> None:
-        """``SchedulerService`` listener: record a frame when ownership, demand or pending changed."""
-        state = service.state
+    def scheduler_listener(self, event: str, state: Any) -> None:
+        """Scheduler listener (``event``, the scheduler's state, read on its loop): record a frame
+        when ownership, demand or pending changed."""
         owner = tuple(state.owner)
         demand = tuple(sorted(state.open_demand.items()))
         counts: dict[int, int] = {}

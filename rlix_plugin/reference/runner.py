@@ -26,7 +26,7 @@ from .metrics import PipelineMetrics, RunResult
 from .pipeline import ReferencePipeline
 from .policy import Trainer, WeightStore
 from .recorder import Recorder
-from .scenario import Scenario
+from .scenario import Scenario, ScenarioError
 from .session import BackendSession, open_session
 from .static import static_partition
 from .task import task_offset
@@ -81,9 +81,19 @@ def run_scenario(
     """Run ``scenario`` shared on one pool; with ``measure_static`` also run the baseline (only
     when the shared run succeeded: a failed run is reported as it is, at once)."""
     _check(options)
+    started = time.monotonic()
     result = execute(scenario, options, progress)
     if options.measure_static and result.ok:
-        baseline = execute(static_partition(scenario), replace(options, legacy_demand=False), baseline_progress)
+        left = options.timeout_s - (time.monotonic() - started)  # --timeout bounds both runs together
+        try:
+            static = static_partition(scenario)
+        except ScenarioError as exc:
+            result.errors.append(f"no static-partition baseline: {exc}")
+            return result
+        if left <= 1.0:
+            result.errors.append("no static-partition baseline: the run's timeout left no time for it")
+            return result
+        baseline = execute(static, replace(options, legacy_demand=False, timeout_s=left), baseline_progress)
         if baseline.ok:
             result.static_partition_s = baseline.wall_s
         else:
@@ -92,12 +102,10 @@ def run_scenario(
 
 
 def _check(options: RunOptions) -> None:
-    from rlix_plugin.hookspecs import InvalidRequestError
+    from rlix_plugin import arguments as check
 
     for name in ("time_scale", "stall_timeout_s", "timeout_s", "resize_timeout_s"):
-        value = getattr(options, name)
-        if not isinstance(value, (int, float)) or not value > 0:
-            raise InvalidRequestError(f"{name} must be a number > 0, got {value!r}")
+        check.timeout(getattr(options, name), name)
 
 
 class _Run:

@@ -23,7 +23,7 @@ log = logging.getLogger("rlix_plugin.reference")
 
 BACKENDS = ("local", "ray")
 
-#: ``listener(event, service)``: the SchedulerService listener signature.
+#: ``listener(event, state)``: called on the scheduler's loop after every change (read only).
 Listener = Callable[[str, Any], None]
 
 
@@ -46,10 +46,10 @@ class BackendSession:
     def close_backends(self) -> None:
         """Stop the threads of every backend plugin this session built (progress, resizes)."""
         for pm in self._managers:
-            close = getattr(pm.get_plugin("rlix-backend"), "close", None)
-            if close is not None:
+            backend = pm.backend
+            if backend is not None:
                 try:
-                    close()
+                    backend.close()
                 except Exception:  # cleanup must not hide the run's outcome
                     log.exception("closing a backend failed")
         self._managers.clear()
@@ -93,17 +93,11 @@ class LocalSession(BackendSession):
         return {**self.backend_options, "scheduler": self.scheduler}
 
     def add_listener(self, listener: Listener) -> bool:
-        service = self.scheduler.service
-        # Registered on the loop thread, so no change can slip between two listeners' views.
-        self.scheduler.read(lambda: service.add_listener(listener))
+        self.scheduler.add_listener(listener)
         return True
 
     def diagnostic(self, headline: str) -> str:
-        service = self.scheduler.service
-        try:
-            return self.scheduler.read(lambda: service.diagnostic(headline), timeout_s=5.0)
-        except Exception as exc:  # the loop itself is wedged: say so instead of hanging
-            return f"{headline}\n(scheduler did not answer: {exc!r})"
+        return self.scheduler.diagnostic(headline)
 
     def snapshot(self) -> dict[str, Any]:
         return self.scheduler.snapshot()

@@ -271,6 +271,8 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
         num_gpus=state.pool.num_gpus,
         sharing=sharing,
         rollouts={pid: state.demand.rollouts.get(pid, 0) for pid in demand},
+        min_bundles={pid: state.limits[pid].min_bundles for pid in demand},
+        max_bundles_quota={pid: state.limits[pid].max_bundles for pid in demand},
     ))
     for pid in cycle.active:
         if pid not in fenced and pid not in state.planned_releases:
@@ -311,6 +313,9 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
         if pid not in held:
             continue
         limit = min(max_bundles[pid], demand[pid]) if policy.capped else max_bundles[pid]
+        quota = state.limits[pid].max_bundles
+        if quota is not None:
+            limit = min(limit, quota)
         before = held[pid]
         if idle and limit > held[pid]:
             _take_idle(cycle, pid, limit - held[pid], idle, stage_gpus, demand)

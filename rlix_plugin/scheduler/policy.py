@@ -48,6 +48,9 @@ class TargetInputs:
     sharing: int
     #: Rollouts each pipeline with demand has started.
     rollouts: Mapping[str, int]
+    #: Declared quotas: bundles guaranteed while it has demand, and the most it may hold.
+    min_bundles: Mapping[str, int]
+    max_bundles_quota: Mapping[str, int | None]
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,10 @@ def _targets(policy: Policy, inputs: TargetInputs) -> tuple[dict[str, int], dict
     if not total_weight or capacity <= 0:
         return {}, {}
     cap = {pid: min(reach[pid], demand[pid]) if policy.capped else reach[pid] for pid in demand}
+    for pid in demand:
+        quota = inputs.max_bundles_quota.get(pid)
+        if quota is not None:
+            cap[pid] = min(cap[pid], quota)
     ideal = {pid: capacity * weight[pid] / total_weight / tp[pid] for pid in demand}
     target = {pid: 0 for pid in demand}
     budget = capacity
@@ -121,10 +128,10 @@ def _targets(policy: Policy, inputs: TargetInputs) -> tuple[dict[str, int], dict
         order = sorted(demand, key=lambda p: (inputs.rollouts.get(p, 0), -work[p], p))
     else:
         order = sorted(demand, key=lambda p: (-weight[p], p))
-    # At least one bundle for every pipeline with demand (in order, when there are not enough).
+    # Its guaranteed bundles (one, unless its quota says otherwise) for every pipeline with
+    # demand, in order when there are not enough.
     for pid in order:
-        if cap[pid] >= 1:
-            give(pid, 1)
+        give(pid, inputs.min_bundles.get(pid, 1))
     if policy.entitled:
         # Up to its static share: the slice a static partition would give it.
         share = inputs.num_gpus // max(1, inputs.sharing)

@@ -12,20 +12,27 @@ The loop is event-driven: requests, releases, progress (when the trigger policy 
 :mod:`.trigger`) and resize outcomes wake it, and so does the next deadline of a switch-cost rule;
 there is no poll delay between ``signal_demand`` and the pass that wakes a worker.
 
-Resize failure policy: **fence the pipeline, keep the others running.** A pipeline whose resize
-raised, timed out or returned awake ranks that contradict the call is fenced: its waiters get
-:class:`PipelineGoneError` with the cause, it is left out of planning, and the GPUs its engines may
-still occupy stay assigned to it until it unregisters (its framework's ``finally``). Failing the
-whole scheduler instead would turn one sick pipeline into an outage of every run on the pool.
+Ownership: :meth:`register_pipeline` returns the pipeline's lease (:mod:`.leases`); every call
+that changes what a pipeline holds or wants presents it, and a wrong one is refused with
+:class:`NotPipelineOwnerError` before anything changes.
+
+Resize failure policy: **fence the pipeline, keep the others running, then reclaim.** A pipeline
+whose resize raised, timed out or returned awake ranks that contradict the call is fenced (so is
+one a transport finds unresponsive): its waiters get :class:`PipelineGoneError` with the cause, it
+is left out of planning, and the GPUs its engines may still occupy stay assigned to it -- for
+``fence_grace_s`` (default 30 s), long enough for its framework's ``finally`` to unregister it.
+Then the scheduler reclaims it: the transport's ``on_reclaim`` stops what it can of the pipeline
+(on Ray, its coordinator and the actors in its namespace), the pipeline is unregistered and its
+GPUs go back to the pool. Failing the whole scheduler instead would turn one sick pipeline into an
+outage of every run on the pool; keeping its GPUs forever would wedge the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from rlix_plugin.hookspecs import (
@@ -34,14 +41,18 @@ from rlix_plugin.hookspecs import (
     Grant,
     InvalidRequestError,
     PipelineGoneError,
+    PipelineLimits,
     PlanInvariantError,
     Priority,
     SchedulerTimeoutError,
     SwitchCosts,
 )
 
+from rlix_plugin.arguments import timeout as check_timeout
+
 from .core import SchedulerCore
 from .executor import ResizeExecutor, Resizer
+from .leases import Leases
 from .policy import DEFAULT_POLICY, Policy
 from .report import diagnostic, snapshot
 from .state import Fenced, ReleaseDone, ResizeAction, Satisfied
@@ -52,11 +63,10 @@ log = logging.getLogger(__name__)
 
 Listener = Callable[[str, "SchedulerService"], None]
 
+#: Seconds a fenced pipeline keeps its GPUs before the scheduler reclaims them.
+FENCE_GRACE_S = 30.0
 
-def _check_timeout(timeout_s: object) -> float:
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0 or math.isinf(timeout_s):
-        raise InvalidRequestError(f"timeout_s must be a finite number > 0, got {timeout_s!r}")
-    return float(timeout_s)
+_check_timeout = check_timeout
 
 
 class SchedulerService:
@@ -68,6 +78,11 @@ class SchedulerService:
     :param policy: The sharing policy (:mod:`.policy`), by name or object.
     :param durable_demand: Keep the open-demand registry in planning (always, outside tests that
         reproduce the pre-registry race).
+    :param operator_credential: What operator actions must present (None: they are refused), or
+        ``operator_digest``, its digest.
+    :param fence_grace_s: How long a fenced pipeline keeps its GPUs before they are reclaimed.
+    :param on_reclaim: ``on_reclaim(pipeline_id, reason)``, awaited before a fenced pipeline is
+        unregistered at the end of its grace: the transport stops what it can of it.
     """
 
     def __init__(
@@ -78,8 +93,20 @@ class SchedulerService:
         resize_timeout_s: float = 120.0,
         policy: Policy | str = DEFAULT_POLICY,
         durable_demand: bool = True,
+        operator_credential: str | None = None,
+        operator_digest: str | None = None,
+        fence_grace_s: float = FENCE_GRACE_S,
+        on_reclaim: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
         self.core = SchedulerCore(pool, clock, policy=policy, durable_demand=durable_demand)
+        self.leases = Leases(operator_credential, digest=operator_digest)
+        self.fence_grace_s = check_timeout(fence_grace_s, "fence_grace_s")
+        self._on_reclaim = on_reclaim
+        self._reclaims: dict[str, asyncio.Task[None]] = {}
+        #: Pipelines reclaimed after their grace, and why (for operators).
+        self.reclaimed: dict[str, str] = {}
+        #: No new registrations while draining (an operator action).
+        self.draining = False
         self.state = self.core.state
         self.policy = self.core.policy
         self.resize_timeout_s = _check_timeout(resize_timeout_s)
@@ -111,7 +138,7 @@ class SchedulerService:
         """Stop the loop and the resizes in flight; every waiter gets an error."""
         self._closed = True
         self._fail_all(PipelineGoneError("the scheduler is shutting down"))
-        tasks = [t for t in (self._task, *self._resizes) if t is not None]
+        tasks = [t for t in (self._task, *self._resizes, *self._reclaims.values()) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -130,20 +157,51 @@ class SchedulerService:
 
     async def register_pipeline(
         self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], resizer: Resizer, *, admit: bool = True,
-        switch_costs: SwitchCosts | None = None,
-    ) -> None:
-        self.state.register(pipeline_id, clusters, switch_costs)
+        switch_costs: SwitchCosts | None = None, limits: PipelineLimits | None = None,
+    ) -> str:
+        """Register (and by default admit) a pipeline; returns its lease."""
+        if self.draining:
+            raise InvalidRequestError(f"pipeline {pipeline_id!r} not registered: the scheduler is draining")
+        self.state.register(pipeline_id, clusters, switch_costs, limits)
         self._resizers[pipeline_id] = resizer
+        lease = self.leases.issue(pipeline_id)
+        self.reclaimed.pop(pipeline_id, None)
         if admit:
             self.state.admit(pipeline_id)
         self._changed("register")
+        return lease
 
-    async def admit_pipeline(self, pipeline_id: str) -> None:
+    async def admit_pipeline(self, pipeline_id: str, lease: str) -> None:
+        self._owner(pipeline_id, lease)
         self.state.admit(pipeline_id)
         self._changed("register")
 
-    async def unregister_pipeline(self, pipeline_id: str, reason: str = "unregistered") -> None:
+    async def unregister_pipeline(
+        self, pipeline_id: str, lease: str | None, reason: str = "unregistered", *, operator: str | None = None
+    ) -> None:
+        """Remove a pipeline: its lease's holder may, and so may an operator (``operator``).
+        Unknown ids are ignored."""
+        if pipeline_id not in self.state.pipelines:
+            return
+        if operator is not None:
+            self.leases.check_operator(operator, f"unregistering pipeline {pipeline_id!r}")
+        else:
+            self.leases.check(pipeline_id, lease)
+        self._remove(pipeline_id, reason)
+
+    def reap(self, pipeline_id: str, reason: str) -> None:
+        """Remove a pipeline whose process the transport saw die (no lease: nobody is left to hold
+        it). Its waiters get :class:`PipelineGoneError` with ``reason``."""
+        if pipeline_id in self.state.pipelines:
+            self._remove(pipeline_id, reason)
+
+    def _remove(self, pipeline_id: str, reason: str) -> None:
         cancelled = self.state.unregister(pipeline_id)
+        self.leases.drop(pipeline_id)
+        self.preempt_reports.pop(pipeline_id, None)
+        reclaim = self._reclaims.pop(pipeline_id, None)
+        if reclaim is not None and reclaim is not asyncio.current_task():
+            reclaim.cancel()
         self._resizers.pop(pipeline_id, None)
         error = PipelineGoneError(f"pipeline {pipeline_id!r} was unregistered ({reason})")
         for request in cancelled:
@@ -154,13 +212,35 @@ class SchedulerService:
         self._dispatch()
         self._changed("unregister")
 
+    def fence_pipeline(self, pipeline_id: str, reason: str) -> None:
+        """Fence a pipeline from outside a resize (a transport found it unresponsive)."""
+        if pipeline_id in self.state.pipelines:
+            self.state.fence(pipeline_id, reason)
+            self._dispatch()
+            self._changed("fence")
+
+    def drain(self, operator: str | None) -> list[str]:
+        """Refuse new registrations from now on (an operator action); returns who is registered."""
+        self.leases.check_operator(operator, "draining the scheduler")
+        self.draining = True
+        return sorted(self.state.pipelines)
+
+    def _owner(self, pipeline_id: str, lease: object) -> None:
+        """Check the lease of a known pipeline (an unknown one gets the state's error later, a
+        reclaimed one says so)."""
+        if pipeline_id in self.state.pipelines:
+            self.leases.check(pipeline_id, lease)
+        elif pipeline_id in self.reclaimed:
+            raise PipelineGoneError(f"pipeline {pipeline_id!r} was {self.reclaimed[pipeline_id]}")
+
     # -- requests ---------------------------------------------------------------------------------
 
     async def request_gpus(
-        self, pipeline_id: str, cluster: str, priority: int, step_target: int | None, timeout_s: float
+        self, pipeline_id: str, lease: str, cluster: str, priority: int, step_target: int | None, timeout_s: float
     ) -> Grant:
         """Block until granted (see :meth:`SchedulerState.request` for the rules)."""
         timeout_s = _check_timeout(timeout_s)
+        self._owner(pipeline_id, lease)
         started = self.state.clock()
         outcome = self.state.request(pipeline_id, cluster, int(priority), step_target)
         self._changed("request")
@@ -168,18 +248,22 @@ class SchedulerService:
             return Grant(pipeline_id, cluster, outcome.gpus, outcome.dp_ranks, True, 0.0)
         return await self._wait_grant(pipeline_id, cluster, timeout_s, started)
 
-    async def signal_demand(self, pipeline_id: str, rollout_id: int, step_target: int, timeout_s: float) -> Grant:
+    async def signal_demand(
+        self, pipeline_id: str, lease: str, rollout_id: int, step_target: int, timeout_s: float
+    ) -> Grant:
         """Pre-signal a rollout: retire the previous rollout's streams, write the open-demand
         registry and block until at least one generation worker is awake."""
         timeout_s = _check_timeout(timeout_s)
-        if pipeline_id in self.state.pipelines and pipeline_id not in self.state.fenced:
-            self.state.retire_streams(pipeline_id)
+        self._owner(pipeline_id, lease)
+        self.state.check_request(pipeline_id, ACTOR_INFER, Priority.GENERATION, step_target)
+        self.state.retire_streams(pipeline_id)
         log.debug("pipeline %s signals demand for rollout %s (%s samples)", pipeline_id, rollout_id, step_target)
-        return await self.request_gpus(pipeline_id, ACTOR_INFER, Priority.GENERATION, step_target, timeout_s)
+        return await self.request_gpus(pipeline_id, lease, ACTOR_INFER, Priority.GENERATION, step_target, timeout_s)
 
-    async def release(self, pipeline_id: str, cluster: str, timeout_s: float = 120.0) -> None:
+    async def release(self, pipeline_id: str, lease: str, cluster: str, timeout_s: float = 120.0) -> None:
         """Release a cluster; for the generation cluster, wait until its workers sleep."""
         timeout_s = _check_timeout(timeout_s)
+        self._owner(pipeline_id, lease)
         needs_resize = self.state.release(pipeline_id, cluster)
         self._resolve(cluster_id(pipeline_id, cluster), error=InvalidRequestError(
             f"{cluster_id(pipeline_id, cluster)!r} was released while its request was pending"))
@@ -190,6 +274,7 @@ class SchedulerService:
     async def release_and_request(
         self,
         pipeline_id: str,
+        lease: str,
         release_cluster: str,
         cluster: str,
         priority: int,
@@ -198,6 +283,7 @@ class SchedulerService:
     ) -> Grant:
         """Release one cluster and request another with no planning pass in between."""
         timeout_s = _check_timeout(timeout_s)
+        self._owner(pipeline_id, lease)
         started = self.state.clock()
         if release_cluster == cluster:
             raise InvalidRequestError(f"release_and_request of {cluster!r} for itself; use request_gpus")
@@ -214,9 +300,10 @@ class SchedulerService:
         remaining = max(0.001, timeout_s - (self.state.clock() - started))
         return await self._wait_grant(pipeline_id, cluster, remaining, started)
 
-    async def planned_release(self, pipeline_id: str, dp_ranks: Iterable[int], timeout_s: float) -> None:
+    async def planned_release(self, pipeline_id: str, lease: str, dp_ranks: Iterable[int], timeout_s: float) -> None:
         """Give specific generation workers back and wait until they sleep."""
         timeout_s = _check_timeout(timeout_s)
+        self._owner(pipeline_id, lease)
         if self.state.plan_release(pipeline_id, dp_ranks):
             self._changed("release")
             await self._wait_release(pipeline_id, timeout_s)
@@ -226,6 +313,7 @@ class SchedulerService:
     def report_progress(
         self,
         pipeline_id: str,
+        lease: str,
         mode: str,
         adapter_id: str | None,
         step_target: int,
@@ -233,16 +321,23 @@ class SchedulerService:
         target_weight_version: int = 0,
         new_batch: bool = False,
     ) -> None:
+        self._owner(pipeline_id, lease)
         self.state.report_progress(
             pipeline_id, mode, adapter_id, step_target, completed, target_weight_version, new_batch
         )
         self._changed(PROGRESS, pipeline_id)
 
-    def clear_progress(self, pipeline_id: str, mode: str | None = None, adapter_id: str | None = None) -> None:
+    def clear_progress(
+        self, pipeline_id: str, lease: str, mode: str | None = None, adapter_id: str | None = None
+    ) -> None:
+        self._owner(pipeline_id, lease)
         retired = self.state.clear_progress(pipeline_id, mode, adapter_id)
         self._changed("demand retired" if retired else PROGRESS, pipeline_id)
 
-    def report_preempt(self, pipeline_id: str, dp_rank: int, retracted: int) -> None:
+    def report_preempt(self, pipeline_id: str, lease: str, dp_rank: int, retracted: int) -> None:
+        if pipeline_id not in self.state.pipelines:
+            return  # late, from a pipeline already gone: nothing to count
+        self.leases.check(pipeline_id, lease)
         self.preempt_reports[pipeline_id] = self.preempt_reports.get(pipeline_id, 0) + 1
 
     # -- reading ----------------------------------------------------------------------------------
@@ -253,6 +348,8 @@ class SchedulerService:
             "policy": self.policy.name,
             "resizing": self.state.in_transition(),
             "preempt_reports": dict(self.preempt_reports),
+            "reclaimed": dict(self.reclaimed),
+            "draining": self.draining,
         })
 
     def diagnostic(self, headline: str = "") -> str:
@@ -368,7 +465,9 @@ class SchedulerService:
                     gpus, ranks = self.state.fixed_gpus(request.pipeline_id, request.cluster), ()
                 self._resolve(request.cluster_id, Grant(request.pipeline_id, request.cluster, gpus, ranks, True))
             elif isinstance(event, Fenced):
-                log.error("pipeline %s: %s; fencing it", event.pipeline_id, event.reason)
+                log.error("pipeline %s: %s; fencing it, its GPUs are reclaimed in %.0fs unless it unregisters",
+                          event.pipeline_id, event.reason, self.fence_grace_s)
+                self._schedule_reclaim(event.pipeline_id, event.reason)
                 error = PipelineGoneError(f"pipeline {event.pipeline_id!r} is fenced: {event.reason}")
                 for request in event.cancelled:
                     self._resolve(request.cluster_id, error=error)
@@ -380,6 +479,26 @@ class SchedulerService:
                     if not future.done():
                         future.set_result(None)
         return bool(actions or events)
+
+    def _schedule_reclaim(self, pipeline_id: str, reason: str) -> None:
+        if pipeline_id in self._reclaims or self._closed:
+            return
+
+        async def reclaim() -> None:
+            await asyncio.sleep(self.fence_grace_s)
+            if pipeline_id not in self.state.pipelines:
+                return
+            why = f"reclaimed {self.fence_grace_s:g}s after it was fenced ({reason})"
+            if self._on_reclaim is not None:
+                try:
+                    await self._on_reclaim(pipeline_id, why)
+                except Exception:  # stopping it is best effort; the GPUs come back regardless
+                    log.exception("stopping pipeline %s before reclaiming its GPUs failed", pipeline_id)
+            log.warning("pipeline %s: %s", pipeline_id, why)
+            self.reclaimed[pipeline_id] = why
+            self._remove(pipeline_id, why)
+
+        self._reclaims[pipeline_id] = asyncio.get_running_loop().create_task(reclaim(), name=f"rlix-reclaim-{pipeline_id}")
 
     async def _resize(self, action: ResizeAction) -> None:
         resizer = self._resizers.get(action.pipeline_id)

@@ -27,6 +27,7 @@ from rlix_plugin.hookspecs import (
     ClusterSpec,
     InvalidRequestError,
     PipelineGoneError,
+    PipelineLimits,
     Priority,
     StreamProgress,
     SwitchCosts,
@@ -180,6 +181,8 @@ class SchedulerState:
         self.pool = pool
         self.clock = clock
         self.pipelines: dict[str, PipelineSpec] = {}
+        #: What each pipeline declared about itself (maximum step target, generation quota).
+        self.limits: dict[str, PipelineLimits] = {}
         self.admitted: set[str] = set()
         self.owner = Ownership(pool.num_gpus)
         self.fixed: dict[str, FixedAllocation] = {}
@@ -212,14 +215,23 @@ class SchedulerState:
     # -- registration -------------------------------------------------------------------------------
 
     def register(
-        self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], switch_costs: SwitchCosts | None = None
+        self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], switch_costs: SwitchCosts | None = None,
+        limits: PipelineLimits | None = None,
     ) -> PipelineSpec:
         spec = validate_pipeline(self.pool, pipeline_id, clusters)
         if switch_costs is not None and not isinstance(switch_costs, SwitchCosts):
             raise InvalidRequestError(f"pipeline {pipeline_id!r}: switch_costs must be a SwitchCosts, got {switch_costs!r}")
+        if limits is not None and not isinstance(limits, PipelineLimits):
+            raise InvalidRequestError(f"pipeline {pipeline_id!r}: limits must be a PipelineLimits, got {limits!r}")
+        limits = limits or PipelineLimits()
+        if limits.min_bundles > spec.dp_size:
+            raise InvalidRequestError(
+                f"pipeline {pipeline_id!r}: min_bundles {limits.min_bundles} exceeds its {spec.dp_size} generation bundles"
+            )
         if pipeline_id in self.pipelines:
             raise InvalidRequestError(f"pipeline {pipeline_id!r} is already registered")
         self.pipelines[pipeline_id] = spec
+        self.limits[pipeline_id] = limits
         self.estimates.register(pipeline_id, switch_costs)
         return spec
 
@@ -249,7 +261,7 @@ class SchedulerState:
                 self._advance(flight)  # its other calls need not wait for this pipeline's answer
         self.demand.forget(pipeline_id)
         self.estimates.forget(pipeline_id)
-        for table in (self.planned_releases, self.fenced, self.stage_seen_at, self.switches):
+        for table in (self.planned_releases, self.fenced, self.stage_seen_at, self.switches, self.limits):
             table.pop(pipeline_id, None)
         self.admitted.discard(pipeline_id)
         del self.pipelines[pipeline_id]
@@ -281,9 +293,11 @@ class SchedulerState:
     def request(
         self, pipeline_id: str, cluster: str, priority: int, step_target: int | None
     ) -> RequestOutcome:
-        """Grant at once when the cluster is already held at this priority (a generation cluster
-        only with an awake worker); otherwise enqueue. Every GENERATION request writes the
-        open-demand registry, whether it enqueues or short-circuits."""
+        """Enqueue; a generation cluster that already has an awake worker is granted at once
+        (its engines, not a second owner). Every GENERATION request writes the open-demand
+        registry, whether it enqueues or short-circuits. A stage is granted once: asking again
+        while it is held is an error (two callers would then share GPUs the first release hands
+        to someone else)."""
         spec, cid, generation = self.check_request(pipeline_id, cluster, priority, step_target)
         if generation:
             assert step_target is not None
@@ -293,8 +307,6 @@ class SchedulerState:
                 return RequestOutcome(True, self._gen_gpus(spec, alloc.active), tuple(sorted(alloc.active)))
             if alloc is None:
                 self.generation[pipeline_id] = GenerationAllocation(pipeline_id, since=self.clock())
-        elif cid in self.fixed:
-            return RequestOutcome(True, self.fixed[cid].gpus)
         self.pending[cid] = PendingRequest(pipeline_id, cluster, priority, step_target, next(self._seq), self.clock())
         return RequestOutcome(False)
 
@@ -319,13 +331,19 @@ class SchedulerState:
             )
         if generation:
             require_int(f"step_target of {cid!r}", step_target, 1)
+            bound = self.limits[pipeline_id].max_step_target
+            if bound is not None and step_target > bound:  # type: ignore[operator]
+                raise InvalidRequestError(
+                    f"step_target of {cid!r} is {step_target}, above the {bound} the pipeline declared at registration"
+                )
         elif step_target is not None:
             raise InvalidRequestError(f"step_target is only for generation requests, got {step_target!r} for {cid!r}")
         if cid in self.pending:
             raise InvalidRequestError(f"a request for {cid!r} is already pending")
-        if cid in self.fixed and self.fixed[cid].priority != priority:
+        if cid in self.fixed:
             raise InvalidRequestError(
-                f"{cid!r} is held at priority {self.fixed[cid].priority}, requested at {priority}; release it first"
+                f"{cid!r} is already held (granted at priority {self.fixed[cid].priority}); release it before "
+                "requesting it again"
             )
         if pipeline_id in self.planned_releases and generation:
             raise InvalidRequestError(f"{cid!r} is being released; wait for the release to finish")

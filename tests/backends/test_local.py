@@ -14,6 +14,7 @@ from rlix_plugin.hookspecs import (
     ACTOR_TRAIN,
     ClusterSpec,
     InvalidRequestError,
+    NotPipelineOwnerError,
     PipelineGoneError,
     Priority,
     SchedulerTimeoutError,
@@ -128,9 +129,9 @@ def test_pipeline_without_supply_side_fails_loudly(scheduler):
 
 def test_bad_input_is_refused_through_the_hooks(scheduler):
     hooks, _ = pipeline(scheduler, "p1", (0, 1))
-    with pytest.raises(InvalidRequestError, match="step_target of 'p1_actor_infer' must be an int >= 1, got -3"):
+    with pytest.raises(InvalidRequestError, match="step_target must be an int >= 1, got -3"):
         hooks.signal_demand(pipeline_id="p1", rollout_id=0, step_target=-3, timeout_s=5)
-    with pytest.raises(InvalidRequestError, match="unknown pipeline 'ghost'"):
+    with pytest.raises(NotPipelineOwnerError, match="pipeline 'ghost' was not registered through this local backend"):
         hooks.request_gpus(pipeline_id="ghost", cluster=ACTOR_TRAIN, priority=1, timeout_s=5)
     with pytest.raises(InvalidRequestError, match="already registered"):
         pipeline(scheduler, "p1", (0, 1))
@@ -146,8 +147,8 @@ def test_default_scheduler_reads_the_environment(monkeypatch):
         get_plugin_manager("local", autoload=False)
     monkeypatch.setenv("RLIX_LOCAL_GPUS", "6")
     monkeypatch.setenv("RLIX_LOCAL_GPUS_PER_NODE", "2")
-    first = get_plugin_manager("local", autoload=False).get_plugin("rlix-backend")
-    second = get_plugin_manager("local", autoload=False).get_plugin("rlix-backend")
+    first = get_plugin_manager("local", autoload=False).backend.port
+    second = get_plugin_manager("local", autoload=False).backend.port
     try:
         assert first.scheduler is second.scheduler, "one process-wide scheduler"
         assert first.scheduler.snapshot()["pool"] == {"num_gpus": 6, "gpus_per_node": 2}

@@ -12,7 +12,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from rlix_plugin import connect  # noqa: E402
-from rlix_plugin.hookspecs import PipelineGoneError, SchedulerUnavailableError  # noqa: E402
+from rlix_plugin.hookspecs import NotPipelineOwnerError, PipelineGoneError, SchedulerUnavailableError  # noqa: E402
 from rlix_plugin.ray.names import COORDINATOR_NAME, ORCHESTRATOR_NAME, SCHEDULER_NAME, pipeline_namespace  # noqa: E402
 
 from .support import (  # noqa: E402
@@ -29,6 +29,7 @@ from .support import (  # noqa: E402
 
 POOL = {"num_gpus": 4, "gpus_per_node": 4}
 RESIZE_TIMEOUT_S = 2.0
+OPERATOR = "operator-credential-of-the-test"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,7 +42,7 @@ def ray_cluster():
 @pytest.fixture
 def rlix():
     reset_rlix()
-    client = connect(resize_timeout_s=RESIZE_TIMEOUT_S, **POOL)
+    client = connect(resize_timeout_s=RESIZE_TIMEOUT_S, operator=OPERATOR, **POOL)
     yield client
     reset_rlix()
 
@@ -199,7 +200,10 @@ def test_kill_pipeline_kills_its_namespace(rlix):
     )
     run = actor.run.remote(1000, 32, 0.01)
     wait_until(lambda: "kp" in rlix.describe()["pipelines"], 60, "the pipeline registered")
-    killed = rlix.kill_pipeline("kp")
+    with pytest.raises(NotPipelineOwnerError, match="operator credential is wrong"):
+        rlix.kill_pipeline("kp", "a guess")
+    assert "kp" in rlix.describe()["pipelines"], "a refused kill changes nothing"
+    killed = rlix.kill_pipeline("kp", OPERATOR)
     assert killed == sorted(["pipeline", COORDINATOR_NAME])
     # Killed before it was unregistered: the run dies with its actor, not with an error of its own.
     with pytest.raises(ray.exceptions.RayActorError):

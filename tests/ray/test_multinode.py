@@ -33,7 +33,7 @@ def two_nodes():
 
 
 def test_two_nodes_pool_pinning_and_node_local_tp_groups(two_nodes):
-    client = connect()  # pool detected from the cluster
+    client = connect(operator="multinode-operator")  # pool detected from the cluster
     info = client.describe()
     assert (info["num_gpus"], info["gpus_per_node"]) == (8, 4)
     assert info["node_id"] == two_nodes["head"], "the scheduler runs on the head node"
@@ -59,4 +59,4 @@ def test_two_nodes_pool_pinning_and_node_local_tp_groups(two_nodes):
     assert report["grants"][1] == [0, 1]
     assert client.snapshot()["idle_gpus"] == list(range(8))
     ray.kill(actor)
-    client.shutdown()
+    client.shutdown("multinode-operator")

@@ -19,7 +19,7 @@ ACTOR_CLASS = "SchedulerActor"
 #: The runtime paths: requests, progress, releases, resizes, clears, and the death watch/reaping.
 ENTRY_POINTS = (
     "request_gpus", "signal_demand", "release", "release_and_request", "planned_release",
-    "report_progress", "clear_progress", "report_preempt", "_resizer", "_watch", "_reap",
+    "apply_progress", "report_preempt", "_resizer", "_watch", "_reap", "_check_liveness", "_stop_pipeline",
     "register_pipeline", "unregister_pipeline",
 )
 FORBIDDEN_CALLS = {"get_actor", "list_named_actors"}

@@ -143,7 +143,7 @@ def test_status_shows_allocations_demand_progress_and_queue(rlix, capsys):
 
 def test_status_without_scheduler_says_so(capsys):
     reset_rlix()
-    assert cli.main(["status"]) == 2
+    assert cli.main(["status"]) == 1
     err = capsys.readouterr().err
     assert "no rlix scheduler is running" in err and SCHEDULER_NAME in err
     with pytest.raises(SchedulerUnavailableError):
@@ -206,15 +206,15 @@ def test_stale_state_of_a_crashed_run_does_not_break_the_next(rlix):
             hooks_for(EngineStandIn("st"), **POOL).register_pipeline(
                 pipeline_id="st", clusters=seed_clusters(train=(0, 1))
             )
-        # A scheduler serving pipelines is not replaced by a caller asking for another pool...
+        # A scheduler serving pipelines is never replaced by a caller asking for another pool...
         with pytest.raises(InvalidRequestError, match="serves pipelines"):
-            connect(num_gpus=8, gpus_per_node=4)
+            connect(num_gpus=8, gpus_per_node=4, replace=True, operator="anything")
     finally:
         hooks.unregister_pipeline(pipeline_id="st")
-    # ...but an idle one left with other settings is.
-    replaced = connect(num_gpus=8, gpus_per_node=4)
-    assert replaced.describe()["num_gpus"] == 8
-    assert lookup(SCHEDULER_NAME, NAMESPACE) is not None
+    # ...nor an idle one, unless an operator asks: the error names both settings.
+    with pytest.raises(InvalidRequestError, match="num_gpus: running 4, asked 8"):
+        connect(num_gpus=8, gpus_per_node=4)
+    assert connect().describe()["num_gpus"] == 4, "the refused call changed nothing"
 
 
 def test_bad_registration_changes_nothing(rlix):

@@ -60,22 +60,17 @@ class FakeRequest:
         self.priority = priority
 
 
-class FakeService:
-    def __init__(self, state):
-        self.state = state
-
-
 def test_scheduler_feed_records_only_changes():
     clock = Clock()
     rec = Recorder(2, clock)
     rec.add_pipeline("P1", [(0,), (1,)], (0,), step_target=8)
     state = FakeState([("P1", 0), None], {"P1": 8}, {"P1_actor_train": FakeRequest(1)})
-    rec.scheduler_listener("request", FakeService(state))
+    rec.scheduler_listener("request", state)
     clock.now = 0.5
-    rec.scheduler_listener("progress", FakeService(state))  # nothing changed: no frame
+    rec.scheduler_listener("progress", state)  # nothing changed: no frame
     assert len(rec.frames) == 1
     assert rec.frames[0].holders == (("P1", "infer", 0), None)
     assert rec.frames[0].pending == ((1, 1),) and rec.frames[0].open_demand == (("P1", 8),)
     state.owner = ["P1_actor_train", None]
-    rec.scheduler_listener("commit", FakeService(state))
+    rec.scheduler_listener("commit", state)
     assert len(rec.frames) == 2 and rec.frames[1].t == 0.5

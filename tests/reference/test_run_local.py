@@ -58,7 +58,7 @@ def test_static_partition_is_measured_with_the_same_work():
 
 
 def test_bad_options_are_rejected_before_anything_runs():
-    with pytest.raises(InvalidRequestError, match="stall_timeout_s must be a number > 0"):
+    with pytest.raises(InvalidRequestError, match="stall_timeout_s must be a finite number > 0 and <= 604800, got 0"):
         run_scenario(tiny_scenario(), RunOptions(stall_timeout_s=0))
     with pytest.raises(InvalidRequestError, match="unknown rlix backend 'nope'"):
         run_scenario(tiny_scenario(), RunOptions(backend="nope"))

@@ -27,7 +27,7 @@ from rlix_plugin.scheduler.service import SchedulerService
 from rlix_plugin.scheduler.topology import PoolTopology, cluster_id
 from rlix_plugin.scheduler.validation import check_state, validate_plan
 
-from .support import FakeEngines
+from .support import AsOwners, FakeEngines
 
 PIDS = [f"p{i}" for i in range(6)]
 
@@ -102,7 +102,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         gpus, per_node, pipelines = topology
         self.topology = pipelines
         self.engines.changed = asyncio.Event()
-        self.service = SchedulerService(PoolTopology(gpus, per_node), resize_timeout_s=5, policy=policy)
+        self.service = AsOwners(SchedulerService(PoolTopology(gpus, per_node), resize_timeout_s=5, policy=policy))
         self.do(self.service.start())
         for pid, clusters in pipelines.items():
             self.do(self.service.register_pipeline(pid, clusters, self.engines.resize))

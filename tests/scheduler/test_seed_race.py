@@ -22,7 +22,7 @@ from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, Priority
 from rlix_plugin.scheduler.service import SchedulerService
 from rlix_plugin.scheduler.topology import PoolTopology
 
-from .support import FakeEngines, run, seed_clusters
+from .support import AsOwners, FakeEngines, run, seed_clusters
 
 ROLLOUTS, SAMPLES = 5, 6
 STALL_S = 1.5  # no awake engine for this long = the pipeline is stalled ("No progress for 30.0s")
@@ -71,7 +71,7 @@ async def _rollouts(service, engines, pid, barrier, pre_signal: bool) -> int:
 
 async def seed_run(durable_demand: bool, pre_signal: bool) -> dict[str, object]:
     engines = FakeEngines()
-    service = SchedulerService(PoolTopology(4, 4), durable_demand=durable_demand)
+    service = AsOwners(SchedulerService(PoolTopology(4, 4), durable_demand=durable_demand))
     await service.start()
     for pid, train in (("p1", (0, 1)), ("p2", (2, 3))):
         await service.register_pipeline(pid, seed_clusters(train), engines.resize)

@@ -20,13 +20,13 @@ from rlix_plugin.scheduler.service import SchedulerService
 from rlix_plugin.scheduler.topology import PoolTopology
 from rlix_plugin.scheduler.trigger import needs_rebalance
 
-from .support import FakeEngines, run, seed_clusters, wait_until
+from .support import AsOwners, FakeEngines, run, seed_clusters, wait_until
 
 GEN, TRAIN = Priority.GENERATION, Priority.ACTOR_TRAINING
 
 
 async def started(engines: FakeEngines, **options) -> SchedulerService:
-    service = SchedulerService(PoolTopology(4, 4), **options)
+    service = AsOwners(SchedulerService(PoolTopology(4, 4), **options))
     await service.start()
     for pid, train in (("p1", (0, 1)), ("p2", (2, 3))):
         await service.register_pipeline(pid, seed_clusters(train), engines.resize)
@@ -171,7 +171,7 @@ def test_failing_pipeline_is_fenced_and_the_other_keeps_running(fault, message):
 
 def test_missing_supply_side_is_reported_as_hooks_never_installed():
     async def scenario():
-        service = SchedulerService(PoolTopology(4, 4))
+        service = AsOwners(SchedulerService(PoolTopology(4, 4)))
         await service.start()
 
         async def nobody(pid, remove, add):
@@ -221,7 +221,7 @@ def test_a_hung_resize_leaves_another_pipelines_training_grant_on_idle_gpus_imme
             return tuple(add)
 
         engines = FakeEngines()
-        service = SchedulerService(PoolTopology(6, 6), resize_timeout_s=600, policy="gap_ratio")
+        service = AsOwners(SchedulerService(PoolTopology(6, 6), resize_timeout_s=600, policy="gap_ratio"))
         await service.start()
         await service.register_pipeline("p1", {ACTOR_INFER: ClusterSpec(1, (2, 3))}, p1_engines)
         await service.register_pipeline(

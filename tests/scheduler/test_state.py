@@ -48,15 +48,17 @@ def test_generation_cluster_with_no_awake_worker_enqueues_again():
     assert not state.request("p1", ACTOR_INFER, GEN, 8).granted
 
 
-def test_stage_at_same_priority_returns_at_once_and_mismatch_is_an_error():
+def test_a_stage_is_granted_once_and_asking_again_while_held_changes_nothing():
     state = seed_state()
     state.request("p1", ACTOR_TRAIN, TRAIN, None)
     cycle(state)
-    assert state.request("p1", ACTOR_TRAIN, TRAIN, None).gpus == (0, 1)
     before = frozen(state)
-    with pytest.raises(InvalidRequestError, match="held at priority 1, requested at 3"):
-        state.request("p1", ACTOR_TRAIN, Priority.OLD_LOG_PROBS, None)
+    for priority in (TRAIN, Priority.OLD_LOG_PROBS):
+        with pytest.raises(InvalidRequestError, match="'p1_actor_train' is already held .granted at priority 1."):
+            state.request("p1", ACTOR_TRAIN, priority, None)
     assert frozen(state) == before
+    state.release("p1", ACTOR_TRAIN)
+    assert not state.request("p1", ACTOR_TRAIN, Priority.OLD_LOG_PROBS, None).granted, "after a release, again"
 
 
 def test_duplicate_pending_request_is_an_error_and_changes_nothing():

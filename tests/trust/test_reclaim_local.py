@@ -1,0 +1,85 @@
+"""A hung pipeline cannot wedge the pool past its grace (local backend): its resize times out, it
+is fenced, and once the grace is over its GPUs go back to the pool and a neighbour's training
+request that waited on them is granted."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from rlix_plugin import hookimpl
+from rlix_plugin.backends.local import LocalScheduler
+from rlix_plugin.hookspecs import ACTOR_TRAIN, PipelineGoneError, Priority
+
+from ..waiting import wait_until
+from .support import Engines, hooks_on, seed_clusters
+
+
+class StuckEngines(Engines):
+    """Wakes at once; a sleep hangs until released (an engine wedged in release_memory)."""
+
+    def __init__(self, pipeline_id: str) -> None:
+        super().__init__(pipeline_id)
+        self.release = threading.Event()
+
+    @hookimpl
+    def rlix_resize_infer(self, pipeline_id, dp_ranks_to_remove, dp_ranks_to_add):
+        if pipeline_id != self.pipeline_id:
+            return None
+        if dp_ranks_to_remove:
+            self.release.wait(60)
+        return super().rlix_resize_infer(pipeline_id, dp_ranks_to_remove, dp_ranks_to_add)
+
+
+def test_a_hung_pipeline_is_fenced_then_reclaimed_and_the_pool_moves_on():
+    scheduler = LocalScheduler(4, 4, resize_timeout_s=0.5, fence_grace_s=1.0, policy="gap_ratio")
+    stuck = StuckEngines("stuck")
+    sick = hooks_on("local", {"scheduler": scheduler}, stuck)
+    healthy = hooks_on("local", {"scheduler": scheduler}, Engines("healthy"))
+    try:
+        sick.register_pipeline(pipeline_id="stuck", clusters=seed_clusters((0, 1)))
+        healthy.register_pipeline(pipeline_id="healthy", clusters=seed_clusters((2, 3)))
+        assert sick.signal_demand(pipeline_id="stuck", rollout_id=0, step_target=8, timeout_s=5).dp_ranks == (0, 1, 2, 3)
+        # healthy's training needs GPUs 2-3: stuck's engines there must sleep, and their sleep hangs.
+        grant = healthy.request_gpus(pipeline_id="healthy", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING,
+                                     timeout_s=30)
+        assert grant.gpus == (2, 3), "granted once the grace ran out and the GPUs were reclaimed"
+        snap = scheduler.snapshot()
+        assert "stuck" not in snap["pipelines"]
+        assert "reclaimed 1s after it was fenced" in snap["reclaimed"]["stuck"]
+        assert "resize took longer than 0.5s" in snap["reclaimed"]["stuck"]
+        with pytest.raises(PipelineGoneError, match="'stuck' was reclaimed 1s after it was fenced"):
+            sick.signal_demand(pipeline_id="stuck", rollout_id=1, step_target=8, timeout_s=1)
+        wait_until(lambda: scheduler.snapshot()["idle_gpus"] == [0, 1], 10, "stuck's other GPUs back in the pool")
+    finally:
+        stuck.release.set()
+        for hooks in (sick, healthy):
+            hooks.plugin_manager.backend.close()
+        scheduler.close()
+
+
+def test_a_pipeline_that_unregisters_within_its_grace_is_not_reclaimed():
+    scheduler = LocalScheduler(4, 4, resize_timeout_s=0.3, fence_grace_s=30.0, policy="gap_ratio")
+    stuck = StuckEngines("stuck")
+    sick = hooks_on("local", {"scheduler": scheduler}, stuck)
+    healthy = hooks_on("local", {"scheduler": scheduler}, Engines("healthy"))
+    try:
+        sick.register_pipeline(pipeline_id="stuck", clusters=seed_clusters((0, 1)))
+        healthy.register_pipeline(pipeline_id="healthy", clusters=seed_clusters((2, 3)))
+        sick.signal_demand(pipeline_id="stuck", rollout_id=0, step_target=8, timeout_s=5)
+        waiter = threading.Thread(target=lambda: healthy.request_gpus(
+            pipeline_id="healthy", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=30), daemon=True)
+        waiter.start()
+        wait_until(lambda: scheduler.snapshot()["pipelines"]["stuck"]["fenced"], 10, "stuck fenced")
+        with pytest.raises(PipelineGoneError, match="fenced"):
+            sick.signal_demand(pipeline_id="stuck", rollout_id=1, step_target=8, timeout_s=1)
+        sick.unregister_pipeline(pipeline_id="stuck", reason="its finally")  # the framework cleans up
+        waiter.join(10)
+        assert not waiter.is_alive()
+        assert scheduler.snapshot()["reclaimed"] == {}, "it left on its own"
+    finally:
+        stuck.release.set()
+        for hooks in (sick, healthy):
+            hooks.plugin_manager.backend.close()
+        scheduler.close()
