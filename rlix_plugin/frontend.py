@@ -151,7 +151,7 @@ class RlixHooks:
         grant = self._hook.rlix_request_gpus(
             pipeline_id=pipeline_id,
             cluster=cluster,
-            priority=int(priority),
+            priority=priority,
             step_target=step_target,
             timeout_s=timeout_s,
         )

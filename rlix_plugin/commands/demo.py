@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import pathlib
 import sys
+import tempfile
 from typing import Any
 
 
@@ -32,8 +32,17 @@ def _writable(path: str, option: str) -> None:
 
     target = pathlib.Path(path)
     folder = target.parent if str(target.parent) else pathlib.Path(".")
-    if target.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise InvalidRequestError(f"{option} {path!r}: cannot write there (no such folder, or not writable)")
+    problem = None
+    if target.is_dir() or not folder.is_dir():
+        problem = "no such folder, or a folder of that name"
+    else:
+        try:  # a real file: os.access says yes to root everywhere, /proc included
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".rlix-probe-"):
+                pass
+        except OSError as exc:
+            problem = exc.strerror or type(exc).__name__
+    if problem is not None:
+        raise InvalidRequestError(f"{option} {path!r}: cannot write there ({problem})")
 
 
 def _execute(args: argparse.Namespace, scenario_ref: str) -> int:

@@ -80,8 +80,14 @@ def _ids(gpus: list[int]) -> str:
 def run(args: argparse.Namespace) -> int:
     import ray
 
+    from rlix_plugin import arguments as check
+
     from rlix_plugin.ray.client import connect
 
+    check.timeout(args.timeout, "--timeout")
+    if args.watch is not None:
+        check.timeout(args.watch, "--watch")
+    check.integer(args.count, "--count", 0)
     started_ray = not ray.is_initialized()
     init_options = {"logging_level": "ERROR", "log_to_driver": False} if started_ray else None
     try:

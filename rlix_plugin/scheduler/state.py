@@ -330,12 +330,7 @@ class SchedulerState:
                 f"priority {priority} (GENERATION) is only for {ACTOR_INFER!r}, not {cid!r}"
             )
         if generation:
-            require_int(f"step_target of {cid!r}", step_target, 1)
-            bound = self.limits[pipeline_id].max_step_target
-            if bound is not None and step_target > bound:  # type: ignore[operator]
-                raise InvalidRequestError(
-                    f"step_target of {cid!r} is {step_target}, above the {bound} the pipeline declared at registration"
-                )
+            self._check_step_target(pipeline_id, f"step_target of {cid!r}", step_target)
         elif step_target is not None:
             raise InvalidRequestError(f"step_target is only for generation requests, got {step_target!r} for {cid!r}")
         if cid in self.pending:
@@ -419,14 +414,22 @@ class SchedulerState:
         target_weight_version: int = 0,
         new_batch: bool = False,
     ) -> None:
-        """Latest wins per (pipeline, mode, adapter); see :meth:`DemandLedger.report`."""
+        """Latest wins per (pipeline, mode, adapter); see :meth:`DemandLedger.report`. A
+        ``step_target`` above the pipeline's declared maximum is refused, as for a request."""
         self._spec(pipeline_id)
+        self._check_step_target(pipeline_id, f"step_target of {pipeline_id!r}'s progress", step_target)
         if self.demand.report(pipeline_id, mode, adapter_id, step_target, completed, target_weight_version, new_batch):
             alloc = self.generation.get(pipeline_id)
             self.estimates.observe_progress(
                 pipeline_id, self.clock(), self.demand.completed(pipeline_id),
                 len(alloc.active) if alloc is not None else 0, new_batch,
             )
+
+    def _check_step_target(self, pipeline_id: str, what: str, step_target: object) -> None:
+        require_int(what, step_target, 1)
+        bound = self.limits[pipeline_id].max_step_target
+        if bound is not None and step_target > bound:  # type: ignore[operator]
+            raise InvalidRequestError(f"{what} is {step_target}, above the {bound} the pipeline declared at registration")
 
     def clear_progress(self, pipeline_id: str, mode: str | None = None, adapter_id: str | None = None) -> bool:
         """End one stream (or all); True if that retired the pipeline's open demand."""

@@ -10,7 +10,6 @@ cluster is granted twice or woken while it is being released.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NoReturn
 
 from rlix_plugin.hookspecs import ACTOR_INFER, PlanInvariantError

@@ -17,7 +17,7 @@ from rlix_plugin.hookspecs import (  # noqa: E402
     SchedulerTimeoutError,
     SchedulerUnavailableError,
 )
-from rlix_plugin.ray.names import NAMESPACE, SCHEDULER_NAME, pipeline_namespace  # noqa: E402
+from rlix_plugin.ray.names import SCHEDULER_NAME, pipeline_namespace  # noqa: E402
 
 from .support import (  # noqa: E402
     INIT_OPTIONS,
