@@ -148,6 +148,8 @@ class RlixHooks:
         step_target: int | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> Grant:
+        if isinstance(priority, int) and not isinstance(priority, bool):
+            priority = int(priority)  # a Priority member travels as the plain int; anything else is refused below
         grant = self._hook.rlix_request_gpus(
             pipeline_id=pipeline_id,
             cluster=cluster,

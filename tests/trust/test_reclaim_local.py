@@ -5,12 +5,14 @@ request that waited on them is granted."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
 from rlix_plugin import hookimpl
 from rlix_plugin.backends.local import LocalScheduler
 from rlix_plugin.hookspecs import ACTOR_TRAIN, PipelineGoneError, Priority
+from rlix_plugin.scheduler.planner import ANTICIPATION_S
 
 from ..waiting import wait_until
 from .support import Engines, hooks_on, seed_clusters
@@ -82,4 +84,44 @@ def test_a_pipeline_that_unregisters_within_its_grace_is_not_reclaimed():
         stuck.release.set()
         for hooks in (sick, healthy):
             hooks.plugin_manager.backend.close()
+        scheduler.close()
+
+
+@pytest.mark.parametrize("policy", ["gap_ratio", "finish_first"])
+def test_idle_engines_of_a_finished_rollout_go_to_a_pipeline_that_still_has_work(policy):
+    scheduler = LocalScheduler(4, 4, policy=policy)
+    engines = {p: Engines(p) for p in ("done", "busy")}
+    hooks = {p: hooks_on("local", {"scheduler": scheduler}, engines[p]) for p in engines}
+    try:
+        for pid, train in (("done", (0, 1)), ("busy", (2, 3))):
+            hooks[pid].register_pipeline(pipeline_id=pid, clusters=seed_clusters(train))
+            hooks[pid].signal_demand(pipeline_id=pid, rollout_id=0, step_target=64, timeout_s=10)
+            hooks[pid].begin_progress_batch(pipeline_id=pid, step_target=64)
+        wait_until(lambda: engines["done"].awake and engines["busy"].awake, 10, "both generating")
+        hooks["done"].bump_completed(pipeline_id="done", count=64)
+        hooks["done"].end_progress_batch(pipeline_id="done")  # its rollout is over; it keeps its engines
+        # No request, no release: only busy's progress. A first sample at once (the rate looks
+        # high: moving engines would not pay), then nothing while done's anticipation window runs
+        # out (the pass at its end keeps the engines where they are), then a sample every 50 ms:
+        # the rate is measured again and the idle engines must move, long before busy's rollout ends.
+        hooks["busy"].bump_completed(pipeline_id="busy", count=1)
+        ended = time.monotonic()
+        completed = 1
+
+        def busy_progresses_and_has_every_gpu() -> bool:
+            nonlocal completed
+            if engines["busy"].awake == {0, 1, 2, 3}:
+                return True
+            if time.monotonic() - ended < ANTICIPATION_S + 0.5:
+                return False
+            assert completed < 60, "busy's rollout nearly ended on part of the pool"
+            completed += 1
+            hooks["busy"].bump_completed(pipeline_id="busy", count=1)
+            return False
+
+        wait_until(busy_progresses_and_has_every_gpu, 10, "busy woken on every GPU", interval_s=0.05)
+        assert engines["done"].awake == set()
+    finally:
+        for each in hooks.values():
+            each.plugin_manager.backend.close()
         scheduler.close()
