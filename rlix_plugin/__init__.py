@@ -19,6 +19,7 @@ from rlix_plugin.frontend import DEFAULT_TIMEOUT_S, RlixHooks
 from rlix_plugin.hookspecs import hookimpl
 from rlix_plugin.manager import PluginOrigin, RlixPluginManager, get_plugin_manager
 
+#: The one place the version is written (pyproject.toml reads it from here).
 __version__ = "0.1.0"
 
 

@@ -6,12 +6,13 @@ initialised and ``address`` is ignored; a driver that has not called ``ray.init`
 rlix actors are found by name in namespace ``rlix`` whatever namespace the caller's job uses, and
 created if missing (get-if-exists, so concurrent first callers end up sharing one).
 
-Stale state (failure mode 10): detached actors outlive the driver that made them. A scheduler
-left by an earlier run is reused when compatible. When it speaks another protocol version, or
-the caller asks explicitly for a different pool or resize timeout, it is replaced if it serves no
-pipeline and refused with a message naming both otherwise. Pipelines of crashed runs do not
-linger: the scheduler unregisters a pipeline when its coordinator (owned by the pipeline's
-process) dies.
+Stale state (docs/design.md, failure mode F10): detached actors outlive the driver that made
+them. A scheduler left by an earlier run is reused when compatible. One that speaks another
+protocol version and serves no pipeline is replaced; one whose pool or options differ from what
+the caller asks for explicitly is refused with a message naming both settings, unless the caller
+passes ``replace=True`` with the operator credential and it serves no pipeline. Pipelines of
+crashed runs do not linger: the scheduler unregisters a pipeline when its coordinator (owned by
+the pipeline's process) dies.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ actors and tasks, and a resize costs two extra local round trips (about 2 ms).
 Lifetime: created by the pipeline process, named ``rlix:coordinator`` in the pipeline's namespace,
 not detached, so it dies with the process that created it. The scheduler holds a :meth:`watch`
 call on it and unregisters the pipeline when the coordinator dies: a crashed pipeline never keeps
-its GPUs (failure modes 3 and 10).
+its GPUs (docs/design.md, failure modes F3 and F10).
 """
 
 from __future__ import annotations

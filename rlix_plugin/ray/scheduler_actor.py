@@ -8,7 +8,7 @@ adds only what being remote needs:
   times out gets the service's policy: that pipeline is fenced, the others keep running;
 * a death watch per coordinator: when a pipeline's process dies (and its coordinator with it) the
   pipeline is unregistered and its GPUs go back to the pool, so a crashed run leaves nothing
-  behind (failure mode 10);
+  behind (docs/design.md, failure mode F10);
 * progress arrives fire-and-forget from many processes, and Ray does not promise that an async
   actor runs one sender's calls in order; every report carries its sender's sequence number and
   an older one than already applied is dropped (reports are absolute: latest wins).
@@ -57,15 +57,16 @@ DECISIONS_KEPT = 4096
 SCHEDULER_OPTIONS: dict[str, Any] = {
     # Its state (allocations, open demand, waiters) lives only in memory. A restart would come
     # back empty while pipelines still hold GPUs and wait on futures that no longer exist, and
-    # nothing would tell them (failure mode 13). Not restarting makes every caller get
-    # SchedulerUnavailableError at once instead.
+    # nothing would tell them (docs/design.md, failure mode F13). Not restarting makes every
+    # caller get SchedulerUnavailableError at once instead.
     "max_restarts": 0,
     # A retried request or release could be applied twice; the caller gets the error and decides.
     "max_task_retries": 0,
     # Every blocked request_gpus / signal_demand / release holds one slot (a coroutine on the one
     # event loop, not a thread) for its whole wait. Progress, status and new requests must never
-    # queue behind those waits or behind a long resize (failure mode 12), so the limit sits far
-    # above the worst case: 256 pipelines x (4 clusters + 1 release) = 1280 blocked calls.
+    # queue behind those waits or behind a long resize (docs/design.md, failure mode F12), so the
+    # limit sits far above the worst case: 256 pipelines x (4 clusters + 1 release) = 1280 blocked
+    # calls.
     "max_concurrency": 4096,
     # Bookkeeping only: it must not take a CPU slot that a pipeline's workers need.
     "num_cpus": 0,
