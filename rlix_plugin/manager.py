@@ -42,7 +42,7 @@ ENV_STRICT = "RLIX_STRICT_PLUGINS"
 ENV_TRACE = "RLIX_TRACE_HOOKS"
 BACKEND_PLUGIN_NAME = "rlix-backend"
 
-log = logging.getLogger("rlix_plugin")
+log = logging.getLogger(__name__)
 trace_log = logging.getLogger("rlix_plugin.trace")
 
 

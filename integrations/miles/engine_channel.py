@@ -29,9 +29,8 @@ import os
 import threading
 from typing import Any
 
-from . import LOGGER_NAME
 
-log = logging.getLogger(LOGGER_NAME)
+log = logging.getLogger(__name__)
 
 #: Manager methods the channel runs (nothing else: it is not a general RPC).
 CHANNEL_METHODS = frozenset({

@@ -39,13 +39,12 @@ from typing import TYPE_CHECKING, Any
 
 from rlix_plugin.hookspecs import MODE_FULL, MODE_LORA, InvalidRequestError
 
-from . import LOGGER_NAME
 from .units import GroupUnits, check_groups
 
 if TYPE_CHECKING:
     from rlix_plugin.frontend import RlixHooks
 
-log = logging.getLogger(LOGGER_NAME)
+log = logging.getLogger(__name__)
 
 #: Progress hooks that must reach a backend for the scheduler to see the rollout.
 PROGRESS_HOOKS = ("rlix_begin_progress_batch", "rlix_bump_completed", "rlix_end_progress_batch")

@@ -8,7 +8,7 @@ hot path, so progress is pulled instead:
   training group finishes, and answers :meth:`~GroupProgressMixin.rlix_take_completed`, a long
   poll that returns and zeroes the counter;
 * :class:`ProgressPump` (a thread in the trainer's process) keeps one such poll outstanding per
-  worker and hands every non-zero count to a sink (``RlixSession.groups_completed``). Under load
+  worker and hands every non-zero count to a sink (``VerlSession.groups_completed``). Under load
   one reply carries many groups: the RPC rate is bounded by the poll period, not the sample rate.
 
 Counts are samples: a group of ``n`` sessions adds ``n``. Validation groups and groups in which
@@ -23,9 +23,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rlix_plugin.integrations.verl import LOGGER_NAME
 
-log = logging.getLogger(LOGGER_NAME)
+log = logging.getLogger(__name__)
 
 #: How long a worker holds a poll open when it has nothing to report, seconds. Bounds both the
 #: idle RPC rate (one per worker per period) and how long stopping the pump takes.

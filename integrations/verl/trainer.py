@@ -49,13 +49,7 @@ import os
 from typing import Any
 
 from omegaconf import open_dict
-from verl.trainer.ppo.v1.trainer_base import register_trainer
-from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
-from verl.utils.debug import marked_timer
-from verl.workers.rollout.llm_server import FullyAsyncLLMServerClient
-
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, Grant, Priority
-from rlix_plugin.manager import ENV_TRACE, trace_log
 from rlix_plugin.integrations.verl import LOGGER_NAME, MANAGER_CLASS_PATH, TRAINER_MODE
 from rlix_plugin.integrations.verl.config import (
     RlixVerlConfig,
@@ -65,12 +59,21 @@ from rlix_plugin.integrations.verl.config import (
     samples_per_step,
 )
 from rlix_plugin.integrations.verl.engines import VerlEngines, VerlRollout
-from rlix_plugin.integrations.verl.session import RlixSession
+from rlix_plugin.integrations.verl.session import VerlSession
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.debug import marked_timer
+from verl.workers.rollout.llm_server import FullyAsyncLLMServerClient
 
-log = logging.getLogger(LOGGER_NAME)
+from rlix_plugin import session as pipeline_session
+from rlix_plugin.manager import ENV_TRACE, trace_log
+
+log = logging.getLogger(__name__)
 # verl shows a module's INFO lines by giving its logger a level from VERL_LOGGING_LEVEL (the root
-# stays at WARNING); do the same so the scheduling decisions appear in the job's log.
-log.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
+# stays at WARNING); do the same for the integration's loggers and the pipeline lifecycle's, so
+# the scheduling decisions appear in the job's log.
+for _name in (LOGGER_NAME, pipeline_session.__name__):
+    logging.getLogger(_name).setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 if os.environ.get(ENV_TRACE, "").strip().lower() in {"1", "true", "yes", "on"}:
     # The hook trace is logged at INFO; verl's root logger would drop it.
     trace_log.setLevel(logging.INFO)
@@ -123,7 +126,7 @@ class RlixPPOTrainerSync(PPOTrainerSync):
             # checkpoint paths); under any other name it would silently take the async paths.
             with open_dict(config):
                 config.trainer.v1.trainer_mode = VERL_SYNC_MODE
-        self._rlix: RlixSession | None = None
+        self._rlix: VerlSession | None = None
         self._rlix_engines: VerlEngines | None = None
         self._rlix_plugin_name: str | None = None
         #: Version of the trainer's current weights (see the module docstring).
@@ -137,7 +140,7 @@ class RlixPPOTrainerSync(PPOTrainerSync):
             return
         hooks = rlix_hooks if rlix_hooks is not None else build_hooks(self.rlix_config)
         pipeline_id = self.rlix_config.pipeline_id
-        self._rlix = RlixSession(
+        self._rlix = VerlSession(
             hooks,
             pipeline_id=pipeline_id,
             clusters=clusters,
@@ -147,7 +150,7 @@ class RlixPPOTrainerSync(PPOTrainerSync):
         self._rlix_engines = VerlEngines(pipeline_id, hooks)
 
     @property
-    def rlix_session(self) -> RlixSession | None:
+    def rlix_session(self) -> VerlSession | None:
         """The scheduler session, or ``None`` when rlix is disabled."""
         return self._rlix
 
@@ -281,7 +284,7 @@ class RlixPPOTrainerSync(PPOTrainerSync):
         if self._rlix_plugin_name is None:
             # The backend calls rlix_resize_infer on this manager; the engines must answer there.
             self._rlix_plugin_name = pm.register(self._rlix_engines, name=f"rlix-verl-engines-{self._rlix.pipeline_id}")
-        self._rlix.open()
+        self._rlix.register()
 
     def _rlix_close(self, reason: str) -> None:
         if self._rlix is None:

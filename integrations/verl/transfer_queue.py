@@ -24,9 +24,8 @@ import importlib
 import logging
 from typing import Any
 
-from rlix_plugin.integrations.verl import LOGGER_NAME
 
-log = logging.getLogger(LOGGER_NAME)
+log = logging.getLogger(__name__)
 
 #: The namespace TransferQueue hard-codes for its named actors.
 SHARED_NAMESPACE = "transfer_queue"

@@ -39,7 +39,7 @@ from .hooks import SchedulerHooks
 from .port import Registration, ResizeHook
 
 T = TypeVar("T")
-log = logging.getLogger("rlix_plugin.local")
+log = logging.getLogger(__name__)
 
 #: Extra seconds a caller waits beyond the scheduler-side timeout before giving up on the loop
 #: thread itself (which then means the loop is wedged, not that GPUs are busy).

@@ -48,7 +48,7 @@ from rlix_plugin.scheduler.topology import PoolTopology, validate_pipeline
 from .hooks import SchedulerHooks
 from .port import Registration, ResizeHook
 
-log = logging.getLogger("rlix_plugin.ray")
+log = logging.getLogger(__name__)
 
 #: Reports whose answer is not checked yet; beyond this the oldest are forgotten unchecked.
 MAX_OUTSTANDING = 1024

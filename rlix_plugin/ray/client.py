@@ -45,7 +45,7 @@ from .names import NAMESPACE, ORCHESTRATOR_NAME, PROTOCOL, SCHEDULER_NAME
 from .orchestrator import ORCHESTRATOR_OPTIONS, OrchestratorActorClass
 from .scheduler_actor import SCHEDULER_OPTIONS, SchedulerActorClass
 
-log = logging.getLogger("rlix_plugin.ray")
+log = logging.getLogger(__name__)
 
 #: Longest wait for a control-plane call (describe, register, unregister, status): these never
 #: wait for GPUs, so anything longer means the actor is stuck.

@@ -28,7 +28,7 @@ from .calls import unwrap
 from .kill import kill_namespace
 from .names import HEAD_NODE_RESOURCE, NAMESPACE, SCHEDULER_NAME
 
-log = logging.getLogger("rlix_plugin.ray.orchestrator")
+log = logging.getLogger(__name__)
 
 #: Options of the orchestrator actor. Why each value:
 ORCHESTRATOR_OPTIONS: dict[str, Any] = {

@@ -41,7 +41,7 @@ from .calls import cancel_quietly
 from .kill import kill_namespace
 from .names import HEAD_NODE_RESOURCE, PROTOCOL
 
-log = logging.getLogger("rlix_plugin.ray.scheduler")
+log = logging.getLogger(__name__)
 
 #: Seconds the scheduler waits for an old coordinator to answer a ping before deciding, on
 #: re-registration of the same pipeline id, that it belongs to a dead run.

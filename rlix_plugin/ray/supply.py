@@ -24,7 +24,7 @@ from rlix_plugin.hookspecs import InvalidRequestError, SchedulerTimeoutError
 from .coordinator import CLOSED, COORDINATOR_OPTIONS, CoordinatorActor, ResizeRequest
 from .names import COORDINATOR_NAME, pipeline_namespace
 
-log = logging.getLogger("rlix_plugin.ray")
+log = logging.getLogger(__name__)
 
 #: ``run(pipeline_id, dp_ranks_to_remove, dp_ranks_to_add) -> awake ranks | None``
 ResizeHook = Callable[[str, tuple[int, ...], tuple[int, ...]], "tuple[int, ...] | None"]

@@ -41,7 +41,7 @@ from .task import reward
 if TYPE_CHECKING:
     from rlix_plugin.frontend import RlixHooks
 
-log = logging.getLogger("rlix_plugin.reference")
+log = logging.getLogger(__name__)
 
 #: Longest a serving thread sleeps on the condition before re-checking; only bounds the reaction
 #: to a lost notification, never on the normal path (every change notifies).

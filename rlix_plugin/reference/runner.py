@@ -33,7 +33,7 @@ from .task import task_offset
 from .watchdog import Watchdog
 from .workload import lower_bound
 
-log = logging.getLogger("rlix_plugin.reference")
+log = logging.getLogger(__name__)
 
 #: How long a stopped pipeline thread may take to unwind before it is reported as stuck.
 _UNWIND_S = 15.0

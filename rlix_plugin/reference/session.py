@@ -19,7 +19,7 @@ from rlix_plugin.manager import RlixPluginManager, get_plugin_manager
 
 from .scenario import Scenario
 
-log = logging.getLogger("rlix_plugin.reference")
+log = logging.getLogger(__name__)
 
 BACKENDS = ("local", "ray")
 
