@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from rlix_plugin.hookspecs import ACTOR_INFER, Grant, InvalidRequestError
 
 if TYPE_CHECKING:
-    from rlix_plugin.frontend import RlixHooks
+    from rlix_plugin.frontend import Hooks
     from rlix_plugin.hookspecs import ClusterSpec, PipelineLimits, SwitchCosts
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class PipelineSession:
 
     def __init__(
         self,
-        hooks: RlixHooks,
+        hooks: Hooks,
         *,
         pipeline_id: str,
         clusters: Mapping[str, ClusterSpec],

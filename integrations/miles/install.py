@@ -1,6 +1,6 @@
 """Wiring at init: put the hooks into miles' ``RolloutManager`` and prove they took.
 
-The seed bug was one missing call, ``rollout_manager.set_rlix_hooks(...)``: every progress call
+Failure mode F2 of docs/design.md is one missing call, ``rollout_manager.set_rlix_hooks(...)``: every progress call
 of the rollout function then went to miles' ``NoOpRLixHooks`` and nothing failed. ``install`` makes
 that call and checks its effect, in this order, failing with a clear error at the first problem
 (and undoing what it did):
@@ -51,7 +51,7 @@ from .memory import FreeMemoryCheck, check_threshold
 from .rollout_manager import CONTROL_TIMEOUT_S, ENGINE_METHODS, SET_HOOKS, ManagerProxy
 
 if TYPE_CHECKING:
-    from rlix_plugin.frontend import RlixHooks
+    from rlix_plugin.frontend import Hooks
 
     from .session import MilesSession
 
@@ -295,7 +295,7 @@ def install(
     backend: str | None = None,
     backend_options: Mapping[str, Any] | None = None,
     autoload: bool | None = None,
-    hooks: RlixHooks | None = None,
+    hooks: Hooks | None = None,
     timeout_s: float | None = None,
     demand_timeout_s: float | None = None,
     post_sleep_vram_threshold_gb: float | None = None,

@@ -11,7 +11,7 @@ gives the train loop its step hooks:
   the ``actor_train`` claim of ``before_step`` and its release in ``after_step`` / ``release_only``.
 
 Demand is refused until :func:`~.install.install` succeeded: a rollout whose progress would
-reach miles' ``NoOpRLixHooks`` is the seed bug, so forgetting the install fails at the first
+reach miles' ``NoOpRLixHooks`` is failure mode F2 of docs/design.md, so forgetting the install fails at the first
 rollout with :class:`~.errors.HooksNotInstalledError`, before anything is dispatched.
 
 Units: the miles side takes groups (``step_target`` defaults to ``rollout_batch_size``); the
@@ -34,7 +34,7 @@ from rlix_plugin.hookspecs import (
     Priority,
 )
 
-from rlix_plugin.frontend import DEFAULT_TIMEOUT_S, RlixHooks
+from rlix_plugin.frontend import DEFAULT_TIMEOUT_S, Hooks
 from rlix_plugin.session import CloseStep, PipelineSession
 
 from .errors import HooksNotInstalledError
@@ -71,7 +71,7 @@ class MilesSession(PipelineSession):
         clusters: Mapping[str, ClusterSpec],
         n_samples_per_prompt: int,
         rollout_batch_size: int,
-        hooks: RlixHooks | None = None,
+        hooks: Hooks | None = None,
         backend: str | None = None,
         backend_options: Mapping[str, Any] | None = None,
         autoload: bool | None = None,
@@ -85,7 +85,7 @@ class MilesSession(PipelineSession):
         if hooks is None:
             from rlix_plugin import get_plugin_manager
 
-            hooks = RlixHooks(get_plugin_manager(backend, backend_options=dict(options), autoload=autoload))
+            hooks = Hooks(get_plugin_manager(backend, backend_options=dict(options), autoload=autoload))
         super().__init__(hooks, pipeline_id=pipeline_id, clusters=clusters, timeout_s=timeout_s)
         self.units = units
         self.rollout_batch_size = batch

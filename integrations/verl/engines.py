@@ -33,7 +33,7 @@ from rlix_plugin.integrations.verl.weight_sync import SyncFilter, wait_all
 from rlix_plugin.supply import PipelineEngines
 
 if TYPE_CHECKING:
-    from rlix_plugin import RlixHooks
+    from rlix_plugin import Hooks
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class VerlEngines(PipelineEngines):
     interleave.
     """
 
-    def __init__(self, pipeline_id: str, hooks: RlixHooks | None = None) -> None:
+    def __init__(self, pipeline_id: str, hooks: Hooks | None = None) -> None:
         self.pipeline_id = pipeline_id
         self._hooks = hooks
         self._lock = threading.RLock()

@@ -1,7 +1,7 @@
 """One verl job's conversation with the scheduler, in verl's terms.
 
 :class:`VerlSession` is the only place the verl integration calls demand-side and lifecycle
-hooks, always through :class:`rlix_plugin.RlixHooks`. It knows nothing of verl's classes: the
+hooks, always through :class:`rlix_plugin.Hooks`. It knows nothing of verl's classes: the
 trainer tells it what happened (prompts submitted, groups finished, engines asleep) and it turns
 that into hook calls, so its order and units can be tested without verl.
 
@@ -27,7 +27,7 @@ from rlix_plugin.session import CloseStep, PipelineSession
 if TYPE_CHECKING:
     from rlix_plugin.hookspecs import ClusterSpec
 
-    from rlix_plugin import RlixHooks
+    from rlix_plugin import Hooks
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class VerlSession(PipelineSession):
 
     def __init__(
         self,
-        hooks: RlixHooks,
+        hooks: Hooks,
         *,
         pipeline_id: str,
         clusters: Mapping[str, ClusterSpec],

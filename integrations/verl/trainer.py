@@ -84,9 +84,9 @@ VERL_SYNC_MODE = "sync"
 
 def build_hooks(rlix: RlixVerlConfig) -> Any:
     """The hooks front end for this job: ``backend`` and ``address`` passed straight through."""
-    from rlix_plugin import RlixHooks, get_plugin_manager
+    from rlix_plugin import Hooks, get_plugin_manager
 
-    return RlixHooks(get_plugin_manager(rlix.backend, backend_options=rlix.backend_options()))
+    return Hooks(get_plugin_manager(rlix.backend, backend_options=rlix.backend_options()))
 
 
 def _use_progress_manager(config: Any) -> None:
@@ -113,7 +113,7 @@ class RlixPPOTrainerSync(PPOTrainerSync):
     """verl's sync PPO trainer with the rlix hook points (see the module docstring).
 
     :param config: verl's job config (``DictConfig``).
-    :param rlix_hooks: A ready :class:`rlix_plugin.RlixHooks` to call instead of building one
+    :param rlix_hooks: A ready :class:`rlix_plugin.Hooks` to call instead of building one
         from ``trainer.rlix`` (tests, embedding). Ignored when rlix is disabled.
     :raises InvalidRequestError: a bad ``trainer.rlix`` block, a GPU layout rlix cannot
         register, or ``free_cache_engine`` off (the message names the key).

@@ -42,7 +42,7 @@ from typing import Any
 from rlix_plugin.hookspecs import Grant, InvalidRequestError, SchedulerUnavailableError
 from rlix_plugin.progress import ProgressReport
 from rlix_plugin.ray.client import RlixClient, connect
-from rlix_plugin.ray.supply import ResizeServer, start_coordinator
+from rlix_plugin.ray.resize_server import ResizeServer, start_coordinator
 from rlix_plugin.scheduler.topology import PoolTopology, validate_pipeline
 
 from .hooks import SchedulerHooks

@@ -4,7 +4,7 @@ The scheduler resizes a pipeline by calling :meth:`Coordinator.resize` on its co
 engines, and the framework's ``rlix_resize_infer`` implementation that drives them, live in the
 pipeline's process, which may be a Ray driver (no actor anyone can call), an actor or a task. So
 the coordinator is a mailbox: the pipeline process long-polls it (:meth:`next_request`, served by
-:class:`rlix_plugin.ray.supply.ResizeServer`), runs the hook where the engines are, and posts the
+:class:`rlix_plugin.ray.resize_server.ResizeServer`), runs the hook where the engines are, and posts the
 result (:meth:`complete`), which answers the scheduler's call. The same code works from drivers,
 actors and tasks, and a resize costs two extra local round trips (about 2 ms).
 
@@ -220,7 +220,7 @@ class Coordinator:
 
 
 #: The actor class; create it with ``CoordinatorActor.options(**COORDINATOR_OPTIONS, name=...,
-#: namespace=...)`` (see :func:`rlix_plugin.ray.supply.start_coordinator`).
+#: namespace=...)`` (see :func:`rlix_plugin.ray.resize_server.start_coordinator`).
 CoordinatorActor = ray.remote(Coordinator)
 
 __all__ = [

@@ -39,7 +39,7 @@ from .status import PipelineStatus
 from .task import reward
 
 if TYPE_CHECKING:
-    from rlix_plugin.frontend import RlixHooks
+    from rlix_plugin.frontend import Hooks
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class EnginePool:
         self.pipeline_id = pipeline_id
         self.switch_costs = switch_costs
         self.engines = [Engine(rank, tuple(gpus)) for rank, gpus in enumerate(bundles)]
-        self.hooks: RlixHooks | None = None  # set once the pool's plugin manager exists
+        self.hooks: Hooks | None = None  # set once the pool's plugin manager exists
         self._store = store
         self._status = status
         self._seed = seed

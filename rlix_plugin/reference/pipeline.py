@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from rlix_plugin.frontend import RlixHooks
+from rlix_plugin.frontend import Hooks
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, Priority
 from rlix_plugin.session import PipelineSession
 
@@ -55,7 +55,7 @@ class ReferencePipeline:
     def __init__(
         self,
         config: PipelineConfig,
-        hooks: RlixHooks,
+        hooks: Hooks,
         pool: EnginePool,
         trainer: Trainer,
         store: WeightStore,
