@@ -114,6 +114,13 @@ class RlixClient:
         """The scheduler's full view: pipelines, allocations, open demand, progress, queue."""
         return self._wait(self.scheduler.snapshot.remote(), timeout_s, "snapshot")  # type: ignore[no-any-return]
 
+    def events(self, since: int = 0, pipeline: str | None = None, limit: int = 1000, wait_s: float = 0.0,
+               timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
+        """The decision log after ``since`` (:meth:`SchedulerActor.events
+        <rlix_plugin.ray.scheduler_actor.SchedulerActor.events>`); ``wait_s`` long-polls."""
+        ref = self.scheduler.events.remote(since, pipeline, limit, wait_s)
+        return self._wait(ref, timeout_s + wait_s, "events")  # type: ignore[no-any-return]
+
     def diagnostic(self, headline: str = "", timeout_s: float = 10.0) -> str:
         return str(wait(self.scheduler.diagnostic.remote(headline), timeout_s, "diagnostic", SCHEDULER_NAME))
 
