@@ -14,6 +14,8 @@ from rlix_plugin.scheduler.journal import describe
 
 #: Seconds of ownership history the timeline keeps and shows.
 TIMELINE_S = 180.0
+#: The shortest span the timeline shows (a page opened on a new scheduler still has a scale).
+TIMELINE_MIN_S = 20.0
 #: Decisions the page lists (newest first).
 DECISIONS_SHOWN = 40
 
@@ -39,9 +41,12 @@ class Timeline:
     def __init__(self, window_s: float = TIMELINE_S) -> None:
         self.window_s = window_s
         self.rows: list[deque[Segment]] = []
+        self.first: float | None = None
 
     def observe(self, now: float, gpus: Sequence[Mapping[str, Any]]) -> None:
         """Record the GPUs' holders and states at ``now`` (a snapshot's ``gpus``)."""
+        if self.first is None:
+            self.first = now
         while len(self.rows) < len(gpus):
             self.rows.append(deque())
         del self.rows[len(gpus):]
@@ -56,7 +61,11 @@ class Timeline:
                 row.popleft()
 
     def to_json(self, now: float) -> dict[str, Any]:
-        return {"now": round(now, 3), "window_s": self.window_s,
+        """The segments, and the span to draw: what was seen so far (at least
+        :data:`TIMELINE_MIN_S`), then the last ``window_s`` seconds, scrolling."""
+        seen = now - self.first if self.first is not None else 0.0
+        span = min(self.window_s, max(TIMELINE_MIN_S, seen))
+        return {"now": round(now, 3), "window_s": round(span, 3),
                 "rows": [[s.to_json() for s in row] for row in self.rows]}
 
 
@@ -94,7 +103,8 @@ class PoolView:
         snap = self.snapshot
         pool = snap.get("pool", {})
         per_node = pool.get("gpus_per_node") or 1
-        cells = [dict(entry, node=entry["gpu"] // per_node, label=_label(entry)) for entry in snap.get("gpus", [])]
+        cells = [dict(entry, node=entry["gpu"] // per_node, label=_label(entry), role=_role(entry))
+                 for entry in snap.get("gpus", [])]
         return {
             "version": self.version,
             "error": self.error,
@@ -120,6 +130,13 @@ def _label(entry: Mapping[str, Any]) -> str:
     return f"{entry['pipeline']} {entry['cluster']}"
 
 
+def _role(entry: Mapping[str, Any]) -> str:
+    """What the holder uses the GPU for: ``dp<rank>`` (an engine) or the stage's cluster."""
+    if entry["pipeline"] is None:
+        return ""
+    return f"dp{entry['dp_rank']}" if entry["cluster"] == ACTOR_INFER else str(entry["cluster"])
+
+
 def _pipelines(snap: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = []
     entitled = snap.get("entitled_bundles", {})
@@ -140,4 +157,4 @@ def _pipelines(snap: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["DECISIONS_SHOWN", "PoolView", "Segment", "TIMELINE_S", "Timeline"]
+__all__ = ["DECISIONS_SHOWN", "PoolView", "Segment", "TIMELINE_MIN_S", "TIMELINE_S", "Timeline"]

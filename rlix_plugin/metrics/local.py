@@ -92,6 +92,7 @@ class _Endpoint:
 _lock = threading.Lock()
 _endpoint: _Endpoint | None = None
 _serving: tuple[str, int] | None = None
+_server: Any = None
 
 
 def attach(scheduler: LocalScheduler, address: str, port: int) -> SchedulerMetrics:
@@ -100,14 +101,14 @@ def attach(scheduler: LocalScheduler, address: str, port: int) -> SchedulerMetri
     :raises RlixError: the endpoint cannot be served there (the port is taken), or the process
         already serves it elsewhere.
     """
-    global _endpoint, _serving
+    global _endpoint, _serving, _server
     with _lock:
         if _endpoint is None:
             endpoint = _Endpoint()
             registry = CollectorRegistry(auto_describe=False)
             registry.register(endpoint)  # type: ignore[arg-type]
             try:
-                start_http_server(port, addr=address, registry=registry)
+                _server, _thread = start_http_server(port, addr=address, registry=registry)
             except OSError as exc:
                 raise RlixError(f"RLIX_METRICS_PORT: cannot serve metrics on {address}:{port}: {exc}") from None
             _endpoint, _serving = endpoint, (address, port)
@@ -126,9 +127,19 @@ def detach(metrics: SchedulerMetrics) -> None:
             _endpoint.current = None
 
 
+def stop() -> None:
+    """Stop serving the process' endpoint (the next scheduler that asks starts it again)."""
+    global _endpoint, _serving, _server
+    with _lock:
+        if _server is not None:
+            _server.shutdown()
+            _server.server_close()
+        _endpoint = _serving = _server = None
+
+
 def current() -> SchedulerMetrics | None:
     """The metrics the process' endpoint shows now, if any."""
     return _endpoint.current if _endpoint is not None else None
 
 
-__all__ = ["SchedulerMetrics", "attach", "current", "detach", "render"]
+__all__ = ["SchedulerMetrics", "attach", "current", "detach", "render", "stop"]

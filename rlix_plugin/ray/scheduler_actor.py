@@ -251,6 +251,8 @@ class SchedulerActor:
         snap["scheduler"] = {
             "protocol": PROTOCOL,
             "node_id": ray.get_runtime_context().get_node_id(),
+            # The WorkerId label of this scheduler's series on Ray's metrics endpoint.
+            "worker_id": ray.get_runtime_context().get_worker_id(),
             "uptime_s": round(time.time() - self._started_at, 3),
             "resize_timeout_s": self._service.resize_timeout_s,
         }

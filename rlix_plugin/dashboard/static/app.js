@@ -41,7 +41,8 @@ function drawGrid(state) {
       "data-gpu": gpu.gpu, "data-pipeline": gpu.pipeline || "", "data-cluster": gpu.cluster || "",
       "data-dp-rank": gpu.dp_rank === null ? "" : gpu.dp_rank, "data-state": gpu.state,
       title: `GPU ${gpu.gpu}: ${gpu.label} (${STATE_TEXT[gpu.state] || gpu.state})`,
-    }, el("span", {class: "gpu-id"}, `GPU ${gpu.gpu}`), el("span", {class: "holder"}, gpu.label),
+    }, el("span", {class: "gpu-id"}, `GPU ${gpu.gpu}`),
+       el("span", {class: "holder"}, gpu.pipeline || "idle", el("span", {class: "role"}, gpu.role)),
        el("span", {class: "gpu-state"}, STATE_TEXT[gpu.state] || gpu.state)));
     out.push(el("div", {class: "node", "data-node": node}, el("div", {class: "node-title"}, `node ${node}`),
                 el("div", {class: "node-gpus"}, ...cells)));
@@ -65,6 +66,7 @@ function drawDemand(state) {
 
 function drawDecisions(state) {
   const items = state.decisions.map((d) => el("li", {"data-seq": d.seq, "data-kind": d.kind},
+    el("span", {class: "when"}, new Date(d.t * 1000).toLocaleTimeString()),
     el("span", {class: `kind kind-${d.kind}`}, d.kind), d.text.replace(/^\S+ #\d+\s+\S+\s+/, "")));
   document.getElementById("decisions").replaceChildren(...items);
 }
@@ -101,11 +103,13 @@ function drawTimeline(state) {
     }
   });
   const axisY = timeline.rows.length * rowH + 14;
-  for (let ago = 0; ago <= timeline.window_s; ago += 30) {
-    add("text", {x: x(timeline.now - ago) - 12, y: axisY}, ago === 0 ? "now" : `-${ago}s`);
+  const step = [1, 2, 5, 10, 15, 30, 60].find((s) => timeline.window_s / s <= 8) || 60;
+  for (let ago = 0; ago <= timeline.window_s; ago += step) {
+    add("text", {x: x(timeline.now - ago), y: axisY, "text-anchor": ago === 0 ? "end" : "middle"},
+        ago === 0 ? "now" : `-${ago}s`);
   }
   document.getElementById("timeline").replaceChildren(svg);
-  document.getElementById("timeline-window").textContent = `(last ${timeline.window_s}s)`;
+  document.getElementById("timeline-window").textContent = `(last ${Math.round(timeline.window_s)}s)`;
 }
 
 function draw(state) {
