@@ -9,9 +9,10 @@ from typing import Any
 
 @contextmanager
 def scheduler_client(address: str) -> Iterator[Any]:
-    """The :class:`~rlix_plugin.ray.client.RlixClient` of the cluster at ``address``; an operator
-    looking must not start a scheduler, so a cluster without one is an error. Ray is shut down
-    afterwards if this process connected only for the command (the cluster keeps running)."""
+    """The :class:`~rlix_plugin.ray.client.RlixClient` of the cluster at ``address``. An operator
+    looking must change nothing: a cluster without a scheduler, or with one of another protocol,
+    is an error (never started, never replaced). Ray is shut down afterwards if this process
+    connected only for the command (the cluster keeps running)."""
     import ray
 
     from rlix_plugin.ray.client import connect
@@ -19,7 +20,7 @@ def scheduler_client(address: str) -> Iterator[Any]:
     started_ray = not ray.is_initialized()
     init_options = {"logging_level": "ERROR", "log_to_driver": False} if started_ray else None
     try:
-        yield connect(address, create_if_missing=False, init_options=init_options)
+        yield connect(address, create_if_missing=False, init_options=init_options, replace_stale=False)
     finally:
         if started_ray:
             ray.shutdown()

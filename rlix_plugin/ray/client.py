@@ -306,6 +306,7 @@ def connect(
     operator: str | None = None,
     fence_grace_s: float | None = None,
     liveness_timeout_s: float | None = None,
+    replace_stale: bool = True,
 ) -> RlixClient:
     """Attach to (or start) Ray and the rlix actors; return a :class:`RlixClient`.
 
@@ -329,8 +330,11 @@ def connect(
         30 s) before it reclaims them.
     :param liveness_timeout_s: How long a new scheduler waits for a pipeline process's heartbeat
         (its resize poll) before it fences the pipeline as unresponsive (default 60 s).
+    :param replace_stale: Replace an idle scheduler that speaks an older protocol (it cannot be
+        used anyway). ``False`` for a caller that only reads: such a scheduler is then an error
+        and the cluster is left as it is.
     :raises SchedulerUnavailableError: no Ray cluster, or no scheduler and ``create_if_missing``
-        is False.
+        is False, or a scheduler of another protocol and ``replace_stale`` is False.
     :raises InvalidRequestError: a running scheduler differs from the explicit options (the
         message names both settings); a cluster without GPUs and no ``num_gpus``.
     :raises NotPipelineOwnerError: ``replace`` with a wrong operator credential.
@@ -359,6 +363,12 @@ def connect(
             mismatch = _mismatch(info, wanted)
             if not mismatch:
                 break
+            if not replace_stale:
+                raise SchedulerUnavailableError(
+                    "the rlix scheduler on this cluster differs from this client ("
+                    + ", ".join(f"{k}: running {have!r}, this client {want!r}" for k, (have, want) in mismatch.items())
+                    + "); left as it is"
+                )
             _replace(scheduler, info, mismatch, operator_token(operator) if replace else None)
         else:
             raise SchedulerUnavailableError("could not start or reach the rlix scheduler (3 attempts)")

@@ -50,6 +50,7 @@ from .observe import ObserverBase
 from .plan import Plan
 from .state import Event, Fenced, ReleaseDone, ResizeAction, ResizeOutcome, Satisfied, SchedulerState
 from .topology import cluster_id
+from .trigger import PROGRESS
 
 #: Decisions a journal keeps by default (the oldest are dropped first).
 DECISIONS_KEPT = 10_000
@@ -183,6 +184,8 @@ class Journal(ObserverBase):
     # -- the observer -------------------------------------------------------------------------------
 
     def changed(self, event: str, pipeline_id: str | None) -> None:
+        if event == PROGRESS:
+            return  # a progress report opens and retires nothing (an end that retires is its own event)
         state = self.state
         for pid in sorted(set(state.pipelines) - self._pipelines):
             spec = state.pipelines[pid]

@@ -85,7 +85,7 @@ def _engines(infer: Mapping[str, Any], mine: Sequence[Record], now: float) -> st
                              ("sleeping_dp_ranks", "falling asleep", (PREEMPT, DONATE, SLEEP))):
         ranks = infer.get(key, [])
         if ranks:
-            parts.append(f"engines dp {ranks} {what}" + _causes(ranks, mine, kinds, now, "decided"))
+            parts.append(f"engines dp {ranks} {what}" + _causes(ranks, mine, kinds, now, "since"))
     return "; ".join(parts)
 
 
@@ -100,7 +100,8 @@ def _lost(infer: Mapping[str, Any], mine: Sequence[Record], now: float) -> str:
 
 
 def _causes(ranks: Sequence[int], mine: Sequence[Record], kinds: tuple[str, ...], now: float, verb: str) -> str:
-    """``; dp [..] <verb> Ns ago: <reason>`` for the ranks, grouped by the decision that covers them."""
+    """``; dp [..] woke Ns ago: <reason>`` (``verb`` "woke") or ``; dp [..] for Ns: <reason>`` (a
+    transition under way) for the ranks, grouped by the decision that covers them."""
     groups: dict[int, list[int]] = {}
     found: dict[int, Record] = {}
     for rank in ranks:
@@ -114,7 +115,8 @@ def _causes(ranks: Sequence[int], mine: Sequence[Record], kinds: tuple[str, ...]
     for seq, group in sorted(groups.items()):
         d = found[seq]
         source = f" from {d['detail']['from']}" if d.get("detail", {}).get("from") else ""
-        texts.append(f"dp {group} {verb} {_ago(now, d['t'])} ago: {d['reason'] or 'no reason recorded'}{source}")
+        when = f"woke {_ago(now, d['t'])} ago" if verb == "woke" else f"for {_ago(now, d['t'])}"
+        texts.append(f"dp {group} {when}: {d['reason'] or 'no reason recorded'}{source}")
     return "; " + "; ".join(texts)
 
 

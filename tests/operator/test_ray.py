@@ -85,9 +85,14 @@ def quiet(client: Any) -> None:
     wait_until(lambda: client.snapshot()["moves_in_flight"] == 0, 20, "no move in flight")
 
 
-def cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rlix_plugin.cli", *args], capture_output=True, text=True,
-                          timeout=timeout_s)
+def command(context: Any, *args: str) -> list[str]:
+    """``rlix-plugin ARGS`` on this module's cluster (named: ``auto`` could find another one on a
+    shared machine)."""
+    return [sys.executable, "-m", "rlix_plugin.cli", *args, "--address", context.address_info["address"]]
+
+
+def cli(context: Any, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command(context, *args), capture_output=True, text=True, timeout=timeout_s)
 
 
 def training_pipeline(pid: str, train: tuple[int, ...], infer: tuple[int, ...] = (0, 1, 2, 3)):
@@ -157,17 +162,17 @@ def test_rays_endpoint_shows_the_snapshot_and_the_log(cluster):
 
 
 def test_events_follows_the_log_and_why_explains_a_pipeline(cluster):
-    _, client = cluster
+    context, client = cluster
     hooks, _ = training_pipeline("p4", (0, 1))
     try:
         quiet(client)
-        out = cli("events", "--json", "--pipeline", "p4")
+        out = cli(context, "events", "--json", "--pipeline", "p4")
         assert out.returncode == 0, out.stderr
         assert [json.loads(line) for line in out.stdout.splitlines()] == client.events(0, "p4")["decisions"]
-        text = cli("events", "--last", "2")
+        text = cli(context, "events", "--last", "2")
         assert text.returncode == 0 and len(text.stdout.splitlines()) == 2 and "p4" in text.stdout
-        follower = subprocess.Popen([sys.executable, "-m", "rlix_plugin.cli", "events", "--follow", "--last", "1",
-                                     "--count", "4", "--json"], stdout=subprocess.PIPE, text=True)
+        follower = subprocess.Popen(command(context, "events", "--follow", "--last", "1", "--count", "4", "--json"),
+                                    stdout=subprocess.PIPE, text=True)
         try:
             first = json.loads(follower.stdout.readline())  # it prints the newest decision, then follows
             assert first["seq"] == client.events(0)["last"]
@@ -183,12 +188,12 @@ def test_events_follows_the_log_and_why_explains_a_pipeline(cluster):
         assert (followed[0]["kind"], followed[0]["pipeline"]) == ("register", "p5")
         late.release(pipeline_id="p5", cluster=ACTOR_INFER)
         late.unregister_pipeline(pipeline_id="p5", reason="test over")
-        why = cli("status", "--why", "p4")
+        why = cli(context, "status", "--why", "p4")
         assert why.returncode == 0, why.stderr
         paragraph = why.stdout.strip()
         assert "\n" not in paragraph and paragraph.startswith("p4 holds actor_train on GPUs [0, 1] (priority 1")
         assert "Its open demand is 16 samples" in paragraph
-        ghost = cli("status", "--why", "ghost")
+        ghost = cli(context, "status", "--why", "ghost")
         assert ghost.returncode == 2 and len(ghost.stderr.strip().splitlines()) == 1
         assert "'ghost' is not registered" in ghost.stderr and "p4" in ghost.stderr
     finally:
@@ -197,16 +202,21 @@ def test_events_follows_the_log_and_why_explains_a_pipeline(cluster):
 
 @pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 def test_the_dashboard_page_shows_the_pool_in_a_real_browser(cluster, tmp_path):
-    _, client = cluster
+    context, client = cluster
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "rlix_plugin.cli", "dashboard", "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    errors = (tmp_path / "dashboard.err").open("w")
+    server = subprocess.Popen(command(context, "dashboard", "--port", str(port)),
+                              stdout=subprocess.PIPE, stderr=errors, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in server.stdout], daemon=True).start()
     trainer = waiter = None
     blocked = threading.Thread()
     try:
-        assert lines.get(timeout=60).startswith(f"rlix dashboard: http://127.0.0.1:{port}/")
+        try:
+            first = lines.get(timeout=60)
+        except queue.Empty:
+            raise AssertionError(f"the dashboard did not start: {(tmp_path / 'dashboard.err').read_text()}") from None
+        assert first.startswith(f"rlix dashboard: http://127.0.0.1:{port}/")
         # Some history for the timeline: two short runs sharing node 0 and node 1.
         warmups = [spawn("ray", {}, "train", (0, 1), rollouts=3, infer=(0, 1, 2, 3, 4, 5, 6, 7)),
                    spawn("ray", {}, "roll", (4, 5), rollouts=3, infer=(4, 5, 6, 7))]
@@ -260,6 +270,7 @@ def test_the_dashboard_page_shows_the_pool_in_a_real_browser(cluster, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+        errors.close()
         if waiter is not None:
             waiter.plugin_manager.get_plugin("engines-late").release_wakes.set()
             blocked.join(30)
