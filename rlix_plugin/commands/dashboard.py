@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     port = check.integer(args.port, "--port", 0, 65535)
     duration = check.timeout(args.duration, "--duration") if args.duration is not None else None
     with scheduler_client(args.address) as client:
-        server = DashboardServer(RaySource(client), port=port)
+        server = DashboardServer(RaySource(client, args.address), port=port)
         try:
             print(f"rlix dashboard: {server.url} (Ctrl-C to stop)", flush=True)
             threading.Event().wait(duration)  # serve until interrupted, or for --duration

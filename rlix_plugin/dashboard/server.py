@@ -75,7 +75,12 @@ class DashboardServer:
         """Read the source once and update the view (a failure is shown on the page)."""
         now = time.time()
         try:
-            decisions = self.source.decisions(self._since)
+            decisions, last = self.source.decisions(self._since)
+            if last < self._since:  # another scheduler, another log: read it from its start
+                self._since = 0
+                decisions, last = self.source.decisions(0)
+                with self._lock:
+                    self.view.new_log()
             snapshot = self.source.snapshot()
         except Exception as exc:  # the scheduler may be gone or slow: say so, keep serving
             with self._lock:

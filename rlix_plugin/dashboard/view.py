@@ -93,6 +93,10 @@ class PoolView:
         self.updated_at = now
         self.version += 1
 
+    def new_log(self) -> None:
+        """The scheduler's log is another one (a new scheduler): forget the old decisions."""
+        self.decisions.clear()
+
     def failed(self, now: float, error: str) -> None:
         """The scheduler did not answer: the page keeps the last state and says so."""
         self.error = error

@@ -91,6 +91,25 @@ def test_a_scheduler_that_stops_answering_is_shown_not_fatal(scheduler):
         server.close()
 
 
+def test_a_new_scheduler_is_read_from_the_start_of_its_log(scheduler):
+    busy = hooks_on("local", {"scheduler": scheduler}, SlowEngines("p1"))
+    busy.register_pipeline(pipeline_id="p1", clusters=clusters((0, 1)))
+    busy.signal_demand(pipeline_id="p1", rollout_id=0, step_target=8, timeout_s=10)
+    source = LocalSource(scheduler)
+    server = DashboardServer(source, port=0, poll_s=0.05)
+    fresh = LocalScheduler(4, 4)
+    try:
+        assert len(server.state()["decisions"]) >= 4
+        source.scheduler = fresh  # the scheduler was replaced: its log starts again at 1
+        hooks = hooks_on("local", {"scheduler": fresh}, SlowEngines("p9"))
+        hooks.register_pipeline(pipeline_id="p9", clusters=clusters((0, 1)))
+        wait_until(lambda: [(d["seq"], d["pipeline"]) for d in server.state()["decisions"]] == [(1, "p9")], 10,
+                   "the page to show the new scheduler's log")
+    finally:
+        server.close()
+        fresh.close()
+
+
 def test_the_port_must_be_free(scheduler):
     first = DashboardServer(LocalSource(scheduler), port=0)
     try:

@@ -137,6 +137,9 @@ def test_a_fence_records_the_failure_and_what_it_cancelled(scheduler):
     retired = of(decisions, "demand_retire", "p3")
     assert retired and retired[0]["reason"].startswith("fenced: ")
     assert not of(decisions, "awake", "p3"), "a failed wake is not recorded as done"
+    why = explain(scheduler.snapshot(), decisions, "p3", time.time())
+    assert "It has no open demand" in why and "It is fenced (wake of DP ranks" in why
+    assert "engine exploded while loading weights" in why
 
 
 def test_the_log_is_bounded_and_read_by_number():

@@ -22,6 +22,8 @@ import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 
+from rlix_plugin.dashboard.server import DashboardServer
+from rlix_plugin.dashboard.sources import RaySource
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, Priority
 from rlix_plugin.metrics import catalog
 from rlix_plugin.ray.client import connect
@@ -295,12 +297,21 @@ def test_the_grafana_queries_work_on_rays_endpoint(cluster, tmp_path):
             run.finish(60)
 
 
-def test_a_new_scheduler_on_the_cluster_counts_a_restart(cluster):
+def test_a_new_scheduler_on_the_cluster_counts_a_restart_and_the_page_follows_it(cluster):
     context, client = cluster
     before = ray_series(context, client.snapshot()["scheduler"]["worker_id"]).get(
         "rlix_scheduler_restarts_total", {}).get((), 0.0)
-    reset_rlix()
-    fresh = connect(**POOL)
-    worker = fresh.snapshot()["scheduler"]["worker_id"]
-    wait_until(lambda: ray_series(context, worker).get("rlix_scheduler_restarts_total") == {(): before + 1}, 30,
-               "the new scheduler's restart count")
+    page = DashboardServer(RaySource(client, context.address_info["address"]), port=0, poll_s=0.1)
+    try:
+        reset_rlix()
+        fresh = connect(**POOL)
+        worker = fresh.snapshot()["scheduler"]["worker_id"]
+        wait_until(lambda: ray_series(context, worker).get("rlix_scheduler_restarts_total") == {(): before + 1}, 30,
+                   "the new scheduler's restart count")
+        hooks = hooks_on("ray", {}, SlowEngines("r1"))
+        hooks.register_pipeline(pipeline_id="r1", clusters=clusters((0, 1)))
+        wait_until(lambda: [(d["seq"], d["pipeline"]) for d in page.state()["decisions"]] == [(1, "r1")]
+                   and page.state()["error"] is None, 30, "the page reading the new scheduler from its start")
+        hooks.unregister_pipeline(pipeline_id="r1", reason="test over")
+    finally:
+        page.close()
