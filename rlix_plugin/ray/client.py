@@ -115,6 +115,13 @@ class RlixClient:
         """The scheduler's full view: pipelines, allocations, open demand, progress, queue."""
         return self._wait(self.scheduler.snapshot.remote(), timeout_s, "snapshot")  # type: ignore[no-any-return]
 
+    def events(self, since: int = 0, pipeline: str | None = None, limit: int = 1000, wait_s: float = 0.0,
+               timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
+        """The decision log after ``since`` (:meth:`SchedulerActor.events
+        <rlix_plugin.ray.scheduler_actor.SchedulerActor.events>`); ``wait_s`` long-polls."""
+        ref = self.scheduler.events.remote(since, pipeline, limit, wait_s)
+        return self._wait(ref, timeout_s + wait_s, "events")  # type: ignore[no-any-return]
+
     def diagnostic(self, headline: str = "", timeout_s: float = 10.0) -> str:
         return str(wait(self.scheduler.diagnostic.remote(headline), timeout_s, "diagnostic", SCHEDULER_NAME))
 
@@ -300,6 +307,7 @@ def connect(
     operator: str | None = None,
     fence_grace_s: float | None = None,
     liveness_timeout_s: float | None = None,
+    replace_stale: bool = True,
 ) -> RlixClient:
     """Attach to (or start) Ray and the rlix actors; return a :class:`RlixClient`.
 
@@ -323,8 +331,11 @@ def connect(
         30 s) before it reclaims them.
     :param liveness_timeout_s: How long a new scheduler waits for a pipeline process's heartbeat
         (its resize poll) before it fences the pipeline as unresponsive (default 60 s).
+    :param replace_stale: Replace an idle scheduler that speaks an older protocol (it cannot be
+        used anyway). ``False`` for a caller that only reads: such a scheduler is then an error
+        and the cluster is left as it is.
     :raises SchedulerUnavailableError: no Ray cluster, or no scheduler and ``create_if_missing``
-        is False.
+        is False, or a scheduler of another protocol and ``replace_stale`` is False.
     :raises InvalidRequestError: a running scheduler differs from the explicit options (the
         message names both settings); a cluster without GPUs and no ``num_gpus``.
     :raises NotPipelineOwnerError: ``replace`` with a wrong operator credential.
@@ -353,6 +364,12 @@ def connect(
             mismatch = _mismatch(info, wanted)
             if not mismatch:
                 break
+            if not replace_stale:
+                raise SchedulerUnavailableError(
+                    "the rlix scheduler on this cluster differs from this client ("
+                    + ", ".join(f"{k}: running {have!r}, this client {want!r}" for k, (have, want) in mismatch.items())
+                    + "); left as it is"
+                )
             _replace(scheduler, info, mismatch, operator_token(operator) if replace else None)
         else:
             raise SchedulerUnavailableError("could not start or reach the rlix scheduler (3 attempts)")

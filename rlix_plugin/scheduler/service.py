@@ -53,6 +53,7 @@ from rlix_plugin.arguments import timeout as check_timeout
 from .core import SchedulerCore
 from .executor import ResizeExecutor, Resizer
 from .leases import Leases
+from .observe import SchedulerObserver
 from .policy import DEFAULT_POLICY, Policy
 from .report import diagnostic, snapshot
 from .state import Fenced, ReleaseDone, ResizeAction, Satisfied
@@ -116,6 +117,7 @@ class SchedulerService:
         self._waiters: dict[str, asyncio.Future[Grant]] = {}
         self._release_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._listeners: list[Listener] = []
+        self._observers: list[SchedulerObserver] = []
         self._resizes: set[asyncio.Task[None]] = set()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -152,6 +154,11 @@ class SchedulerService:
         """``listener(event, service)`` after every change (``register``, ``request``,
         ``release``, ``progress``, ``commit``, ``unregister``); for traces and the watchdog."""
         self._listeners.append(listener)
+
+    def add_observer(self, observer: SchedulerObserver) -> None:
+        """Tell ``observer`` every committed change (:mod:`.observe`): the decision log and the
+        metrics are observers."""
+        self._observers.append(observer)
 
     # -- pipelines --------------------------------------------------------------------------------
 
@@ -196,6 +203,7 @@ class SchedulerService:
             self._remove(pipeline_id, reason)
 
     def _remove(self, pipeline_id: str, reason: str) -> None:
+        self._observe("removing", pipeline_id, reason)
         cancelled = self.state.unregister(pipeline_id)
         self.leases.drop(pipeline_id)
         self.preempt_reports.pop(pipeline_id, None)
@@ -350,6 +358,7 @@ class SchedulerService:
             "preempt_reports": dict(self.preempt_reports),
             "reclaimed": dict(self.reclaimed),
             "draining": self.draining,
+            "entitled_bundles": dict(sorted(self.core.targets.items())),
         })
 
     def diagnostic(self, headline: str = "") -> str:
@@ -417,11 +426,19 @@ class SchedulerService:
     def _changed(self, event: str, pipeline_id: str | None = None) -> None:
         if self.core.note(event, pipeline_id):
             self._kick()
+        self._observe("changed", event, pipeline_id)
         for listener in self._listeners:
             try:
                 listener(event, self)
             except Exception:  # a broken observer must not break scheduling
                 log.exception("scheduler listener failed on %s", event)
+
+    def _observe(self, call: str, *args: Any) -> None:
+        for observer in self._observers:
+            try:
+                getattr(observer, call)(*args)
+            except Exception:  # a broken observer must not break scheduling
+                log.exception("scheduler observer failed on %s", call)
 
     def _kick(self) -> None:
         if self._wakeup is not None:
@@ -442,7 +459,11 @@ class SchedulerService:
                 # One pass plans and starts moves, never waits for an engine.
                 # A pass that started no call and answered nobody changed nothing a second pass
                 # would see differently: planning again at once would only spin.
-                if self.core.plan() is not None and self._dispatch():
+                due, started = self.core.dirty, time.perf_counter()
+                plan = self.core.plan()
+                if due:
+                    self._observe("planned", plan, time.perf_counter() - started)
+                if plan is not None and self._dispatch():
                     self._changed("commit")
             except Exception as exc:  # keep serving; every waiter learns what broke
                 log.exception("planning pass failed")
@@ -452,6 +473,8 @@ class SchedulerService:
         """Start the resize calls the state asks for, and answer what it says is decided. True
         if there was anything to do."""
         actions, events = self.state.take_actions(), self.state.take_events()
+        if events:
+            self._observe("answered", events)
         for action in actions:
             task = asyncio.get_running_loop().create_task(self._resize(action), name=f"rlix-resize-{action.pipeline_id}")
             self._resizes.add(task)
@@ -508,6 +531,7 @@ class SchedulerService:
         if self._closed:
             return
         self.core.resized(action, outcome)
+        self._observe("resized", action, outcome)
         self._dispatch()
         self._changed("commit")
 

@@ -18,10 +18,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("contract", ("rlix_plugin.hookspecs",)),
     ("base", ("rlix_plugin.arguments", "rlix_plugin.supply", "rlix_plugin.progress", "rlix_plugin.backends.port")),
     ("scheduler core", ("rlix_plugin.scheduler",)),
-    ("transports", ("rlix_plugin.backends", "rlix_plugin.ray")),
+    ("transports", ("rlix_plugin.backends", "rlix_plugin.ray", "rlix_plugin.metrics")),
     ("front end", ("rlix_plugin", "rlix_plugin.manager", "rlix_plugin.frontend", "rlix_plugin.session")),
     ("integrations", ("rlix_plugin.integrations", "rlix_plugin.testing")),
-    ("applications", ("rlix_plugin.reference", "rlix_plugin.simulate")),
+    ("applications", ("rlix_plugin.reference", "rlix_plugin.simulate", "rlix_plugin.dashboard")),
     ("commands", ("rlix_plugin.commands", "rlix_plugin.cli")),
 ]
 
