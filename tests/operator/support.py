@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from rlix_plugin import RlixHooks, get_plugin_manager, hookimpl
+from rlix_plugin import Hooks, get_plugin_manager, hookimpl
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, PipelineGoneError, Priority
 from rlix_plugin.metrics import report_weight_sync
 
@@ -58,10 +58,10 @@ def clusters(train: tuple[int, ...], infer: tuple[int, ...] = (0, 1, 2, 3)) -> d
     return {ACTOR_TRAIN: ClusterSpec(len(train), train), ACTOR_INFER: ClusterSpec(1, infer)}
 
 
-def hooks_on(backend: str, options: Mapping[str, Any], engines: SlowEngines) -> RlixHooks:
+def hooks_on(backend: str, options: Mapping[str, Any], engines: SlowEngines) -> Hooks:
     pm = get_plugin_manager(backend, backend_options=dict(options), autoload=False)
     pm.register(engines, name=f"engines-{engines.pipeline_id}")
-    return RlixHooks(pm)
+    return Hooks(pm)
 
 
 class Pipeline(threading.Thread):
@@ -69,7 +69,7 @@ class Pipeline(threading.Thread):
     samples from the awake engines), each followed by training on its fixed mapping and a weight
     sync report; unregister at the end. Runs ``rollouts`` rollouts, or until :attr:`stop` is set."""
 
-    def __init__(self, hooks: RlixHooks, engines: SlowEngines, train: tuple[int, ...], *, rollouts: int | None = None,
+    def __init__(self, hooks: Hooks, engines: SlowEngines, train: tuple[int, ...], *, rollouts: int | None = None,
                  step_target: int = 12, tick_s: float = 0.01, train_s: float = 0.05,
                  infer: tuple[int, ...] = (0, 1, 2, 3)) -> None:
         super().__init__(name=f"pipeline-{engines.pipeline_id}", daemon=True)
