@@ -161,7 +161,7 @@ class EngineChannel:
         it waits for whatever the actor is running, with ``timeout_s``)."""
         import ray
 
-        mailbox = ray.remote(EngineMailbox).options(num_cpus=0, max_restarts=0).remote(manager.pipeline_id)
+        mailbox: Any = ray.remote(EngineMailbox).options(num_cpus=0, max_restarts=0).remote(manager.pipeline_id)
         try:
             where = manager.run_inside(serve_engine_calls, mailbox, manager.pipeline_id, timeout_s=timeout_s)
         except BaseException:

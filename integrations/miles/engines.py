@@ -267,7 +267,7 @@ class MilesEngines(PipelineEngines):
     def __repr__(self) -> str:
         return f"MilesEngines(pipeline_id={self.pipeline_id!r}, engines={list(self.engines)})"
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[int, int]:
         """DP rank -> engine index, for logs."""
         return {rank: engine for rank, engine in enumerate(self.engines)}
 

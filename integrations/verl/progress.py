@@ -54,7 +54,7 @@ class GroupProgressMixin:
 
     async def _run_prompt(self, prompt: dict, sampling_params: dict, trajectory: dict, trace: bool = False) -> None:
         # Read before verl pops __rollout_n__ from the prompt.
-        n = int(prompt.get("__rollout_n__", self.config.actor_rollout_ref.rollout.n))  # type: ignore[attr-defined]
+        n = int(prompt.get("__rollout_n__", self.config.actor_rollout_ref.rollout.n))  # type: ignore[attr-defined,arg-type]
         uid = prompt.get("uid")
         try:
             await super()._run_prompt(prompt, sampling_params, trajectory, trace)  # type: ignore[misc]

@@ -172,7 +172,7 @@ class RlixPPOTrainerSync(PPOTrainerSync):
                 self._setup()
             finally:
                 self._rlix.release(ACTOR_TRAIN)
-            self._rlix_engines.bind(VerlRollout.from_trainer(self))
+            self._engines.bind(VerlRollout.from_trainer(self))
             self.rlix_weight_version = int(self.global_steps)
             self.on_init_end()
         except BaseException as exc:
@@ -244,7 +244,7 @@ class RlixPPOTrainerSync(PPOTrainerSync):
             return super().on_sample_end()
         self._rlix_flush_progress()
         # verl's sync sleep, through the supply side so it knows which replicas are awake.
-        self._rlix_engines.sleep_all()
+        self._engines.sleep_all()
         if self.curr_step_profile:
             self._stop_rollout_profiling()
         self._rlix.end_rollout()
@@ -265,13 +265,19 @@ class RlixPPOTrainerSync(PPOTrainerSync):
 
     # -- helpers ----------------------------------------------------------------------------------
 
+    @property
+    def _engines(self) -> VerlEngines:
+        """The supply side; only called while rlix is enabled (it exists from ``__init__`` on)."""
+        assert self._rlix_engines is not None, "rlix is not enabled for this trainer"
+        return self._rlix_engines
+
     def _rlix_wake(self, grant: Grant) -> None:
         if grant.scheduled:
             # The scheduler woke the granted ranks through rlix_resize_infer before answering.
-            if not self._rlix_engines.awake:
+            if not self._engines.awake:
                 log.warning("rlix: demand granted with dp ranks %s but no replica is awake", list(grant.dp_ranks))
             return
-        self._rlix_engines.wake_all()
+        self._engines.wake_all()
 
     def _rlix_flush_progress(self) -> None:
         flush = getattr(getattr(self, "agent_loop_manager", None), "rlix_flush", None)
@@ -280,11 +286,13 @@ class RlixPPOTrainerSync(PPOTrainerSync):
 
     def _rlix_open(self) -> None:
         """Register the pipeline and the engines that answer its resizes (idempotent)."""
-        pm = self._rlix.hooks.plugin_manager
+        session = self._rlix
+        assert session is not None, "rlix is not enabled for this trainer"
+        pm = session.hooks.plugin_manager
         if self._rlix_plugin_name is None:
             # The backend calls rlix_resize_infer on this manager; the engines must answer there.
-            self._rlix_plugin_name = pm.register(self._rlix_engines, name=f"rlix-verl-engines-{self._rlix.pipeline_id}")
-        self._rlix.register()
+            self._rlix_plugin_name = pm.register(self._engines, name=f"rlix-verl-engines-{session.pipeline_id}")
+        session.register()
 
     def _rlix_close(self, reason: str) -> None:
         if self._rlix is None:

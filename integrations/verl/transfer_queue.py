@@ -85,7 +85,7 @@ def install() -> bool:
         (a version this integration was not written for).
     """
     try:
-        modules = {name: importlib.import_module(name) for name in NAMED_ACTORS}
+        modules: dict[str, Any] = {name: importlib.import_module(name) for name in NAMED_ACTORS}
     except ImportError:
         return False
     for name, module in modules.items():

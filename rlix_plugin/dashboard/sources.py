@@ -25,7 +25,7 @@ class RaySource:
         self.timeout_s = timeout_s
 
     def snapshot(self) -> dict[str, Any]:
-        return self._call(lambda client: client.snapshot(timeout_s=self.timeout_s))  # type: ignore[no-any-return]
+        return self._call(lambda client: client.snapshot(timeout_s=self.timeout_s))
 
     def decisions(self, since: int) -> tuple[list[dict[str, Any]], int]:
         page = self._call(lambda client: client.events(since, limit=1000, timeout_s=self.timeout_s))
@@ -51,7 +51,7 @@ class LocalSource:
         self.scheduler = scheduler
 
     def snapshot(self) -> dict[str, Any]:
-        return self.scheduler.snapshot()  # type: ignore[no-any-return]
+        return self.scheduler.snapshot()
 
     def decisions(self, since: int) -> tuple[list[dict[str, Any]], int]:
         scheduler = self.scheduler

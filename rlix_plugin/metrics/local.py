@@ -57,18 +57,21 @@ def render(snapshot: dict[str, Any], tally: Tally, started_at: float, restarts: 
     for spec in m.METRICS:
         labels = list(spec.labels)
         if spec.kind == m.GAUGE:
-            family: Metric = GaugeMetricFamily(spec.name, spec.help, labels=labels)
+            gauge = GaugeMetricFamily(spec.name, spec.help, labels=labels)
             for key, value in sorted(gauges.get(spec.name, {}).items()):
-                family.add_metric(list(key), value)
+                gauge.add_metric(list(key), value)
+            family: Metric = gauge
         elif spec.kind == m.COUNTER:
-            family = CounterMetricFamily(spec.name, spec.help, labels=labels)
+            counter = CounterMetricFamily(spec.name, spec.help, labels=labels)
             for key, value in sorted(counters.get(spec.name, {}).items()):
-                family.add_metric(list(key), value)
+                counter.add_metric(list(key), value)
+            family = counter
         else:
-            family = HistogramMetricFamily(spec.name, spec.help, labels=labels)
+            histogram = HistogramMetricFamily(spec.name, spec.help, labels=labels)
             for key, hist in sorted(tally.histograms.get(spec.name, {}).items()):
                 bounds = [floatToGoString(b) for b in spec.buckets] + ["+Inf"]
-                family.add_metric(list(key), list(zip(bounds, hist.cumulative())), hist.sum)
+                histogram.add_metric(list(key), list(zip(bounds, hist.cumulative())), hist.sum)
+            family = histogram
         families.append(family)
     return families
 
@@ -106,7 +109,7 @@ def attach(scheduler: LocalScheduler, address: str, port: int) -> SchedulerMetri
         if _endpoint is None:
             endpoint = _Endpoint()
             registry = CollectorRegistry(auto_describe=False)
-            registry.register(endpoint)  # type: ignore[arg-type]
+            registry.register(endpoint)
             try:
                 _server, _thread = start_http_server(port, addr=address, registry=registry)
             except OSError as exc:

@@ -60,7 +60,7 @@ def start_coordinator(pipeline_id: str, is_registered: Callable[[str], bool], re
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         try:
-            handle = CoordinatorActor.options(
+            handle: Any = CoordinatorActor.options(
                 name=COORDINATOR_NAME, namespace=namespace, scheduling_strategy=here, **COORDINATOR_OPTIONS
             ).remote(pipeline_id, namespace, resize_token)
         except ValueError:  # the name is taken

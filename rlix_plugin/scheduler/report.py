@@ -27,9 +27,9 @@ def snapshot(state: SchedulerState, extra: dict[str, Any] | None = None) -> dict
                              sleeping_dp_ranks=sorted(alloc.sleeping) if alloc else [],
                              dp_size=spec.dp_size)
             else:
-                alloc = state.fixed.get(f"{pid}_{name}")
-                entry.update(held=alloc is not None, gpus_held=list(alloc.gpus) if alloc else [],
-                             priority=alloc.priority if alloc else None)
+                stage = state.fixed.get(f"{pid}_{name}")
+                entry.update(held=stage is not None, gpus_held=list(stage.gpus) if stage else [],
+                             priority=stage.priority if stage else None)
             clusters[name] = entry
         pipelines[pid] = {
             "admitted": pid in state.admitted,
@@ -51,13 +51,13 @@ def snapshot(state: SchedulerState, extra: dict[str, Any] | None = None) -> dict
              "step_target": request.step_target, "waiting_s": round(now - request.enqueued_at, 3)}
         )
     holders = [_holder(state, owner) for owner in state.owner]
-    gpus = [_gpu(state, gpu, owner) for gpu, owner in enumerate(state.owner)]
+    gpu_cells = [_gpu(state, gpu, owner) for gpu, owner in enumerate(state.owner)]
     result = {
         "moves_in_flight": len(state.moves),
         "pool": {"num_gpus": state.pool.num_gpus, "gpus_per_node": state.pool.gpus_per_node},
         "idle_gpus": state.idle_gpus(),
         "gpu_holders": holders,
-        "gpus": gpus,
+        "gpus": gpu_cells,
         "open_demand": dict(sorted(state.open_demand.items())),
         "pending": pending,
         "pipelines": pipelines,
