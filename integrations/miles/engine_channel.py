@@ -111,7 +111,7 @@ def serve_engine_calls(manager: Any, mailbox: Any, pipeline_id: str) -> dict[str
     thread = threading.Thread(target=_serve, args=(manager, mailbox, stop, pipeline_id),
                               name=f"rlix-engine-calls-{pipeline_id}", daemon=True)
     thread.start()
-    return {"pid": os.getpid(), "thread": thread.name}
+    return {"process_id": os.getpid(), "thread": thread.name}
 
 
 def _serve(manager: Any, mailbox: Any, stop: threading.Event, pipeline_id: str) -> None:
@@ -187,7 +187,7 @@ class EngineChannel:
                 pass
             raise TimeoutError(
                 f"pipeline {self.manager.pipeline_id!r}: RolloutManager.{name} did not answer within {timeout_s:.0f}s "
-                f"on its engine thread ({self.where.get('thread')} in pid {self.where.get('pid')}): the engine "
+                f"on its engine thread ({self.where.get('thread')} in process {self.where.get('process_id')}): the engine "
                 "operation itself is slow or stuck"
             ) from None
         except RayActorError as exc:

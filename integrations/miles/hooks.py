@@ -224,7 +224,7 @@ class MilesRLixHooks:
         answer: dict[str, Any] = {
             "token": self.token,
             "pipeline_id": self.pipeline_id,
-            "pid": os.getpid(),
+            "process_id": os.getpid(),
             "control_plane": os.environ.get("RLIX_CONTROL_PLANE"),
             "backend": None,
             "live": [],

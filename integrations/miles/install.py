@@ -245,8 +245,8 @@ def _install(session: MilesSession, proxy: ManagerProxy, sync_weights: WeightSyn
     session.attach(installation)
     rollout = probe.get("rollout") or {}
     log.info(
-        "rlix: hooks installed on the miles RolloutManager of pipeline %r and verified in its process (pid %s, "
-        "backend %s; rollout function %s takes them); DP rank -> engine index %s%s", pid, probe.get("pid"),
+        "rlix: hooks installed on the miles RolloutManager of pipeline %r and verified in its process (process id %s, "
+        "backend %s; rollout function %s takes them); DP rank -> engine index %s%s", pid, probe.get("process_id"),
         probe.get("backend"), rollout.get("function"), engines.describe(),
         "; engine calls run on their own thread there" if proxy.channel is not None else "",
     )

@@ -201,12 +201,12 @@ def test_install_on_an_actor_is_read_back_in_its_process(rlix, managers, caplog)
     session = install_ray(manager)
     try:
         probe = session.installation.probe
-        assert probe["pid"] != os.getpid(), "verified where miles calls the hooks, not here"
+        assert probe["process_id"] != os.getpid(), "verified where miles calls the hooks, not here"
         assert (probe["backend"], probe["registered"], probe["control_plane"]) == ("ray", True, "rlix")
         assert probe["live"] == ["rlix_begin_progress_batch", "rlix_bump_completed", "rlix_end_progress_batch"]
         assert probe["rollout"]["takes_hooks"] and probe["rollout"]["function"].endswith("generate_rollout_on_policy")
         channel = session.installation.manager.channel
-        assert channel.where["pid"] == probe["pid"], "the engine thread runs in the manager's process"
+        assert channel.where["process_id"] == probe["process_id"], "the engine thread runs in the manager's process"
         seen = stats(manager)
         assert (seen["hooks"], seen["set_hooks_calls"]) == ("MilesRLixHooks", 1)
         assert set(seen["states"].values()) == {"offloaded"}, "awake engines were put to sleep at install"
