@@ -48,12 +48,16 @@ class SchedulerCore:
         #: Planning passes that started at least one move.
         self.cycles = 0
         self.dirty = False
+        #: When the last planning pass ran (on the state's clock).
+        self.last_pass_at = clock()
         #: Generation bundles per pipeline the last planning pass aimed at (its entitlement).
         self.targets: dict[str, int] = {}
 
     def note(self, event: str, pipeline_id: str | None = None) -> bool:
         """Record a change; True when it makes a planning pass due."""
-        if wants_cycle(self.state, self.policy, event, pipeline_id, durable_demand=self.durable_demand):
+        since = self.state.clock() - self.last_pass_at
+        if wants_cycle(self.state, self.policy, event, pipeline_id, durable_demand=self.durable_demand,
+                       since_last_pass_s=since):
             self.dirty = True
         return self.dirty
 
@@ -67,6 +71,7 @@ class SchedulerCore:
         if not self.dirty:
             return None
         self.dirty = False
+        self.last_pass_at = self.state.clock()
         plan = plan_cycle(self.state, self.policy, durable_demand=self.durable_demand)
         self.targets = dict(plan.targets)
         if plan.is_empty():

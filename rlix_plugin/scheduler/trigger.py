@@ -9,7 +9,11 @@ policy says the allocation may now be wrong:
   could use, or the least-complete half of the pipelines off its share by more than
   ``REBALANCE_DEVIATION`` (rlix's rule);
 * switch-aware policies: the reporting pipeline now holds more bundles than samples it has left
-  (its surplus can go to a pipeline with work queued). O(1) per report.
+  (its surplus can go to a pipeline with work queued), or no pass ran for ``REVIEW_INTERVAL_S``:
+  the payoff rule judges moves by measured rates, which change as progress arrives, so a move it
+  turned down on an early estimate (engines left idle by a finished rollout, say) is reconsidered
+  within that interval while anyone makes progress. O(1) per report; at most one such pass per
+  interval.
 
 Time passing matters too: :func:`next_deadline` is when a minimum residency or an anticipation
 runs out, so that the driver plans again then.
@@ -26,17 +30,21 @@ from .state import SchedulerState
 REBALANCE_DEVIATION = 0.10
 
 PROGRESS = "progress"
+#: Longest time progress reports go without a planning pass under a switch-aware policy (seconds).
+REVIEW_INTERVAL_S = 1.0
 
 
 def wants_cycle(state: SchedulerState, policy: Policy, event: str, pipeline_id: str | None = None,
-                *, durable_demand: bool = True) -> bool:
+                *, durable_demand: bool = True, since_last_pass_s: float = 0.0) -> bool:
     """Whether ``event`` (``"progress"`` or any other change) of ``pipeline_id`` calls for a
-    planning pass."""
+    planning pass; ``since_last_pass_s``: seconds since the last one."""
     if event != PROGRESS:
         return True
     if policy.switch_aware:
         if pipeline_id is None:
             return False
+        if since_last_pass_s >= REVIEW_INTERVAL_S:
+            return True
         alloc = state.generation.get(pipeline_id)
         return alloc is not None and alloc.held > state.remaining(pipeline_id)
     return needs_rebalance(state, durable_demand)
@@ -104,4 +112,4 @@ def _share_deviation(state: SchedulerState, demand: dict[str, int]) -> float:
     return abs(sum(weights[p] for p in half) / total_weight - sum(gpus[p] for p in half) / total_gpus)
 
 
-__all__ = ["ANTICIPATION_S", "PROGRESS", "REBALANCE_DEVIATION", "needs_rebalance", "next_deadline", "wants_cycle"]
+__all__ = ["ANTICIPATION_S", "PROGRESS", "REBALANCE_DEVIATION", "REVIEW_INTERVAL_S", "needs_rebalance", "next_deadline", "wants_cycle"]
