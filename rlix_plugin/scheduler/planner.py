@@ -321,6 +321,19 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
             _take_idle(cycle, pid, limit - held[pid], idle, stage_gpus, demand)
         if held[pid] == 0:
             _take_from_donors(cycle, pid, 1, idle_donors, surplus, queues, demand)
+        if held[pid] == 0:
+            # Starvation wins over targets: when no idle bundle and no pipeline without demand can
+            # give this one a worker (its mapping reaches only a peer's engines), a peer with demand
+            # and more than one worker gives one, keeping at least one.
+            peers = sorted((p for p in demand if p != pid and held.get(p, 0) > 1 and cycle.active.get(p)),
+                           key=lambda p: (-held[p], p))
+            for peer in peers:
+                surplus[peer] = max(surplus.get(peer, 0), held[peer] - 1)
+                if peer not in queues:
+                    queues[peer] = _give_order(cycle, peer, stage_gpus)
+            _take_from_donors(cycle, pid, 1, peers, surplus, queues, demand)
+            for peer in peers:
+                target[peer] = min(target[peer], held[peer])
         if held[pid] != before:
             target[pid] = max(target[pid], held[pid])
             idle = [g for g in idle if cycle.owner[g] is None]

@@ -125,3 +125,27 @@ def test_idle_engines_of_a_finished_rollout_go_to_a_pipeline_that_still_has_work
         for each in hooks.values():
             each.plugin_manager.backend.close()
         scheduler.close()
+
+
+@pytest.mark.parametrize("policy", ["gap_ratio", "finish_first"])
+def test_a_pipeline_whose_mapping_reaches_only_a_peers_engines_still_gets_one(policy):
+    """p4 trains on GPUs 0-1 while its engines run on 2-3 (it has demand, and its target is the two
+    bundles it holds); p5 can generate only on 0-3. p5 must get one of p4's two engines: every
+    pipeline with demand gets a worker as soon as one can be freed."""
+    scheduler = LocalScheduler(8, 4, policy=policy)
+    engines = {p: Engines(p) for p in ("p4", "p5")}
+    hooks = {p: hooks_on("local", {"scheduler": scheduler}, engines[p]) for p in engines}
+    try:
+        hooks["p4"].register_pipeline(pipeline_id="p4", clusters=seed_clusters((0, 1)))
+        hooks["p4"].signal_demand(pipeline_id="p4", rollout_id=0, step_target=16, timeout_s=10)
+        hooks["p4"].request_gpus(pipeline_id="p4", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING,
+                                 timeout_s=10)
+        assert engines["p4"].awake == {2, 3}
+        hooks["p5"].register_pipeline(pipeline_id="p5", clusters=seed_clusters((2, 3)))
+        grant = hooks["p5"].signal_demand(pipeline_id="p5", rollout_id=0, step_target=4, timeout_s=10)
+        assert len(grant.dp_ranks) == 1 and engines["p5"].awake == set(grant.dp_ranks) <= {2, 3}
+        assert len(engines["p4"].awake) == 1, "p4 keeps one worker"
+    finally:
+        for each in hooks.values():
+            each.plugin_manager.backend.close()
+        scheduler.close()
