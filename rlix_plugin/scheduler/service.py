@@ -25,6 +25,16 @@ Then the scheduler reclaims it: the transport's ``on_reclaim`` stops what it can
 (on Ray, its coordinator and the actors in its namespace), the pipeline is unregistered and its
 GPUs go back to the pool. Failing the whole scheduler instead would turn one sick pipeline into an
 outage of every run on the pool; keeping its GPUs forever would wedge the pool.
+
+Persistence and restart (with a ``store``): every committed change is saved to the store
+(:mod:`.durable`, group commit), and nothing that depends on a change leaves the scheduler --
+no answer to a caller, no resize call to an engine -- before it is saved. A service started with
+:meth:`restore` from a saved record knows every pipeline, lease digest, allocation, pending
+request and open demand, but plans nothing until each restored pipeline has **reattached**
+(:meth:`reattach`, with its own report: :mod:`.rehydrate`) or was fenced for not answering
+(:meth:`expire_unreconciled`); blocking calls of a pipeline wait for its reattachment (within
+their timeout). Blocking calls carry idempotency keys (:mod:`.keys`): a call retried after a
+restart returns the grant the first attempt would have returned.
 """
 
 from __future__ import annotations
@@ -51,11 +61,16 @@ from rlix_plugin.hookspecs import (
 from rlix_plugin.arguments import timeout as check_timeout
 
 from .core import SchedulerCore
+from .durable import DurableLog
 from .executor import ResizeExecutor, Resizer
+from .keys import RequestKeys
 from .leases import Leases
+from .persist import dump_state, load_state
 from .policy import DEFAULT_POLICY, Policy
+from .rehydrate import PipelineReport, Reconciled, reconcile, settle_unanswered
 from .report import diagnostic, snapshot
 from .state import Fenced, ReleaseDone, ResizeAction, Satisfied
+from .store import StaleWriterError, StateStore
 from .topology import PoolTopology, cluster_id
 from .trigger import PROGRESS
 
@@ -83,6 +98,9 @@ class SchedulerService:
     :param fence_grace_s: How long a fenced pipeline keeps its GPUs before they are reclaimed.
     :param on_reclaim: ``on_reclaim(pipeline_id, reason)``, awaited before a fenced pipeline is
         unregistered at the end of its grace: the transport stops what it can of it.
+    :param store: Where every committed change is saved (None: nothing is persisted).
+    :param epoch: This incarnation's epoch in ``store`` (:meth:`StateStore.claim`).
+    :param persist_interval_s: Longest delay before a change nobody waits on (progress) is saved.
     """
 
     def __init__(
@@ -97,6 +115,9 @@ class SchedulerService:
         operator_digest: str | None = None,
         fence_grace_s: float = FENCE_GRACE_S,
         on_reclaim: Callable[[str, str], Awaitable[None]] | None = None,
+        store: StateStore | None = None,
+        epoch: int | None = None,
+        persist_interval_s: float = 0.05,
     ) -> None:
         self.core = SchedulerCore(pool, clock, policy=policy, durable_demand=durable_demand)
         self.leases = Leases(operator_credential, digest=operator_digest)
@@ -120,6 +141,16 @@ class SchedulerService:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.keys = RequestKeys()
+        #: Restored pipelines that have not reattached yet: nothing is planned while there are any.
+        self.unreconciled: set[str] = set()
+        self._reattached: asyncio.Event | None = None
+        #: Parts of the persisted record other than the state and the service's own (a transport's).
+        self._record_parts: dict[str, Callable[[], Any]] = {}
+        self._durable: DurableLog | None = None
+        if store is not None:
+            self._durable = DurableLog(store, epoch if epoch is not None else store.claim(), self.record,
+                                       min_interval_s=persist_interval_s, on_stale=self._stale)
 
     @property
     def cycles(self) -> int:
@@ -132,7 +163,12 @@ class SchedulerService:
         """Start the scheduling loop on the running event loop (idempotent)."""
         if self._task is None:
             self._wakeup = asyncio.Event()
+            self._reattached = asyncio.Event()
+            if self._durable is not None:
+                self._durable.start()
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="rlix-scheduler")
+            for pipeline_id in self.state.fenced:  # restored fences: their grace starts again
+                self._schedule_reclaim(pipeline_id, self.state.fenced[pipeline_id])
 
     async def stop(self) -> None:
         """Stop the loop and the resizes in flight; every waiter gets an error."""
@@ -147,6 +183,170 @@ class SchedulerService:
             except (asyncio.CancelledError, Exception):
                 pass
         self._task = None
+        if self._durable is not None:
+            await self._durable.stop()
+
+    # -- persistence and restart ------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int | None:
+        """This incarnation's epoch in its store (None without one)."""
+        return self._durable.epoch if self._durable is not None else None
+
+    @property
+    def store(self) -> StateStore | None:
+        return self._durable.store if self._durable is not None else None
+
+    @property
+    def saves(self) -> int:
+        """Records saved to the store so far."""
+        return self._durable.saves if self._durable is not None else 0
+
+    def add_record_part(self, name: str, dump: Callable[[], Any]) -> None:
+        """Save ``dump()`` with every record, under ``name`` (a transport's own state)."""
+        self._record_parts[name] = dump
+
+    def record(self) -> dict[str, Any]:
+        """The persisted record: the state (:mod:`.persist`), the service's part, the parts."""
+        record = {
+            "state": dump_state(self.state, time.time()),
+            "service": {
+                "leases": self.leases.digests(),
+                "keys": self.keys.dump(),
+                "reclaimed": dict(self.reclaimed),
+                "draining": self.draining,
+                "preempt_reports": dict(self.preempt_reports),
+                "cycles": self.core.cycles,
+            },
+        }
+        for name, dump in self._record_parts.items():
+            record[name] = dump()
+        return record
+
+    def restore(self, record: dict[str, Any]) -> list[str]:
+        """Take the state of a saved ``record`` (before :meth:`start`). Every restored pipeline is
+        unreconciled until it reattaches. Returns the restored pipelines.
+
+        :raises StateFormatError: the record cannot be loaded (nothing was changed).
+        """
+        state = load_state(record["state"], self.state.pool, self.state.clock, time.time())
+        service = record["service"]
+        keys = RequestKeys()
+        keys.load(service["keys"])
+        self.core.state = self.state = state
+        self.leases.restore(dict(service["leases"]))
+        self.keys = keys
+        self.reclaimed.update(service["reclaimed"])
+        self.draining = bool(service["draining"])
+        self.preempt_reports.update(service["preempt_reports"])
+        self.core.cycles = int(service["cycles"])
+        self.unreconciled = set(state.pipelines)
+        if self._durable is not None:
+            self._durable.changed()  # the new epoch's first record
+        return sorted(state.pipelines)
+
+    @property
+    def recovering(self) -> bool:
+        """Restored pipelines have not all reattached: nothing is planned yet."""
+        return bool(self.unreconciled)
+
+    async def reattach(self, pipeline_id: str, lease: str, resizer: Resizer,
+                       report: PipelineReport | None = None) -> dict[str, Any]:
+        """A restored pipeline's process is back in touch: its resizes go to ``resizer`` from now
+        on and, the first time, the state is reconciled with its ``report`` (:mod:`.rehydrate`;
+        a conflict fences it). Once every restored pipeline reattached (or was fenced), planning
+        resumes. Returns what reconciling changed.
+
+        :raises InvalidRequestError: the pipeline is not registered (it was reaped meanwhile).
+        :raises NotPipelineOwnerError: ``lease`` is not its lease.
+        """
+        if pipeline_id not in self.state.pipelines:
+            raise InvalidRequestError(f"unknown pipeline {pipeline_id!r}; register it first")
+        self.leases.check(pipeline_id, lease)
+        if not isinstance(report, PipelineReport):
+            raise InvalidRequestError(f"pipeline {pipeline_id!r}: report must be a PipelineReport, got {report!r}")
+        if pipeline_id not in self.state.fenced:
+            self._resizers[pipeline_id] = resizer
+        if pipeline_id not in self.unreconciled:
+            return {"pipeline_id": pipeline_id, "reconciled": False}
+        done = reconcile(self.state, pipeline_id, report, self.keys.pending)
+        self._reconciled(pipeline_id, done, report)
+        await self._flush()
+        return {"reconciled": True, **done.summary()}
+
+    def expire_unreconciled(self, reason: str) -> list[str]:
+        """Fence every restored pipeline that has not reattached (its ranks in doubt are kept as
+        awake, holding their GPUs, until the grace reclaims them). Returns them."""
+        expired = sorted(self.unreconciled)
+        for pipeline_id in expired:
+            settle_unanswered(self.state, pipeline_id)
+            self.unreconciled.discard(pipeline_id)
+            self.state.fence(pipeline_id, reason)
+        if expired:
+            log.error("pipelines %s did not reattach after the scheduler restarted: fenced (%s)", expired, reason)
+            self._after_reconcile()
+        return expired
+
+    def _reconciled(self, pipeline_id: str, done: Reconciled, report: PipelineReport) -> None:
+        self.unreconciled.discard(pipeline_id)
+        for cid in done.dropped_requests:
+            self._resolve(cid, error=PipelineGoneError(f"{cid!r}: its request was dropped at a scheduler restart"))
+        log.info("pipeline %s reattached after a scheduler restart: %s", pipeline_id, done.summary())
+        if done.conflicts:
+            self.state.fence(pipeline_id, "after a scheduler restart: " + "; ".join(done.conflicts))
+        # A kept request nobody comes back for (the caller gave up meanwhile) is dropped once the
+        # call's own time is up.
+        loop = asyncio.get_running_loop()
+        for call in report.calls:
+            cid = cluster_id(pipeline_id, call.cluster)
+            if cid in done.kept_requests:
+                loop.call_later(max(0.0, call.remaining_s) + 1.0, self._expire_orphan, cid, call.request_id)
+        self._after_reconcile()
+
+    def _after_reconcile(self) -> None:
+        self._dispatch()
+        self._changed("reconcile")
+        if self._reattached is not None:
+            self._reattached.set()
+            self._reattached = asyncio.Event()
+        if not self.unreconciled:
+            self.core.dirty = True
+            self._kick()
+
+    def _expire_orphan(self, cid: str, key: str) -> None:
+        request = self.state.pending.get(cid)
+        if request is not None and cid not in self._waiters and self.keys.is_pending(cid, key):
+            log.warning("request %s (%s) was not retried after the scheduler restarted; dropping it", cid, key)
+            self.state.cancel_request(request.pipeline_id, request.cluster)
+            self._changed("request")
+
+    async def _until_reattached(self, pipeline_id: str, timeout_s: float) -> float:
+        """Wait (at most ``timeout_s``) until a restored pipeline reattached; returns the time left."""
+        started = self.state.clock()
+        while pipeline_id in self.unreconciled:
+            left = timeout_s - (self.state.clock() - started)
+            if left <= 0 or self._reattached is None:
+                raise SchedulerTimeoutError(
+                    f"pipeline {pipeline_id!r} has not reattached to the restarted scheduler within {timeout_s:.1f}s",
+                    self.diagnostic("scheduler state now:"),
+                )
+            event = self._reattached
+            try:
+                await asyncio.wait_for(event.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+        return max(0.001, timeout_s - (self.state.clock() - started))
+
+    async def _flush(self) -> None:
+        """Return once every change so far is saved (at once without a store)."""
+        if self._durable is not None:
+            await self._durable.flush()
+
+    def _stale(self, error: StaleWriterError) -> None:
+        """A newer incarnation owns the store: this one must not answer anyone again."""
+        self._closed = True
+        self._fail_all(PipelineGoneError(f"this scheduler was superseded by a newer one ({error})"))
+        self._kick()
 
     def add_listener(self, listener: Listener) -> None:
         """``listener(event, service)`` after every change (``register``, ``request``,
@@ -169,12 +369,27 @@ class SchedulerService:
         if admit:
             self.state.admit(pipeline_id)
         self._changed("register")
+        await self._flush()
+        return lease
+
+    async def reissue_lease(self, pipeline_id: str, resizer: Resizer) -> str:
+        """A new lease for a registered pipeline whose registration is being retried (its first
+        answer, and the lease in it, were lost): the old lease stops working. Its resizes go to
+        ``resizer``; a restored pipeline counts as reattached with nothing awake and nothing held
+        (it had not started: its process was still waiting for the registration's answer)."""
+        if pipeline_id not in self.state.pipelines:
+            raise InvalidRequestError(f"unknown pipeline {pipeline_id!r}; register it first")
+        lease = self.leases.issue(pipeline_id)
+        await self.reattach(pipeline_id, lease, resizer, PipelineReport())
+        self._changed("register")
+        await self._flush()
         return lease
 
     async def admit_pipeline(self, pipeline_id: str, lease: str) -> None:
         self._owner(pipeline_id, lease)
         self.state.admit(pipeline_id)
         self._changed("register")
+        await self._flush()
 
     async def unregister_pipeline(
         self, pipeline_id: str, lease: str | None, reason: str = "unregistered", *, operator: str | None = None
@@ -188,6 +403,7 @@ class SchedulerService:
         else:
             self.leases.check(pipeline_id, lease)
         self._remove(pipeline_id, reason)
+        await self._flush()
 
     def reap(self, pipeline_id: str, reason: str) -> None:
         """Remove a pipeline whose process the transport saw die (no lease: nobody is left to hold
@@ -196,7 +412,10 @@ class SchedulerService:
             self._remove(pipeline_id, reason)
 
     def _remove(self, pipeline_id: str, reason: str) -> None:
+        spec = self.state.pipelines[pipeline_id]
         cancelled = self.state.unregister(pipeline_id)
+        self.keys.forget(pipeline_id, spec.clusters)
+        self.unreconciled.discard(pipeline_id)
         self.leases.drop(pipeline_id)
         self.preempt_reports.pop(pipeline_id, None)
         reclaim = self._reclaims.pop(pipeline_id, None)
@@ -223,6 +442,7 @@ class SchedulerService:
         """Refuse new registrations from now on (an operator action); returns who is registered."""
         self.leases.check_operator(operator, "draining the scheduler")
         self.draining = True
+        self._changed("drain")
         return sorted(self.state.pipelines)
 
     def _owner(self, pipeline_id: str, lease: object) -> None:
@@ -236,33 +456,58 @@ class SchedulerService:
     # -- requests ---------------------------------------------------------------------------------
 
     async def request_gpus(
-        self, pipeline_id: str, lease: str, cluster: str, priority: int, step_target: int | None, timeout_s: float
+        self, pipeline_id: str, lease: str, cluster: str, priority: int, step_target: int | None, timeout_s: float,
+        request_id: str | None = None,
     ) -> Grant:
-        """Block until granted (see :meth:`SchedulerState.request` for the rules)."""
+        """Block until granted (see :meth:`SchedulerState.request` for the rules). ``request_id``
+        is the call's idempotency key: a retry with the same key finds the first attempt's
+        request still waiting, or its stage granted, and answers that."""
         timeout_s = _check_timeout(timeout_s)
-        self._owner(pipeline_id, lease)
         started = self.state.clock()
+        self._owner(pipeline_id, lease)
+        timeout_s = await self._until_reattached(pipeline_id, timeout_s)
+        self._owner(pipeline_id, lease)
+        retried = self._retried(pipeline_id, cluster, request_id)
+        if retried is not None:
+            return await self._answer(retried)
+        if self.keys.is_pending(cluster_id(pipeline_id, cluster), request_id):
+            return await self._wait_grant(pipeline_id, cluster, timeout_s, started)
         outcome = self.state.request(pipeline_id, cluster, int(priority), step_target)
         self._changed("request")
         if outcome.granted:
-            return Grant(pipeline_id, cluster, outcome.gpus, outcome.dp_ranks, True, 0.0)
+            return await self._answer(Grant(pipeline_id, cluster, outcome.gpus, outcome.dp_ranks, True, 0.0))
+        self.keys.enqueued(cluster_id(pipeline_id, cluster), request_id)
         return await self._wait_grant(pipeline_id, cluster, timeout_s, started)
 
     async def signal_demand(
-        self, pipeline_id: str, lease: str, rollout_id: int, step_target: int, timeout_s: float
+        self, pipeline_id: str, lease: str, rollout_id: int, step_target: int, timeout_s: float,
+        request_id: str | None = None,
     ) -> Grant:
         """Pre-signal a rollout: retire the previous rollout's streams, write the open-demand
-        registry and block until at least one generation worker is awake."""
+        registry and block until at least one generation worker is awake. A retry with the same
+        ``request_id`` does not retire the streams again."""
         timeout_s = _check_timeout(timeout_s)
+        started = self.state.clock()
         self._owner(pipeline_id, lease)
-        self.state.check_request(pipeline_id, ACTOR_INFER, Priority.GENERATION, step_target)
-        self.state.retire_streams(pipeline_id)
+        timeout_s = await self._until_reattached(pipeline_id, timeout_s)
+        retry = request_id is not None and self.keys.demand.get(pipeline_id) == request_id
+        if not (retry and self.keys.is_pending(cluster_id(pipeline_id, ACTOR_INFER), request_id)):
+            self.state.check_request(pipeline_id, ACTOR_INFER, Priority.GENERATION, step_target)
+        if not retry:
+            self.state.retire_streams(pipeline_id)
+            if request_id is not None:
+                self.keys.demand[pipeline_id] = request_id
         log.debug("pipeline %s signals demand for rollout %s (%s samples)", pipeline_id, rollout_id, step_target)
-        return await self.request_gpus(pipeline_id, lease, ACTOR_INFER, Priority.GENERATION, step_target, timeout_s)
+        left = max(0.001, timeout_s - (self.state.clock() - started))
+        return await self.request_gpus(pipeline_id, lease, ACTOR_INFER, Priority.GENERATION, step_target, left,
+                                       request_id)
 
     async def release(self, pipeline_id: str, lease: str, cluster: str, timeout_s: float = 120.0) -> None:
-        """Release a cluster; for the generation cluster, wait until its workers sleep."""
+        """Release a cluster; for the generation cluster, wait until its workers sleep. Releasing
+        what is not held does nothing, so a retried release needs no idempotency key."""
         timeout_s = _check_timeout(timeout_s)
+        self._owner(pipeline_id, lease)
+        timeout_s = await self._until_reattached(pipeline_id, timeout_s)
         self._owner(pipeline_id, lease)
         needs_resize = self.state.release(pipeline_id, cluster)
         self._resolve(cluster_id(pipeline_id, cluster), error=InvalidRequestError(
@@ -270,6 +515,7 @@ class SchedulerService:
         self._changed("release")
         if needs_resize:
             await self._wait_release(pipeline_id, timeout_s)
+        await self._flush()
 
     async def release_and_request(
         self,
@@ -280,23 +526,35 @@ class SchedulerService:
         priority: int,
         step_target: int | None,
         timeout_s: float,
+        request_id: str | None = None,
     ) -> Grant:
-        """Release one cluster and request another with no planning pass in between."""
+        """Release one cluster and request another with no planning pass in between
+        (``request_id``: the request's idempotency key, as for :meth:`request_gpus`)."""
         timeout_s = _check_timeout(timeout_s)
         self._owner(pipeline_id, lease)
         started = self.state.clock()
         if release_cluster == cluster:
             raise InvalidRequestError(f"release_and_request of {cluster!r} for itself; use request_gpus")
+        timeout_s = await self._until_reattached(pipeline_id, timeout_s)
+        self._owner(pipeline_id, lease)
+        # A retry whose first attempt already released and asked: answer what that one asked.
+        retried = self._retried(pipeline_id, cluster, request_id)
+        if retried is not None:
+            return await self._answer(retried)
+        if self.keys.is_pending(cluster_id(pipeline_id, cluster), request_id):
+            return await self._wait_grant(pipeline_id, cluster, timeout_s, started)
         # Validate both halves first: a bad call must not leave the cluster released.
         spec, _, _ = self.state.check_request(pipeline_id, cluster, int(priority), step_target)
         self.state.check_cluster(spec, release_cluster)
         needs_resize = self.state.release(pipeline_id, release_cluster)
         outcome = self.state.request(pipeline_id, cluster, int(priority), step_target)
+        if not outcome.granted:
+            self.keys.enqueued(cluster_id(pipeline_id, cluster), request_id)
         self._changed("request")
         if needs_resize:
             await self._wait_release(pipeline_id, timeout_s)
         if outcome.granted:
-            return Grant(pipeline_id, cluster, outcome.gpus, outcome.dp_ranks, True, 0.0)
+            return await self._answer(Grant(pipeline_id, cluster, outcome.gpus, outcome.dp_ranks, True, 0.0))
         remaining = max(0.001, timeout_s - (self.state.clock() - started))
         return await self._wait_grant(pipeline_id, cluster, remaining, started)
 
@@ -304,9 +562,11 @@ class SchedulerService:
         """Give specific generation workers back and wait until they sleep."""
         timeout_s = _check_timeout(timeout_s)
         self._owner(pipeline_id, lease)
+        timeout_s = await self._until_reattached(pipeline_id, timeout_s)
         if self.state.plan_release(pipeline_id, dp_ranks):
             self._changed("release")
             await self._wait_release(pipeline_id, timeout_s)
+        await self._flush()
 
     # -- progress ---------------------------------------------------------------------------------
 
@@ -359,8 +619,10 @@ class SchedulerService:
 
     async def _wait_grant(self, pipeline_id: str, cluster: str, timeout_s: float, started: float) -> Grant:
         cid = cluster_id(pipeline_id, cluster)
-        future: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
-        self._waiters[cid] = future
+        future = self._waiters.get(cid)
+        if future is None or future.done():  # else a retry joins the first attempt's wait
+            future = asyncio.get_running_loop().create_future()
+            self._waiters[cid] = future
         self._kick()
         try:
             grant = await asyncio.wait_for(asyncio.shield(future), timeout_s)
@@ -370,17 +632,33 @@ class SchedulerService:
             else:
                 # The diagnostic is taken before the request is withdrawn, so it shows it waiting.
                 report = self.diagnostic("scheduler state at the timeout:")
-                self._waiters.pop(cid, None)
-                self.state.cancel_request(pipeline_id, cluster)
-                self._changed("request")
+                self._withdraw(cid, future, pipeline_id, cluster)
                 raise SchedulerTimeoutError(f"{cid} was not granted within {timeout_s:.1f}s", report) from None
         except asyncio.CancelledError:
+            self._withdraw(cid, future, pipeline_id, cluster)
+            raise
+        return await self._answer(Grant(grant.pipeline_id, grant.cluster, grant.gpus, grant.dp_ranks, True,
+                                        round(self.state.clock() - started, 6)))
+
+    def _withdraw(self, cid: str, future: asyncio.Future[Grant], pipeline_id: str, cluster: str) -> None:
+        """A waiter gave up: withdraw its request, unless another attempt waits on it now."""
+        if self._waiters.get(cid) is future:
             self._waiters.pop(cid, None)
             self.state.cancel_request(pipeline_id, cluster)
             self._changed("request")
-            raise
-        return Grant(grant.pipeline_id, grant.cluster, grant.gpus, grant.dp_ranks, True,
-                     round(self.state.clock() - started, 6))
+
+    def _retried(self, pipeline_id: str, cluster: str, request_id: str | None) -> Grant | None:
+        """The grant a retried stage request's first attempt got, if it got one."""
+        cid = cluster_id(pipeline_id, cluster)
+        alloc = self.state.fixed.get(cid)
+        if alloc is not None and self.keys.is_granted(cid, request_id):
+            return Grant(pipeline_id, cluster, alloc.gpus, (), True, 0.0)
+        return None
+
+    async def _answer(self, grant: Grant) -> Grant:
+        """Answer a grant once it is saved: a restart must never forget a grant it gave."""
+        await self._flush()
+        return grant
 
     async def _wait_release(self, pipeline_id: str, timeout_s: float) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -415,6 +693,8 @@ class SchedulerService:
     # -- the loop ---------------------------------------------------------------------------------
 
     def _changed(self, event: str, pipeline_id: str | None = None) -> None:
+        if self._durable is not None:
+            self._durable.changed()
         if self.core.note(event, pipeline_id):
             self._kick()
         for listener in self._listeners:
@@ -442,7 +722,7 @@ class SchedulerService:
                 # One pass plans and starts moves, never waits for an engine.
                 # A pass that started no call and answered nobody changed nothing a second pass
                 # would see differently: planning again at once would only spin.
-                if self.core.plan() is not None and self._dispatch():
+                if not self.unreconciled and self.core.plan() is not None and self._dispatch():
                     self._changed("commit")
             except Exception as exc:  # keep serving; every waiter learns what broke
                 log.exception("planning pass failed")
@@ -461,8 +741,10 @@ class SchedulerService:
                 request = event.request
                 if request.cluster == ACTOR_INFER:
                     gpus, ranks = self.state.gen_grant(request.pipeline_id)
+                    self.keys.enqueued(request.cluster_id, None)
                 else:
                     gpus, ranks = self.state.fixed_gpus(request.pipeline_id, request.cluster), ()
+                    self.keys.satisfied(request.cluster_id)
                 self._resolve(request.cluster_id, Grant(request.pipeline_id, request.cluster, gpus, ranks, True))
             elif isinstance(event, Fenced):
                 log.error("pipeline %s: %s; fencing it, its GPUs are reclaimed in %.0fs unless it unregisters",
@@ -501,6 +783,12 @@ class SchedulerService:
         self._reclaims[pipeline_id] = asyncio.get_running_loop().create_task(reclaim(), name=f"rlix-reclaim-{pipeline_id}")
 
     async def _resize(self, action: ResizeAction) -> None:
+        # The move that asks for this call is saved first: a restarted scheduler must know that
+        # an engine may be changing.
+        try:
+            await self._flush()
+        except StaleWriterError:
+            return  # superseded: a newer scheduler decides what this engine does
         resizer = self._resizers.get(action.pipeline_id)
         if resizer is None:
             return  # unregistered meanwhile: the state freed its GPUs then
