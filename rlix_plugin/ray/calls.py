@@ -126,4 +126,9 @@ def call_through_restarts(submit: Callable[[float], Any], timeout_s: float, what
         attempt += 1
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)
+
+
 __all__ = ["GRACE_S", "RETRY_PAUSES_S", "call_through_restarts", "cancel_quietly", "unwrap", "wait"]

@@ -44,6 +44,8 @@ class DurableLog:
         self.version = 0
         self.saved = 0
         self.saves = 0
+        #: Why the last save failed, while saves keep failing.
+        self.failure: str | None = None
         self._urgent = False
         self._stale: StaleWriterError | None = None
         self._stopped = False
@@ -72,6 +74,11 @@ class DurableLog:
         if self._saved is not None:
             async with self._saved:
                 self._saved.notify_all()
+
+    def status(self) -> dict[str, Any]:
+        """Where saving stands, for operators: changes made and saved, saves, the last failure."""
+        return {"store": self.store.where, "epoch": self.epoch, "changes": self.version, "saved": self.saved,
+                "saves": self.saves, "failure": self.failure, "stale": None if self._stale is None else str(self._stale)}
 
     def changed(self) -> None:
         """A committed change: save it (soon)."""
@@ -118,11 +125,11 @@ class DurableLog:
                         pass
                     self._wakeup.clear()
             version = self.version
-            record = self._record()  # on the loop: a consistent view of the state
             try:
+                record = self._record()  # on the loop: a consistent view of the state
                 await asyncio.to_thread(self.store.save, self.epoch, version, record)
             except StaleWriterError as exc:
-                log.error("scheduler state in %s: %s; this scheduler stops writing", self.store.where, exc)
+                log.error("%s; this scheduler stops writing its state", exc)
                 self._stale = exc
                 async with self._saved:
                     self._saved.notify_all()
@@ -131,15 +138,16 @@ class DurableLog:
                 return
             except Exception as exc:  # the store is unreachable for now: keep trying
                 if not failing:
-                    log.error("saving the scheduler state to %s failed (%r); retrying", self.store.where, exc)
+                    log.exception("saving the scheduler state to %s failed (%r); retrying", self.store.where, exc)
                 failing = True
+                self.failure = repr(exc)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, MAX_RETRY_PAUSE_S)
                 self._wakeup.set()
                 continue
             if failing:
                 log.warning("saving the scheduler state to %s works again", self.store.where)
-            failing, pause = False, 0.05
+            failing, pause, self.failure = False, 0.05, None
             last = time.monotonic()
             self.saves += 1
             self.saved = max(self.saved, version)

@@ -202,6 +202,10 @@ class SchedulerService:
         """Records saved to the store so far."""
         return self._durable.saves if self._durable is not None else 0
 
+    def persistence(self) -> dict[str, Any] | None:
+        """Where saving stands (None without a store): see :meth:`DurableLog.status`."""
+        return self._durable.status() if self._durable is not None else None
+
     def add_record_part(self, name: str, dump: Callable[[], Any]) -> None:
         """Save ``dump()`` with every record, under ``name`` (a transport's own state)."""
         self._record_parts[name] = dump
@@ -610,10 +614,19 @@ class SchedulerService:
             "preempt_reports": dict(self.preempt_reports),
             "reclaimed": dict(self.reclaimed),
             "draining": self.draining,
+            "recovering": sorted(self.unreconciled),
         })
 
     def diagnostic(self, headline: str = "") -> str:
-        return diagnostic(self.state, headline)
+        text = diagnostic(self.state, headline)
+        if self.unreconciled:
+            text += f"\nnot reattached since the scheduler restarted: {sorted(self.unreconciled)} (nothing is planned)"
+        status = self.persistence()
+        if status is not None and (status["saved"] < status["changes"] or status["failure"] or status["stale"]):
+            text += (f"\nstate saving to {status['store']}: {status['changes'] - status['saved']} change(s) not saved"
+                     f"{'; last failure: ' + status['failure'] if status['failure'] else ''}"
+                     f"{'; superseded: ' + status['stale'] if status['stale'] else ''}")
+        return text
 
     # -- waiting ----------------------------------------------------------------------------------
 
