@@ -32,9 +32,6 @@ from rlix_plugin.scheduler.store import StaleWriterError, StoredState, decode, e
 
 from .names import NAMESPACE
 
-_EPOCH, _STATE = "scheduler/epoch/", "scheduler/state/"
-
-
 def _key(prefix: str, epoch: int) -> bytes:
     return f"{prefix}{epoch:012d}".encode()
 
@@ -48,21 +45,22 @@ class RayKVStore:
     """A :class:`~rlix_plugin.scheduler.store.StateStore` in the GCS key-value store of the Ray
     cluster this process is connected to (see the module docstring)."""
 
-    where = f"ray-gcs:{NAMESPACE}/scheduler"
-
-    def __init__(self) -> None:
+    def __init__(self, name: str = "scheduler") -> None:
+        """:param name: the keys' prefix (``scheduler``: the scheduler's; tests use their own)."""
+        self.where = f"ray-gcs:{NAMESPACE}/{name}"
+        self._epoch_prefix, self._state_prefix = f"{name}/epoch/", f"{name}/state/"
         self._cleaned: set[int] = set()
 
     def claim(self) -> int:
-        epochs = _epochs(_EPOCH)
+        epochs = _epochs(self._epoch_prefix)
         epoch = (epochs[-1] if epochs else 0) + 1
-        while internal_kv._internal_kv_put(_key(_EPOCH, epoch), b"1", overwrite=False, namespace=NAMESPACE):
+        while internal_kv._internal_kv_put(_key(self._epoch_prefix, epoch), b"1", overwrite=False, namespace=NAMESPACE):
             epoch += 1  # someone claimed it first: the next one
         return epoch
 
     def load(self) -> StoredState | None:
-        for epoch in reversed(_epochs(_STATE)):
-            raw = internal_kv._internal_kv_get(_key(_STATE, epoch), namespace=NAMESPACE)
+        for epoch in reversed(_epochs(self._state_prefix)):
+            raw = internal_kv._internal_kv_get(_key(self._state_prefix, epoch), namespace=NAMESPACE)
             if raw is None:
                 continue  # deleted meanwhile
             entry = decode(raw)
@@ -70,21 +68,21 @@ class RayKVStore:
         return None
 
     def save(self, epoch: int, version: int, payload: dict[str, Any]) -> None:
-        newest = max(_epochs(_EPOCH), default=0)
+        newest = max(_epochs(self._epoch_prefix), default=0)
         if newest > epoch:
             raise StaleWriterError(f"{self.where}: epoch {epoch} was superseded by epoch {newest}")
         text = encode({"version": version, "payload": payload})
-        internal_kv._internal_kv_put(_key(_STATE, epoch), text.encode(), overwrite=True, namespace=NAMESPACE)
+        internal_kv._internal_kv_put(_key(self._state_prefix, epoch), text.encode(), overwrite=True, namespace=NAMESPACE)
         if epoch not in self._cleaned:
-            for old in _epochs(_STATE):
+            for old in _epochs(self._state_prefix):
                 if old < epoch:
-                    internal_kv._internal_kv_del(_key(_STATE, old), namespace=NAMESPACE)
-            for old in _epochs(_EPOCH)[:-16]:  # keep the numbering, not every marker
-                internal_kv._internal_kv_del(_key(_EPOCH, old), namespace=NAMESPACE)
+                    internal_kv._internal_kv_del(_key(self._state_prefix, old), namespace=NAMESPACE)
+            for old in _epochs(self._epoch_prefix)[:-16]:  # keep the numbering, not every marker
+                internal_kv._internal_kv_del(_key(self._epoch_prefix, old), namespace=NAMESPACE)
             self._cleaned.add(epoch)
 
     def clear(self) -> None:
-        internal_kv._internal_kv_del(_STATE.encode(), del_by_prefix=True, namespace=NAMESPACE)
+        internal_kv._internal_kv_del(self._state_prefix.encode(), del_by_prefix=True, namespace=NAMESPACE)
 
 
 __all__ = ["RayKVStore"]

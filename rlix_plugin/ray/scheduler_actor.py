@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -136,8 +137,10 @@ class SchedulerActor:
             self._restore(store)
         if self._restored:
             # Reconciliation must not wait for a caller: ask this actor to begin as soon as it
-            # serves (the call runs once __init__ has returned).
-            ray.get_runtime_context().current_actor.resume.remote()
+            # serves. From a thread, until it is answered: a call this actor makes to itself
+            # while it is being restarted may be lost.
+            threading.Thread(target=_resume, args=(ray.get_runtime_context().current_actor,), daemon=True,
+                             name="rlix-resume").start()
 
     def _restore(self, store: RayKVStore) -> None:
         """Rehydrate from the store when the record is this actor's own (a restart); a new actor
@@ -213,8 +216,6 @@ class SchedulerActor:
         """Begin the reconciliation of a restarted scheduler (idempotent; called by the actor
         itself once it serves)."""
         await self._start()
-        if self._resuming is None and self._restored:
-            self._resuming = asyncio.get_running_loop().create_task(self._reconcile_all(), name="rlix-reconcile")
 
     async def retire(self, operator: str | None) -> None:
         """Forget the saved state before a deliberate stop (an operator action): nothing restarts
@@ -247,20 +248,24 @@ class SchedulerActor:
 
     async def request_gpus(self, pipeline_id: str, lease: str, cluster: str, priority: int,
                            step_target: int | None, timeout_s: float, request_id: str | None = None) -> Grant:
+        await self._start()
         return await self._service.request_gpus(pipeline_id, lease, cluster, priority, step_target, timeout_s,
                                                 _key(request_id))
 
     async def signal_demand(self, pipeline_id: str, lease: str, rollout_id: int, step_target: int,
                             timeout_s: float, request_id: str | None = None) -> Grant:
+        await self._start()
         return await self._service.signal_demand(pipeline_id, lease, rollout_id, step_target, timeout_s,
                                                  _key(request_id))
 
     async def release(self, pipeline_id: str, lease: str, cluster: str, timeout_s: float) -> None:
+        await self._start()
         await self._service.release(pipeline_id, lease, cluster, timeout_s)
 
     async def release_and_request(self, pipeline_id: str, lease: str, release_cluster: str, cluster: str,
                                   priority: int, step_target: int | None, timeout_s: float,
                                   request_id: str | None = None) -> Grant:
+        await self._start()
         return await self._service.release_and_request(
             pipeline_id, lease, release_cluster, cluster, priority, step_target, timeout_s, _key(request_id)
         )
@@ -274,6 +279,7 @@ class SchedulerActor:
         """Apply one coalesced report. Returns ``None``, or why it was dropped: the sender checks
         the answer later and logs "progress signal lost" (an exception here would only surface
         as an unhandled-error log line in a process that never reads it)."""
+        await self._start()
         if not isinstance(report, ProgressReport):
             return f"InvalidRequestError: not a progress report: {report!r:.80}"
         pipeline_id = report.pipeline_id
@@ -350,6 +356,7 @@ class SchedulerActor:
     async def ping(self) -> str:
         return "ok"
 
+
     # -- plumbing -----------------------------------------------------------------------------------
 
     def _record_decision(self, event: str, service: SchedulerService) -> None:
@@ -377,9 +384,13 @@ class SchedulerActor:
         return True
 
     async def _start(self) -> None:
+        """Start the service, the liveness check and, after a restart, the reconciliation (every
+        entry point calls this: whichever call comes first after a restart starts them)."""
         await self._service.start()
         if self._heartbeat is None:
             self._heartbeat = asyncio.get_running_loop().create_task(self._check_liveness(), name="rlix-liveness")
+        if self._resuming is None and self._restored:
+            self._resuming = asyncio.get_running_loop().create_task(self._reconcile_all(), name="rlix-reconcile")
 
     def _resizer(self, pipeline_id: str, coordinator: Any, resize_token: str) -> Any:
         """The service's resizer for one pipeline: a call on its coordinator. The service bounds
@@ -515,6 +526,18 @@ class SchedulerActor:
         for key in [k for k in self._last_seq if k[1] == pipeline_id]:
             del self._last_seq[key]
         self._progress_reports.pop(pipeline_id, None)
+
+
+def _resume(handle: Any) -> None:
+    """Call ``handle.resume`` until it is answered (at most a minute)."""
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline:
+        try:
+            ray.get(handle.resume.remote(), timeout=10.0)
+            return
+        except Exception:  # not serving yet: try again
+            time.sleep(0.05)
+    log.error("the restarted scheduler could not start its reconciliation; the first call will")
 
 
 def _key(request_id: object) -> str | None:

@@ -163,7 +163,6 @@ class SchedulerService:
         """Start the scheduling loop on the running event loop (idempotent)."""
         if self._task is None:
             self._wakeup = asyncio.Event()
-            self._reattached = asyncio.Event()
             if self._durable is not None:
                 self._durable.start()
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="rlix-scheduler")
@@ -329,7 +328,9 @@ class SchedulerService:
         started = self.state.clock()
         while pipeline_id in self.unreconciled:
             left = timeout_s - (self.state.clock() - started)
-            if left <= 0 or self._reattached is None:
+            if self._reattached is None:
+                self._reattached = asyncio.Event()
+            if left <= 0:
                 raise SchedulerTimeoutError(
                     f"pipeline {pipeline_id!r} has not reattached to the restarted scheduler within {timeout_s:.1f}s",
                     self.diagnostic("scheduler state now:"),
