@@ -356,7 +356,6 @@ class SchedulerActor:
     async def ping(self) -> str:
         return "ok"
 
-
     # -- plumbing -----------------------------------------------------------------------------------
 
     def _record_decision(self, event: str, service: SchedulerService) -> None:
