@@ -132,15 +132,20 @@ class SchedulerActor:
         #: Pipelines restored from the store at this (re)start, reconciled by :meth:`resume`.
         self._restored: list[str] = []
         self._resuming: asyncio.Task[None] | None = None
+        #: Wall-clock times of the last restart and of the end of its reconciliation, and how
+        #: many DP ranks were in a transition the dead incarnation had started (for operators).
         self._restarted_at: float | None = None
+        self._reconciled_at: float | None = None
+        self._in_doubt = 0
         if store is not None:
             self._restore(store)
         if self._restored:
             # Reconciliation must not wait for a caller: ask this actor to begin as soon as it
             # serves. From a thread, until it is answered: a call this actor makes to itself
             # while it is being restarted may be lost.
-            threading.Thread(target=_resume, args=(ray.get_runtime_context().current_actor,), daemon=True,
-                             name="rlix-resume").start()
+            threading.Thread(target=_resume, args=(ray.get_runtime_context().current_actor,
+                                                   lambda: self._resuming is not None),
+                             daemon=True, name="rlix-resume").start()
 
     def _restore(self, store: RayKVStore) -> None:
         """Rehydrate from the store when the record is this actor's own (a restart); a new actor
@@ -157,8 +162,17 @@ class SchedulerActor:
         self._registrations.update(actor.get("registrations", {}))
         self._reaped.update(actor.get("reaped", {}))
         self._restarted_at = time.time()
+        self._in_doubt = sum(len(a.waking) + len(a.sleeping) for a in self._service.state.generation.values())
+        if self._restored:
+            self._service.add_listener(self._note_reconciled)
+        else:
+            self._reconciled_at = self._restarted_at  # nobody to reconcile with
         log.warning("scheduler restarted (epoch %s); restored %d pipeline(s): %s", self._service.epoch,
                     len(self._restored), self._restored)
+
+    def _note_reconciled(self, event: str, service: SchedulerService) -> None:
+        if self._reconciled_at is None and not service.recovering:
+            self._reconciled_at = time.time()
 
     def _record(self) -> dict[str, Any]:
         return {"actor_id": self._actor_id, "registrations": dict(self._registrations), "reaped": dict(self._reaped)}
@@ -315,6 +329,8 @@ class SchedulerActor:
             "epoch": self._service.epoch,
             "recovering": self._service.recovering,
             "restarted_at": self._restarted_at,
+            "reconciled_at": self._reconciled_at,
+            "in_doubt_at_restart": self._in_doubt,
             "process_id": os.getpid(),
             "protocol": PROTOCOL,
             "num_gpus": state.pool.num_gpus,
@@ -527,14 +543,14 @@ class SchedulerActor:
         self._progress_reports.pop(pipeline_id, None)
 
 
-def _resume(handle: Any) -> None:
-    """Call ``handle.resume`` until it is answered (at most a minute)."""
+def _resume(handle: Any, started: Any) -> None:
+    """Call ``handle.resume`` until ``started()`` says it ran (at most a minute)."""
     deadline = time.monotonic() + 60.0
     while time.monotonic() < deadline:
-        try:
-            ray.get(handle.resume.remote(), timeout=10.0)
-            return
-        except Exception:  # not serving yet: try again
+        handle.resume.remote()
+        for _ in range(20):
+            if started():
+                return
             time.sleep(0.05)
     log.error("the restarted scheduler could not start its reconciliation; the first call will")
 
