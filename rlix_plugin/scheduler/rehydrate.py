@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from rlix_plugin.hookspecs import ACTOR_INFER
+from rlix_plugin.hookspecs import ACTOR_INFER, InvalidRequestError
 
 from .ownership import describe
 from .state import FixedAllocation, GenerationAllocation, SchedulerState
@@ -81,12 +81,38 @@ class Reconciled:
         return {k: v for k, v in self.__dict__.items() if v}
 
 
+def check_report(report: object, pipeline_id: str) -> PipelineReport:
+    """``report`` if it is a well-formed :class:`PipelineReport`.
+
+    :raises InvalidRequestError: naming what is wrong (nothing was changed).
+    """
+    where = f"pipeline {pipeline_id!r}: reconcile report"
+    if not isinstance(report, PipelineReport):
+        raise InvalidRequestError(f"{where} must be a PipelineReport, got {report!r:.80}")
+    if report.awake is not None and (not isinstance(report.awake, tuple) or not all(_is_int(r) for r in report.awake)):
+        raise InvalidRequestError(f"{where}: awake must be None or a tuple of DP ranks, got {report.awake!r:.80}")
+    if not isinstance(report.held, Mapping) or not all(
+            isinstance(c, str) and _is_int(p) and 0 <= p <= 5 for c, p in report.held.items()):
+        raise InvalidRequestError(f"{where}: held must map stage clusters to priorities 0..5, got {report.held!r:.80}")
+    if not isinstance(report.calls, tuple) or not all(
+            isinstance(c, CallInFlight) and isinstance(c.request_id, str) and c.kind in (REQUEST, RELEASE)
+            and isinstance(c.cluster, str) and isinstance(c.remaining_s, (int, float)) for c in report.calls):
+        raise InvalidRequestError(f"{where}: calls must be a tuple of CallInFlight, got {report.calls!r:.80}")
+    return report
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def reconcile(state: SchedulerState, pipeline_id: str, report: PipelineReport,
               request_ids: Mapping[str, str]) -> Reconciled:
-    """Bring ``state`` in line with ``report`` for one pipeline (see the module docstring).
+    """Bring ``state`` in line with ``report`` for one pipeline (see the module docstring;
+    ``report`` is checked first: :func:`check_report`).
 
     :param request_ids: cluster id -> idempotency key of each pending request.
     """
+    check_report(report, pipeline_id)
     done = Reconciled(pipeline_id)
     _generation(state, pipeline_id, report, done)
     _stages(state, pipeline_id, report, done)
@@ -216,4 +242,5 @@ def _finish_release(state: SchedulerState, pid: str) -> None:
         del state.planned_releases[pid]
 
 
-__all__ = ["CallInFlight", "PipelineReport", "REQUEST", "RELEASE", "Reconciled", "reconcile", "settle_unanswered"]
+__all__ = ["CallInFlight", "PipelineReport", "REQUEST", "RELEASE", "Reconciled", "check_report", "reconcile",
+           "settle_unanswered"]
