@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rlix_plugin import RlixHooks, get_plugin_manager, hookimpl
+from rlix_plugin import Hooks, get_plugin_manager, hookimpl
 from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec
 
 BIG = 10**12  # a step target no benchmark reaches, so the batch stays open
@@ -27,7 +27,7 @@ class InstantEngines:
         return tuple(sorted(set(dp_ranks_to_add)))
 
 
-def _paced_bumps(hooks: RlixHooks, pids: list[str], rate: float, duration: float) -> tuple[int, float]:
+def _paced_bumps(hooks: Hooks, pids: list[str], rate: float, duration: float) -> tuple[int, float]:
     """Bump at ``rate`` per second in total (round robin over ``pids``) for ``duration`` seconds.
     Returns (bumps, elapsed)."""
     bump = hooks.bump_completed
@@ -46,7 +46,7 @@ def _paced_bumps(hooks: RlixHooks, pids: list[str], rate: float, duration: float
 
 
 def run_ray(calls: int, repeat: int, rate: float, duration: float, pipelines: int,
-            ns_per_call: Callable[[RlixHooks, int, int], float]) -> dict[str, Any]:
+            ns_per_call: Callable[[Hooks, int, int], float]) -> dict[str, Any]:
     import ray
 
     from rlix_plugin.ray import connect
@@ -57,7 +57,7 @@ def run_ray(calls: int, repeat: int, rate: float, duration: float, pipelines: in
         client = connect(num_gpus=max(4, pipelines), gpus_per_node=max(4, pipelines))
         pm = get_plugin_manager("ray", backend_options={"client": client}, autoload=False)
         pm.register(InstantEngines(), name="engines")
-        hooks = RlixHooks(pm)
+        hooks = Hooks(pm)
         backend = pm.get_plugin("rlix-backend")
         pids = [f"p{i}" for i in range(pipelines)]
         for i, pid in enumerate(pids):

@@ -17,7 +17,7 @@ from _stats import latency_figures
 
 from reaction import InstantEngines  # the same instant supply side as the in-process run
 
-from rlix_plugin import RlixHooks, get_plugin_manager
+from rlix_plugin import Hooks, get_plugin_manager
 from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec
 
 
@@ -41,7 +41,7 @@ def run_ray(pipelines: int, trials: int) -> dict[str, object]:
         pm = get_plugin_manager("ray", backend_options={"client": client}, autoload=False)
         engines = InstantEngines()
         pm.register(engines, name="engines")
-        hooks = RlixHooks(pm)
+        hooks = Hooks(pm)
         pids = [f"p{i}" for i in range(pipelines)]
         for pid in pids:
             hooks.register_pipeline(pipeline_id=pid, clusters={ACTOR_INFER: ClusterSpec(1, tuple(range(gpus)))})

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from _stats import emit, latency_figures  # noqa: E402
 
-from rlix_plugin import RlixHooks, get_plugin_manager, hookimpl  # noqa: E402
+from rlix_plugin import Hooks, get_plugin_manager, hookimpl  # noqa: E402
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, Priority  # noqa: E402
 
 TARGET_P99_MS = {"local": 50.0, "ray": 100.0}
@@ -115,10 +115,10 @@ def run(backend: str, trials: int, resize_s: float) -> dict[str, object]:
         cleanup.append(ray.shutdown)
         options = {"client": connect(num_gpus=6, gpus_per_node=6, resize_timeout_s=resize_s + 60)}
 
-    def make_manager(engines: Engines) -> RlixHooks:
+    def make_manager(engines: Engines) -> Hooks:
         pm = get_plugin_manager(backend, backend_options=options, autoload=False)
         pm.register(engines, name=f"engines-{engines.pipeline_id}")
-        return RlixHooks(pm)
+        return Hooks(pm)
 
     try:
         latencies = measure(make_manager, trials, resize_s)

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from _stats import emit, median  # noqa: E402
 
-from rlix_plugin import RlixHooks, get_plugin_manager, hookimpl  # noqa: E402
+from rlix_plugin import Hooks, get_plugin_manager, hookimpl  # noqa: E402
 
 
 class CountingPlugin:
@@ -35,7 +35,7 @@ class CountingPlugin:
         self.samples += count
 
 
-def ns_per_call(hooks: RlixHooks, calls: int, repeat: int) -> float:
+def ns_per_call(hooks: Hooks, calls: int, repeat: int) -> float:
     bump = hooks.bump_completed
     timer = timeit.Timer("bump(pipeline_id='p0', count=1)", globals={"bump": bump})
     return median([t / calls * 1e9 for t in timer.repeat(repeat=repeat, number=calls)])
@@ -57,11 +57,11 @@ def main() -> None:
         emit(run_ray(args.calls, args.repeat, args.rate, args.duration, args.pipelines, ns_per_call), args.json)
         return
 
-    noop = RlixHooks(get_plugin_manager("noop", autoload=False))
+    noop = Hooks(get_plugin_manager("noop", autoload=False))
     pm = get_plugin_manager("noop", autoload=False)
     counter = CountingPlugin()
     pm.register(counter, name="counter")
-    recording = RlixHooks(pm)
+    recording = Hooks(pm)
 
     # A plain method call with the same arguments, for scale.
     class Plain:

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from _stats import emit, latency_figures  # noqa: E402
 
-from rlix_plugin import RlixHooks, get_plugin_manager, hookimpl  # noqa: E402
+from rlix_plugin import Hooks, get_plugin_manager, hookimpl  # noqa: E402
 from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def run_local(pipelines: int, trials: int) -> dict[str, object]:
     pm = get_plugin_manager("local", backend_options={"scheduler": scheduler}, autoload=False)
     engines = InstantEngines()
     pm.register(engines, name="engines")
-    hooks = RlixHooks(pm)
+    hooks = Hooks(pm)
     pids = [f"p{i}" for i in range(pipelines)]
     try:
         for pid in pids:

@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from _stats import emit, median  # noqa: E402
 
-from rlix_plugin import RlixHooks, get_plugin_manager, hookimpl  # noqa: E402
+from rlix_plugin import Hooks, get_plugin_manager, hookimpl  # noqa: E402
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, Priority  # noqa: E402
 
 CLUSTERS = {
@@ -63,10 +63,10 @@ class Engines:
         return tuple(sorted(self.awake))
 
 
-def hooks(backend: str, engines: Engines, options: dict[str, Any]) -> RlixHooks:
+def hooks(backend: str, engines: Engines, options: dict[str, Any]) -> Hooks:
     pm = get_plugin_manager(backend, backend_options=options, autoload=False)
     pm.register(engines, name=f"engines-{engines.pipeline_id}")
-    return RlixHooks(pm)
+    return Hooks(pm)
 
 
 def local_once(resize_timeout_s: float, grace_s: float) -> float:

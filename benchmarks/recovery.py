@@ -31,15 +31,14 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _stats import emit, median, percentile  # noqa: E402
+import ray
+from _stats import emit, median, percentile
 
-import ray  # noqa: E402
-
-from rlix_plugin import connect  # noqa: E402
-from rlix_plugin.hookspecs import RlixError  # noqa: E402
-from rlix_plugin.reference.runner import RunOptions, execute  # noqa: E402
-from rlix_plugin.reference.scenario import bundled_scenario  # noqa: E402
-from rlix_plugin.testing.chaos import Kill, SchedulerKiller  # noqa: E402
+from rlix_plugin import connect
+from rlix_plugin.hookspecs import RlixError
+from rlix_plugin.reference.runner import RunOptions, execute
+from rlix_plugin.reference.scenario import bundled_scenario
+from rlix_plugin.testing.chaos import Kill, SchedulerKiller
 
 INIT_OPTIONS = {"num_cpus": 2, "num_gpus": 4, "include_dashboard": False, "logging_level": "ERROR",
                 "object_store_memory": 80 * 1024 * 1024}

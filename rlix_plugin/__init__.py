@@ -6,7 +6,7 @@ imported only by the backends and integrations that need them.
 Start here:
 
 * :func:`get_plugin_manager` -- build the manager (entry points, defaults, the selected backend);
-* :class:`RlixHooks` -- the typed front end a framework integration calls;
+* :class:`Hooks` -- the typed front end a framework integration calls;
 * :data:`hookimpl` -- the marker for writing a plugin;
 * :mod:`rlix_plugin.hookspecs` -- the contract;
 * ``rlix_plugin.connect(address="auto", create_if_missing=True)`` -- attach to the rlix actors on a
@@ -15,16 +15,17 @@ Start here:
 
 from __future__ import annotations
 
-from rlix_plugin.frontend import DEFAULT_TIMEOUT_S, RlixHooks
+from rlix_plugin.frontend import DEFAULT_TIMEOUT_S, Hooks
 from rlix_plugin.hookspecs import hookimpl
 from rlix_plugin.manager import PluginOrigin, RlixPluginManager, get_plugin_manager
 
+#: The one place the version is written (pyproject.toml reads it from here).
 __version__ = "0.1.0"
 
 
-def get_hooks(backend: str | None = None, **kwargs: object) -> RlixHooks:
-    """Shorthand: ``RlixHooks(get_plugin_manager(backend, **kwargs))``."""
-    return RlixHooks(get_plugin_manager(backend, **kwargs))  # type: ignore[arg-type]
+def get_hooks(backend: str | None = None, **kwargs: object) -> Hooks:
+    """Shorthand: ``Hooks(get_plugin_manager(backend, **kwargs))``."""
+    return Hooks(get_plugin_manager(backend, **kwargs))  # type: ignore[arg-type]
 
 
 def __getattr__(name: str) -> object:
@@ -34,13 +35,18 @@ def __getattr__(name: str) -> object:
         from rlix_plugin.ray.client import connect
 
         return connect
+    if name == "RlixHooks":  # the front end's name until 0.1.0; one letter from miles' RLixHooks
+        import warnings
+
+        warnings.warn("rlix_plugin.RlixHooks is now rlix_plugin.Hooks", DeprecationWarning, stacklevel=2)
+        return Hooks
     raise AttributeError(f"module 'rlix_plugin' has no attribute {name!r}")
 
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "Hooks",
     "PluginOrigin",
-    "RlixHooks",
     "RlixPluginManager",
     "__version__",
     "get_hooks",

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 COMMANDS = (
     "rlix_plugin.commands.plugins",
     "rlix_plugin.commands.status",
+    "rlix_plugin.commands.events",
+    "rlix_plugin.commands.dashboard",
     "rlix_plugin.commands.control",
     "rlix_plugin.commands.demo",
 )

@@ -25,10 +25,10 @@ if TYPE_CHECKING:
 DEFAULT_TIMEOUT_S = 600.0
 
 
-class RlixHooks:
+class Hooks:
     """Call the ``rlix`` hooks of one plugin manager.
 
-    Build one per manager (``RlixHooks(get_plugin_manager())``); it is cheap and thread-safe as
+    Build one per manager (``Hooks(get_plugin_manager())``); it is cheap and thread-safe as
     long as the manager is not changed concurrently with calls.
     """
 
@@ -178,4 +178,4 @@ class RlixHooks:
         )
 
 
-__all__ = ["DEFAULT_TIMEOUT_S", "RlixHooks"]
+__all__ = ["DEFAULT_TIMEOUT_S", "Hooks"]

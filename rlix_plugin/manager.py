@@ -42,7 +42,7 @@ ENV_STRICT = "RLIX_STRICT_PLUGINS"
 ENV_TRACE = "RLIX_TRACE_HOOKS"
 BACKEND_PLUGIN_NAME = "rlix-backend"
 
-log = logging.getLogger("rlix_plugin")
+log = logging.getLogger(__name__)
 trace_log = logging.getLogger("rlix_plugin.trace")
 
 
@@ -133,7 +133,7 @@ class RlixPluginManager(pluggy.PluginManager):
     def backend(self) -> SchedulerHooks | None:
         """The scheduler backend's plugin (leases, ``flush_progress``, ``is_registered``,
         ``close``), or ``None`` with the no-op default."""
-        return self.get_plugin(BACKEND_PLUGIN_NAME)  # type: ignore[no-any-return]
+        return self.get_plugin(BACKEND_PLUGIN_NAME)
 
     @property
     def monitored(self) -> bool:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 
-log = logging.getLogger("rlix_plugin.progress")
+log = logging.getLogger(__name__)
 
 BEGIN, PROGRESS, END = "begin", "progress", "end"
 

@@ -29,9 +29,8 @@ import os
 import threading
 from typing import Any
 
-from . import LOGGER_NAME
 
-log = logging.getLogger(LOGGER_NAME)
+log = logging.getLogger(__name__)
 
 #: Manager methods the channel runs (nothing else: it is not a general RPC).
 CHANNEL_METHODS = frozenset({
@@ -112,7 +111,7 @@ def serve_engine_calls(manager: Any, mailbox: Any, pipeline_id: str) -> dict[str
     thread = threading.Thread(target=_serve, args=(manager, mailbox, stop, pipeline_id),
                               name=f"rlix-engine-calls-{pipeline_id}", daemon=True)
     thread.start()
-    return {"pid": os.getpid(), "thread": thread.name}
+    return {"process_id": os.getpid(), "thread": thread.name}
 
 
 def _serve(manager: Any, mailbox: Any, stop: threading.Event, pipeline_id: str) -> None:
@@ -162,7 +161,7 @@ class EngineChannel:
         it waits for whatever the actor is running, with ``timeout_s``)."""
         import ray
 
-        mailbox = ray.remote(EngineMailbox).options(num_cpus=0, max_restarts=0).remote(manager.pipeline_id)
+        mailbox: Any = ray.remote(EngineMailbox).options(num_cpus=0, max_restarts=0).remote(manager.pipeline_id)
         try:
             where = manager.run_inside(serve_engine_calls, mailbox, manager.pipeline_id, timeout_s=timeout_s)
         except BaseException:
@@ -188,7 +187,7 @@ class EngineChannel:
                 pass
             raise TimeoutError(
                 f"pipeline {self.manager.pipeline_id!r}: RolloutManager.{name} did not answer within {timeout_s:.0f}s "
-                f"on its engine thread ({self.where.get('thread')} in pid {self.where.get('pid')}): the engine "
+                f"on its engine thread ({self.where.get('thread')} in process {self.where.get('process_id')}): the engine "
                 "operation itself is slow or stuck"
             ) from None
         except RayActorError as exc:

@@ -56,12 +56,11 @@ from typing import Any
 from rlix_plugin.hookspecs import ClusterSpec, InvalidRequestError
 from rlix_plugin.supply import PipelineEngines
 
-from . import LOGGER_NAME
 from .errors import EngineStateError
 from .memory import FreeMemoryCheck, check_threshold
 from .rollout_manager import ManagerProxy
 
-log = logging.getLogger(LOGGER_NAME)
+log = logging.getLogger(__name__)
 
 #: ``sync_weights(engine_indices) -> version | None``: load the latest policy weights into these
 #: engines (state ``loading``); return the version they now hold, for the integration to publish
@@ -268,7 +267,7 @@ class MilesEngines(PipelineEngines):
     def __repr__(self) -> str:
         return f"MilesEngines(pipeline_id={self.pipeline_id!r}, engines={list(self.engines)})"
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[int, int]:
         """DP rank -> engine index, for logs."""
         return {rank: engine for rank, engine in enumerate(self.engines)}
 

@@ -10,7 +10,7 @@ class HooksNotInstalledError(RlixError):
     was never called, failed, or ``set_rlix_hooks`` did not keep the object.
 
     Without them every progress call of miles' rollout function reaches ``NoOpRLixHooks`` and the
-    scheduler never hears of the rollout (the seed bug), so demand is refused instead."""
+    scheduler never hears of the rollout (docs/design.md, failure mode F2), so demand is refused instead."""
 
 
 class HooksNotPassedError(HooksNotInstalledError):

@@ -39,13 +39,12 @@ from typing import TYPE_CHECKING, Any
 
 from rlix_plugin.hookspecs import MODE_FULL, MODE_LORA, InvalidRequestError
 
-from . import LOGGER_NAME
 from .units import GroupUnits, check_groups
 
 if TYPE_CHECKING:
-    from rlix_plugin.frontend import RlixHooks
+    from rlix_plugin.frontend import Hooks
 
-log = logging.getLogger(LOGGER_NAME)
+log = logging.getLogger(__name__)
 
 #: Progress hooks that must reach a backend for the scheduler to see the rollout.
 PROGRESS_HOOKS = ("rlix_begin_progress_batch", "rlix_bump_completed", "rlix_end_progress_batch")
@@ -76,7 +75,7 @@ class MilesRLixHooks:
         backend_options: Mapping[str, Any] | None = None,
         autoload: bool | None = None,
         engine_to_rank: Mapping[int, int] | None = None,
-        hooks: RlixHooks | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.pipeline_id = pipeline_id
         self.units = GroupUnits(n_samples_per_prompt)
@@ -88,7 +87,7 @@ class MilesRLixHooks:
         self.token = uuid.uuid4().hex
         self._init_runtime(hooks)
 
-    def _init_runtime(self, hooks: RlixHooks | None) -> None:
+    def _init_runtime(self, hooks: Hooks | None) -> None:
         self._hooks = hooks
         self._lock = threading.Lock()
         self._stream: tuple[str, str | None] | None = None  # (mode, adapter_id) of the open batch
@@ -125,17 +124,17 @@ class MilesRLixHooks:
         self._init_runtime(None)  # the front end is rebuilt here, on first use
 
     @property
-    def front_end(self) -> RlixHooks:
+    def front_end(self) -> Hooks:
         """The front end, built on first use in this process from the backend name and options."""
         hooks = self._hooks
         if hooks is None:
             with self._lock:
                 if self._hooks is None:
-                    from rlix_plugin import RlixHooks, get_plugin_manager
+                    from rlix_plugin import Hooks, get_plugin_manager
 
                     pm = get_plugin_manager(self.backend, backend_options=dict(self.backend_options),
                                             autoload=self.autoload)
-                    self._hooks = RlixHooks(pm)
+                    self._hooks = Hooks(pm)
                 hooks = self._hooks
         return hooks
 
@@ -225,7 +224,7 @@ class MilesRLixHooks:
         answer: dict[str, Any] = {
             "token": self.token,
             "pipeline_id": self.pipeline_id,
-            "pid": os.getpid(),
+            "process_id": os.getpid(),
             "control_plane": os.environ.get("RLIX_CONTROL_PLANE"),
             "backend": None,
             "live": [],

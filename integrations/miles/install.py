@@ -1,6 +1,6 @@
 """Wiring at init: put the hooks into miles' ``RolloutManager`` and prove they took.
 
-The seed bug was one missing call, ``rollout_manager.set_rlix_hooks(...)``: every progress call
+Failure mode F2 of docs/design.md is one missing call, ``rollout_manager.set_rlix_hooks(...)``: every progress call
 of the rollout function then went to miles' ``NoOpRLixHooks`` and nothing failed. ``install`` makes
 that call and checks its effect, in this order, failing with a clear error at the first problem
 (and undoing what it did):
@@ -19,15 +19,15 @@ that call and checks its effect, in this order, failing with a clear error at th
    manager, so the scheduler's resizes of this pipeline reach the engines;
 6. ``set_rlix_hooks(MilesRLixHooks(...))`` -- through Ray when the manager is an actor (the
    object is pickled and rebuilds its front end there);
-7. the pipeline is registered with the scheduler (if it is not yet);
-8. **read back**, in the manager's process: the object it now holds must be the one just sent
+7. **read back**, in the manager's process: the object it now holds must be the one just sent
    (same token), and its front end must build there with the same backend, reach a live backend
    for the progress hooks, and see this pipeline registered on the scheduler. Anything else raises
    :class:`~.errors.HooksNotInstalledError` saying what was found.
 
-Steps 1 to 4 refuse before anything is changed.
+The pipeline is registered first (its lease goes to the far side with the hooks); steps 1 to 4
+refuse before anything else is changed, and any failure closes the session again.
 
-Until ``install`` succeeds, :meth:`MilesSession.signal_rollout_demand` refuses demand; and a
+Until ``install`` succeeds, :meth:`.session.MilesSession.signal_rollout_demand` refuses demand; and a
 pipeline registered without it has no ``rlix_resize_infer`` owner, so the scheduler fences it at
 its first wake ("the framework's hooks were never installed"). Either way, a forgotten install
 fails at the first rollout instead of hanging.
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec, InvalidRequestError
 
-from . import LOGGER_NAME, rollout_path
+from . import rollout_path
 from .engine_channel import EngineChannel
 from .engines import MilesEngines, WeightSync, engine_table
 from .errors import HooksNotInstalledError, HooksNotPassedError, MilesSurfaceError
@@ -51,9 +51,11 @@ from .memory import FreeMemoryCheck, check_threshold
 from .rollout_manager import CONTROL_TIMEOUT_S, ENGINE_METHODS, SET_HOOKS, ManagerProxy
 
 if TYPE_CHECKING:
+    from rlix_plugin.frontend import Hooks
+
     from .session import MilesSession
 
-log = logging.getLogger(LOGGER_NAME)
+log = logging.getLogger(__name__)
 
 #: The keyword of ``shrink_engines`` that carries the post-sleep memory threshold.
 THRESHOLD_KEYWORD = "post_sleep_vram_threshold_gb"
@@ -135,7 +137,7 @@ def far_side_options(backend: str, options: Mapping[str, Any], leases: Mapping[s
     return far
 
 
-def install_session(
+def _install_into(
     session: MilesSession,
     rollout_manager: Any,
     *,
@@ -145,27 +147,11 @@ def install_session(
     post_sleep_vram_threshold_gb: float | None = None,
     free_memory_check: FreeMemoryCheck | None = None,
 ) -> Installation:
-    """Install ``session``'s hooks into ``rollout_manager`` and verify them (steps in the module
-    docstring). Returns the :class:`Installation`, also kept as ``session.installation``.
-
-    :param rollout_manager: miles' ``RolloutManager``: a Ray actor handle or the object.
-    :param sync_weights: Loads the latest weights into woken engines (:data:`.engines.WeightSync`).
-    :param engine_index_of_rank: Local engine index of each DP rank (default: identity).
-    :param timeout_s: Longest wait for one manager call (default: 60 s for control calls, 120 s for
-        engine operations).
-    :param post_sleep_vram_threshold_gb: Handed to every ``shrink_engines`` (:mod:`.memory`).
-    :param free_memory_check: Checked before every wake (:class:`~.memory.FreeMemoryCheck`).
-    :raises MilesSurfaceError: the manager lacks ``set_rlix_hooks`` or an engine method, or a
-        threshold is configured and its ``shrink_engines`` does not take one.
-    :raises InvalidRequestError: the engine table does not fit ``actor_infer``, the pipeline
-        already has an installation, a ``local``-backend session meets a Ray actor, or a memory
-        option is malformed.
-    :raises EngineStateError: an engine is ``shell`` or mid-transition.
-    :raises HooksNotPassedError: miles would not hand the hooks to its rollout function.
-    :raises HooksNotInstalledError: the read-back did not find working hooks.
-    """
+    """Install the hooks of ``session`` (registered) into ``rollout_manager`` and verify them
+    (steps in the module docstring; parameters and errors: :func:`install`); the session keeps
+    the :class:`Installation`."""
     pid = session.pipeline_id
-    if session.installation is not None:
+    if session.installed:
         raise InvalidRequestError(f"pipeline {pid!r}: hooks are already installed (close the session first)")
     threshold = check_threshold(post_sleep_vram_threshold_gb)
     if free_memory_check is not None and not isinstance(free_memory_check, FreeMemoryCheck):
@@ -223,11 +209,8 @@ def _install(session: MilesSession, proxy: ManagerProxy, sync_weights: WeightSyn
     if pm.has_plugin(plugin_name):
         raise InvalidRequestError(f"pipeline {pid!r}: a miles supply plugin is already registered ({plugin_name})")
     pm.register(engines, name=plugin_name)
-    registered_here = hooks_sent = False
+    hooks_sent = False
     try:
-        if not session.registered:
-            session.register()
-            registered_here = True
         # The far side acts for the pipeline with the lease its registration here returned.
         leases = {pid: pm.backend.lease(pid)} if pm.backend is not None else {}
         hooks = MilesRLixHooks(
@@ -245,11 +228,6 @@ def _install(session: MilesSession, proxy: ManagerProxy, sync_weights: WeightSyn
         pm.unregister(name=plugin_name)
         if hooks_sent:
             clear_hooks(proxy)
-        if registered_here:
-            try:
-                session.hooks.unregister_pipeline(pipeline_id=pid, reason="install failed")
-            finally:
-                session.registered = False
         raise
     if backend != "noop" and probe.get("control_plane") != "rlix":
         log.warning(
@@ -264,11 +242,11 @@ def _install(session: MilesSession, proxy: ManagerProxy, sync_weights: WeightSyn
             "free_memory_check to install", pid,
         )
     installation = Installation(session, proxy, engines, hooks, plugin_name, probe)
-    session.installation = installation
+    session.attach(installation)
     rollout = probe.get("rollout") or {}
     log.info(
-        "rlix: hooks installed on the miles RolloutManager of pipeline %r and verified in its process (pid %s, "
-        "backend %s; rollout function %s takes them); DP rank -> engine index %s%s", pid, probe.get("pid"),
+        "rlix: hooks installed on the miles RolloutManager of pipeline %r and verified in its process (process id %s, "
+        "backend %s; rollout function %s takes them); DP rank -> engine index %s%s", pid, probe.get("process_id"),
         probe.get("backend"), rollout.get("function"), engines.describe(),
         "; engine calls run on their own thread there" if proxy.channel is not None else "",
     )
@@ -317,19 +295,38 @@ def install(
     backend: str | None = None,
     backend_options: Mapping[str, Any] | None = None,
     autoload: bool | None = None,
+    hooks: Hooks | None = None,
     timeout_s: float | None = None,
     demand_timeout_s: float | None = None,
     post_sleep_vram_threshold_gb: float | None = None,
     free_memory_check: FreeMemoryCheck | None = None,
 ) -> MilesSession:
-    """Register a miles pipeline and install its hooks in one call, at pipeline init, once the
-    ``RolloutManager`` exists and before the first rollout.
+    """Register a miles pipeline and install its hooks, at pipeline init, once the
+    ``RolloutManager`` exists and before the first rollout: the one way in.
 
-    Builds a :class:`~.session.MilesSession` (see its parameters), registers the pipeline and runs
-    :func:`install_session`. On failure the pipeline is unregistered again and the error raised.
+    Builds a :class:`~.session.MilesSession` (``pipeline_id``, ``clusters``,
+    ``n_samples_per_prompt``, ``rollout_batch_size``, ``backend``, ``backend_options``,
+    ``autoload``, ``hooks`` -- your own front end -- and ``demand_timeout_s`` as its
+    ``timeout_s``), registers the pipeline and runs the steps of the module docstring. On failure
+    the session is closed (the pipeline unregistered) and the error raised.
 
+    :param rollout_manager: miles' ``RolloutManager``: a Ray actor handle or the object.
+    :param sync_weights: Loads the latest weights into woken engines (:data:`.engines.WeightSync`).
+    :param engine_index_of_rank: Local engine index of each DP rank (default: identity).
+    :param timeout_s: Longest wait for one manager call (default: 60 s for control calls, 120 s for
+        engine operations).
+    :param post_sleep_vram_threshold_gb: Handed to every ``shrink_engines`` (:mod:`.memory`).
+    :param free_memory_check: Checked before every wake (:class:`~.memory.FreeMemoryCheck`).
     :returns: The session: bind ``session.signal_rollout_demand_async`` to the train loop's
         ``signal_demand`` step hook, and call ``session.close()`` in the driver's ``finally``.
+    :raises MilesSurfaceError: the manager lacks ``set_rlix_hooks`` or an engine method, or a
+        threshold is configured and its ``shrink_engines`` does not take one.
+    :raises InvalidRequestError: the engine table does not fit ``actor_infer``, the pipeline
+        already has an installation, a ``local``-backend session meets a Ray actor, or a memory
+        option is malformed.
+    :raises EngineStateError: an engine is ``shell`` or mid-transition.
+    :raises HooksNotPassedError: miles would not hand the hooks to its rollout function.
+    :raises HooksNotInstalledError: the read-back did not find working hooks.
     """
     from .session import MilesSession
 
@@ -338,12 +335,12 @@ def install(
         options["timeout_s"] = demand_timeout_s
     session = MilesSession(
         pipeline_id=pipeline_id, clusters=clusters, n_samples_per_prompt=n_samples_per_prompt,
-        rollout_batch_size=rollout_batch_size, backend=backend, backend_options=backend_options,
+        rollout_batch_size=rollout_batch_size, hooks=hooks, backend=backend, backend_options=backend_options,
         autoload=autoload, **options,
     )
     session.register()
     try:
-        install_session(session, rollout_manager, sync_weights=sync_weights,
+        _install_into(session, rollout_manager, sync_weights=sync_weights,
                         engine_index_of_rank=engine_index_of_rank, timeout_s=timeout_s,
                         post_sleep_vram_threshold_gb=post_sleep_vram_threshold_gb,
                         free_memory_check=free_memory_check)
@@ -353,4 +350,4 @@ def install(
     return session
 
 
-__all__ = ["Installation", "clear_hooks", "describe_manager", "far_side_options", "install", "install_session", "read_back"]
+__all__ = ["Installation", "clear_hooks", "describe_manager", "far_side_options", "install", "read_back"]

@@ -15,10 +15,10 @@ from collections.abc import Callable
 import ray
 from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorkerTQ
 
-from rlix_plugin.integrations.verl import LOGGER_NAME, MANAGER_CLASS_PATH
+from rlix_plugin.integrations.verl import MANAGER_CLASS_PATH
 from rlix_plugin.integrations.verl.progress import POLL_S, GroupProgressMixin, ProgressPump
 
-log = logging.getLogger(LOGGER_NAME)
+log = logging.getLogger(__name__)
 
 
 class _RlixAgentLoopWorkerTQ(GroupProgressMixin, AgentLoopWorkerTQ.__ray_actor_class__):  # type: ignore[misc,name-defined]

@@ -29,14 +29,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rlix_plugin.integrations.verl import LOGGER_NAME
 from rlix_plugin.integrations.verl.weight_sync import SyncFilter, wait_all
 from rlix_plugin.supply import PipelineEngines
 
 if TYPE_CHECKING:
-    from rlix_plugin import RlixHooks
+    from rlix_plugin import Hooks
 
-log = logging.getLogger(LOGGER_NAME)
+log = logging.getLogger(__name__)
 
 #: Longest wait for one load-balancer call (a small in-memory update on a Ray actor).
 LOAD_BALANCER_TIMEOUT_S = 60.0
@@ -124,7 +123,7 @@ class VerlEngines(PipelineEngines):
     interleave.
     """
 
-    def __init__(self, pipeline_id: str, hooks: RlixHooks | None = None) -> None:
+    def __init__(self, pipeline_id: str, hooks: Hooks | None = None) -> None:
         self.pipeline_id = pipeline_id
         self._hooks = hooks
         self._lock = threading.RLock()

@@ -20,9 +20,9 @@ import os
 import sys
 from typing import Any
 
-from rlix_plugin.integrations.verl import LOGGER_NAME, TRAINER_MODE
+from rlix_plugin.integrations.verl import TRAINER_MODE
 
-log = logging.getLogger(LOGGER_NAME)
+log = logging.getLogger(__name__)
 
 #: Why the integration did not load, or ``None`` if it did.
 load_error: Exception | None = None

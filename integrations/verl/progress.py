@@ -8,7 +8,7 @@ hot path, so progress is pulled instead:
   training group finishes, and answers :meth:`~GroupProgressMixin.rlix_take_completed`, a long
   poll that returns and zeroes the counter;
 * :class:`ProgressPump` (a thread in the trainer's process) keeps one such poll outstanding per
-  worker and hands every non-zero count to a sink (``RlixSession.groups_completed``). Under load
+  worker and hands every non-zero count to a sink (``VerlSession.groups_completed``). Under load
   one reply carries many groups: the RPC rate is bounded by the poll period, not the sample rate.
 
 Counts are samples: a group of ``n`` sessions adds ``n``. Validation groups and groups in which
@@ -23,9 +23,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rlix_plugin.integrations.verl import LOGGER_NAME
 
-log = logging.getLogger(LOGGER_NAME)
+log = logging.getLogger(__name__)
 
 #: How long a worker holds a poll open when it has nothing to report, seconds. Bounds both the
 #: idle RPC rate (one per worker per period) and how long stopping the pump takes.
@@ -55,7 +54,7 @@ class GroupProgressMixin:
 
     async def _run_prompt(self, prompt: dict, sampling_params: dict, trajectory: dict, trace: bool = False) -> None:
         # Read before verl pops __rollout_n__ from the prompt.
-        n = int(prompt.get("__rollout_n__", self.config.actor_rollout_ref.rollout.n))  # type: ignore[attr-defined]
+        n = int(prompt.get("__rollout_n__", self.config.actor_rollout_ref.rollout.n))  # type: ignore[attr-defined,arg-type]
         uid = prompt.get("uid")
         try:
             await super()._run_prompt(prompt, sampling_params, trajectory, trace)  # type: ignore[misc]

@@ -1,7 +1,7 @@
 """One verl job's conversation with the scheduler, in verl's terms.
 
-:class:`RlixSession` is the only place the verl integration calls demand-side and lifecycle
-hooks, always through :class:`rlix_plugin.RlixHooks`. It knows nothing of verl's classes: the
+:class:`VerlSession` is the only place the verl integration calls demand-side and lifecycle
+hooks, always through :class:`rlix_plugin.Hooks`. It knows nothing of verl's classes: the
 trainer tells it what happened (prompts submitted, groups finished, engines asleep) and it turns
 that into hook calls, so its order and units can be tested without verl.
 
@@ -20,126 +20,52 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, Grant
-from rlix_plugin.integrations.verl import LOGGER_NAME
+from rlix_plugin.hookspecs import Grant, InvalidRequestError
+
+from rlix_plugin.session import CloseStep, PipelineSession
 
 if TYPE_CHECKING:
-    from rlix_plugin import RlixHooks
     from rlix_plugin.hookspecs import ClusterSpec
 
-log = logging.getLogger(LOGGER_NAME)
+    from rlix_plugin import Hooks
+
+log = logging.getLogger(__name__)
 
 
-class RlixSession:
-    """Registers one pipeline, tracks its open progress batch, and releases everything it holds
-    when closed.
+class VerlSession(PipelineSession):
+    """A :class:`~rlix_plugin.session.PipelineSession` that also tracks the open progress batch
+    of the current step; closing ends that batch before the releases.
 
-    :param hooks: The front end to call.
-    :param pipeline_id: The pipeline's name on the scheduler.
-    :param clusters: Cluster name to :class:`~rlix_plugin.hookspecs.ClusterSpec`, registered by
-        :meth:`open`.
-    :param timeout_s: Longest wait of :meth:`signal_demand` and :meth:`acquire`.
     :param samples_per_step: ``step_target`` of :meth:`signal_demand` (prompts × ``rollout.n``).
+    Other parameters: those of :class:`~rlix_plugin.session.PipelineSession`.
     """
 
     def __init__(
         self,
-        hooks: RlixHooks,
+        hooks: Hooks,
         *,
         pipeline_id: str,
         clusters: Mapping[str, ClusterSpec],
         timeout_s: float,
         samples_per_step: int,
     ) -> None:
-        if samples_per_step <= 0:
-            raise ValueError(f"samples_per_step must be > 0, got {samples_per_step}")
-        self.hooks = hooks
-        self.pipeline_id = pipeline_id
-        self.clusters = dict(clusters)
-        self.timeout_s = timeout_s
+        if isinstance(samples_per_step, bool) or not isinstance(samples_per_step, int) or samples_per_step <= 0:
+            raise InvalidRequestError(f"samples_per_step must be an int > 0, got {samples_per_step!r}")
+        super().__init__(hooks, pipeline_id=pipeline_id, clusters=clusters, timeout_s=timeout_s)
         self.samples_per_step = samples_per_step
         self._lock = threading.Lock()
-        self._registered = False
         self._batch_open = False
         self._submitted = 0
         self._completed = 0
         self._weight_version = 0
 
-    # -- lifecycle ------------------------------------------------------------------------------
+    def closing_steps(self) -> list[CloseStep]:
+        return [("end the progress batch", self.end_rollout)]
 
-    @property
-    def registered(self) -> bool:
-        return self._registered
-
-    def open(self) -> None:
-        """Register the pipeline (once)."""
-        if self._registered:
-            return
-        self.hooks.register_pipeline(pipeline_id=self.pipeline_id, clusters=self.clusters)
-        self._registered = True
-        log.info(
-            "rlix: pipeline %r registered (%s)",
-            self.pipeline_id,
-            ", ".join(f"{name}: tp={spec.tp_size} gpus={list(spec.gpus)}" for name, spec in self.clusters.items()),
-        )
-
-    def close(self, reason: str) -> Exception | None:
-        """Give everything back: end an open batch, release both clusters, unregister.
-
-        Safe to call on any exit path and more than once. Each step runs even when an earlier
-        one fails (a dead scheduler must not keep the others from running). Never raises, since
-        it runs in ``finally`` blocks where an error would mask the one being unwound: failures
-        are logged at ERROR and the first is returned.
-        """
-        if not self._registered:
-            return None
-        first_error: BaseException | None = None
-        steps = (
-            ("end the progress batch", self.end_rollout),
-            ("release actor_infer", lambda: self.release(ACTOR_INFER)),
-            ("release actor_train", lambda: self.release(ACTOR_TRAIN)),
-            ("unregister", lambda: self.hooks.unregister_pipeline(pipeline_id=self.pipeline_id, reason=reason)),
-        )
-        for what, step in steps:
-            try:
-                step()
-            except Exception as exc:
-                log.error("rlix: could not %s for pipeline %r: %r", what, self.pipeline_id, exc)
-                first_error = first_error or exc
-        self._registered = False
-        log.info("rlix: pipeline %r closed (%s)", self.pipeline_id, reason)
-        return first_error
-
-    # -- GPUs -------------------------------------------------------------------------------------
-
-    def signal_demand(self, rollout_id: int) -> Grant:
-        """Pre-signal the next rollout and wait until at least one engine may run."""
-        grant = self.hooks.signal_demand(
-            pipeline_id=self.pipeline_id,
-            rollout_id=rollout_id,
-            step_target=self.samples_per_step,
-            timeout_s=self.timeout_s,
-        )
-        if grant.scheduled:
-            log.info(
-                "rlix: rollout %d of %r may start: dp ranks %s awake after %.2fs",
-                rollout_id, self.pipeline_id, list(grant.dp_ranks), grant.waited_s,
-            )
-        return grant
-
-    def acquire(self, cluster: str, priority: int) -> Grant:
-        """Block until ``cluster``'s GPUs are granted at ``priority``."""
-        grant = self.hooks.request_gpus(
-            pipeline_id=self.pipeline_id, cluster=cluster, priority=priority, timeout_s=self.timeout_s
-        )
-        if grant.scheduled:
-            log.info(
-                "rlix: %r got %s at priority %d after %.2fs", self.pipeline_id, cluster, int(priority), grant.waited_s
-            )
-        return grant
-
-    def release(self, cluster: str) -> None:
-        self.hooks.release(pipeline_id=self.pipeline_id, cluster=cluster)
+    def signal_demand(self, rollout_id: int, step_target: int | None = None) -> Grant:
+        """Pre-signal the next rollout (``samples_per_step`` samples unless told otherwise) and
+        wait until at least one engine may run."""
+        return super().signal_demand(rollout_id, self.samples_per_step if step_target is None else step_target)
 
     # -- progress (samples) -----------------------------------------------------------------------
 
@@ -198,4 +124,4 @@ class RlixSession:
             return self._completed, self._submitted
 
 
-__all__ = ["RlixSession"]
+__all__ = ["VerlSession"]

@@ -49,13 +49,7 @@ import os
 from typing import Any
 
 from omegaconf import open_dict
-from verl.trainer.ppo.v1.trainer_base import register_trainer
-from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
-from verl.utils.debug import marked_timer
-from verl.workers.rollout.llm_server import FullyAsyncLLMServerClient
-
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, Grant, Priority
-from rlix_plugin.manager import ENV_TRACE, trace_log
 from rlix_plugin.integrations.verl import LOGGER_NAME, MANAGER_CLASS_PATH, TRAINER_MODE
 from rlix_plugin.integrations.verl.config import (
     RlixVerlConfig,
@@ -65,12 +59,21 @@ from rlix_plugin.integrations.verl.config import (
     samples_per_step,
 )
 from rlix_plugin.integrations.verl.engines import VerlEngines, VerlRollout
-from rlix_plugin.integrations.verl.session import RlixSession
+from rlix_plugin.integrations.verl.session import VerlSession
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.debug import marked_timer
+from verl.workers.rollout.llm_server import FullyAsyncLLMServerClient
 
-log = logging.getLogger(LOGGER_NAME)
+from rlix_plugin import session as pipeline_session
+from rlix_plugin.manager import ENV_TRACE, trace_log
+
+log = logging.getLogger(__name__)
 # verl shows a module's INFO lines by giving its logger a level from VERL_LOGGING_LEVEL (the root
-# stays at WARNING); do the same so the scheduling decisions appear in the job's log.
-log.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
+# stays at WARNING); do the same for the integration's loggers and the pipeline lifecycle's, so
+# the scheduling decisions appear in the job's log.
+for _name in (LOGGER_NAME, pipeline_session.__name__):
+    logging.getLogger(_name).setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 if os.environ.get(ENV_TRACE, "").strip().lower() in {"1", "true", "yes", "on"}:
     # The hook trace is logged at INFO; verl's root logger would drop it.
     trace_log.setLevel(logging.INFO)
@@ -81,9 +84,9 @@ VERL_SYNC_MODE = "sync"
 
 def build_hooks(rlix: RlixVerlConfig) -> Any:
     """The hooks front end for this job: ``backend`` and ``address`` passed straight through."""
-    from rlix_plugin import RlixHooks, get_plugin_manager
+    from rlix_plugin import Hooks, get_plugin_manager
 
-    return RlixHooks(get_plugin_manager(rlix.backend, backend_options=rlix.backend_options()))
+    return Hooks(get_plugin_manager(rlix.backend, backend_options=rlix.backend_options()))
 
 
 def _use_progress_manager(config: Any) -> None:
@@ -110,7 +113,7 @@ class RlixPPOTrainerSync(PPOTrainerSync):
     """verl's sync PPO trainer with the rlix hook points (see the module docstring).
 
     :param config: verl's job config (``DictConfig``).
-    :param rlix_hooks: A ready :class:`rlix_plugin.RlixHooks` to call instead of building one
+    :param rlix_hooks: A ready :class:`rlix_plugin.Hooks` to call instead of building one
         from ``trainer.rlix`` (tests, embedding). Ignored when rlix is disabled.
     :raises InvalidRequestError: a bad ``trainer.rlix`` block, a GPU layout rlix cannot
         register, or ``free_cache_engine`` off (the message names the key).
@@ -123,7 +126,7 @@ class RlixPPOTrainerSync(PPOTrainerSync):
             # checkpoint paths); under any other name it would silently take the async paths.
             with open_dict(config):
                 config.trainer.v1.trainer_mode = VERL_SYNC_MODE
-        self._rlix: RlixSession | None = None
+        self._rlix: VerlSession | None = None
         self._rlix_engines: VerlEngines | None = None
         self._rlix_plugin_name: str | None = None
         #: Version of the trainer's current weights (see the module docstring).
@@ -137,7 +140,7 @@ class RlixPPOTrainerSync(PPOTrainerSync):
             return
         hooks = rlix_hooks if rlix_hooks is not None else build_hooks(self.rlix_config)
         pipeline_id = self.rlix_config.pipeline_id
-        self._rlix = RlixSession(
+        self._rlix = VerlSession(
             hooks,
             pipeline_id=pipeline_id,
             clusters=clusters,
@@ -147,7 +150,7 @@ class RlixPPOTrainerSync(PPOTrainerSync):
         self._rlix_engines = VerlEngines(pipeline_id, hooks)
 
     @property
-    def rlix_session(self) -> RlixSession | None:
+    def rlix_session(self) -> VerlSession | None:
         """The scheduler session, or ``None`` when rlix is disabled."""
         return self._rlix
 
@@ -169,7 +172,7 @@ class RlixPPOTrainerSync(PPOTrainerSync):
                 self._setup()
             finally:
                 self._rlix.release(ACTOR_TRAIN)
-            self._rlix_engines.bind(VerlRollout.from_trainer(self))
+            self._engines.bind(VerlRollout.from_trainer(self))
             self.rlix_weight_version = int(self.global_steps)
             self.on_init_end()
         except BaseException as exc:
@@ -241,7 +244,7 @@ class RlixPPOTrainerSync(PPOTrainerSync):
             return super().on_sample_end()
         self._rlix_flush_progress()
         # verl's sync sleep, through the supply side so it knows which replicas are awake.
-        self._rlix_engines.sleep_all()
+        self._engines.sleep_all()
         if self.curr_step_profile:
             self._stop_rollout_profiling()
         self._rlix.end_rollout()
@@ -262,13 +265,19 @@ class RlixPPOTrainerSync(PPOTrainerSync):
 
     # -- helpers ----------------------------------------------------------------------------------
 
+    @property
+    def _engines(self) -> VerlEngines:
+        """The supply side; only called while rlix is enabled (it exists from ``__init__`` on)."""
+        assert self._rlix_engines is not None, "rlix is not enabled for this trainer"
+        return self._rlix_engines
+
     def _rlix_wake(self, grant: Grant) -> None:
         if grant.scheduled:
             # The scheduler woke the granted ranks through rlix_resize_infer before answering.
-            if not self._rlix_engines.awake:
+            if not self._engines.awake:
                 log.warning("rlix: demand granted with dp ranks %s but no replica is awake", list(grant.dp_ranks))
             return
-        self._rlix_engines.wake_all()
+        self._engines.wake_all()
 
     def _rlix_flush_progress(self) -> None:
         flush = getattr(getattr(self, "agent_loop_manager", None), "rlix_flush", None)
@@ -277,11 +286,13 @@ class RlixPPOTrainerSync(PPOTrainerSync):
 
     def _rlix_open(self) -> None:
         """Register the pipeline and the engines that answer its resizes (idempotent)."""
-        pm = self._rlix.hooks.plugin_manager
+        session = self._rlix
+        assert session is not None, "rlix is not enabled for this trainer"
+        pm = session.hooks.plugin_manager
         if self._rlix_plugin_name is None:
             # The backend calls rlix_resize_infer on this manager; the engines must answer there.
-            self._rlix_plugin_name = pm.register(self._rlix_engines, name=f"rlix-verl-engines-{self._rlix.pipeline_id}")
-        self._rlix.open()
+            self._rlix_plugin_name = pm.register(self._engines, name=f"rlix-verl-engines-{session.pipeline_id}")
+        session.register()
 
     def _rlix_close(self, reason: str) -> None:
         if self._rlix is None:

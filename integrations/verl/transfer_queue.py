@@ -24,9 +24,8 @@ import importlib
 import logging
 from typing import Any
 
-from rlix_plugin.integrations.verl import LOGGER_NAME
 
-log = logging.getLogger(LOGGER_NAME)
+log = logging.getLogger(__name__)
 
 #: The namespace TransferQueue hard-codes for its named actors.
 SHARED_NAMESPACE = "transfer_queue"
@@ -86,7 +85,7 @@ def install() -> bool:
         (a version this integration was not written for).
     """
     try:
-        modules = {name: importlib.import_module(name) for name in NAMED_ACTORS}
+        modules: dict[str, Any] = {name: importlib.import_module(name) for name in NAMED_ACTORS}
     except ImportError:
         return False
     for name, module in modules.items():

@@ -34,9 +34,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from rlix_plugin.integrations.verl import LOGGER_NAME
 
-log = logging.getLogger(LOGGER_NAME)
+log = logging.getLogger(__name__)
 
 #: Longest wait for one training rank to apply or lift a restriction (an in-memory change).
 RESTRICT_TIMEOUT_S = 60.0

@@ -32,11 +32,14 @@ from typing import Any, TypeVar
 from rlix_plugin.hookspecs import (
     Grant,
     InvalidRequestError,
+    Priority,
     RlixError,
     SchedulerTimeoutError,
     SchedulerUnavailableError,
 )
+from rlix_plugin.metrics.catalog import REQUEST_GPUS, SIGNAL_DEMAND
 from rlix_plugin.progress import BEGIN, END, ProgressReport
+from rlix_plugin.scheduler.journal import Journal
 from rlix_plugin.scheduler.rehydrate import PipelineReport
 from rlix_plugin.scheduler.service import SchedulerService
 from rlix_plugin.scheduler.state import SchedulerState
@@ -47,7 +50,7 @@ from .hooks import SchedulerHooks
 from .port import Registration, ResizeHook
 
 T = TypeVar("T")
-log = logging.getLogger("rlix_plugin.local")
+log = logging.getLogger(__name__)
 
 #: Extra seconds a caller waits beyond the scheduler-side timeout before giving up on the loop
 #: thread itself (which then means the loop is wedged, not that GPUs are busy).
@@ -68,6 +71,13 @@ class LocalScheduler:
         stored = self.store.load() if self.store is not None else None
         if stored is not None:
             self.restored = self.service.restore(stored.payload)
+        #: The decision log (:mod:`rlix_plugin.scheduler.journal`); read it through :meth:`decisions`.
+        self.journal = Journal(self.service.state)
+        self.service.add_observer(self.journal)
+        from rlix_plugin.metrics import serve_local
+
+        #: Its metrics, when ``RLIX_METRICS_PORT`` asks for them (:mod:`rlix_plugin.metrics`).
+        self.metrics = serve_local(self)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="rlix-local-scheduler", daemon=True)
         self._thread.start()
@@ -114,6 +124,16 @@ class LocalScheduler:
     def snapshot(self) -> dict[str, Any]:
         return self.read(self.service.snapshot)
 
+    def waited(self, op: str, grant: Grant, priority: int) -> None:
+        """Count how long a ``signal_demand`` or ``request_gpus`` call (``op``) waited for ``grant``."""
+        if self.metrics is not None:
+            self.call_soon(self.metrics.recorder.waited, op, grant.pipeline_id, priority, grant.waited_s)
+
+    def decisions(self, since: int = 0, pipeline: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Decisions numbered above ``since`` (of ``pipeline``), oldest first, as plain data."""
+        log = self.journal.log
+        return self.read(lambda: [d.to_json() for d in log.since(since, pipeline, limit)])
+
     def diagnostic(self, headline: str = "", timeout_s: float = 5.0) -> str:
         """The scheduler's view (or, if its loop does not answer, a line that says so)."""
         try:
@@ -133,6 +153,10 @@ class LocalScheduler:
         try:
             self.call(self.service.stop(), timeout_s=10.0)
         finally:
+            if self.metrics is not None:
+                from rlix_plugin.metrics.local import detach
+
+                detach(self.metrics)
             self._closed = True
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=10.0)
@@ -196,16 +220,20 @@ class LocalPort:
         return resizer
 
     def signal_demand(self, pipeline_id: str, lease: str, rollout_id: int, step_target: int, timeout_s: float) -> Grant:
-        return self.scheduler.call(
+        grant = self.scheduler.call(
             self.scheduler.service.signal_demand(pipeline_id, lease, rollout_id, step_target, timeout_s), timeout_s
         )
+        self.scheduler.waited(SIGNAL_DEMAND, grant, Priority.GENERATION)
+        return grant
 
     def request(self, pipeline_id: str, lease: str, cluster: str, priority: int, step_target: int | None,
                 timeout_s: float) -> Grant:
-        return self.scheduler.call(
+        grant = self.scheduler.call(
             self.scheduler.service.request_gpus(pipeline_id, lease, cluster, priority, step_target, timeout_s),
             timeout_s,
         )
+        self.scheduler.waited(REQUEST_GPUS, grant, priority)
+        return grant
 
     def release(self, pipeline_id: str, lease: str, cluster: str) -> None:
         timeout_s = self.scheduler.service.resize_timeout_s + 10.0

@@ -57,14 +57,14 @@ from rlix_plugin.hookspecs import ACTOR_INFER, Grant, InvalidRequestError, Sched
 from rlix_plugin.progress import BEGIN, END, ProgressReport
 from rlix_plugin.ray.client import DEFAULT_RESIZE_TIMEOUT_S, RlixClient, connect, new_request_id
 from rlix_plugin.ray.coordinator import ReconcileRequest
-from rlix_plugin.ray.supply import ResizeServer, start_coordinator
+from rlix_plugin.ray.resize_server import ResizeServer, start_coordinator
 from rlix_plugin.scheduler.rehydrate import RELEASE, REQUEST, CallInFlight, PipelineReport
 from rlix_plugin.scheduler.topology import PoolTopology, validate_pipeline
 
 from .hooks import SchedulerHooks
 from .port import Registration, ResizeHook
 
-log = logging.getLogger("rlix_plugin.ray")
+log = logging.getLogger(__name__)
 
 #: Reports whose answer is not checked yet; beyond this the oldest are forgotten unchecked.
 MAX_OUTSTANDING = 1024

@@ -19,41 +19,26 @@ from typing import Any
 from rlix_plugin import arguments as check
 
 
-def _connect(address: str) -> tuple[Any, bool]:
-    import ray
-
-    from rlix_plugin.ray.client import connect
-
-    started_ray = not ray.is_initialized()
-    init_options = {"logging_level": "ERROR", "log_to_driver": False} if started_ray else None
-    return connect(address, create_if_missing=False, init_options=init_options), started_ray
-
-
 def run_kill(args: argparse.Namespace) -> int:
-    import ray
-
     from rlix_plugin.ray.client import operator_token
 
+    from .cluster import scheduler_client
+
     check.pipeline_id(args.pipeline, "PIPELINE")
-    client, started_ray = _connect(args.address)
-    try:
+    with scheduler_client(args.address) as client:
         killed = client.kill_pipeline(args.pipeline, operator_token(), args.reason)
         print(json.dumps({"pipeline": args.pipeline, "killed_actors": killed}) if args.json
               else f"killed pipeline {args.pipeline}: {', '.join(killed) or 'no named actors'}; its GPUs are free")
         return 0
-    finally:
-        if started_ray:
-            ray.shutdown()
 
 
 def run_drain(args: argparse.Namespace) -> int:
-    import ray
-
     from rlix_plugin.ray.client import operator_token
 
+    from .cluster import scheduler_client
+
     timeout_s = check.timeout(args.timeout, "--timeout")
-    client, started_ray = _connect(args.address)
-    try:
+    with scheduler_client(args.address) as client:
         remaining = client.drain(operator_token())
         deadline = time.monotonic() + timeout_s
         while remaining and time.monotonic() < deadline:
@@ -65,9 +50,6 @@ def run_drain(args: argparse.Namespace) -> int:
             print("drained: no pipeline is registered" if not remaining
                   else f"still registered after {timeout_s:g}s: {', '.join(remaining)}")
         return 0 if not remaining else 1
-    finally:
-        if started_ray:
-            ray.shutdown()
 
 
 def add_parser(commands: Any) -> None:

@@ -11,7 +11,7 @@ def run(args: argparse.Namespace) -> int:
     from rlix_plugin.manager import get_plugin_manager
 
     pm = get_plugin_manager(args.backend)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": name,
             "kind": pm.origins[name].kind if name in pm.origins else "unknown",

@@ -2,7 +2,9 @@
 
 Shows each pipeline's allocations (GPU ids per cluster, awake DP ranks), open demand, progress
 (completed/target per stream), the pending queue per priority with waiting times, and idle GPUs.
-``--json`` prints the scheduler's snapshot as is; ``--watch`` refreshes it.
+``--json`` prints the scheduler's snapshot as is; ``--watch`` refreshes it. ``--why PIPELINE``
+explains in one paragraph why that pipeline holds what it holds now, citing the decisions behind
+it (``rlix-plugin events`` lists them all).
 """
 
 from __future__ import annotations
@@ -78,21 +80,19 @@ def _ids(gpus: list[int]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import ray
+    from .cluster import scheduler_client
 
     from rlix_plugin import arguments as check
-
-    from rlix_plugin.ray.client import connect
 
     check.timeout(args.timeout, "--timeout")
     if args.watch is not None:
         check.timeout(args.watch, "--watch")
     check.integer(args.count, "--count", 0)
-    started_ray = not ray.is_initialized()
-    init_options = {"logging_level": "ERROR", "log_to_driver": False} if started_ray else None
-    try:
-        # Never creates anything: an operator looking must not start a scheduler.
-        client = connect(args.address, create_if_missing=False, init_options=init_options)
+    if args.why is not None:
+        check.pipeline_id(args.why, "--why")
+    with scheduler_client(args.address) as client:
+        if args.why is not None:
+            return _why(client, args)
         count = 0
         while True:
             snap = client.snapshot(timeout_s=args.timeout)
@@ -106,9 +106,16 @@ def run(args: argparse.Namespace) -> int:
             if not args.watch or (args.count and count >= args.count):
                 return 0
             time.sleep(args.watch)  # the refresh period the operator asked for
-    finally:
-        if started_ray:
-            ray.shutdown()  # disconnects this process; the cluster keeps running
+
+
+def _why(client: Any, args: argparse.Namespace) -> int:
+    from rlix_plugin.scheduler.why import explain
+
+    snap = client.snapshot(timeout_s=args.timeout)
+    decisions = client.events(0, args.why, limit=100_000, timeout_s=args.timeout)["decisions"]
+    paragraph = explain(snap, decisions, args.why, time.time())
+    print(json.dumps({"pipeline": args.why, "why": paragraph}) if args.json else paragraph)
+    return 0
 
 
 def add_parser(commands: Any) -> None:
@@ -120,4 +127,5 @@ def add_parser(commands: Any) -> None:
                         help="refresh every SECONDS (default 2) until interrupted")
     parser.add_argument("--count", type=int, default=0, help="with --watch: stop after this many refreshes")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the scheduler")
+    parser.add_argument("--why", metavar="PIPELINE", help="explain why PIPELINE holds what it holds now")
     parser.set_defaults(run=run)

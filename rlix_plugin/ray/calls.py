@@ -28,7 +28,7 @@ from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTa
 
 from rlix_plugin.hookspecs import RlixError, SchedulerTimeoutError, SchedulerUnavailableError
 
-log = logging.getLogger("rlix_plugin.ray")
+log = logging.getLogger(__name__)
 
 #: Seconds a caller waits beyond the actor-side timeout before concluding that the actor itself
 #: is stuck (rather than busy GPUs): the round trip plus scheduling noise on a loaded node.

@@ -6,12 +6,13 @@ initialised and ``address`` is ignored; a driver that has not called ``ray.init`
 rlix actors are found by name in namespace ``rlix`` whatever namespace the caller's job uses, and
 created if missing (get-if-exists, so concurrent first callers end up sharing one).
 
-Stale state (failure mode 10): detached actors outlive the driver that made them. A scheduler
-left by an earlier run is reused when compatible. When it speaks another protocol version, or
-the caller asks explicitly for a different pool or resize timeout, it is replaced if it serves no
-pipeline and refused with a message naming both otherwise. Pipelines of crashed runs do not
-linger: the scheduler unregisters a pipeline when its coordinator (owned by the pipeline's
-process) dies.
+Stale state (docs/design.md, failure mode F10): detached actors outlive the driver that made
+them. A scheduler left by an earlier run is reused when compatible. One that speaks another
+protocol version and serves no pipeline is replaced; one whose pool or options differ from what
+the caller asks for explicitly is refused with a message naming both settings, unless the caller
+passes ``replace=True`` with the operator credential and it serves no pipeline. Pipelines of
+crashed runs do not linger: the scheduler unregisters a pipeline when its coordinator (owned by
+the pipeline's process) dies.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
+from rlix_plugin import arguments as check
+from rlix_plugin.backends.port import Registration
 from rlix_plugin.hookspecs import (
     Grant,
     InvalidRequestError,
@@ -34,19 +37,16 @@ from rlix_plugin.hookspecs import (
     SchedulerTimeoutError,
     SchedulerUnavailableError,
 )
-
-from rlix_plugin import arguments as check
-from rlix_plugin.backends.port import Registration
 from rlix_plugin.scheduler.leases import operator_digest
-from rlix_plugin.scheduler.rehydrate import PipelineReport
 from rlix_plugin.scheduler.policy import DEFAULT_POLICY, get_policy
+from rlix_plugin.scheduler.rehydrate import PipelineReport
 
 from .calls import GRACE_S, call_through_restarts, wait
 from .names import NAMESPACE, ORCHESTRATOR_NAME, PROTOCOL, SCHEDULER_NAME
 from .orchestrator import ORCHESTRATOR_OPTIONS, OrchestratorActorClass
 from .scheduler_actor import SCHEDULER_OPTIONS, SchedulerActorClass
 
-log = logging.getLogger("rlix_plugin.ray")
+log = logging.getLogger(__name__)
 
 #: Longest wait for a control-plane call (describe, register, unregister, status): these never
 #: wait for GPUs, so anything longer means the actor is stuck.
@@ -138,15 +138,21 @@ class RlixClient:
                  coordinator: Any = None, timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
         """Reattach a pipeline to a restarted scheduler: its resizes go to ``coordinator`` with
         ``resize_token`` from now on, and its state is reconciled with ``report``."""
-        return self._call("reattach", lambda _: (pipeline_id, lease, resize_token, report, coordinator),  # type: ignore[no-any-return]
+        return self._call("reattach", lambda _: (pipeline_id, lease, resize_token, report, coordinator),
                           timeout_s, f"reattach({pipeline_id})")
 
     def describe(self, timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
-        return self._call("describe", lambda _: (), timeout_s, "describe")  # type: ignore[no-any-return]
+        return self._call("describe", lambda _: (), timeout_s, "describe")
 
     def snapshot(self, timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
         """The scheduler's full view: pipelines, allocations, open demand, progress, queue."""
-        return self._call("snapshot", lambda _: (), timeout_s, "snapshot")  # type: ignore[no-any-return]
+        return self._call("snapshot", lambda _: (), timeout_s, "snapshot")
+
+    def events(self, since: int = 0, pipeline: str | None = None, limit: int = 1000, wait_s: float = 0.0,
+               timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
+        """The decision log after ``since`` (:meth:`SchedulerActor.events
+        <rlix_plugin.ray.scheduler_actor.SchedulerActor.events>`); ``wait_s`` long-polls."""
+        return self._call("events", lambda _: (since, pipeline, limit, wait_s), timeout_s + wait_s, "events")
 
     def diagnostic(self, headline: str = "", timeout_s: float = 10.0) -> str:
         return str(self._call("diagnostic", lambda _: (headline,), timeout_s, "diagnostic"))
@@ -337,6 +343,7 @@ def connect(
     operator: str | None = None,
     fence_grace_s: float | None = None,
     liveness_timeout_s: float | None = None,
+    replace_stale: bool = True,
 ) -> RlixClient:
     """Attach to (or start) Ray and the rlix actors; return a :class:`RlixClient`.
 
@@ -360,8 +367,11 @@ def connect(
         30 s) before it reclaims them.
     :param liveness_timeout_s: How long a new scheduler waits for a pipeline process's heartbeat
         (its resize poll) before it fences the pipeline as unresponsive (default 60 s).
+    :param replace_stale: Replace an idle scheduler that speaks an older protocol (it cannot be
+        used anyway). ``False`` for a caller that only reads: such a scheduler is then an error
+        and the cluster is left as it is.
     :raises SchedulerUnavailableError: no Ray cluster, or no scheduler and ``create_if_missing``
-        is False.
+        is False, or a scheduler of another protocol and ``replace_stale`` is False.
     :raises InvalidRequestError: a running scheduler differs from the explicit options (the
         message names both settings); a cluster without GPUs and no ``num_gpus``.
     :raises NotPipelineOwnerError: ``replace`` with a wrong operator credential.
@@ -390,6 +400,12 @@ def connect(
             mismatch = _mismatch(info, wanted)
             if not mismatch:
                 break
+            if not replace_stale:
+                raise SchedulerUnavailableError(
+                    "the rlix scheduler on this cluster differs from this client ("
+                    + ", ".join(f"{k}: running {have!r}, this client {want!r}" for k, (have, want) in mismatch.items())
+                    + "); left as it is"
+                )
             _replace(scheduler, info, mismatch, operator_token(operator) if replace else None)
         else:
             raise SchedulerUnavailableError("could not start or reach the rlix scheduler (3 attempts)")

@@ -4,14 +4,14 @@ The scheduler resizes a pipeline by calling :meth:`Coordinator.resize` on its co
 engines, and the framework's ``rlix_resize_infer`` implementation that drives them, live in the
 pipeline's process, which may be a Ray driver (no actor anyone can call), an actor or a task. So
 the coordinator is a mailbox: the pipeline process long-polls it (:meth:`next_request`, served by
-:class:`rlix_plugin.ray.supply.ResizeServer`), runs the hook where the engines are, and posts the
+:class:`rlix_plugin.ray.resize_server.ResizeServer`), runs the hook where the engines are, and posts the
 result (:meth:`complete`), which answers the scheduler's call. The same code works from drivers,
 actors and tasks, and a resize costs two extra local round trips (about 2 ms).
 
 Lifetime: created by the pipeline process, named ``rlix:coordinator`` in the pipeline's namespace,
 not detached, so it dies with the process that created it. The scheduler holds a :meth:`watch`
 call on it and unregisters the pipeline when the coordinator dies: a crashed pipeline never keeps
-its GPUs (failure modes 3 and 10).
+its GPUs (docs/design.md, failure modes F3 and F10).
 
 Scheduler restarts: the coordinator outlives the scheduler (the pipeline's process owns it). A
 restarted scheduler finds it again by name and calls :meth:`reconcile` with its new **epoch**;
@@ -175,9 +175,9 @@ class Coordinator:
         if closed.is_set():
             return CLOSED
         for older in [e for e in self._watches if e < epoch]:
-            future = self._watches.pop(older)
-            if not future.done():
-                future.set_result(SUPERSEDED)
+            replaced = self._watches.pop(older)
+            if not replaced.done():
+                replaced.set_result(SUPERSEDED)
         future = self._watches.get(epoch)
         if future is None or future.done():
             future = self._watches[epoch] = asyncio.get_running_loop().create_future()
@@ -285,7 +285,7 @@ class Coordinator:
 
 
 #: The actor class; create it with ``CoordinatorActor.options(**COORDINATOR_OPTIONS, name=...,
-#: namespace=...)`` (see :func:`rlix_plugin.ray.supply.start_coordinator`).
+#: namespace=...)`` (see :func:`rlix_plugin.ray.resize_server.start_coordinator`).
 CoordinatorActor = ray.remote(Coordinator)
 
 __all__ = [

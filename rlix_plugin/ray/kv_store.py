@@ -32,6 +32,7 @@ from rlix_plugin.scheduler.store import StaleWriterError, StoredState, decode, e
 
 from .names import NAMESPACE
 
+
 def _key(prefix: str, epoch: int) -> bytes:
     return f"{prefix}{epoch:012d}".encode()
 

@@ -32,7 +32,7 @@ from .calls import RETRY_PAUSES_S, unwrap
 from .kill import kill_namespace
 from .names import HEAD_NODE_RESOURCE, NAMESPACE, SCHEDULER_NAME
 
-log = logging.getLogger("rlix_plugin.ray.orchestrator")
+log = logging.getLogger(__name__)
 
 #: Longest the orchestrator keeps calling a scheduler that is restarting.
 CALL_TIMEOUT_S = 30.0

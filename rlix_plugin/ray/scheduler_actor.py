@@ -8,7 +8,7 @@ adds only what being remote needs:
   times out gets the service's policy: that pipeline is fenced, the others keep running;
 * a death watch per coordinator: when a pipeline's process dies (and its coordinator with it) the
   pipeline is unregistered and its GPUs go back to the pool, so a crashed run leaves nothing
-  behind (failure mode 10);
+  behind (docs/design.md, failure mode F10);
 * progress arrives fire-and-forget from many processes, and Ray does not promise that an async
   actor runs one sender's calls in order; every report carries its sender's sequence number and
   an older one than already applied is dropped (reports are absolute: latest wins);
@@ -20,6 +20,9 @@ adds only what being remote needs:
   nothing until every pipeline has reattached (:meth:`SchedulerActor.reattach`: its lease, its
   resize token, its report) or was fenced for not answering within ``reconcile_timeout_s``.
   Callers' interrupted calls are retried by their clients (:mod:`.calls`) with idempotency keys.
+* the operator's view: the decision log (:mod:`rlix_plugin.scheduler.journal`, read with
+  :meth:`SchedulerActor.events`, which can wait for the next decision) and the metrics, exported
+  through Ray's metrics pipeline (:mod:`rlix_plugin.metrics.ray`).
 
 It never calls the orchestrator: requests, progress, releases, resizes and reaping use only the
 service and the coordinators (a static test walks this module to keep it that way), so killing
@@ -41,8 +44,12 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from rlix_plugin.backends.port import Registration
-from rlix_plugin.hookspecs import Grant, InvalidRequestError, RlixError
+from rlix_plugin.hookspecs import Grant, InvalidRequestError, Priority, RlixError
+from rlix_plugin.metrics import catalog as metric
+from rlix_plugin.metrics.ray import GAUGE_PERIOD_S, RaySink
+from rlix_plugin.metrics.values import Recorder, snapshot_gauges
 from rlix_plugin.progress import BEGIN, END, ProgressReport
+from rlix_plugin.scheduler.journal import Journal
 from rlix_plugin.scheduler.leases import lease_digest
 from rlix_plugin.scheduler.persist import StateFormatError
 from rlix_plugin.scheduler.policy import DEFAULT_POLICY
@@ -54,9 +61,9 @@ from .calls import cancel_quietly
 from .coordinator import SUPERSEDED
 from .kill import kill_namespace
 from .kv_store import RayKVStore
-from .names import COORDINATOR_NAME, HEAD_NODE_RESOURCE, PROTOCOL, pipeline_namespace
+from .names import COORDINATOR_NAME, HEAD_NODE_RESOURCE, NAMESPACE, PROTOCOL, pipeline_namespace
 
-log = logging.getLogger("rlix_plugin.ray.scheduler")
+log = logging.getLogger(__name__)
 
 #: Seconds the scheduler waits for an old coordinator to answer a ping before deciding, on
 #: re-registration of the same pipeline id, that it belongs to a dead run.
@@ -68,6 +75,14 @@ LIVENESS_TIMEOUT_S = 60.0
 #: Committed scheduling decisions kept for :meth:`SchedulerActor.decisions` (oldest dropped first).
 DECISIONS_KEPT = 4096
 
+#: Longest one :meth:`SchedulerActor.events` call may wait for a new decision: a follower asks
+#: again, and a call that waits holds one slot of ``max_concurrency``.
+EVENTS_WAIT_MAX_S = 30.0
+
+#: Key of the count of schedulers started on the cluster, in Ray's internal key-value store (it
+#: lives in the GCS, so it outlives any one scheduler): the ``rlix_scheduler_restarts_total``.
+STARTS_KEY = b"scheduler_starts"
+
 #: Seconds a restarted scheduler waits, beyond the resize timeout (a pipeline reattaches once the
 #: resizes it was running at the crash are over), for every pipeline to reattach before it fences
 #: the silent ones and plans without them.
@@ -76,9 +91,9 @@ RECONCILE_GRACE_S = 10.0
 #: Options of the scheduler actor. Why each value:
 SCHEDULER_OPTIONS: dict[str, Any] = {
     # Its state is saved on every commit and rehydrated by the new incarnation, which reconciles
-    # with every pipeline before planning (failure mode 13 was: a restart came back empty while
-    # pipelines held GPUs). So a crash (an OOM of the head node's worker, a Ray bug) costs the
-    # pipelines latency, not their run; restarts never run out. A deliberate stop is
+    # with every pipeline before planning (docs/design.md, failure mode F13: a restart used to come
+    # back empty while pipelines held GPUs). So a crash (an OOM of the head node's worker, a Ray
+    # bug) costs the pipelines latency, not their run; restarts never run out. A deliberate stop is
     # ray.kill(no_restart=True), or an operator's shutdown, which also clears the saved state.
     "max_restarts": -1,
     # Not Ray's retries: a call interrupted by a restart is made again by its client, with the
@@ -87,8 +102,9 @@ SCHEDULER_OPTIONS: dict[str, Any] = {
     "max_task_retries": 0,
     # Every blocked request_gpus / signal_demand / release holds one slot (a coroutine on the one
     # event loop, not a thread) for its whole wait. Progress, status and new requests must never
-    # queue behind those waits or behind a long resize (failure mode 12), so the limit sits far
-    # above the worst case: 256 pipelines x (4 clusters + 1 release) = 1280 blocked calls.
+    # queue behind those waits or behind a long resize (docs/design.md, failure mode F12), so the
+    # limit sits far above the worst case: 256 pipelines x (4 clusters + 1 release) = 1280 blocked
+    # calls.
     "max_concurrency": 4096,
     # Bookkeeping only: it must not take a CPU slot that a pipeline's workers need.
     "num_cpus": 0,
@@ -129,6 +145,16 @@ class SchedulerActor:
         self._started_at = time.time()
         self._decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
         self._service.add_listener(self._record_decision)
+        self._journal = Journal(self._service.state)
+        self._service.add_observer(self._journal)
+        self._new_decision: asyncio.Event | None = None
+        self._journal.log.listeners.append(self._wake_followers)
+        self._metrics = RaySink()
+        self._recorder = Recorder(self._metrics)
+        self._service.add_observer(self._recorder)
+        self._journal.log.listeners.append(self._recorder.decided)
+        self._metrics.inc(metric.RESTARTS, (), _count_start())
+        self._gauges: asyncio.Task[None] | None = None
         #: Pipelines restored from the store at this (re)start, reconciled by :meth:`resume`.
         self._restored: list[str] = []
         self._resuming: asyncio.Task[None] | None = None
@@ -146,6 +172,7 @@ class SchedulerActor:
             threading.Thread(target=_resume, args=(ray.get_runtime_context().current_actor,
                                                    lambda: self._resuming is not None),
                              daemon=True, name="rlix-resume").start()
+
 
     def _restore(self, store: RayKVStore) -> None:
         """Rehydrate from the store when the record is this actor's own (a restart); a new actor
@@ -263,14 +290,18 @@ class SchedulerActor:
     async def request_gpus(self, pipeline_id: str, lease: str, cluster: str, priority: int,
                            step_target: int | None, timeout_s: float, request_id: str | None = None) -> Grant:
         await self._start()
-        return await self._service.request_gpus(pipeline_id, lease, cluster, priority, step_target, timeout_s,
-                                                _key(request_id))
+        grant = await self._service.request_gpus(pipeline_id, lease, cluster, priority, step_target, timeout_s,
+                                                 _key(request_id))
+        self._recorder.waited(metric.REQUEST_GPUS, pipeline_id, priority, grant.waited_s)
+        return grant
 
     async def signal_demand(self, pipeline_id: str, lease: str, rollout_id: int, step_target: int,
                             timeout_s: float, request_id: str | None = None) -> Grant:
         await self._start()
-        return await self._service.signal_demand(pipeline_id, lease, rollout_id, step_target, timeout_s,
-                                                 _key(request_id))
+        grant = await self._service.signal_demand(pipeline_id, lease, rollout_id, step_target, timeout_s,
+                                                  _key(request_id))
+        self._recorder.waited(metric.SIGNAL_DEMAND, pipeline_id, Priority.GENERATION, grant.waited_s)
+        return grant
 
     async def release(self, pipeline_id: str, lease: str, cluster: str, timeout_s: float) -> None:
         await self._start()
@@ -351,6 +382,8 @@ class SchedulerActor:
         snap["scheduler"] = {
             "protocol": PROTOCOL,
             "node_id": ray.get_runtime_context().get_node_id(),
+            # The WorkerId label of this scheduler's series on Ray's metrics endpoint.
+            "worker_id": ray.get_runtime_context().get_worker_id(),
             "uptime_s": round(time.time() - self._started_at, 3),
             "resize_timeout_s": self._service.resize_timeout_s,
             "recovering": sorted(self._service.unreconciled),
@@ -368,6 +401,37 @@ class SchedulerActor:
         put to sleep, its DP size, the open demand, and the GPUs of every other stage's grant. What
         tests and operators read to see which grants were partial."""
         return list(self._decisions)
+
+    async def events(self, since: int = 0, pipeline: str | None = None, limit: int = 1000,
+                     wait_s: float = 0.0) -> dict[str, Any]:
+        """Decisions numbered above ``since`` (of ``pipeline`` if given), oldest first, at most
+        ``limit``; with ``wait_s``, waits up to that long (at most :data:`EVENTS_WAIT_MAX_S`) for
+        one when there is none yet. Returns ``{"decisions": [...], "last": newest number,
+        "first": oldest kept number}`` (a follower that fell behind ``first`` lost the ones
+        between).
+
+        :raises InvalidRequestError: a negative ``since``, a ``limit`` below 1 or a negative
+            ``wait_s``.
+        """
+        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+            raise InvalidRequestError(f"since must be an int >= 0, got {since!r}")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise InvalidRequestError(f"limit must be an int >= 1, got {limit!r}")
+        if not isinstance(wait_s, (int, float)) or isinstance(wait_s, bool) or not wait_s >= 0:
+            raise InvalidRequestError(f"wait_s must be a number >= 0, got {wait_s!r}")
+        log = self._journal.log
+        deadline = time.monotonic() + min(float(wait_s), EVENTS_WAIT_MAX_S)
+        found = log.since(since, pipeline, limit)
+        while not found and time.monotonic() < deadline:
+            if self._new_decision is None:
+                self._new_decision = asyncio.Event()
+            self._new_decision.clear()
+            try:
+                await asyncio.wait_for(self._new_decision.wait(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                break
+            found = log.since(since, pipeline, limit)
+        return {"decisions": [d.to_json() for d in found], "last": log.last_seq, "first": log.first_seq}
 
     async def ping(self) -> str:
         return "ok"
@@ -391,6 +455,20 @@ class SchedulerActor:
             "fixed": {cid: list(alloc.gpus) for cid, alloc in sorted(state.fixed.items())},
         })
 
+    def _wake_followers(self, decision: Any) -> None:
+        if self._new_decision is not None:
+            self._new_decision.set()
+
+    async def _refresh_gauges(self) -> None:
+        """Every :data:`GAUGE_PERIOD_S`, set the gauges from the snapshot (Ray samples them)."""
+        self._metrics.set_gauges({metric.START_TIME.name: {(): self._started_at}})
+        while True:
+            try:
+                self._metrics.set_gauges(snapshot_gauges(self._service.snapshot()))
+            except Exception:  # metrics must never stop the scheduler
+                log.exception("refreshing the scheduler's gauges failed")
+            await asyncio.sleep(GAUGE_PERIOD_S)
+
     def _in_order(self, sender: str, pipeline_id: str, seq: int) -> bool:
         key = (sender, pipeline_id)
         if seq <= self._last_seq.get(key, -1):
@@ -406,6 +484,8 @@ class SchedulerActor:
             self._heartbeat = asyncio.get_running_loop().create_task(self._check_liveness(), name="rlix-liveness")
         if self._resuming is None and self._restored:
             self._resuming = asyncio.get_running_loop().create_task(self._reconcile_all(), name="rlix-reconcile")
+        if self._gauges is None:
+            self._gauges = asyncio.get_running_loop().create_task(self._refresh_gauges(), name="rlix-gauges")
 
     def _resizer(self, pipeline_id: str, coordinator: Any, resize_token: str) -> Any:
         """The service's resizer for one pipeline: a call on its coordinator. The service bounds
@@ -570,6 +650,17 @@ def _coordinator_of(pipeline_id: str) -> Any:
         return ray.get_actor(COORDINATOR_NAME, namespace=pipeline_namespace(pipeline_id))
     except ValueError:
         return None
+def _count_start() -> int:
+    """Count this scheduler's start on the cluster; returns how many started before it."""
+    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
+
+    try:
+        before = int(_internal_kv_get(STARTS_KEY, namespace=NAMESPACE) or 0)
+        _internal_kv_put(STARTS_KEY, str(before + 1).encode(), overwrite=True, namespace=NAMESPACE)
+    except Exception:  # the count is for operators; a scheduler starts without it
+        log.exception("could not count the scheduler's start")
+        return 0
+    return before
 
 
 def _gained(before: Mapping[str, list[int]], after: Mapping[str, list[int]]) -> dict[str, list[int]]:

@@ -9,7 +9,7 @@ It is the worked example a framework author copies. Modules, one job each:
 * :mod:`.engines` -- generation engines and the ``rlix_resize_infer`` plugin that sleeps/wakes them;
 * :mod:`.pipeline` -- the RL loop of one pipeline (the hook call order);
 * :mod:`.status` / :mod:`.watchdog` -- live pipeline state; stopping a stalled run;
-* :mod:`.session` -- the backend (local or ray) the pipelines share;
+* :mod:`.shared_backend` -- the backend (local or ray) the pipelines share;
 * :mod:`.runner` / :mod:`.metrics` / :mod:`.static` -- running a scenario, its results, the
   static-partition baseline;
 * :mod:`.recorder` / :mod:`.trace` / :mod:`.timeline` / :mod:`.display` -- what happened, as a

@@ -33,15 +33,16 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from rlix_plugin.hookspecs import SwitchCosts, hookimpl
+from rlix_plugin.metrics import report_weight_sync
 
 from .policy import Sample, WeightStore, load_policy, sample_answer
 from .status import PipelineStatus
 from .task import reward
 
 if TYPE_CHECKING:
-    from rlix_plugin.frontend import RlixHooks
+    from rlix_plugin.frontend import Hooks
 
-log = logging.getLogger("rlix_plugin.reference")
+log = logging.getLogger(__name__)
 
 #: Longest a serving thread sleeps on the condition before re-checking; only bounds the reaction
 #: to a lost notification, never on the normal path (every change notifies).
@@ -98,7 +99,7 @@ class EnginePool:
         self.pipeline_id = pipeline_id
         self.switch_costs = switch_costs
         self.engines = [Engine(rank, tuple(gpus)) for rank, gpus in enumerate(bundles)]
-        self.hooks: RlixHooks | None = None  # set once the pool's plugin manager exists
+        self.hooks: Hooks | None = None  # set once the pool's plugin manager exists
         self._store = store
         self._status = status
         self._seed = seed
@@ -215,9 +216,11 @@ class EnginePool:
     def sync_weights(self) -> int:
         """Load the latest published weights into every awake engine; return their version.
         Engines are paused first (an in-flight sample is retracted), as a real weight sync needs,
-        and serve nothing for ``sync_seconds``, in parallel."""
+        and serve nothing for ``sync_seconds``, in parallel. The sync's duration is reported to the
+        metrics (``rlix_weight_sync_seconds``), as a framework integration would."""
         version, state = self._store.latest()
         retracted = 0
+        started = self._clock()
         with self._cond:
             syncing = [e for e in self.engines if e.awake]
             for engine in syncing:
@@ -236,6 +239,8 @@ class EnginePool:
             self._status.add_retracted(retracted)
         if syncing and self.switch_costs.sync_seconds:
             self._status.add_switches(0, self.switch_costs.sync_seconds * _gpus(syncing))
+        if syncing:
+            report_weight_sync(self.pipeline_id, max(0.0, self._clock() - started))
         return version
 
     def awake_ranks(self) -> tuple[int, ...]:

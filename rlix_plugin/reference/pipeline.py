@@ -26,8 +26,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from rlix_plugin.frontend import RlixHooks
+from rlix_plugin.frontend import Hooks
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, Priority
+from rlix_plugin.session import PipelineSession
 
 from . import status as st
 from .engines import EnginePool, Job, PoolAborted
@@ -36,7 +37,7 @@ from .scenario import PipelineConfig
 from .task import prompts
 from .workload import sample_durations
 
-log = logging.getLogger("rlix_plugin.reference")
+log = logging.getLogger(__name__)
 
 
 class RunAborted(RuntimeError):
@@ -54,7 +55,7 @@ class ReferencePipeline:
     def __init__(
         self,
         config: PipelineConfig,
-        hooks: RlixHooks,
+        hooks: Hooks,
         pool: EnginePool,
         trainer: Trainer,
         store: WeightStore,
@@ -79,6 +80,8 @@ class ReferencePipeline:
         self.legacy_demand = legacy_demand
         self.clock = clock
         self.on_phase = on_phase
+        self.session = PipelineSession(hooks, pipeline_id=config.name, clusters=self._clusters(),
+                                       timeout_s=wait_timeout_s, switch_costs=pool.switch_costs)
         self.error: BaseException | None = None
         #: Samples of every finished rollout, for tests and metrics (rollout -> samples).
         self.samples: dict[int, list[Sample]] = {}
@@ -91,14 +94,10 @@ class ReferencePipeline:
 
     def run(self) -> None:
         """Thread target. Never raises: the outcome is in ``status`` and ``error``."""
-        registered = False
         try:
             if self.abort.wait(self.config.start_delay_seconds * self.time_scale):
                 raise RunAborted("aborted before start")
-            self.hooks.register_pipeline(
-                pipeline_id=self.name, clusters=self._clusters(), switch_costs=self.pool.switch_costs
-            )
-            registered = True
+            self.session.register()
             try:
                 if self.legacy_demand:
                     self._legacy_request()
@@ -116,11 +115,7 @@ class ReferencePipeline:
             if not self.abort.is_set():
                 log.error("pipeline %s failed: %r", self.name, exc)
         finally:
-            if registered:
-                try:
-                    self.hooks.unregister_pipeline(pipeline_id=self.name, reason=self.status.view().phase)
-                except Exception as exc:
-                    log.debug("pipeline %s: unregister after the run: %r", self.name, exc)
+            self.session.close(reason=self.status.view().phase)  # releases what is left, unregisters
             self._phase("end", -1)
 
     # -- steps ------------------------------------------------------------------------------------
@@ -160,9 +155,7 @@ class ReferencePipeline:
             if not self.legacy_demand:
                 started = self.clock()
                 try:
-                    self.hooks.signal_demand(
-                        pipeline_id=self.name, rollout_id=rollout, step_target=target, timeout_s=self.wait_timeout_s
-                    )
+                    self.session.signal_demand(rollout, target)
                 finally:
                     self.status.add_wait(self.clock() - started)
             self._check_abort()
@@ -183,10 +176,7 @@ class ReferencePipeline:
         self._phase("wait-train", rollout)
         started = self.clock()
         try:
-            self.hooks.request_gpus(
-                pipeline_id=self.name, cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING,
-                timeout_s=self.wait_timeout_s,
-            )
+            self.session.acquire(ACTOR_TRAIN, Priority.ACTOR_TRAINING)
         finally:
             self.status.add_wait(self.clock() - started)
         try:
@@ -211,7 +201,7 @@ class ReferencePipeline:
 
     def _release(self, cluster: str) -> None:
         try:
-            self.hooks.release(pipeline_id=self.name, cluster=cluster)
+            self.session.release(cluster)
         except Exception as exc:
             if not self.abort.is_set():
                 raise

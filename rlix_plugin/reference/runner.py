@@ -4,7 +4,7 @@ recording, and the metrics at the end.
 Contract of :func:`run_scenario`: it returns a :class:`~.metrics.RunResult` and never hangs --
 every wait is bounded (``stall_timeout_s`` for a stalled pipeline, ``timeout_s`` for the whole
 run); a stop aborts every pipeline (their blocked scheduler calls are woken by unregistering them),
-joins their threads, stops the engines and closes the session, in ``finally`` blocks. It raises
+joins their threads, stops the engines and closes the shared backend, in ``finally`` blocks. It raises
 only for bad input (:class:`~rlix_plugin.hookspecs.InvalidRequestError`) or an unavailable
 backend (:class:`~rlix_plugin.hookspecs.BackendUnavailableError`), before any pipeline starts.
 """
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from rlix_plugin.frontend import RlixHooks
+from rlix_plugin.frontend import Hooks
 
 from . import status as st
 from .engines import EnginePool
@@ -27,13 +27,13 @@ from .pipeline import ReferencePipeline
 from .policy import Trainer, WeightStore
 from .recorder import Recorder
 from .scenario import Scenario, ScenarioError
-from .session import BackendSession, open_session
+from .shared_backend import SharedBackend, open_shared_backend
 from .static import static_partition
 from .task import task_offset
 from .watchdog import Watchdog
 from .workload import lower_bound
 
-log = logging.getLogger("rlix_plugin.reference")
+log = logging.getLogger(__name__)
 
 #: How long a stopped pipeline thread may take to unwind before it is reported as stuck.
 _UNWIND_S = 15.0
@@ -109,12 +109,12 @@ def _check(options: RunOptions) -> None:
 
 
 class _Run:
-    """One execution: its session, pipelines and the stop procedure."""
+    """One execution: its shared backend, pipelines and the stop procedure."""
 
-    def __init__(self, scenario: Scenario, options: RunOptions, session: BackendSession) -> None:
+    def __init__(self, scenario: Scenario, options: RunOptions, backend: SharedBackend) -> None:
         self.scenario = scenario
         self.options = options
-        self.session = session
+        self.backend = backend
         self.abort = threading.Event()
         self.recorder = Recorder(scenario.gpus)
         self.pipelines: list[ReferencePipeline] = []
@@ -123,13 +123,13 @@ class _Run:
         self._stop_lock = threading.Lock()
 
     def build(self) -> None:
-        observed = self.session.add_listener(self.recorder.scheduler_listener)
+        observed = self.backend.add_listener(self.recorder.scheduler_listener)
         # A pipeline may legitimately wait long (a big rollout, another pipeline's training on
         # shared train GPUs); what must not happen is a silent stall, which the watchdog catches.
         # So each wait is bounded only by the run's own timeout.
         wait_timeout_s = self.options.timeout_s
         for config in self.scenario.pipelines:
-            pm = self.session.plugin_manager()  # raises BackendUnavailableError before any start
+            pm = self.backend.plugin_manager()  # raises BackendUnavailableError before any start
             status = st.PipelineStatus(config.name, config.rollouts, config.samples_per_rollout, config.dp_size)
             trainer = Trainer(config.seed)
             store = WeightStore(trainer.model)
@@ -141,7 +141,7 @@ class _Run:
             )
             try:
                 pm.register(pool, name=f"reference-engines-{config.name}")
-                hooks = RlixHooks(pm)
+                hooks = Hooks(pm)
                 pool.hooks = hooks
             except BaseException:
                 pool.close()
@@ -166,7 +166,7 @@ class _Run:
         self.stop(f"stalled: {', '.join(names)}")
 
     def describe(self, headline: str) -> str:
-        lines = [self.session.diagnostic(headline), "framework view:"]
+        lines = [self.backend.diagnostic(headline), "framework view:"]
         for pipeline in self.pipelines:
             v = pipeline.status.view()
             lines.append(
@@ -211,12 +211,12 @@ class _Run:
 def execute(scenario: Scenario, options: RunOptions = RunOptions(), progress: ProgressView | None = None) -> RunResult:
     """Run the scenario once, as given (no baseline)."""
     _check(options)
-    session = open_session(
+    backend = open_shared_backend(
         options.backend, scenario, backend_options=options.backend_options, autoload=options.autoload,
         durable_demand=not options.legacy_demand, resize_timeout_s=options.resize_timeout_s,
         policy=options.policy or scenario.policy,
     )
-    run = _Run(scenario, options, session)
+    run = _Run(scenario, options, backend)
     try:
         run.build()
         statuses = {p.name: p.status for p in run.pipelines}
@@ -244,7 +244,7 @@ def execute(scenario: Scenario, options: RunOptions = RunOptions(), progress: Pr
     finally:
         for pipeline in run.pipelines:
             pipeline.pool.close()
-        session.close()
+        backend.close()
     return _result(scenario, options, run, wall_s, stuck)
 
 

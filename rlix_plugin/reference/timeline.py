@@ -22,7 +22,7 @@ def draw_timeline(recorder: Recorder, path: str | pathlib.Path, title: str = "")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    colours = plt.get_cmap("tab10").colors
+    colours = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]
     colour = {name: colours[i % len(colours)] for i, name in enumerate(recorder.pipelines)}
     spans = recorder.gpu_intervals()
     end = recorder.end if recorder.end is not None else recorder.now()

@@ -48,6 +48,8 @@ class SchedulerCore:
         #: Planning passes that started at least one move.
         self.cycles = 0
         self.dirty = False
+        #: Generation bundles per pipeline the last planning pass aimed at (its entitlement).
+        self.targets: dict[str, int] = {}
 
     def note(self, event: str, pipeline_id: str | None = None) -> bool:
         """Record a change; True when it makes a planning pass due."""
@@ -66,6 +68,7 @@ class SchedulerCore:
             return None
         self.dirty = False
         plan = plan_cycle(self.state, self.policy, durable_demand=self.durable_demand)
+        self.targets = dict(plan.targets)
         if plan.is_empty():
             return None
         validate_plan(self.state, plan)

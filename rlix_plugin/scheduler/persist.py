@@ -95,9 +95,11 @@ def dump_state(state: SchedulerState, saved_at: float) -> dict[str, Any]:
     }
 
 
-def load_state(data: Mapping[str, Any], pool: PoolTopology, clock: Callable[[], float], now_wall: float) -> SchedulerState:
+def load_state(data: Mapping[str, Any], pool: PoolTopology, clock: Callable[[], float], now_wall: float,
+               into: SchedulerState | None = None) -> SchedulerState:
     """Rebuild a state from :func:`dump_state`'s record (see the module docstring for moves that
-    were in flight).
+    were in flight); into ``into``, a state that holds nothing yet, when given (whoever holds it
+    -- the planner's core, observers -- then sees the restored state), else a new one.
 
     :raises StateFormatError: the record is of another format or pool, or damaged (the message
         says what is wrong; nothing is half-loaded: the caller gets no state).
@@ -110,12 +112,19 @@ def load_state(data: Mapping[str, Any], pool: PoolTopology, clock: Callable[[], 
             f"persisted scheduler state is of a pool of {data.get('pool')!r} (GPUs, per node), not "
             f"{[pool.num_gpus, pool.gpus_per_node]}"
         )
+    if into is not None and (into.pipelines or into.pool != pool):
+        raise StateFormatError("a persisted state can only be loaded into an empty state of the same pool")
     try:
-        return _load(data, pool, clock, now_wall)
+        loaded = _load(data, pool, clock, now_wall)
     except StateFormatError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, InvalidRequestError) as exc:
         raise StateFormatError(f"persisted scheduler state is damaged: {type(exc).__name__}: {exc}") from None
+    if into is None:
+        return loaded
+    # Only once the whole record loaded: a damaged one leaves ``into`` as it was.
+    vars(into).update(vars(loaded))
+    return into
 
 
 def _load(data: Mapping[str, Any], pool: PoolTopology, clock: Callable[[], float], now_wall: float) -> SchedulerState:
@@ -163,8 +172,8 @@ def _load(data: Mapping[str, Any], pool: PoolTopology, clock: Callable[[], float
         if isinstance(owner, str) and owner not in state.fixed:
             owners[gpu] = None
         elif isinstance(owner, tuple):
-            alloc = state.generation.get(owner[0])
-            if alloc is None or owner[1] not in {*alloc.active, *alloc.waking, *alloc.sleeping}:
+            holder = state.generation.get(owner[0])
+            if holder is None or owner[1] not in {*holder.active, *holder.waking, *holder.sleeping}:
                 owners[gpu] = None
     state.owner = Ownership(entries=owners)
     for r in data["pending"]:

@@ -17,12 +17,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rlix_plugin.hookspecs import InvalidRequestError, PipelineGoneError, SchedulerTimeoutError
+from rlix_plugin.hookspecs import Grant, InvalidRequestError, PipelineGoneError, SchedulerTimeoutError
 
 from .durable import DurableLog
 from .keys import RequestKeys
 from .leases import Leases
-from .persist import dump_state, load_state
+from .persist import StateFormatError, dump_state, load_state
 from .rehydrate import PipelineReport, Reconciled, check_report, reconcile, settle_unanswered
 from .state import SchedulerState
 from .store import StaleWriterError, StateStore
@@ -52,14 +52,14 @@ class Recovery:
     _reattached: asyncio.Event | None
     _record_parts: dict[str, Callable[[], Any]]
     _resizers: dict[str, Resizer]
-    _waiters: dict[str, Any]
+    _waiters: dict[str, asyncio.Future[Grant]]
     _closed: bool
 
     if TYPE_CHECKING:
         def _dispatch(self) -> bool: ...
         def _changed(self, event: str, pipeline_id: str | None = None) -> None: ...
         def _kick(self) -> None: ...
-        def _resolve(self, cid: str, grant: Any = None, error: BaseException | None = None) -> None: ...
+        def _resolve(self, cid: str, grant: Grant | None = None, error: BaseException | None = None) -> None: ...
         def _fail_all(self, error: BaseException) -> None: ...
         def diagnostic(self, headline: str = "") -> str: ...
 
@@ -108,17 +108,22 @@ class Recovery:
 
         :raises StateFormatError: the record cannot be loaded (nothing was changed).
         """
-        state = load_state(record["state"], self.state.pool, self.state.clock, time.time())
-        service = record["service"]
-        keys = RequestKeys()
-        keys.load(service["keys"])
-        self.core.state = self.state = state
-        self.leases.restore(dict(service["leases"]))
+        try:  # the service's part first: nothing changes unless all of the record loads
+            service = record["service"]
+            keys = RequestKeys()
+            keys.load(service["keys"])
+            leases = {str(p): str(d) for p, d in service["leases"].items()}
+            reclaimed = {str(p): str(r) for p, r in service["reclaimed"].items()}
+            preempts = {str(p): int(n) for p, n in service["preempt_reports"].items()}
+            draining, cycles = bool(service["draining"]), int(service["cycles"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateFormatError(f"persisted service record is damaged: {type(exc).__name__}: {exc}") from None
+        state = load_state(record["state"], self.state.pool, self.state.clock, time.time(), into=self.state)
+        self.leases.restore(leases)
         self.keys = keys
-        self.reclaimed.update(service["reclaimed"])
-        self.draining = bool(service["draining"])
-        self.preempt_reports.update(service["preempt_reports"])
-        self.core.cycles = int(service["cycles"])
+        self.reclaimed.update(reclaimed)
+        self.preempt_reports.update(preempts)
+        self.draining, self.core.cycles = draining, cycles
         self.unreconciled = set(state.pipelines)
         if self._durable is not None:
             self._durable.changed()  # the new epoch's first record
@@ -142,7 +147,7 @@ class Recovery:
         if pipeline_id not in self.state.pipelines:
             raise InvalidRequestError(f"unknown pipeline {pipeline_id!r}; register it first")
         self.leases.check(pipeline_id, lease)
-        check_report(report, pipeline_id)
+        report = check_report(report, pipeline_id)
         if pipeline_id not in self.state.fenced:
             self._resizers[pipeline_id] = resizer
         if pipeline_id not in self.unreconciled:

@@ -27,9 +27,9 @@ def snapshot(state: SchedulerState, extra: dict[str, Any] | None = None) -> dict
                              sleeping_dp_ranks=sorted(alloc.sleeping) if alloc else [],
                              dp_size=spec.dp_size)
             else:
-                alloc = state.fixed.get(f"{pid}_{name}")
-                entry.update(held=alloc is not None, gpus_held=list(alloc.gpus) if alloc else [],
-                             priority=alloc.priority if alloc else None)
+                stage = state.fixed.get(f"{pid}_{name}")
+                entry.update(held=stage is not None, gpus_held=list(stage.gpus) if stage else [],
+                             priority=stage.priority if stage else None)
             clusters[name] = entry
         pipelines[pid] = {
             "admitted": pid in state.admitted,
@@ -51,11 +51,13 @@ def snapshot(state: SchedulerState, extra: dict[str, Any] | None = None) -> dict
              "step_target": request.step_target, "waiting_s": round(now - request.enqueued_at, 3)}
         )
     holders = [_holder(state, owner) for owner in state.owner]
+    gpu_cells = [_gpu(state, gpu, owner) for gpu, owner in enumerate(state.owner)]
     result = {
         "moves_in_flight": len(state.moves),
         "pool": {"num_gpus": state.pool.num_gpus, "gpus_per_node": state.pool.gpus_per_node},
         "idle_gpus": state.idle_gpus(),
         "gpu_holders": holders,
+        "gpus": gpu_cells,
         "open_demand": dict(sorted(state.open_demand.items())),
         "pending": pending,
         "pipelines": pipelines,
@@ -77,6 +79,31 @@ def _holder(state: SchedulerState, owner: Owner) -> str | None:
     if alloc is not None and rank in alloc.sleeping:
         return f"{name} (falling asleep)"
     return name
+
+
+#: What a GPU is doing, as operators read it (the ``state`` of each entry of ``snapshot()["gpus"]``).
+GPU_STATES = ("idle", "awake", "waking", "falling_asleep", "training", "reserved")
+
+
+def _gpu(state: SchedulerState, gpu: int, owner: Owner) -> dict[str, Any]:
+    """One GPU: its holder (pipeline, cluster, DP rank for an engine) and what it is doing:
+    ``awake``, ``waking`` or ``falling_asleep`` (an engine), ``training`` (a stage of priority 0-5
+    holds it), ``reserved`` (a move keeps it for a stage that is not granted yet) or ``idle``."""
+    entry: dict[str, Any] = {"gpu": gpu, "pipeline": None, "cluster": None, "dp_rank": None, "state": "idle"}
+    if type(owner) is tuple:
+        pid, rank = owner
+        alloc = state.generation.get(pid)
+        phase = ("waking" if alloc is not None and rank in alloc.waking
+                 else "falling_asleep" if alloc is not None and rank in alloc.sleeping else "awake")
+        entry.update(pipeline=pid, cluster=ACTOR_INFER, dp_rank=rank, state=phase)
+    elif isinstance(owner, str):
+        fixed = state.fixed.get(owner)
+        request = state.pending.get(owner)
+        holder = fixed or request
+        if holder is not None:
+            entry.update(pipeline=holder.pipeline_id, cluster=holder.cluster,
+                         state="training" if fixed is not None else "reserved")
+    return entry
 
 
 def diagnostic(state: SchedulerState, headline: str = "") -> str:
@@ -104,4 +131,4 @@ def diagnostic(state: SchedulerState, headline: str = "") -> str:
     return "\n".join(lines)
 
 
-__all__ = ["diagnostic", "snapshot"]
+__all__ = ["GPU_STATES", "diagnostic", "snapshot"]

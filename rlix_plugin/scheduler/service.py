@@ -45,6 +45,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from rlix_plugin.arguments import timeout as check_timeout
 from rlix_plugin.hookspecs import (
     ACTOR_INFER,
     ClusterSpec,
@@ -58,13 +59,12 @@ from rlix_plugin.hookspecs import (
     SwitchCosts,
 )
 
-from rlix_plugin.arguments import timeout as check_timeout
-
 from .core import SchedulerCore
 from .durable import DurableLog
 from .executor import ResizeExecutor, Resizer
 from .keys import RequestKeys
 from .leases import Leases
+from .observe import SchedulerObserver
 from .policy import DEFAULT_POLICY, Policy
 from .recovery import Recovery
 from .rehydrate import settle_unanswered
@@ -137,6 +137,7 @@ class SchedulerService(Recovery):
         self._waiters: dict[str, asyncio.Future[Grant]] = {}
         self._release_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._listeners: list[Listener] = []
+        self._observers: list[SchedulerObserver] = []
         self._resizes: set[asyncio.Task[None]] = set()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -190,6 +191,11 @@ class SchedulerService(Recovery):
         ``release``, ``progress``, ``commit``, ``unregister``); for traces and the watchdog."""
         self._listeners.append(listener)
 
+    def add_observer(self, observer: SchedulerObserver) -> None:
+        """Tell ``observer`` every committed change (:mod:`.observe`): the decision log and the
+        metrics are observers."""
+        self._observers.append(observer)
+
     # -- pipelines --------------------------------------------------------------------------------
 
     async def register_pipeline(
@@ -237,6 +243,7 @@ class SchedulerService(Recovery):
 
     def _remove(self, pipeline_id: str, reason: str) -> None:
         spec = self.state.pipelines[pipeline_id]
+        self._observe("removing", pipeline_id, reason)
         cancelled = self.state.unregister(pipeline_id)
         self.keys.forget(pipeline_id, spec.clusters)
         self.unreconciled.discard(pipeline_id)
@@ -438,6 +445,7 @@ class SchedulerService(Recovery):
             "preempt_reports": dict(self.preempt_reports),
             "reclaimed": dict(self.reclaimed),
             "draining": self.draining,
+            "entitled_bundles": dict(sorted(self.core.targets.items())),
             "recovering": sorted(self.unreconciled),
         })
 
@@ -534,11 +542,19 @@ class SchedulerService(Recovery):
             self._durable.changed()
         if self.core.note(event, pipeline_id):
             self._kick()
+        self._observe("changed", event, pipeline_id)
         for listener in self._listeners:
             try:
                 listener(event, self)
             except Exception:  # a broken observer must not break scheduling
                 log.exception("scheduler listener failed on %s", event)
+
+    def _observe(self, call: str, *args: Any) -> None:
+        for observer in self._observers:
+            try:
+                getattr(observer, call)(*args)
+            except Exception:  # a broken observer must not break scheduling
+                log.exception("scheduler observer failed on %s", call)
 
     def _kick(self) -> None:
         if self._wakeup is not None:
@@ -559,7 +575,13 @@ class SchedulerService(Recovery):
                 # One pass plans and starts moves, never waits for an engine.
                 # A pass that started no call and answered nobody changed nothing a second pass
                 # would see differently: planning again at once would only spin.
-                if not self.unreconciled and self.core.plan() is not None and self._dispatch():
+                if self.unreconciled:
+                    continue  # restored pipelines have not all reattached: nothing is planned yet
+                due, started = self.core.dirty, time.perf_counter()
+                plan = self.core.plan()
+                if due:
+                    self._observe("planned", plan, time.perf_counter() - started)
+                if plan is not None and self._dispatch():
                     self._changed("commit")
             except Exception as exc:  # keep serving; every waiter learns what broke
                 log.exception("planning pass failed")
@@ -569,6 +591,8 @@ class SchedulerService(Recovery):
         """Start the resize calls the state asks for, and answer what it says is decided. True
         if there was anything to do."""
         actions, events = self.state.take_actions(), self.state.take_events()
+        if events:
+            self._observe("answered", events)
         for action in actions:
             task = asyncio.get_running_loop().create_task(self._resize(action), name=f"rlix-resize-{action.pipeline_id}")
             self._resizes.add(task)
@@ -633,6 +657,7 @@ class SchedulerService(Recovery):
         if self._closed:
             return
         self.core.resized(action, outcome)
+        self._observe("resized", action, outcome)
         self._dispatch()
         self._changed("commit")
 

@@ -9,7 +9,7 @@ Fixtures:
 ``rlix_backend``   the backend name the manager is built with (``"noop"``); override it in a
                    conftest to run the same tests against ``"local"``.
 ``rlix_pm``        a fresh :class:`~rlix_plugin.RlixPluginManager`.
-``rlix_hooks``     a :class:`~rlix_plugin.RlixHooks` front end over ``rlix_pm``.
+``rlix_hooks``     a :class:`~rlix_plugin.Hooks` front end over ``rlix_pm``.
 ``rlix_recorder``  a :class:`~rlix_plugin.testing.HookRecorder` attached to ``rlix_pm``.
 ``rlix_register``  ``rlix_register(plugin, name=None)`` registers an inline plugin on ``rlix_pm``
                    for this test only.
@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from rlix_plugin.frontend import RlixHooks
+from rlix_plugin.frontend import Hooks
 from rlix_plugin.manager import RlixPluginManager, get_plugin_manager
 from rlix_plugin.testing.recorder import HookRecorder
 
@@ -42,9 +42,9 @@ def rlix_pm(rlix_backend: str) -> Iterator[RlixPluginManager]:
 
 
 @pytest.fixture
-def rlix_hooks(rlix_pm: RlixPluginManager) -> RlixHooks:
+def rlix_hooks(rlix_pm: RlixPluginManager) -> Hooks:
     """The typed front end over ``rlix_pm``."""
-    return RlixHooks(rlix_pm)
+    return Hooks(rlix_pm)
 
 
 @pytest.fixture

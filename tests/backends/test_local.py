@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from rlix_plugin import RlixHooks, get_plugin_manager, hookimpl
+from rlix_plugin import Hooks, get_plugin_manager, hookimpl
 from rlix_plugin.backends.local import LocalScheduler
 from rlix_plugin.hookspecs import (
     ACTOR_INFER,
@@ -57,7 +57,7 @@ def pipeline(scheduler, pid, train, engines=True):
     eng = Engines(pid)
     if engines:
         pm.register(eng, name=f"engines-{pid}")
-    hooks = RlixHooks(pm)
+    hooks = Hooks(pm)
     hooks.register_pipeline(
         pipeline_id=pid, clusters={ACTOR_INFER: ClusterSpec(1, (0, 1, 2, 3)), ACTOR_TRAIN: ClusterSpec(2, train)}
     )

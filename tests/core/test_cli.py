@@ -63,3 +63,17 @@ def test_import_is_light():
     code = "import sys, rlix_plugin, rlix_plugin.hookspecs; print(sorted(m for m in sys.modules if m.split('.')[0] in {'ray','torch','verl'}))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_the_version_is_written_once_and_the_package_is_typed():
+    import importlib.metadata
+    import pathlib
+
+    import rlix_plugin
+
+    assert importlib.metadata.version("rlix-plugin") == rlix_plugin.__version__
+    root = pathlib.Path(rlix_plugin.__file__).parent
+    assert (root / "py.typed").is_file(), "PEP 561 marker missing: annotations reach no downstream checker"
+    pyproject = root.parent / "pyproject.toml"  # present in a source checkout (editable install)
+    if pyproject.is_file():
+        assert f'version = "{rlix_plugin.__version__}"' not in pyproject.read_text(), "written in pyproject.toml too"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlix_plugin import RlixHooks, get_plugin_manager, hookimpl
+from rlix_plugin import Hooks, get_plugin_manager, hookimpl
 
 
 class Counter:
@@ -52,7 +52,7 @@ def test_monitoring_disables_the_guard(rlix_pm, rlix_hooks, rlix_recorder):
 
 def test_front_ends_do_not_keep_a_manager_alive_needlessly():
     pm = get_plugin_manager(autoload=False)
-    hooks = RlixHooks(pm)
+    hooks = Hooks(pm)
     assert hooks in set(pm._listeners)
     del hooks
     import gc

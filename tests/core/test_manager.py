@@ -137,8 +137,12 @@ def test_unavailable_backend_says_what_to_install(monkeypatch):
 
 
 def test_backend_from_env_is_case_insensitive(monkeypatch):
-    monkeypatch.setenv("RLIX_BACKEND", " NOOP ")
-    assert get_plugin_manager(autoload=False).backend_name == "noop"
+    monkeypatch.setenv("RLIX_BACKEND", " Local ")  # not the default (noop): read, trimmed, lowered
+    pm = get_plugin_manager(autoload=False)
+    try:
+        assert pm.backend_name == "local"
+    finally:
+        pm.backend.close()
 
 
 def test_trace_logs_calls_and_results(monkeypatch, caplog):

@@ -7,6 +7,7 @@ import inspect
 import pathlib
 import re
 
+import pluggy
 import pytest
 
 from rlix_plugin import hookspecs
@@ -24,7 +25,24 @@ def test_every_spec_module_hook_is_listed_and_prefixed():
         defined = {n for n, f in vars(module).items() if inspect.isfunction(f) and n.startswith("rlix_")}
         assert defined == set(module.__all__), module.__name__
     assert all(name.startswith("rlix_") for name in hook_names())
-    assert PROJECT_NAME == "rlix"
+
+
+def test_a_plugin_marked_with_the_bare_project_name_is_called():
+    """Third-party plugins may mark hooks with ``pluggy.HookimplMarker("rlix")`` without importing
+    this package: the project name is part of the contract."""
+
+    class Counter:
+        calls = 0
+
+        @pluggy.HookimplMarker("rlix")
+        def rlix_bump_completed(self, count):
+            Counter.calls += count
+
+    pm = get_plugin_manager("noop", autoload=False)
+    assert pm.project_name == PROJECT_NAME
+    pm.register(Counter())
+    pm.hook.rlix_bump_completed(pipeline_id="p", mode="full", adapter_id=None, target_weight_version=0, count=3)
+    assert Counter.calls == 3
 
 
 def test_manager_knows_exactly_the_contract_hooks():

@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-from rlix_plugin import RlixHooks, get_plugin_manager, hookimpl
+from rlix_plugin import Hooks, get_plugin_manager, hookimpl
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, Priority
 from rlix_plugin.ray.names import NAMESPACE, ORCHESTRATOR_NAME, SCHEDULER_NAME
 
@@ -100,10 +100,10 @@ class EngineStandIn:
         return made
 
 
-def hooks_for(engine: EngineStandIn, **backend_options: Any) -> RlixHooks:
+def hooks_for(engine: EngineStandIn, **backend_options: Any) -> Hooks:
     pm = get_plugin_manager("ray", autoload=False, backend_options=backend_options)
     pm.register(engine, name=f"engine-{engine.pipeline_id}")
-    return RlixHooks(pm)
+    return Hooks(pm)
 
 
 def seed_clusters(train: tuple[int, ...], infer: tuple[int, ...] = (0, 1, 2, 3), tp: int = 1) -> dict[str, ClusterSpec]:
@@ -111,7 +111,7 @@ def seed_clusters(train: tuple[int, ...], infer: tuple[int, ...] = (0, 1, 2, 3),
 
 
 def run_rollouts(
-    hooks: RlixHooks,
+    hooks: Hooks,
     engine: EngineStandIn,
     clusters: Mapping[str, ClusterSpec],
     rollouts: int,

@@ -61,7 +61,7 @@ def test_seed_scenario_two_pipelines_in_own_actors_and_namespaces(rlix):
     for report, train in zip(reports, ((0, 1), (2, 3))):
         pid = report["pipeline_id"]
         assert report["rollouts"] == 5 and report["samples"] == 5 * 32
-        # The seed bug: a rollout that started with no engine of its pipeline awake. Every
+        # Failure mode F1: a rollout that started with no engine of its pipeline awake. Every
         # signal_demand returned a grant with awake workers (the scheduler checked them against
         # the engines' own answer to the wake).
         assert all(ranks for ranks in report["grants"]), report["grants"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlix_plugin import RlixHooks, get_plugin_manager, hookimpl
+from rlix_plugin import Hooks, get_plugin_manager, hookimpl
 from rlix_plugin.reference.engines import EnginePool, Job, PoolAborted
 from rlix_plugin.reference.policy import Trainer, WeightStore
 from rlix_plugin.reference.status import PipelineStatus
@@ -31,7 +31,7 @@ def pool():
     recorder = PreemptRecorder()
     pm.register(engines, name="engines")
     pm.register(recorder, name="preempts")
-    engines.hooks = RlixHooks(pm)
+    engines.hooks = Hooks(pm)
     engines.test_trainer, engines.test_store, engines.test_status, engines.test_preempts = trainer, store, status, recorder
     try:
         yield engines
@@ -130,7 +130,7 @@ def slow_pool():
                          switch_costs=SwitchCosts(wake_seconds=0.3, sleep_seconds=0.3, sync_seconds=0.3))
     pm = get_plugin_manager("noop", autoload=False)
     pm.register(engines, name="engines")
-    engines.hooks = RlixHooks(pm)
+    engines.hooks = Hooks(pm)
     engines.test_status = status
     try:
         yield engines

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 
-from rlix_plugin import RlixHooks, get_plugin_manager
+from rlix_plugin import Hooks, get_plugin_manager
 from rlix_plugin.backends.local import LocalScheduler
 from rlix_plugin.reference import status as st
 from rlix_plugin.reference.engines import EnginePool
@@ -25,7 +25,7 @@ def test_a_pipeline_without_engine_hooks_fails_fast_with_the_cause():
     pool = EnginePool(config.name, config.bundles(), store, status, seed=config.seed, offset=1)
     try:
         pm = get_plugin_manager("local", backend_options={"scheduler": scheduler}, autoload=False)
-        hooks = RlixHooks(pm)  # the engine pool is *not* registered on the manager
+        hooks = Hooks(pm)  # the engine pool is *not* registered on the manager
         pipeline = ReferencePipeline(config, hooks, pool, trainer, store, status,
                                      abort=threading.Event(), wait_timeout_s=10.0)
         thread = threading.Thread(target=pipeline.run)

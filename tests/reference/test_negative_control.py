@@ -1,5 +1,5 @@
-"""The seed bug, reproduced: with the pre-fix semantics the watchdog stops the run for one
-pipeline; with the fix the same scenario completes (see test_run_local).
+"""The demand race of the seed scenario (docs/design.md, F1), reproduced: with the pre-fix
+semantics the watchdog stops the run for one pipeline; with the fix the same scenario completes (see test_run_local).
 
 How the pre-fix semantics are defined (``RunOptions(legacy_demand=True)``), following the seed
 document:

@@ -1,6 +1,13 @@
-"""Planner rules, one test each (DESIGN.md section 5)."""
+"""Planner rules, one test each (docs: the module docstring of rlix_plugin/scheduler/planner.py)."""
 
 from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
 
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, REFERENCE, ClusterSpec, Priority
 from rlix_plugin.scheduler.plan import IDLE, Move, Plan
@@ -11,6 +18,7 @@ from rlix_plugin.scheduler.topology import PoolTopology
 from .support import FakeClock, seed_state, settle
 
 GEN = Priority.GENERATION
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def pool(gpus: int, per_node: int = 8) -> SchedulerState:
@@ -160,19 +168,38 @@ def test_among_busy_donors_the_most_remaining_gives_first():
     assert donors_in_order == ["big", "big", "small", "small"]
 
 
-def test_plan_is_deterministic():
-    def build():
-        state = pool(16)
-        for i in range(5):
-            add(state, f"p{i}", range(16), tp=1 + (i % 2))
-        hold(state, "p0", range(16))
-        for i in range(1, 5):
-            state.request(f"p{i}", ACTOR_INFER, GEN, 512)
-            demand(state, f"p{i}", 50 * i + 7)
-        return state
+DETERMINISM_PROBE = """
+import sys
+from tests.scheduler.test_planner import deterministic_probe_plan
+print(repr(deterministic_probe_plan(sys.argv[1])))
+"""
 
-    first, second = plan_cycle(build(), "gap_ratio"), plan_cycle(build(), "gap_ratio")
-    assert first == second
+
+def deterministic_probe_plan(policy: str):
+    state = pool(16)
+    for i in range(5):
+        add(state, f"p{i}", range(16), tp=1 + (i % 2))
+    hold(state, "p0", range(16))
+    for i in range(1, 5):
+        state.request(f"p{i}", ACTOR_INFER, GEN, 512)
+        demand(state, f"p{i}", 50 * i + 7)
+    return plan_cycle(state, policy, now=0.0)
+
+
+@pytest.mark.parametrize("policy", ["gap_ratio", "finish_first"])
+def test_plan_is_deterministic_across_processes(policy):
+    """The same state gives the same plan in processes with different string-hash seeds (set
+    and dict iteration over pipeline ids must not leak into decisions)."""
+    plans = set()
+    for seed in ("0", "1", "12345"):
+        proc = subprocess.run(
+            [sys.executable, "-c", DETERMINISM_PROBE, policy], capture_output=True, text=True, timeout=60,
+            cwd=REPO, env={**os.environ, "PYTHONHASHSEED": seed},
+        )
+        assert proc.returncode == 0, proc.stderr
+        plans.add(proc.stdout)
+    assert len(plans) == 1, plans
+    assert "Move(" in plans.pop(), "the probe state must make the planner move something"
 
 
 def test_mixed_tp_receiver_frees_a_whole_bundle():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlix_plugin import RlixHooks, get_plugin_manager, hookimpl
+from rlix_plugin import Hooks, get_plugin_manager, hookimpl
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec
 
 
@@ -29,11 +29,11 @@ def seed_clusters(train: tuple[int, ...]) -> dict[str, ClusterSpec]:
     return {ACTOR_INFER: ClusterSpec(1, (0, 1, 2, 3)), ACTOR_TRAIN: ClusterSpec(len(train), train)}
 
 
-def hooks_on(backend: str, options: dict[str, Any], engines: Engines | None = None) -> RlixHooks:
+def hooks_on(backend: str, options: dict[str, Any], engines: Engines | None = None) -> Hooks:
     pm = get_plugin_manager(backend, backend_options=options, autoload=False)
     if engines is not None:
         pm.register(engines, name=f"engines-{engines.pipeline_id}")
-    return RlixHooks(pm)
+    return Hooks(pm)
 
 
 def comparable(snapshot: dict[str, Any]) -> dict[str, Any]:

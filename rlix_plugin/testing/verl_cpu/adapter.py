@@ -21,7 +21,7 @@ from verl.workers.rollout.base import BaseRollout
 
 from rlix_plugin.testing.verl_cpu.replica import server_name
 
-log = logging.getLogger("rlix_plugin.testing.verl_cpu")
+log = logging.getLogger(__name__)
 
 
 class TransformersCpuAdapter(BaseRollout):

@@ -13,7 +13,7 @@ import logging
 
 from rlix_plugin.testing.verl_cpu import ROLLOUT_NAME
 
-log = logging.getLogger("rlix_plugin.testing.verl_cpu")
+log = logging.getLogger(__name__)
 
 #: ``BaseRollout`` class path verl imports for ``rollout.name=transformers_cpu``.
 ADAPTER_PATH = "rlix_plugin.testing.verl_cpu.adapter.TransformersCpuAdapter"

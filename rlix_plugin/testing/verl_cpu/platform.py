@@ -32,7 +32,7 @@ from verl.plugin.platform import PlatformBase, PlatformRegistry
 
 from rlix_plugin.testing.verl_cpu import PLATFORM_NAME
 
-log = logging.getLogger("rlix_plugin.testing.verl_cpu")
+log = logging.getLogger(__name__)
 
 #: The training-engine lookup key verl's FSDP engines are registered under.
 ENGINE_DEVICE = "cuda"

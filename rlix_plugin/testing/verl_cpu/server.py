@@ -38,8 +38,9 @@ import torch
 
 from rlix_plugin.testing.verl_cpu import ENGINE_KWARGS_KEY
 
-log = logging.getLogger("rlix_plugin.testing.verl_cpu")
-log.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
+log = logging.getLogger(__name__)
+# The kit's INFO lines show at verl's level (verl's root logger stays at WARNING).
+logging.getLogger(__package__).setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 
 #: Weights states.
 RELEASED, INVALID, VALID = "released", "invalid", "valid"

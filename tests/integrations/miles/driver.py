@@ -115,7 +115,7 @@ def check_runs(records: list[Record]) -> None:
     for record in records:
         assert sorted(record.groups) == list(range(ROLLOUTS)), record
         assert set(record.groups.values()) == {GROUPS}
-        # The seed bug: a rollout dispatched with no engine of its pipeline awake.
+        # Failure mode F1: a rollout dispatched with no engine of its pipeline awake.
         assert len(record.grants) == ROLLOUTS and all(record.grants), record.grants
         # Every woken engine got the latest weights before serving: rollout k ran on version k.
         assert record.versions == {k: {k} for k in range(ROLLOUTS)}, record.versions

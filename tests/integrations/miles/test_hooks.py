@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from rlix_plugin import RlixHooks, get_plugin_manager, hookimpl
+from rlix_plugin import Hooks, get_plugin_manager, hookimpl
 from rlix_plugin.backends.local import LocalScheduler
 from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec
 from rlix_plugin.integrations.miles import LOGGER_NAME, MilesRLixHooks
@@ -130,7 +130,7 @@ def scheduler():
 
 def local_front_end(scheduler):
     pm = get_plugin_manager("local", backend_options={"scheduler": scheduler}, autoload=False)
-    hooks = RlixHooks(pm)
+    hooks = Hooks(pm)
     hooks.register_pipeline(pipeline_id="p1", clusters={ACTOR_INFER: ClusterSpec(1, (0, 1, 2, 3))})
     return hooks, pm.get_plugin("rlix-backend")
 

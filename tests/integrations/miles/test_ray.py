@@ -23,7 +23,7 @@ ray = pytest.importorskip("ray")
 
 from ray import cloudpickle  # noqa: E402
 
-from rlix_plugin import RlixHooks, connect, get_plugin_manager  # noqa: E402
+from rlix_plugin import Hooks, connect, get_plugin_manager  # noqa: E402
 from rlix_plugin.hookspecs import (  # noqa: E402
     ACTOR_INFER,
     ACTOR_TRAIN,
@@ -201,12 +201,12 @@ def test_install_on_an_actor_is_read_back_in_its_process(rlix, managers, caplog)
     session = install_ray(manager)
     try:
         probe = session.installation.probe
-        assert probe["pid"] != os.getpid(), "verified where miles calls the hooks, not here"
+        assert probe["process_id"] != os.getpid(), "verified where miles calls the hooks, not here"
         assert (probe["backend"], probe["registered"], probe["control_plane"]) == ("ray", True, "rlix")
         assert probe["live"] == ["rlix_begin_progress_batch", "rlix_bump_completed", "rlix_end_progress_batch"]
         assert probe["rollout"]["takes_hooks"] and probe["rollout"]["function"].endswith("generate_rollout_on_policy")
         channel = session.installation.manager.channel
-        assert channel.where["pid"] == probe["pid"], "the engine thread runs in the manager's process"
+        assert channel.where["process_id"] == probe["process_id"], "the engine thread runs in the manager's process"
         seen = stats(manager)
         assert (seen["hooks"], seen["set_hooks_calls"]) == ("MilesRLixHooks", 1)
         assert set(seen["states"].values()) == {"offloaded"}, "awake engines were put to sleep at install"
@@ -351,7 +351,7 @@ def test_a_preemption_during_a_rollout_reaches_the_engines_at_concurrency_one(rl
     gate = Gate()
     manager = managers(gate=gate, sample_seconds=0.05)
     session = install_ray(manager, train=(2, 3))
-    hog = RlixHooks(get_plugin_manager("ray", backend_options=POOL, autoload=False))
+    hog = Hooks(get_plugin_manager("ray", backend_options=POOL, autoload=False))
     hog.register_pipeline(pipeline_id="hog", clusters={ACTOR_INFER: ClusterSpec(1, (0, 1, 2, 3)),
                                                        ACTOR_TRAIN: ClusterSpec(2, (0, 1))})
     try:
@@ -401,7 +401,7 @@ def test_progress_calls_return_at_once_when_the_scheduler_is_gone(caplog):
 
 
 def test_demand_timeout_names_who_holds_the_gpus(rlix, managers):
-    hog = RlixHooks(get_plugin_manager("ray", backend_options=POOL, autoload=False))
+    hog = Hooks(get_plugin_manager("ray", backend_options=POOL, autoload=False))
     hog.register_pipeline(pipeline_id="hog", clusters={ACTOR_INFER: ClusterSpec(1, (0, 1, 2, 3)),
                                                        ACTOR_TRAIN: ClusterSpec(4, (0, 1, 2, 3))})
     hog.request_gpus(pipeline_id="hog", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=WAIT_S)
@@ -479,7 +479,7 @@ def test_the_same_run_without_install_fails_loudly_at_the_first_rollout(rlix, ma
 
 
 def test_a_driver_bypassing_the_integration_is_fenced_at_the_first_wake(rlix):
-    hooks = RlixHooks(get_plugin_manager("ray", backend_options=POOL, autoload=False))
+    hooks = Hooks(get_plugin_manager("ray", backend_options=POOL, autoload=False))
     hooks.register_pipeline(pipeline_id="p1", clusters=seed_clusters((0, 1)))
     try:
         started = time.monotonic()

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from rlix_plugin import RlixHooks, get_plugin_manager
+from rlix_plugin import Hooks, get_plugin_manager
 from rlix_plugin.backends.local import LocalScheduler
 from rlix_plugin.hookspecs import (
     ACTOR_INFER,
@@ -196,7 +196,7 @@ def test_forgotten_install_refuses_demand_at_once(scheduler):
 
 def test_without_the_supply_plugin_the_scheduler_fences_the_first_wake(scheduler):
     # A driver that skips this integration and calls the hooks directly: nobody owns the engines.
-    hooks = RlixHooks(get_plugin_manager("local", backend_options={"scheduler": scheduler}, autoload=False))
+    hooks = Hooks(get_plugin_manager("local", backend_options={"scheduler": scheduler}, autoload=False))
     hooks.register_pipeline(pipeline_id="p1", clusters=seed_clusters((0, 1)))
     started = time.monotonic()
     with pytest.raises(PipelineGoneError, match="hooks were never installed"):
@@ -221,7 +221,7 @@ def test_signal_rollout_demand_converts_groups_and_wakes_an_engine(scheduler, co
 
 def hog_all_gpus(scheduler):
     """Another pipeline whose training holds all four GPUs."""
-    hog = RlixHooks(get_plugin_manager("local", backend_options={"scheduler": scheduler}, autoload=False))
+    hog = Hooks(get_plugin_manager("local", backend_options={"scheduler": scheduler}, autoload=False))
     hog.register_pipeline(pipeline_id="hog", clusters={ACTOR_INFER: ClusterSpec(1, (0, 1, 2, 3)),
                                                        ACTOR_TRAIN: ClusterSpec(4, (0, 1, 2, 3))})
     hog.request_gpus(pipeline_id="hog", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=5)

@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("verl", reason="verl is not installed (the verl integration tests need rlix-plugin[verl])")
 
-from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec  # noqa: E402
+from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec  # noqa: E402
 from rlix_plugin.integrations.verl.progress import GroupProgressMixin  # noqa: E402
-from rlix_plugin.integrations.verl.session import RlixSession  # noqa: E402
+from rlix_plugin.integrations.verl.session import VerlSession  # noqa: E402
 
 from .fakes import FakeWorkerBase  # noqa: E402
 
@@ -50,10 +50,10 @@ def test_take_waits_for_a_group_then_returns_promptly():
 
 
 def make_session(hooks):
-    return RlixSession(
+    return VerlSession(
         hooks,
         pipeline_id="p1",
-        clusters={ACTOR_INFER: ClusterSpec(1, (0, 1))},
+        clusters={ACTOR_INFER: ClusterSpec(1, (0, 1)), ACTOR_TRAIN: ClusterSpec(2, (0, 1))},
         timeout_s=5.0,
         samples_per_step=8,
     )
@@ -82,7 +82,7 @@ def test_close_runs_every_step_even_when_one_fails(rlix_hooks, rlix_register, rl
 
     rlix_register(BrokenRelease())
     session = make_session(rlix_hooks)
-    session.open()
+    session.register()
     session.rollout_submitted(samples=8, weight_version=0)
     error = session.close("finished")
     assert isinstance(error, ConnectionError)
@@ -95,4 +95,4 @@ def test_close_runs_every_step_even_when_one_fails(rlix_hooks, rlix_register, rl
 
 def test_session_rejects_a_zero_target(rlix_hooks):
     with pytest.raises(ValueError):
-        RlixSession(rlix_hooks, pipeline_id="p", clusters={}, timeout_s=1.0, samples_per_step=0)
+        VerlSession(rlix_hooks, pipeline_id="p", clusters={}, timeout_s=1.0, samples_per_step=0)

@@ -19,7 +19,7 @@ from rlix_plugin.manager import RlixPluginManager, get_plugin_manager
 
 from .scenario import Scenario
 
-log = logging.getLogger("rlix_plugin.reference")
+log = logging.getLogger(__name__)
 
 BACKENDS = ("local", "ray")
 
@@ -27,7 +27,7 @@ BACKENDS = ("local", "ray")
 Listener = Callable[[str, Any], None]
 
 
-class BackendSession:
+class SharedBackend:
     """Base: plugin managers for one backend; no observation, a generic diagnostic."""
 
     name = "?"
@@ -68,7 +68,7 @@ class BackendSession:
         return dict(self.backend_options)
 
 
-class LocalSession(BackendSession):
+class LocalSharedBackend(SharedBackend):
     name = "local"
 
     def __init__(
@@ -107,7 +107,7 @@ class LocalSession(BackendSession):
         self.scheduler.close()
 
 
-class RaySession(BackendSession):
+class RaySharedBackend(SharedBackend):
     """Pipelines of this process on the cluster's shared scheduler actor.
 
     ``backend_options`` are :func:`rlix_plugin.ray.connect`'s (``address``, ``init_options``,
@@ -161,7 +161,7 @@ class RaySession(BackendSession):
                 self._started_ray = False
 
 
-def open_session(
+def open_shared_backend(
     backend: str,
     scenario: Scenario,
     *,
@@ -170,7 +170,7 @@ def open_session(
     durable_demand: bool = True,
     resize_timeout_s: float = 60.0,
     policy: str | None = None,
-) -> BackendSession:
+) -> SharedBackend:
     """The session for ``backend`` (``local`` or ``ray``).
 
     :raises InvalidRequestError: an unknown backend name.
@@ -180,13 +180,13 @@ def open_session(
 
     name = check_backend_name(backend)
     if name == "local":
-        return LocalSession(scenario, backend_options, autoload, durable_demand=durable_demand,
+        return LocalSharedBackend(scenario, backend_options, autoload, durable_demand=durable_demand,
                             resize_timeout_s=resize_timeout_s, policy=policy)
     if name == "ray":
         if not durable_demand:
             raise InvalidRequestError("pre-fix demand semantics exist only for the local backend")
-        return RaySession(scenario, backend_options, autoload, resize_timeout_s=resize_timeout_s, policy=policy)
+        return RaySharedBackend(scenario, backend_options, autoload, resize_timeout_s=resize_timeout_s, policy=policy)
     raise InvalidRequestError(f"backend {backend!r} cannot run scenarios; choose one of: {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "BackendSession", "LocalSession", "RaySession", "open_session"]
+__all__ = ["BACKENDS", "SharedBackend", "LocalSharedBackend", "RaySharedBackend", "open_shared_backend"]

@@ -27,7 +27,7 @@ from rlix_plugin.hookspecs import InvalidRequestError, SchedulerTimeoutError
 from .coordinator import CLOSED, COORDINATOR_OPTIONS, CoordinatorActor, ReconcileRequest, ResizeRequest
 from .names import COORDINATOR_NAME, pipeline_namespace
 
-log = logging.getLogger("rlix_plugin.ray")
+log = logging.getLogger(__name__)
 
 #: ``run(pipeline_id, dp_ranks_to_remove, dp_ranks_to_add) -> awake ranks | None``
 ResizeHook = Callable[[str, tuple[int, ...], tuple[int, ...]], "tuple[int, ...] | None"]
@@ -65,7 +65,7 @@ def start_coordinator(pipeline_id: str, is_registered: Callable[[str], bool], re
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         try:
-            handle = CoordinatorActor.options(
+            handle: Any = CoordinatorActor.options(
                 name=COORDINATOR_NAME, namespace=namespace, scheduling_strategy=here, **COORDINATOR_OPTIONS
             ).remote(pipeline_id, namespace, resize_token)
         except ValueError:  # the name is taken
