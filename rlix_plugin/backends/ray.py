@@ -256,6 +256,7 @@ class RayPort:
                       pipeline_id, request.epoch, exc)
             return
         log.info("pipeline %s reattached to the restarted scheduler (epoch %s): %s", pipeline_id, request.epoch, done)
+        self.client.saw_epoch(request.epoch)  # this process's calls to the dead one are made again now
         self._resend_progress(pipeline_id)
 
     def report_preempt(self, pipeline_id: str, lease: str, dp_rank: int, retracted: int) -> None:

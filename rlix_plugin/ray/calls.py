@@ -82,13 +82,21 @@ def wait(ref: Any, timeout_s: float, what: str, actor: str) -> Any:
 RETRY_PAUSES_S = (0.01, 0.02, 0.05, 0.1, 0.2)
 
 
+#: How often a waiting call checks whether its actor restarted meanwhile (see ``restarts``).
+RESTART_CHECK_S = 0.05
+
+
 def call_through_restarts(submit: Callable[[float], Any], timeout_s: float, what: str, actor: str,
-                          gone: Callable[[], bool]) -> Any:
+                          gone: Callable[[], bool], restarts: Callable[[], int] | None = None) -> Any:
     """Make an actor call, and make it again when a restart of the actor interrupted it.
 
     :param submit: ``submit(left_s) -> ObjectRef``: makes the call, given the seconds left.
     :param timeout_s: Bound on the whole call, retries included.
     :param gone: True when the actor is gone for good (its name no longer resolves).
+    :param restarts: How many restarts of the actor the caller knows of. When it grows while a
+        call waits, the call is made again at once: Ray fails a call that was in flight when the
+        actor died only once it is sure of the death (about a second), and the restarted actor
+        is usually serving before that.
     :raises SchedulerUnavailableError: the actor is gone for good, or did not come back in time.
     :raises SchedulerTimeoutError: no answer within ``timeout_s``.
     :raises RlixError: whatever the actor raised.
@@ -97,9 +105,13 @@ def call_through_restarts(submit: Callable[[float], Any], timeout_s: float, what
     attempt = 0
     while True:
         left = deadline - time.monotonic()
+        known = restarts() if restarts is not None else 0
         ref = submit(left)
         try:
-            return ray.get(ref, timeout=max(0.001, left))
+            if restarts is not None and not _answered_before_a_restart(ref, deadline, restarts, known):
+                attempt = max(attempt, 1)
+                continue  # the actor restarted under the call: make it again now
+            return ray.get(ref, timeout=max(0.001, deadline - time.monotonic()))
         except GetTimeoutError:
             cancel_quietly(ref)
             raise SchedulerTimeoutError(f"{what}: no answer from {actor} within {timeout_s:.1f}s") from None
@@ -126,9 +138,21 @@ def call_through_restarts(submit: Callable[[float], Any], timeout_s: float, what
         attempt += 1
 
 
+def _answered_before_a_restart(ref: Any, deadline: float, restarts: Callable[[], int], known: int) -> bool:
+    """Wait for ``ref`` until ``deadline``; False as soon as ``restarts()`` exceeds ``known``
+    (the call is then abandoned: the actor that had it is dead)."""
+    while True:
+        left = deadline - time.monotonic()
+        ready, _ = ray.wait([ref], timeout=max(0.0, min(left, RESTART_CHECK_S)))
+        if ready or left <= 0:
+            return True
+        if restarts() > known:
+            return False
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else repr(exc)
 
 
-__all__ = ["GRACE_S", "RETRY_PAUSES_S", "call_through_restarts", "cancel_quietly", "unwrap", "wait"]
+__all__ = ["GRACE_S", "RESTART_CHECK_S", "RETRY_PAUSES_S", "call_through_restarts", "cancel_quietly", "unwrap", "wait"]

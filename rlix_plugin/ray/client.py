@@ -82,6 +82,13 @@ class RlixClient:
         self.scheduler = scheduler
         self._orchestrator = orchestrator
         self.info = info
+        #: The newest scheduler epoch this client heard of (see :meth:`saw_epoch`).
+        self.epoch = int(info.get("epoch") or 0)
+
+    def saw_epoch(self, epoch: int) -> None:
+        """A restarted scheduler (``epoch``) is serving: calls still waiting on the one before are
+        made again at once instead of waiting for Ray to report that it died."""
+        self.epoch = max(self.epoch, int(epoch))
 
     # -- scheduler calls ----------------------------------------------------------------------------
 
@@ -94,7 +101,8 @@ class RlixClient:
             return getattr(self.scheduler, method).remote(*args(left))
 
         try:
-            return call_through_restarts(submit, timeout_s, what, SCHEDULER_NAME, self._scheduler_gone)
+            return call_through_restarts(submit, timeout_s, what, SCHEDULER_NAME, self._scheduler_gone,
+                                         lambda: self.epoch)
         except SchedulerTimeoutError as exc:
             if exc.diagnostic:
                 raise

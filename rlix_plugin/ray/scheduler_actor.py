@@ -386,6 +386,7 @@ class SchedulerActor:
             "worker_id": ray.get_runtime_context().get_worker_id(),
             "uptime_s": round(time.time() - self._started_at, 3),
             "resize_timeout_s": self._service.resize_timeout_s,
+            "epoch": self._service.epoch,
             "recovering": sorted(self._service.unreconciled),
             "persistence": self._service.persistence(),
             "restarted_at": self._restarted_at,
