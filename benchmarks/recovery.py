@@ -40,8 +40,10 @@ from rlix_plugin.reference.runner import RunOptions, execute
 from rlix_plugin.reference.scenario import bundled_scenario
 from rlix_plugin.testing.chaos import Kill, SchedulerKiller
 
+#: Workers' logs stay in Ray's log files: each kill makes the raylet print a paragraph, and stdout
+#: is the JSON.
 INIT_OPTIONS = {"num_cpus": 2, "num_gpus": 4, "include_dashboard": False, "logging_level": "ERROR",
-                "object_store_memory": 80 * 1024 * 1024}
+                "object_store_memory": 80 * 1024 * 1024, "log_to_driver": False}
 
 
 def _killer(args: argparse.Namespace, kills: list[Kill], done: threading.Event, errors: list[str]) -> None:

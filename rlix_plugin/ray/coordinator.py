@@ -36,6 +36,8 @@ import ray
 
 from rlix_plugin.hookspecs import InvalidRequestError, NotPipelineOwnerError
 
+from .kv_store import RayKVStore
+
 #: Seconds without any poll from the pipeline process after which a resize fails at once instead
 #: of waiting for the scheduler's resize timeout. Longer than a poll interval plus a round trip.
 SERVER_GRACE_S = 15.0
@@ -188,8 +190,12 @@ class Coordinator:
         on, drop the ones still queued (never run), and queue a :class:`ReconcileRequest` for the
         pipeline process, which reattaches to the scheduler with its report. False (nothing
         done) for an epoch older than one already seen. Anyone may call it: what it triggers is
-        a call from the pipeline process to the scheduler found by name, with the lease."""
-        if self._closed_reason is not None or epoch < self._epoch:
+        a call from the pipeline process to the scheduler found by name, with the lease -- and an
+        epoch no scheduler claimed (which would make the real one's resizes look stale) is
+        refused: it is checked against the epochs claimed in the GCS store."""
+        if self._closed_reason is not None or not isinstance(epoch, int) or epoch < self._epoch:
+            return False
+        if epoch > await asyncio.to_thread(RayKVStore().newest_epoch):
             return False
         self._epoch = epoch
         new, _ = self._events()

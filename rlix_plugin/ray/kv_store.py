@@ -59,6 +59,10 @@ class RayKVStore:
             epoch += 1  # someone claimed it first: the next one
         return epoch
 
+    def newest_epoch(self) -> int:
+        """The newest epoch claimed so far (0: none)."""
+        return max(_epochs(self._epoch_prefix), default=0)
+
     def load(self) -> StoredState | None:
         for epoch in reversed(_epochs(self._state_prefix)):
             raw = internal_kv._internal_kv_get(_key(self._state_prefix, epoch), namespace=NAMESPACE)

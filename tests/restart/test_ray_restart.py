@@ -199,20 +199,23 @@ def test_a_deliberate_shutdown_clears_the_saved_state(rlix):
     hooks.unregister_pipeline(pipeline_id="s")
 
 
-def test_a_coordinator_refuses_the_resizes_of_a_superseded_scheduler():
+def test_a_coordinator_refuses_the_resizes_of_a_superseded_scheduler(rlix):
     coordinator = CoordinatorActor.options(name="c", namespace="rlix.test-epochs").remote("e", "rlix.test-epochs", "tok")
+    epoch = rlix.describe()["epoch"]  # the newest scheduler's
     try:
-        old_watch = coordinator.watch.remote(4)
-        assert ray.get(coordinator.reconcile.remote(5), timeout=10) is True
-        assert ray.get(coordinator.reconcile.remote(4), timeout=10) is False, "an older epoch changes nothing"
-        with pytest.raises(ray.exceptions.RayTaskError, match="superseded by epoch 5"):
-            ray.get(coordinator.resize.remote("tok", "e", (), (0,), epoch=4), timeout=10)
-        new_watch = coordinator.watch.remote(5)
+        assert ray.get(coordinator.reconcile.remote(epoch + 1), timeout=10) is False, \
+            "an epoch no scheduler claimed is refused"
+        old_watch = coordinator.watch.remote(epoch - 1)
+        assert ray.get(coordinator.reconcile.remote(epoch), timeout=10) is True
+        assert ray.get(coordinator.reconcile.remote(epoch - 1), timeout=10) is False, "an older epoch changes nothing"
+        with pytest.raises(ray.exceptions.RayTaskError, match=f"superseded by epoch {epoch}"):
+            ray.get(coordinator.resize.remote("tok", "e", (), (0,), epoch=epoch - 1), timeout=10)
+        new_watch = coordinator.watch.remote(epoch)
         assert ray.get(old_watch, timeout=10) == SUPERSEDED, "the dead scheduler's watch is let go"
         ready, _ = ray.wait([new_watch], timeout=0.2)
         assert not ready, "the current scheduler's watch stays pending"
         queued = ray.get(coordinator.describe.remote(), timeout=10)
-        assert queued["epoch"] == 5 and queued["queued"] == 1, "one reconcile request for the pipeline process"
+        assert queued["epoch"] == epoch and queued["queued"] == 1, "one reconcile request for the pipeline process"
     finally:
         ray.kill(coordinator)
 
