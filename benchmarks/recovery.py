@@ -23,6 +23,7 @@ taken while another holder had it (``double_holds``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import threading
@@ -40,8 +41,7 @@ from rlix_plugin.reference.runner import RunOptions, execute
 from rlix_plugin.reference.scenario import bundled_scenario
 from rlix_plugin.testing.chaos import Kill, SchedulerKiller
 
-#: Workers' logs stay in Ray's log files: each kill makes the raylet print a paragraph, and stdout
-#: is the JSON.
+#: Workers' logs stay in Ray's log files: stdout is the JSON.
 INIT_OPTIONS = {"num_cpus": 2, "num_gpus": 4, "include_dashboard": False, "logging_level": "ERROR",
                 "object_store_memory": 80 * 1024 * 1024, "log_to_driver": False}
 
@@ -127,6 +127,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
+def _quietly(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`run` with Ray's messages (the raylet reports every kill on the driver's stdout) sent
+    to stderr: stdout is the JSON."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return run(args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20, help="kills to make in all (default 20)")
@@ -138,7 +145,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.kills < 1 or args.interval < 0 or args.mid_resize_every < 1 or args.time_scale <= 0:
         parser.error("--kills and --mid-resize-every must be >= 1, --interval >= 0, --time-scale > 0")
-    emit(run(args), args.json)
+    emit(_quietly(args), args.json)
 
 
 if __name__ == "__main__":
