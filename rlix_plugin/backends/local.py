@@ -291,6 +291,11 @@ def make_backend(
     """Build the plugin: on ``scheduler``, on a new one of ``num_gpus``, or on the process-wide
     one. ``resize`` runs the owning manager's ``rlix_resize_infer``; ``leases`` are pipelines'
     leases handed over by the process that registered them."""
+    if scheduler is None and num_gpus is None and service_options.get("state_path") is not None:
+        raise InvalidRequestError(
+            f"state_path={service_options['state_path']!r} needs num_gpus (and gpus_per_node): the process-wide "
+            "scheduler keeps no state file"
+        )
     if scheduler is None:
         scheduler = LocalScheduler(num_gpus, gpus_per_node, **service_options) if num_gpus else default_scheduler()
     return SchedulerHooks(LocalPort(scheduler), resize, progress_interval_s=progress_interval_s, leases=leases)
