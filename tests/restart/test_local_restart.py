@@ -156,10 +156,10 @@ def test_the_local_backend_restores_from_its_state_file_and_reattaches_through_i
 
 
 def test_a_state_file_needs_a_pool_size(tmp_path):
-    from rlix_plugin import get_plugin_manager
+    from rlix_plugin.backends.local import make_backend
     from rlix_plugin.hookspecs import InvalidRequestError
 
     with pytest.raises(InvalidRequestError, match=r"state_path=.*needs num_gpus"):
-        get_plugin_manager("local", autoload=False, backend_options={"state_path": str(tmp_path / "s.db")}).backend
+        make_backend(lambda *_: None, state_path=str(tmp_path / "s.db"))
     assert not (tmp_path / "s.db").exists(), "nothing was created"
 
