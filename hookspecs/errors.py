@@ -41,7 +41,8 @@ class PlanInvariantError(RlixError):
 
 
 class SchedulerUnavailableError(RlixError, ConnectionError):
-    """The scheduler could not be reached (its actor died, or no cluster is running)."""
+    """The scheduler could not be reached: it is gone for good (stopped, not restarting), did not
+    come back in time after a crash, or no cluster is running."""
 
 
 class BackendUnavailableError(RlixError, ImportError):

@@ -11,6 +11,12 @@ Pool size: ``backend_options={"num_gpus": 8, "gpus_per_node": 8}``, or the envir
 (``RLIX_LOCAL_GPUS``, ``RLIX_LOCAL_GPUS_PER_NODE``), or pass ``scheduler=`` to share one
 scheduler among several plugin managers. Managers built without options share one process-wide
 scheduler, so pipelines of one process see each other.
+
+Persistence is opt-in: ``state_path=`` (a file) keeps every committed change in SQLite (WAL mode,
+:class:`~rlix_plugin.scheduler.store.SqliteStore`), and a scheduler started on a file that holds
+a record restores it: its pipelines come back registered, holding what they held, and must
+reattach (:meth:`LocalPort.reattach`) within ``reconcile_timeout_s`` or be fenced and, after the
+grace, reclaimed. Without the option nothing is written and a new scheduler starts empty.
 """
 
 from __future__ import annotations
@@ -34,8 +40,10 @@ from rlix_plugin.hookspecs import (
 from rlix_plugin.metrics.catalog import REQUEST_GPUS, SIGNAL_DEMAND
 from rlix_plugin.progress import BEGIN, END, ProgressReport
 from rlix_plugin.scheduler.journal import Journal
+from rlix_plugin.scheduler.rehydrate import PipelineReport
 from rlix_plugin.scheduler.service import SchedulerService
 from rlix_plugin.scheduler.state import SchedulerState
+from rlix_plugin.scheduler.store import SqliteStore
 from rlix_plugin.scheduler.topology import PoolTopology
 
 from .hooks import SchedulerHooks
@@ -52,8 +60,17 @@ _LOOP_GRACE_S = 5.0
 class LocalScheduler:
     """A scheduler on its own event-loop thread, callable from any thread."""
 
-    def __init__(self, num_gpus: int, gpus_per_node: int = 8, **service_options: Any) -> None:
-        self.service = SchedulerService(PoolTopology(num_gpus, gpus_per_node), **service_options)
+    def __init__(self, num_gpus: int, gpus_per_node: int = 8, *, state_path: str | os.PathLike[str] | None = None,
+                 reconcile_timeout_s: float = 30.0, **service_options: Any) -> None:
+        self.store = SqliteStore(state_path) if state_path is not None else None
+        self.service = SchedulerService(PoolTopology(num_gpus, gpus_per_node), store=self.store,
+                                        epoch=self.store.claim() if self.store is not None else None,
+                                        **service_options)
+        #: Pipelines restored from ``state_path``, which must reattach.
+        self.restored: list[str] = []
+        stored = self.store.load() if self.store is not None else None
+        if stored is not None:
+            self.restored = self.service.restore(stored.payload)
         #: The decision log (:mod:`rlix_plugin.scheduler.journal`); read it through :meth:`decisions`.
         self.journal = Journal(self.service.state)
         self.service.add_observer(self.journal)
@@ -66,6 +83,13 @@ class LocalScheduler:
         self._thread.start()
         self.call(self.service.start(), timeout_s=10.0)
         self._closed = False
+        if self.restored:
+            log.warning("local scheduler restored %s from %s; they must reattach within %.0fs",
+                        self.restored, self.store.where if self.store else "?", reconcile_timeout_s)
+            self.loop.call_soon_threadsafe(
+                self.loop.call_later, reconcile_timeout_s, self.service.expire_unreconciled,
+                f"did not reattach within {reconcile_timeout_s:g}s of a scheduler restart",
+            )
 
     def call(self, coro: Coroutine[Any, Any, T], timeout_s: float) -> T:
         """Run ``coro`` on the scheduler loop and wait for it (``timeout_s`` plus a grace)."""
@@ -136,6 +160,8 @@ class LocalScheduler:
             self._closed = True
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=10.0)
+            if self.store is not None:
+                self.store.close()
 
 
 _default_lock = threading.Lock()
@@ -170,18 +196,28 @@ class LocalPort:
 
     def register(self, registration: Registration, resize: ResizeHook) -> str:
         service = self.scheduler.service
-        pool = self._resize_pool
-
-        async def resizer(pipeline_id: str, remove: tuple[int, ...], add: tuple[int, ...]) -> Any:
-            return await asyncio.get_running_loop().run_in_executor(pool, resize, pipeline_id, remove, add)
-
         return self.scheduler.call(service.register_pipeline(
-            registration.pipeline_id, registration.clusters, resizer,
+            registration.pipeline_id, registration.clusters, self._resizer(resize),
             switch_costs=registration.switch_costs, limits=registration.limits,
         ), timeout_s=10.0)
 
     def unregister(self, pipeline_id: str, lease: str, reason: str) -> None:
         self.scheduler.call(self.scheduler.service.unregister_pipeline(pipeline_id, lease, reason), timeout_s=10.0)
+
+    def reattach(self, pipeline_id: str, lease: str, resize: ResizeHook, report: PipelineReport) -> dict[str, Any]:
+        """Reattach a pipeline restored from the state file: its resizes run through ``resize``
+        from now on, and the scheduler reconciles its state with ``report``."""
+        return self.scheduler.call(
+            self.scheduler.service.reattach(pipeline_id, lease, self._resizer(resize), report), timeout_s=10.0
+        )
+
+    def _resizer(self, resize: ResizeHook) -> Any:
+        pool = self._resize_pool
+
+        async def resizer(pipeline_id: str, remove: tuple[int, ...], add: tuple[int, ...]) -> Any:
+            return await asyncio.get_running_loop().run_in_executor(pool, resize, pipeline_id, remove, add)
+
+        return resizer
 
     def signal_demand(self, pipeline_id: str, lease: str, rollout_id: int, step_target: int, timeout_s: float) -> Grant:
         grant = self.scheduler.call(
@@ -255,6 +291,11 @@ def make_backend(
     """Build the plugin: on ``scheduler``, on a new one of ``num_gpus``, or on the process-wide
     one. ``resize`` runs the owning manager's ``rlix_resize_infer``; ``leases`` are pipelines'
     leases handed over by the process that registered them."""
+    if scheduler is None and num_gpus is None and service_options.get("state_path") is not None:
+        raise InvalidRequestError(
+            f"state_path={service_options['state_path']!r} needs num_gpus (and gpus_per_node): the process-wide "
+            "scheduler keeps no state file"
+        )
     if scheduler is None:
         scheduler = LocalScheduler(num_gpus, gpus_per_node, **service_options) if num_gpus else default_scheduler()
     return SchedulerHooks(LocalPort(scheduler), resize, progress_interval_s=progress_interval_s, leases=leases)

@@ -10,7 +10,9 @@ cluster) implement it. Contract, for every implementation:
   :class:`~rlix_plugin.hookspecs.NotPipelineOwnerError` and changes nothing;
 * blocking calls return within their ``timeout_s`` plus a transport grace, or raise
   :class:`~rlix_plugin.hookspecs.SchedulerTimeoutError` with the scheduler's diagnostic; a
-  scheduler that is gone raises :class:`~rlix_plugin.hookspecs.SchedulerUnavailableError`;
+  scheduler that restarts under a call is called again (the same idempotency key, the time
+  left) and its answer is the call's; a scheduler that is gone for good raises
+  :class:`~rlix_plugin.hookspecs.SchedulerUnavailableError`;
 * :meth:`SchedulerPort.send_progress` and :meth:`SchedulerPort.report_preempt` never block on the
   network: they are called from the progress thread and the engines, and failures come back
   from a later call (the hook layer logs them as "progress signal lost");

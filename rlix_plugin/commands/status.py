@@ -29,6 +29,12 @@ def render(snap: dict[str, Any]) -> str:
         f"idle GPUs: {snap.get('idle_gpus') or 'none'}",
         "",
     ]
+    restarted = (snap.get("scheduler") or {}).get("restarted_at")
+    if restarted or snap.get("recovering"):
+        waiting = snap.get("recovering") or []
+        epoch = (snap.get("scheduler") or {}).get("epoch")
+        lines.insert(1, f"restarted from its saved state (epoch {epoch})" + (
+            f"; waiting for {', '.join(waiting)} to reattach: nothing is planned until then" if waiting else ""))
     rows: list[tuple[str, ...]] = [_HEADER]
     notes: list[str] = []
     for pid, info in snap.get("pipelines", {}).items():

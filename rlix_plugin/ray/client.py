@@ -21,12 +21,15 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
 
+from rlix_plugin import arguments as check
+from rlix_plugin.backends.port import Registration
 from rlix_plugin.hookspecs import (
     Grant,
     InvalidRequestError,
@@ -34,13 +37,11 @@ from rlix_plugin.hookspecs import (
     SchedulerTimeoutError,
     SchedulerUnavailableError,
 )
-
-from rlix_plugin import arguments as check
-from rlix_plugin.backends.port import Registration
 from rlix_plugin.scheduler.leases import operator_digest
 from rlix_plugin.scheduler.policy import DEFAULT_POLICY, get_policy
+from rlix_plugin.scheduler.rehydrate import PipelineReport
 
-from .calls import GRACE_S, wait
+from .calls import GRACE_S, call_through_restarts, wait
 from .names import NAMESPACE, ORCHESTRATOR_NAME, PROTOCOL, SCHEDULER_NAME
 from .orchestrator import ORCHESTRATOR_OPTIONS, OrchestratorActorClass
 from .scheduler_actor import SCHEDULER_OPTIONS, SchedulerActorClass
@@ -61,27 +62,47 @@ DEFAULT_RESIZE_TIMEOUT_S = 120.0
 _connect_lock = threading.Lock()
 
 
+def new_request_id() -> str:
+    """A fresh idempotency key for one blocking call (sent again with each of its retries)."""
+    return uuid.uuid4().hex
+
+
 class RlixClient:
     """Handles to the rlix actors of one Ray cluster, with timeout-bounded calls on them.
 
     ``scheduler`` and ``orchestrator`` are Ray actor handles (picklable: pass them to actors).
-    Blocking methods raise :class:`SchedulerUnavailableError` when the scheduler dies and
-    :class:`SchedulerTimeoutError` when it does not answer in time.
+    Scheduler calls ride through scheduler restarts: a call the restart interrupted is made again
+    against the restarted actor, with its idempotency key and the time it has left
+    (:func:`~.calls.call_through_restarts`). They raise :class:`SchedulerUnavailableError` when
+    the scheduler is gone for good and :class:`SchedulerTimeoutError` when it does not answer in
+    time.
     """
 
     def __init__(self, scheduler: Any, orchestrator: Any, info: dict[str, Any]) -> None:
         self.scheduler = scheduler
         self._orchestrator = orchestrator
         self.info = info
+        #: The newest scheduler epoch this client heard of (see :meth:`saw_epoch`).
+        self.epoch = int(info.get("epoch") or 0)
+
+    def saw_epoch(self, epoch: int) -> None:
+        """A restarted scheduler (``epoch``) is serving: calls still waiting on the one before are
+        made again at once instead of waiting for Ray to report that it died."""
+        self.epoch = max(self.epoch, int(epoch))
 
     # -- scheduler calls ----------------------------------------------------------------------------
 
-    def _wait(self, ref: Any, timeout_s: float, what: str) -> Any:
-        """Wait at most ``timeout_s`` for a scheduler call. A wait that runs out here (not in the
-        scheduler, which sends its own diagnostic) carries the scheduler's diagnostic if it still
-        answers one."""
+    def _call(self, method: str, args: Callable[[float], tuple[Any, ...]], timeout_s: float, what: str) -> Any:
+        """Call ``method`` within ``timeout_s``, through restarts; ``args(left_s)`` builds the
+        arguments of each attempt from the seconds it has left. A wait that runs out here (not
+        in the scheduler, which sends its own diagnostic) carries the scheduler's diagnostic if
+        it still answers one."""
+        def submit(left: float) -> Any:
+            return getattr(self.scheduler, method).remote(*args(left))
+
         try:
-            return wait(ref, timeout_s, what, SCHEDULER_NAME)
+            return call_through_restarts(submit, timeout_s, what, SCHEDULER_NAME, self._scheduler_gone,
+                                         lambda: self.epoch)
         except SchedulerTimeoutError as exc:
             if exc.diagnostic:
                 raise
@@ -92,48 +113,67 @@ class RlixClient:
                 diagnostic = f"(no diagnostic either: {inner}; the scheduler's event loop may be stuck)"
             raise SchedulerTimeoutError(str(exc), diagnostic) from None
 
-    def signal_demand(self, pipeline_id: str, lease: str, rollout_id: int, step_target: int, timeout_s: float) -> Grant:
-        ref = self.scheduler.signal_demand.remote(pipeline_id, lease, rollout_id, step_target, timeout_s)
-        return self._wait(ref, timeout_s + GRACE_S, f"signal_demand({pipeline_id}, rollout {rollout_id})")
+    def _scheduler_gone(self) -> bool:
+        """Whether the scheduler this client calls is gone for good: its name resolves to nothing,
+        or to another actor (an operator replaced it; that one does not know this client's
+        pipelines)."""
+        current = _lookup(SCHEDULER_NAME)
+        return current is None or current != self.scheduler
+
+    def _blocking(self, method: str, head: tuple[Any, ...], timeout_s: float, tail: tuple[Any, ...],
+                  what: str) -> Any:
+        """A blocking call ``method(*head, actor_timeout, *tail)``: each attempt gets the original
+        timeout minus the time already spent, the client waits a grace longer."""
+        return self._call(method, lambda left: (*head, max(0.001, left - GRACE_S), *tail), timeout_s + GRACE_S, what)
+
+    def signal_demand(self, pipeline_id: str, lease: str, rollout_id: int, step_target: int, timeout_s: float,
+                      request_id: str | None = None) -> Grant:
+        return self._blocking("signal_demand", (pipeline_id, lease, rollout_id, step_target), timeout_s,
+                              (request_id or new_request_id(),), f"signal_demand({pipeline_id}, rollout {rollout_id})")
 
     def request_gpus(self, pipeline_id: str, lease: str, cluster: str, priority: int, step_target: int | None,
-                     timeout_s: float) -> Grant:
-        ref = self.scheduler.request_gpus.remote(pipeline_id, lease, cluster, priority, step_target, timeout_s)
-        return self._wait(ref, timeout_s + GRACE_S, f"request_gpus({pipeline_id}_{cluster})")
+                     timeout_s: float, request_id: str | None = None) -> Grant:
+        return self._blocking("request_gpus", (pipeline_id, lease, cluster, priority, step_target), timeout_s,
+                              (request_id or new_request_id(),), f"request_gpus({pipeline_id}_{cluster})")
 
     def release(self, pipeline_id: str, lease: str, cluster: str) -> None:
         """Give a cluster back; for the generation cluster, once its workers sleep (bounded by the
         scheduler's resize timeout)."""
         timeout_s = float(self.info.get("resize_timeout_s", DEFAULT_RESIZE_TIMEOUT_S)) + 10.0
-        ref = self.scheduler.release.remote(pipeline_id, lease, cluster, timeout_s)
-        self._wait(ref, timeout_s + GRACE_S, f"release({pipeline_id}_{cluster})")
+        self._blocking("release", (pipeline_id, lease, cluster), timeout_s, (), f"release({pipeline_id}_{cluster})")
+
+    def reattach(self, pipeline_id: str, lease: str, resize_token: str, report: PipelineReport,
+                 coordinator: Any = None, timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
+        """Reattach a pipeline to a restarted scheduler: its resizes go to ``coordinator`` with
+        ``resize_token`` from now on, and its state is reconciled with ``report``."""
+        return self._call("reattach", lambda _: (pipeline_id, lease, resize_token, report, coordinator),
+                          timeout_s, f"reattach({pipeline_id})")
 
     def describe(self, timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
-        return self._wait(self.scheduler.describe.remote(), timeout_s, "describe")  # type: ignore[no-any-return]
+        return self._call("describe", lambda _: (), timeout_s, "describe")
 
     def snapshot(self, timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
         """The scheduler's full view: pipelines, allocations, open demand, progress, queue."""
-        return self._wait(self.scheduler.snapshot.remote(), timeout_s, "snapshot")  # type: ignore[no-any-return]
+        return self._call("snapshot", lambda _: (), timeout_s, "snapshot")
 
     def events(self, since: int = 0, pipeline: str | None = None, limit: int = 1000, wait_s: float = 0.0,
                timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
         """The decision log after ``since`` (:meth:`SchedulerActor.events
         <rlix_plugin.ray.scheduler_actor.SchedulerActor.events>`); ``wait_s`` long-polls."""
-        ref = self.scheduler.events.remote(since, pipeline, limit, wait_s)
-        return self._wait(ref, timeout_s + wait_s, "events")  # type: ignore[no-any-return]
+        return self._call("events", lambda _: (since, pipeline, limit, wait_s), timeout_s + wait_s, "events")
 
     def diagnostic(self, headline: str = "", timeout_s: float = 10.0) -> str:
-        return str(wait(self.scheduler.diagnostic.remote(headline), timeout_s, "diagnostic", SCHEDULER_NAME))
+        return str(self._call("diagnostic", lambda _: (headline,), timeout_s, "diagnostic"))
 
     def is_registered(self, pipeline_id: str, timeout_s: float = CONTROL_TIMEOUT_S) -> bool:
-        return bool(self._wait(self.scheduler.is_registered.remote(pipeline_id), timeout_s, "is_registered"))
+        return bool(self._call("is_registered", lambda _: (pipeline_id,), timeout_s, "is_registered"))
 
     def unregister_pipeline(self, pipeline_id: str, lease: str, reason: str,
                             timeout_s: float = CONTROL_TIMEOUT_S) -> None:
         """Straight to the scheduler: a pipeline must be able to give its GPUs back while the
-        orchestrator is down."""
-        ref = self.scheduler.unregister_pipeline.remote(pipeline_id, lease, reason)
-        self._wait(ref, timeout_s, f"unregister_pipeline({pipeline_id})")
+        orchestrator is down. (Unregistering what is gone does nothing: safe to retry.)"""
+        self._call("unregister_pipeline", lambda _: (pipeline_id, lease, reason), timeout_s,
+                   f"unregister_pipeline({pipeline_id})")
 
     # -- orchestrator calls -------------------------------------------------------------------------
 
@@ -157,9 +197,13 @@ class RlixClient:
                 self._orchestrator = None
         raise AssertionError("unreachable")
 
-    def register_pipeline(self, registration: Registration, coordinator: Any, resize_token: str) -> str:
-        """Register and admit through the orchestrator (the front door); returns the lease."""
-        return str(self._orchestrate("register_pipeline", registration, coordinator, resize_token))
+    def register_pipeline(self, registration: Registration, coordinator: Any, resize_token: str,
+                          registration_key: str | None = None) -> str:
+        """Register and admit through the orchestrator (the front door); returns the lease.
+        ``registration_key`` (a secret of the caller's) makes the call safe to retry: the same
+        registration again, with the same key, gets a fresh lease instead of a refusal."""
+        return str(self._orchestrate("register_pipeline", registration, coordinator, resize_token,
+                                     registration_key or new_request_id()))
 
     def allocate_pipeline_id(self, prefix: str = "pipeline") -> str:
         return str(self._orchestrate("allocate_pipeline_id", prefix))
@@ -171,7 +215,7 @@ class RlixClient:
 
     def drain(self, operator: str | None, timeout_s: float = CONTROL_TIMEOUT_S) -> list[str]:
         """Refuse new registrations from now on (an operator action); returns who is registered."""
-        return list(self._wait(self.scheduler.drain.remote(operator), timeout_s, "drain"))
+        return list(self._call("drain", lambda _: (operator,), timeout_s, "drain"))
 
     def shutdown(self, operator: str | None, timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
         """Kill every pipeline, the scheduler and the orchestrator (an operator action)."""

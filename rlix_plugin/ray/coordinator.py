@@ -12,6 +12,14 @@ Lifetime: created by the pipeline process, named ``rlix:coordinator`` in the pip
 not detached, so it dies with the process that created it. The scheduler holds a :meth:`watch`
 call on it and unregisters the pipeline when the coordinator dies: a crashed pipeline never keeps
 its GPUs (docs/design.md, failure modes F3 and F10).
+
+Scheduler restarts: the coordinator outlives the scheduler (the pipeline's process owns it). A
+restarted scheduler finds it again by name and calls :meth:`reconcile` with its new **epoch**;
+the coordinator queues a :class:`ReconcileRequest` for the pipeline process, which answers the
+scheduler directly (it reattaches with its lease, its resize token and its own report). From
+then on resizes of older epochs are refused, and queued ones are dropped unrun: an engine is
+never moved by a scheduler that is no longer the one in charge. The previous incarnation's
+:meth:`watch` call is ended when the new one's arrives, so restarts leave no call behind.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from typing import Any
 import ray
 
 from rlix_plugin.hookspecs import InvalidRequestError, NotPipelineOwnerError
+
+from .kv_store import RayKVStore
 
 #: Seconds without any poll from the pipeline process after which a resize fails at once instead
 #: of waiting for the scheduler's resize timeout. Longer than a poll interval plus a round trip.
@@ -61,6 +71,21 @@ class ResizeRequest:
     pipeline_id: str
     dp_ranks_to_remove: tuple[int, ...]
     dp_ranks_to_add: tuple[int, ...]
+    #: Epoch of the scheduler that asked.
+    epoch: int = 0
+
+
+@dataclass(frozen=True)
+class ReconcileRequest:
+    """A restarted scheduler (``epoch``) asks the pipeline process to reattach and report."""
+
+    request_id: int
+    pipeline_id: str
+    epoch: int
+
+
+#: Answer of a :meth:`Coordinator.watch` call that a newer scheduler's watch replaced.
+SUPERSEDED = "superseded"
 
 
 class ResizeFailedError(RuntimeError):
@@ -77,7 +102,10 @@ class Coordinator:
         self._namespace = namespace
         self._grace = server_grace_s
         self._ids = itertools.count(1)
-        self._queue: deque[ResizeRequest] = deque()
+        self._queue: deque[ResizeRequest | ReconcileRequest] = deque()
+        #: Newest scheduler epoch seen (resizes of older ones are refused).
+        self._epoch = 0
+        self._watches: dict[int, asyncio.Future[str]] = {}
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._serving: set[int] = set()
         self._polls = 0
@@ -98,14 +126,16 @@ class Coordinator:
 
     async def resize(
         self, resize_token: str, pipeline_id: str, dp_ranks_to_remove: tuple[int, ...],
-        dp_ranks_to_add: tuple[int, ...],
+        dp_ranks_to_add: tuple[int, ...], epoch: int = 0,
     ) -> tuple[int, ...] | None:
         """Have the pipeline process run ``rlix_resize_infer`` and return its answer. Only the
-        scheduler may ask: it presents the token the pipeline process gave it at registration.
+        scheduler may ask: it presents the token the pipeline process gave it (at registration,
+        or when it reattached to a restarted scheduler), and its ``epoch``.
 
         :raises NotPipelineOwnerError: a wrong token (nothing is resized).
-        :raises ResizeFailedError: the hook raised, nobody serves this pipeline's resizes, or the
-            coordinator was closed. The caller's timeout bounds the wait.
+        :raises ResizeFailedError: the hook raised, nobody serves this pipeline's resizes, the
+            coordinator was closed, or a newer scheduler took over. The caller's timeout bounds
+            the wait.
         """
         if not isinstance(resize_token, str) or not hmac.compare_digest(resize_token, self._resize_token):
             raise NotPipelineOwnerError(
@@ -115,6 +145,9 @@ class Coordinator:
             raise InvalidRequestError(f"coordinator of {self._pipeline_id!r} got a resize for {pipeline_id!r}")
         if self._closed_reason is not None:
             raise ResizeFailedError(f"coordinator of {pipeline_id!r} is closed ({self._closed_reason})")
+        if epoch < self._epoch:
+            raise ResizeFailedError(f"resize from scheduler epoch {epoch}, superseded by epoch {self._epoch}")
+        self._epoch = epoch
         idle = time.monotonic() - self._last_seen
         if not self._polls and not self._serving and idle > self._grace:
             raise ResizeFailedError(
@@ -122,7 +155,7 @@ class Coordinator:
                 "(the pipeline process is stuck or its resize thread died)"
             )
         new, _ = self._events()
-        request = ResizeRequest(next(self._ids), pipeline_id, tuple(dp_ranks_to_remove), tuple(dp_ranks_to_add))
+        request = ResizeRequest(next(self._ids), pipeline_id, tuple(dp_ranks_to_remove), tuple(dp_ranks_to_add), epoch)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[request.request_id] = future
         self._queue.append(request)
@@ -136,16 +169,48 @@ class Coordinator:
             if request in self._queue:
                 self._queue.remove(request)
 
-    async def watch(self) -> str:
-        """Return only when the coordinator is closed: the scheduler's death watch. While the
+    async def watch(self, epoch: int = 0) -> str:
+        """Return only when the coordinator is closed (``CLOSED``), or when the watch of a newer
+        scheduler epoch replaced this one (``SUPERSEDED``): the scheduler's death watch. While the
         coordinator lives this call stays pending; when it dies, the call fails at once."""
         _, closed = self._events()
-        await closed.wait()
-        return CLOSED
+        if closed.is_set():
+            return CLOSED
+        for older in [e for e in self._watches if e < epoch]:
+            replaced = self._watches.pop(older)
+            if not replaced.done():
+                replaced.set_result(SUPERSEDED)
+        future = self._watches.get(epoch)
+        if future is None or future.done():
+            future = self._watches[epoch] = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(future)
+
+    async def reconcile(self, epoch: int) -> bool:
+        """A restarted scheduler of ``epoch`` takes over: refuse resizes of older epochs from now
+        on, drop the ones still queued (never run), and queue a :class:`ReconcileRequest` for the
+        pipeline process, which reattaches to the scheduler with its report. False (nothing
+        done) for an epoch older than one already seen. Anyone may call it: what it triggers is
+        a call from the pipeline process to the scheduler found by name, with the lease -- and an
+        epoch no scheduler claimed (which would make the real one's resizes look stale) is
+        refused: it is checked against the epochs claimed in the GCS store."""
+        if self._closed_reason is not None or not isinstance(epoch, int) or epoch < self._epoch:
+            return False
+        if epoch > await asyncio.to_thread(RayKVStore().newest_epoch):
+            return False
+        self._epoch = epoch
+        new, _ = self._events()
+        for request in [r for r in self._queue if isinstance(r, ResizeRequest) and r.epoch < epoch]:
+            self._queue.remove(request)
+            future = self._waiting.pop(request.request_id, None)
+            if future is not None and not future.done():
+                future.set_exception(ResizeFailedError(f"superseded by scheduler epoch {epoch} before it ran"))
+        self._queue.append(ReconcileRequest(next(self._ids), self._pipeline_id, epoch))
+        new.set()
+        return True
 
     # -- called by the pipeline process -----------------------------------------------------------
 
-    async def next_request(self, wait_s: float) -> ResizeRequest | str | None:
+    async def next_request(self, wait_s: float) -> ResizeRequest | ReconcileRequest | str | None:
         """The next resize to run, ``None`` after ``wait_s`` seconds without one, or ``CLOSED``."""
         new, closed = self._events()
         self._polls += 1
@@ -157,7 +222,8 @@ class Coordinator:
                     return CLOSED
                 if self._queue:
                     request = self._queue.popleft()
-                    self._serving.add(request.request_id)
+                    if isinstance(request, ResizeRequest):
+                        self._serving.add(request.request_id)
                     return request
                 new.clear()
                 left = deadline - time.monotonic()
@@ -193,6 +259,9 @@ class Coordinator:
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(ResizeFailedError(f"coordinator of {self._pipeline_id!r} closed ({reason})"))
+        for watch in self._watches.values():
+            if not watch.done():
+                watch.set_result(CLOSED)
         closed.set()
 
     async def ping(self) -> str:
@@ -215,6 +284,8 @@ class Coordinator:
             "queued": len(self._queue),
             "serving": sorted(self._serving),
             "polling": self._polls,
+            "epoch": self._epoch,
+            "watches": sorted(self._watches),
             "closed": self._closed_reason,
         }
 
@@ -228,7 +299,9 @@ __all__ = [
     "COORDINATOR_OPTIONS",
     "Coordinator",
     "CoordinatorActor",
+    "ReconcileRequest",
     "ResizeFailedError",
     "ResizeRequest",
     "SERVER_GRACE_S",
+    "SUPERSEDED",
 ]

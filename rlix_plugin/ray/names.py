@@ -15,7 +15,7 @@ COORDINATOR_NAME = "rlix:coordinator"
 
 #: Bumped when the actors' method signatures change: a scheduler left running by an older
 #: version is replaced when idle, and refused (with a message) while it still serves pipelines.
-PROTOCOL = 2
+PROTOCOL = 3
 
 #: A resource only the head node has (Ray adds it): pins the control plane there, so that it
 #: lives as long as the cluster and never on a node an autoscaler may remove.

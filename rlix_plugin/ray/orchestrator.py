@@ -8,6 +8,10 @@ down running pipelines keep requesting, reporting and releasing as before, and
 :func:`rlix_plugin.ray.client.connect` starts a new one for the next pipeline.
 
 Admission policy today: admit at once, unless an operator is draining the scheduler.
+
+It survives a scheduler restart: it keeps no scheduler handle it has not just looked up, and a
+call the restart interrupts is made again against the restarted actor (registrations carry the
+caller's registration key, so a retried one is answered, not refused).
 """
 
 from __future__ import annotations
@@ -19,21 +23,24 @@ import time
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
 from rlix_plugin.backends.port import Registration
 from rlix_plugin.hookspecs import SchedulerUnavailableError
 
-from .calls import unwrap
+from .calls import RETRY_PAUSES_S, unwrap
 from .kill import kill_namespace
 from .names import HEAD_NODE_RESOURCE, NAMESPACE, SCHEDULER_NAME
 
 log = logging.getLogger(__name__)
 
+#: Longest the orchestrator keeps calling a scheduler that is restarting.
+CALL_TIMEOUT_S = 30.0
+
 #: Options of the orchestrator actor. Why each value:
 ORCHESTRATOR_OPTIONS: dict[str, Any] = {
-    # Same reason as the scheduler: a silent restart would come back with an empty id counter and
-    # its callers would not know. Unlike the scheduler it holds nothing a running pipeline needs,
+    # A restart would come back with an empty id counter and its callers would not know. It holds
+    # nothing a running pipeline needs (unlike the scheduler, which is restarted and rehydrated),
     # so when it dies connect() simply starts a new one.
     "max_restarts": 0,
     # Registering or killing twice is not harmless (a second register is refused, a second kill
@@ -73,15 +80,25 @@ class Orchestrator:
                 ) from None
         return self._scheduler_handle
 
-    async def _call_scheduler(self, method: str, *args: Any) -> Any:
-        scheduler = await self._scheduler()
-        try:
-            return await getattr(scheduler, method).remote(*args)
-        except RayActorError as exc:
-            self._scheduler_handle = None
-            raise SchedulerUnavailableError(f"the scheduler actor is gone: {exc}") from None
-        except RayTaskError as exc:
-            raise unwrap(exc) from None
+    async def _call_scheduler(self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
+        """Call the scheduler, through its restarts: a call a restart interrupted is made again
+        (every call made here is safe to repeat), and a handle to an actor that is gone for good
+        is dropped, so that the next call looks the name up again."""
+        deadline = time.monotonic() + timeout_s
+        attempt = 0
+        while True:
+            scheduler = await self._scheduler()
+            try:
+                return await getattr(scheduler, method).remote(*args)
+            except RayTaskError as exc:
+                raise unwrap(exc) from None
+            except RayActorError as exc:
+                if isinstance(exc, ActorDiedError):
+                    self._scheduler_handle = None  # replaced or gone: look the name up again
+                if time.monotonic() >= deadline:
+                    raise SchedulerUnavailableError(f"the scheduler actor is gone: {exc}") from None
+            await asyncio.sleep(RETRY_PAUSES_S[min(attempt, len(RETRY_PAUSES_S) - 1)])
+            attempt += 1
 
     # -- pipelines ----------------------------------------------------------------------------------
 
@@ -94,9 +111,11 @@ class Orchestrator:
                 self._allocated.add(candidate)
                 return candidate
 
-    async def register_pipeline(self, registration: Registration, coordinator: Any, resize_token: str) -> str:
+    async def register_pipeline(self, registration: Registration, coordinator: Any, resize_token: str,
+                                registration_key: str | None = None) -> str:
         """Register and admit the pipeline on the scheduler; returns its lease."""
-        lease = await self._call_scheduler("register_pipeline", registration, coordinator, resize_token)
+        lease = await self._call_scheduler("register_pipeline", registration, coordinator, resize_token,
+                                           registration_key)
         self._allocated.add(registration.pipeline_id)
         return str(lease)
 
@@ -126,6 +145,8 @@ class Orchestrator:
             pass
         killed = {pid: await self.kill_pipeline(pid, operator, "rlix shutdown") for pid in pipelines}
         try:
+            # Its persisted state goes first: a deliberate stop leaves nothing to restart from.
+            await self._call_scheduler("retire", operator)
             ray.kill(await self._scheduler(), no_restart=True)
         except SchedulerUnavailableError:
             pass

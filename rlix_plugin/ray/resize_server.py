@@ -3,7 +3,10 @@
 :func:`start_coordinator` creates the coordinator actor in the pipeline's namespace, owned by the
 calling process (so it dies with it). :class:`ResizeServer` is a daemon thread in the pipeline's
 process that long-polls the coordinator and runs ``rlix_resize_infer`` there, where the engines
-are. One server per registered pipeline: a process may hold several pipelines.
+are. One server per registered pipeline: a process may hold several pipelines. When a restarted
+scheduler asks the pipeline to reconcile, the server hands the request to ``on_reconcile`` (on a
+thread of its own), which reattaches the pipeline once the resizes it is running are over
+(:meth:`ResizeServer.wait_idle`).
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rlix_plugin.hookspecs import InvalidRequestError, SchedulerTimeoutError
 
-from .coordinator import CLOSED, COORDINATOR_OPTIONS, CoordinatorActor, ResizeRequest
+from .coordinator import CLOSED, COORDINATOR_OPTIONS, CoordinatorActor, ReconcileRequest, ResizeRequest
 from .names import COORDINATOR_NAME, pipeline_namespace
 
 log = logging.getLogger(__name__)
 
 #: ``run(pipeline_id, dp_ranks_to_remove, dp_ranks_to_add) -> awake ranks | None``
 ResizeHook = Callable[[str, tuple[int, ...], tuple[int, ...]], "tuple[int, ...] | None"]
+#: ``on_reconcile(request)``: reattach the pipeline to the restarted scheduler that asked.
+ReconcileHook = Callable[[ReconcileRequest], None]
 
 #: Seconds one long poll waits for a resize. Idle cost: one small call per interval per pipeline.
 POLL_S = 5.0
@@ -94,14 +99,17 @@ def start_coordinator(pipeline_id: str, is_registered: Callable[[str], bool], re
 class ResizeServer:
     """Runs the scheduler's resizes of one pipeline in this process (a daemon thread)."""
 
-    def __init__(self, pipeline_id: str, coordinator: Any, run_hook: ResizeHook, poll_s: float = POLL_S) -> None:
+    def __init__(self, pipeline_id: str, coordinator: Any, run_hook: ResizeHook, poll_s: float = POLL_S,
+                 on_reconcile: ReconcileHook | None = None) -> None:
         self.pipeline_id = pipeline_id
         self.served = 0
         self._coordinator = coordinator
         self._run_hook = run_hook
+        self._on_reconcile = on_reconcile
         self._poll_s = poll_s
         self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._running = 0
         self._thread = threading.Thread(target=self._run, name=f"rlix-resize-{pipeline_id}", daemon=True)
 
     def start(self) -> ResizeServer:
@@ -111,6 +119,11 @@ class ResizeServer:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no resize is running in this process (False after ``timeout_s``)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._running == 0, timeout_s)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop polling. The caller closes or kills the coordinator, which ends the pending poll."""
@@ -141,6 +154,13 @@ class ResizeServer:
                 continue
             if request == CLOSED:
                 return
+            if isinstance(request, ReconcileRequest):
+                if self._on_reconcile is not None:
+                    threading.Thread(target=self._on_reconcile, args=(request,), daemon=True,
+                                     name=f"rlix-reattach-{self.pipeline_id}").start()
+                continue
+            with self._lock:
+                self._running += 1
             # Each resize in its own thread: the scheduler runs moves of one pipeline on disjoint
             # ranks concurrently, and a slow wake must not hold up a sleep another move needs.
             threading.Thread(target=self._serve, args=(request,), daemon=True,
@@ -155,13 +175,16 @@ class ResizeServer:
         except Exception as exc:
             error = f"{exc!r}\n{traceback.format_exc()}"
             log.error("rlix_resize_infer of pipeline %s failed: %r", request.pipeline_id, exc)
-        with self._lock:
-            self.served += 1
         try:
             # Fire and forget: the scheduler is waiting on the coordinator, not on this call.
             self._coordinator.complete.remote(request.request_id, awake, error)
         except Exception:
             log.exception("could not answer resize %s of pipeline %s", request.request_id, request.pipeline_id)
+        finally:
+            with self._lock:
+                self.served += 1
+                self._running -= 1
+                self._lock.notify_all()
 
 
-__all__ = ["POLL_S", "ResizeHook", "ResizeServer", "start_coordinator"]
+__all__ = ["POLL_S", "ReconcileHook", "ResizeHook", "ResizeServer", "start_coordinator"]

@@ -12,6 +12,14 @@ adds only what being remote needs:
 * progress arrives fire-and-forget from many processes, and Ray does not promise that an async
   actor runs one sender's calls in order; every report carries its sender's sequence number and
   an older one than already applied is dropped (reports are absolute: latest wins);
+* persistence and restart: every committed change is saved to the cluster's GCS key-value store
+  (:mod:`.kv_store`) before anyone hears of it. When the actor dies, Ray restarts it
+  (``max_restarts``); the new incarnation claims a new epoch, loads the record, finds each
+  pipeline's coordinator by name in the pipeline's own namespace (a pipeline whose coordinator
+  is gone is unregistered), asks it to :meth:`~.coordinator.Coordinator.reconcile`, and plans
+  nothing until every pipeline has reattached (:meth:`SchedulerActor.reattach`: its lease, its
+  resize token, its report) or was fenced for not answering within ``reconcile_timeout_s``.
+  Callers' interrupted calls are retried by their clients (:mod:`.calls`) with idempotency keys.
 * the operator's view: the decision log (:mod:`rlix_plugin.scheduler.journal`, read with
   :meth:`SchedulerActor.events`, which can wait for the next decision) and the metrics, exported
   through Ray's metrics pipeline (:mod:`rlix_plugin.metrics.ray`).
@@ -25,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -40,13 +50,18 @@ from rlix_plugin.metrics.ray import GAUGE_PERIOD_S, RaySink
 from rlix_plugin.metrics.values import Recorder, snapshot_gauges
 from rlix_plugin.progress import BEGIN, END, ProgressReport
 from rlix_plugin.scheduler.journal import Journal
+from rlix_plugin.scheduler.leases import lease_digest
+from rlix_plugin.scheduler.persist import StateFormatError
 from rlix_plugin.scheduler.policy import DEFAULT_POLICY
+from rlix_plugin.scheduler.rehydrate import PipelineReport
 from rlix_plugin.scheduler.service import FENCE_GRACE_S, SchedulerService
 from rlix_plugin.scheduler.topology import PoolTopology
 
 from .calls import cancel_quietly
+from .coordinator import SUPERSEDED
 from .kill import kill_namespace
-from .names import HEAD_NODE_RESOURCE, NAMESPACE, PROTOCOL
+from .kv_store import RayKVStore
+from .names import COORDINATOR_NAME, HEAD_NODE_RESOURCE, NAMESPACE, PROTOCOL, pipeline_namespace
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +83,22 @@ EVENTS_WAIT_MAX_S = 30.0
 #: lives in the GCS, so it outlives any one scheduler): the ``rlix_scheduler_restarts_total``.
 STARTS_KEY = b"scheduler_starts"
 
+#: Seconds a restarted scheduler waits, beyond the resize timeout (a pipeline reattaches once the
+#: resizes it was running at the crash are over), for every pipeline to reattach before it fences
+#: the silent ones and plans without them.
+RECONCILE_GRACE_S = 10.0
+
 #: Options of the scheduler actor. Why each value:
 SCHEDULER_OPTIONS: dict[str, Any] = {
-    # Its state (allocations, open demand, waiters) lives only in memory. A restart would come
-    # back empty while pipelines still hold GPUs and wait on futures that no longer exist, and
-    # nothing would tell them (docs/design.md, failure mode F13). Not restarting makes every
-    # caller get SchedulerUnavailableError at once instead.
-    "max_restarts": 0,
-    # A retried request or release could be applied twice; the caller gets the error and decides.
+    # Its state is saved on every commit and rehydrated by the new incarnation, which reconciles
+    # with every pipeline before planning (docs/design.md, failure mode F13: a restart used to come
+    # back empty while pipelines held GPUs). So a crash (an OOM of the head node's worker, a Ray
+    # bug) costs the pipelines latency, not their run; restarts never run out. A deliberate stop is
+    # ray.kill(no_restart=True), or an operator's shutdown, which also clears the saved state.
+    "max_restarts": -1,
+    # Not Ray's retries: a call interrupted by a restart is made again by its client, with the
+    # time it has left and its idempotency key (rlix_plugin.ray.calls), so a retried request
+    # returns the first attempt's grant instead of asking twice, and the caller's timeout holds.
     "max_task_retries": 0,
     # Every blocked request_gpus / signal_demand / release holds one slot (a coroutine on the one
     # event loop, not a thread) for its whole wait. Progress, status and new requests must never
@@ -98,14 +121,22 @@ class SchedulerActor:
 
     def __init__(self, num_gpus: int, gpus_per_node: int, resize_timeout_s: float = 120.0,
                  policy: str = DEFAULT_POLICY, operator_digest: str | None = None,
-                 fence_grace_s: float = FENCE_GRACE_S, liveness_timeout_s: float = LIVENESS_TIMEOUT_S) -> None:
+                 fence_grace_s: float = FENCE_GRACE_S, liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
+                 persist: bool = True, reconcile_timeout_s: float | None = None) -> None:
+        self._actor_id = ray.get_runtime_context().get_actor_id()
+        store = RayKVStore() if persist else None
         self._service = SchedulerService(
             PoolTopology(num_gpus, gpus_per_node), resize_timeout_s=resize_timeout_s, policy=policy,
             operator_digest=operator_digest, fence_grace_s=fence_grace_s, on_reclaim=self._stop_pipeline,
+            store=store,
         )
+        self._service.add_record_part("actor", self._record)
+        self._reconcile_timeout_s = (reconcile_timeout_s if reconcile_timeout_s is not None
+                                     else resize_timeout_s + RECONCILE_GRACE_S)
         self._liveness_timeout_s = liveness_timeout_s
         self._coordinators: dict[str, Any] = {}
-        self._registrations: dict[str, str] = {}  # pipeline -> lease, to answer a retried registration
+        #: pipeline -> digest of its registration key, to answer a retried registration.
+        self._registrations: dict[str, str] = {}
         self._watches: dict[str, asyncio.Task[None]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         self._last_seq: dict[tuple[str, str], int] = {}
@@ -124,33 +155,117 @@ class SchedulerActor:
         self._journal.log.listeners.append(self._recorder.decided)
         self._metrics.inc(metric.RESTARTS, (), _count_start())
         self._gauges: asyncio.Task[None] | None = None
+        #: Pipelines restored from the store at this (re)start, reconciled by :meth:`resume`.
+        self._restored: list[str] = []
+        self._resuming: asyncio.Task[None] | None = None
+        #: Wall-clock times of the last restart and of the end of its reconciliation, and how
+        #: many DP ranks were in a transition the dead incarnation had started (for operators).
+        self._restarted_at: float | None = None
+        self._reconciled_at: float | None = None
+        self._in_doubt = 0
+        if store is not None:
+            self._restore(store)
+        if self._restored:
+            # Reconciliation must not wait for a caller: ask this actor to begin as soon as it
+            # serves. From a thread, until it is answered: a call this actor makes to itself
+            # while it is being restarted may be lost.
+            threading.Thread(target=_resume, args=(ray.get_runtime_context().current_actor,
+                                                   lambda: self._resuming is not None),
+                             daemon=True, name="rlix-resume").start()
+
+
+    def _restore(self, store: RayKVStore) -> None:
+        """Rehydrate from the store when the record is this actor's own (a restart); a new actor
+        (a first start, or one replacing a scheduler an operator stopped) starts empty."""
+        stored = store.load()
+        if stored is None or stored.payload.get("actor", {}).get("actor_id") != self._actor_id:
+            return
+        try:
+            self._restored = self._service.restore(stored.payload)
+        except (StateFormatError, KeyError, TypeError, ValueError) as exc:
+            log.error("the saved scheduler state (epoch %s) cannot be restored, starting empty: %r", stored.epoch, exc)
+            return
+        actor = stored.payload["actor"]
+        self._registrations.update(actor.get("registrations", {}))
+        self._reaped.update(actor.get("reaped", {}))
+        self._restarted_at = time.time()
+        self._in_doubt = sum(len(a.waking) + len(a.sleeping) for a in self._service.state.generation.values())
+        if self._restored:
+            self._service.add_listener(self._note_reconciled)
+        else:
+            self._reconciled_at = self._restarted_at  # nobody to reconcile with
+        log.warning("scheduler restarted (epoch %s); restored %d pipeline(s): %s", self._service.epoch,
+                    len(self._restored), self._restored)
+
+    def _note_reconciled(self, event: str, service: SchedulerService) -> None:
+        if self._reconciled_at is None and not service.recovering:
+            self._reconciled_at = time.time()
+
+    def _record(self) -> dict[str, Any]:
+        return {"actor_id": self._actor_id, "registrations": dict(self._registrations), "reaped": dict(self._reaped)}
 
     # -- pipelines ----------------------------------------------------------------------------------
 
-    async def register_pipeline(self, registration: Registration, coordinator: Any, resize_token: str) -> str:
+    async def register_pipeline(self, registration: Registration, coordinator: Any, resize_token: str,
+                                registration_key: str | None = None) -> str:
         """Register and admit a pipeline whose resizes go to ``coordinator`` (presenting
         ``resize_token``, which only it and this actor know); returns its lease. A pipeline id
         still held by a run whose coordinator is dead is reaped first; one whose coordinator
-        answers is refused (``InvalidRequestError``). The same registration again (a caller
-        retrying after a lost answer) returns the same lease."""
+        answers is refused (``InvalidRequestError``). The same registration again with the same
+        ``registration_key`` (a caller retrying after a lost answer, or after this scheduler
+        restarted under the call) gets a new lease: the first one never reached anybody."""
         await self._start()
         pipeline_id = registration.pipeline_id
+        key = lease_digest(registration_key) if isinstance(registration_key, str) and registration_key else None
+        if key is not None and pipeline_id in self._service.state.pipelines and self._registrations.get(pipeline_id) == key:
+            lease = await self._service.reissue_lease(pipeline_id, self._resizer(pipeline_id, coordinator, resize_token))
+            self._follow(pipeline_id, coordinator)
+            return lease
         old = self._coordinators.get(pipeline_id)
-        if old is not None and old == coordinator and pipeline_id in self._registrations:
-            return self._registrations[pipeline_id]
         if old is not None and not await self._answers(old):
             await self._reap(pipeline_id, old, "re-registered while its previous coordinator is dead")
-        lease = await self._service.register_pipeline(
-            pipeline_id, registration.clusters, self._resizer(pipeline_id, coordinator, resize_token),
-            switch_costs=registration.switch_costs, limits=registration.limits,
-        )
-        self._coordinators[pipeline_id] = coordinator
-        self._registrations[pipeline_id] = lease
+        if key is not None and pipeline_id not in self._service.state.pipelines:
+            self._registrations[pipeline_id] = key  # saved with the registration itself
+        try:
+            lease = await self._service.register_pipeline(
+                pipeline_id, registration.clusters, self._resizer(pipeline_id, coordinator, resize_token),
+                switch_costs=registration.switch_costs, limits=registration.limits,
+            )
+        except BaseException:
+            if pipeline_id not in self._service.state.pipelines:
+                self._registrations.pop(pipeline_id, None)
+            raise
         self._reaped.pop(pipeline_id, None)
-        self._watches[pipeline_id] = asyncio.get_running_loop().create_task(
-            self._watch(pipeline_id, coordinator), name=f"rlix-watch-{pipeline_id}"
-        )
+        self._follow(pipeline_id, coordinator)
         return lease
+
+    async def reattach(self, pipeline_id: str, lease: str, resize_token: str, report: PipelineReport,
+                       coordinator: Any = None) -> dict[str, Any]:
+        """A pipeline's process answers a restarted scheduler's reconcile request: its resizes go
+        to ``coordinator`` (or the one found at the restart) with ``resize_token`` from now on,
+        and the restored state is reconciled with ``report``. Needs the pipeline's lease."""
+        await self._start()
+        coordinator = coordinator if coordinator is not None else self._coordinators.get(pipeline_id)
+        if coordinator is None:
+            raise InvalidRequestError(f"pipeline {pipeline_id!r}: no coordinator to send its resizes to")
+        done = await self._service.reattach(pipeline_id, lease, self._resizer(pipeline_id, coordinator, resize_token),
+                                            report)
+        self._follow(pipeline_id, coordinator)
+        return done
+
+    async def resume(self) -> None:
+        """Begin the reconciliation of a restarted scheduler (idempotent; called by the actor
+        itself once it serves)."""
+        await self._start()
+
+    async def retire(self, operator: str | None) -> None:
+        """Forget the saved state before a deliberate stop (an operator action): nothing restarts
+        from it."""
+        self._service.leases.check_operator(operator, "shutting the scheduler down")
+        store = self._service.store
+        await self._service.stop()
+        if store is not None:
+            await asyncio.to_thread(store.clear)
 
     async def unregister_pipeline(self, pipeline_id: str, lease: str | None, reason: str,
                                   operator: str | None = None) -> None:
@@ -173,24 +288,31 @@ class SchedulerActor:
     # -- requests and releases --------------------------------------------------------------------
 
     async def request_gpus(self, pipeline_id: str, lease: str, cluster: str, priority: int,
-                           step_target: int | None, timeout_s: float) -> Grant:
-        grant = await self._service.request_gpus(pipeline_id, lease, cluster, priority, step_target, timeout_s)
+                           step_target: int | None, timeout_s: float, request_id: str | None = None) -> Grant:
+        await self._start()
+        grant = await self._service.request_gpus(pipeline_id, lease, cluster, priority, step_target, timeout_s,
+                                                 _key(request_id))
         self._recorder.waited(metric.REQUEST_GPUS, pipeline_id, priority, grant.waited_s)
         return grant
 
     async def signal_demand(self, pipeline_id: str, lease: str, rollout_id: int, step_target: int,
-                            timeout_s: float) -> Grant:
-        grant = await self._service.signal_demand(pipeline_id, lease, rollout_id, step_target, timeout_s)
+                            timeout_s: float, request_id: str | None = None) -> Grant:
+        await self._start()
+        grant = await self._service.signal_demand(pipeline_id, lease, rollout_id, step_target, timeout_s,
+                                                  _key(request_id))
         self._recorder.waited(metric.SIGNAL_DEMAND, pipeline_id, Priority.GENERATION, grant.waited_s)
         return grant
 
     async def release(self, pipeline_id: str, lease: str, cluster: str, timeout_s: float) -> None:
+        await self._start()
         await self._service.release(pipeline_id, lease, cluster, timeout_s)
 
     async def release_and_request(self, pipeline_id: str, lease: str, release_cluster: str, cluster: str,
-                                  priority: int, step_target: int | None, timeout_s: float) -> Grant:
+                                  priority: int, step_target: int | None, timeout_s: float,
+                                  request_id: str | None = None) -> Grant:
+        await self._start()
         return await self._service.release_and_request(
-            pipeline_id, lease, release_cluster, cluster, priority, step_target, timeout_s
+            pipeline_id, lease, release_cluster, cluster, priority, step_target, timeout_s, _key(request_id)
         )
 
     async def planned_release(self, pipeline_id: str, lease: str, dp_ranks: Iterable[int], timeout_s: float) -> None:
@@ -202,6 +324,7 @@ class SchedulerActor:
         """Apply one coalesced report. Returns ``None``, or why it was dropped: the sender checks
         the answer later and logs "progress signal lost" (an exception here would only surface
         as an unhandled-error log line in a process that never reads it)."""
+        await self._start()
         if not isinstance(report, ProgressReport):
             return f"InvalidRequestError: not a progress report: {report!r:.80}"
         pipeline_id = report.pipeline_id
@@ -229,10 +352,17 @@ class SchedulerActor:
     # -- reading ------------------------------------------------------------------------------------
 
     async def describe(self) -> dict[str, Any]:
-        """Who this scheduler is: protocol, pool, options, where it runs, what it serves."""
+        """Who this scheduler is: protocol, pool, options, where it runs, what it serves, and
+        whether it is still reconciling after a restart."""
         await self._start()
         state = self._service.state
         return {
+            "epoch": self._service.epoch,
+            "recovering": self._service.recovering,
+            "restarted_at": self._restarted_at,
+            "reconciled_at": self._reconciled_at,
+            "in_doubt_at_restart": self._in_doubt,
+            "process_id": os.getpid(),
             "protocol": PROTOCOL,
             "num_gpus": state.pool.num_gpus,
             "gpus_per_node": state.pool.gpus_per_node,
@@ -256,6 +386,10 @@ class SchedulerActor:
             "worker_id": ray.get_runtime_context().get_worker_id(),
             "uptime_s": round(time.time() - self._started_at, 3),
             "resize_timeout_s": self._service.resize_timeout_s,
+            "epoch": self._service.epoch,
+            "recovering": sorted(self._service.unreconciled),
+            "persistence": self._service.persistence(),
+            "restarted_at": self._restarted_at,
         }
         return snap
 
@@ -344,9 +478,13 @@ class SchedulerActor:
         return True
 
     async def _start(self) -> None:
+        """Start the service, the liveness check and, after a restart, the reconciliation (every
+        entry point calls this: whichever call comes first after a restart starts them)."""
         await self._service.start()
         if self._heartbeat is None:
             self._heartbeat = asyncio.get_running_loop().create_task(self._check_liveness(), name="rlix-liveness")
+        if self._resuming is None and self._restored:
+            self._resuming = asyncio.get_running_loop().create_task(self._reconcile_all(), name="rlix-reconcile")
         if self._gauges is None:
             self._gauges = asyncio.get_running_loop().create_task(self._refresh_gauges(), name="rlix-gauges")
 
@@ -354,8 +492,10 @@ class SchedulerActor:
         """The service's resizer for one pipeline: a call on its coordinator. The service bounds
         it with ``resize_timeout_s`` and runs the pipelines' resizes concurrently."""
 
+        epoch = self._service.epoch or 0
+
         async def resize(pid: str, remove: tuple[int, ...], add: tuple[int, ...]) -> tuple[int, ...] | None:
-            ref = coordinator.resize.remote(resize_token, pid, remove, add)
+            ref = coordinator.resize.remote(resize_token, pid, remove, add, epoch=epoch)
             try:
                 return await ref
             except asyncio.CancelledError:
@@ -377,10 +517,52 @@ class SchedulerActor:
             return True  # alive but busy: not ours to reap
         return True
 
+    def _follow(self, pipeline_id: str, coordinator: Any) -> None:
+        """Send the pipeline's resizes to ``coordinator`` and watch it (once per coordinator)."""
+        if self._coordinators.get(pipeline_id) == coordinator and pipeline_id in self._watches:
+            return
+        previous = self._watches.pop(pipeline_id, None)
+        if previous is not None:
+            previous.cancel()
+        self._coordinators[pipeline_id] = coordinator
+        self._watches[pipeline_id] = asyncio.get_running_loop().create_task(
+            self._watch(pipeline_id, coordinator), name=f"rlix-watch-{pipeline_id}"
+        )
+
+    async def _reconcile_all(self) -> None:
+        """After a restart: find each restored pipeline's coordinator (by name, in the pipeline's
+        own namespace) and ask it to reconcile; unregister the pipelines whose coordinator is
+        gone; fence those that have not reattached when the time is up."""
+        epoch = self._service.epoch or 0
+        for pipeline_id in self._restored:
+            if pipeline_id not in self._service.unreconciled:
+                continue  # reattached already (a retried registration)
+            coordinator = await asyncio.to_thread(_coordinator_of, pipeline_id)
+            try:
+                if coordinator is None:
+                    raise LookupError("not found")
+                self._coordinators[pipeline_id] = coordinator
+                await asyncio.wait_for(coordinator.reconcile.remote(epoch), PING_TIMEOUT_S * 5)
+            except (LookupError, RayActorError, asyncio.TimeoutError) as exc:
+                why = f"its coordinator is gone after a scheduler restart ({type(exc).__name__}: {exc})"
+                log.warning("unregistering pipeline %s: %s", pipeline_id, why)
+                self._coordinators.pop(pipeline_id, None)
+                self._reaped[pipeline_id] = why
+                self._service.reap(pipeline_id, why)
+                continue
+            self._follow(pipeline_id, coordinator)
+        deadline = time.monotonic() + self._reconcile_timeout_s
+        while self._service.recovering and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        if self._service.recovering:
+            self._service.expire_unreconciled(
+                f"did not reattach within {self._reconcile_timeout_s:g}s of a scheduler restart")
+
     async def _watch(self, pipeline_id: str, coordinator: Any) -> None:
         """Unregister the pipeline when its coordinator dies (its process exited or was killed)."""
         try:
-            await coordinator.watch.remote()
+            if await coordinator.watch.remote(self._service.epoch or 0) == SUPERSEDED:
+                return  # a newer scheduler watches it now
         except asyncio.CancelledError:
             raise
         except RayActorError as exc:
@@ -442,6 +624,33 @@ class SchedulerActor:
         self._progress_reports.pop(pipeline_id, None)
 
 
+def _resume(handle: Any, started: Any) -> None:
+    """Call ``handle.resume`` until ``started()`` says it ran (at most a minute)."""
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline:
+        handle.resume.remote()
+        for _ in range(20):
+            if started():
+                return
+            time.sleep(0.05)
+    log.error("the restarted scheduler could not start its reconciliation; the first call will")
+
+
+def _key(request_id: object) -> str | None:
+    """An idempotency key as the service takes it: a short string, or none."""
+    if request_id is None:
+        return None
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= 128:
+        raise InvalidRequestError(f"request_id must be a string of 1-128 characters, got {request_id!r:.80}")
+    return request_id
+
+
+def _coordinator_of(pipeline_id: str) -> Any:
+    """The coordinator of ``pipeline_id`` (a name in the pipeline's own namespace), or None."""
+    try:
+        return ray.get_actor(COORDINATOR_NAME, namespace=pipeline_namespace(pipeline_id))
+    except ValueError:
+        return None
 def _count_start() -> int:
     """Count this scheduler's start on the cluster; returns how many started before it."""
     from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
@@ -465,4 +674,5 @@ def _gained(before: Mapping[str, list[int]], after: Mapping[str, list[int]]) -> 
 #: The actor class; :func:`rlix_plugin.ray.client.connect` creates it with ``SCHEDULER_OPTIONS``.
 SchedulerActorClass = ray.remote(SchedulerActor)
 
-__all__ = ["DECISIONS_KEPT", "PING_TIMEOUT_S", "SCHEDULER_OPTIONS", "SchedulerActor", "SchedulerActorClass"]
+__all__ = ["DECISIONS_KEPT", "PING_TIMEOUT_S", "RECONCILE_GRACE_S", "SCHEDULER_OPTIONS", "SchedulerActor",
+           "SchedulerActorClass"]

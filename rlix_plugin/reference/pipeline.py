@@ -193,6 +193,7 @@ class ReferencePipeline:
             self.pool.sync_weights()
             self.status.add_busy(held * len(self.config.train_gpus))
         finally:
+            self._phase("idle", rollout)  # done with the training GPUs before they are given back
             self._release(ACTOR_TRAIN)
         self.status.rollout_done(sum(s.reward for s in samples) / len(samples), version)
 

@@ -8,9 +8,16 @@ Two feeds, one format (:class:`Frame`):
   frames that change nothing;
 * the framework side, for backends whose scheduler lives elsewhere (ray): engines report the DP
   ranks awake after each resize, pipelines report their phases; training holds its GPUs from
-  ``train`` to the next phase, open demand (the rollout's step target) lasts from ``rollout`` to
-  ``wait-train``; a pending generation request is a pipeline with open demand and no awake
-  engine, a pending training request one between ``wait-train`` and ``train``.
+  ``train`` to the next phase (``idle`` comes before its release), open demand (the rollout's
+  step target) lasts from ``rollout`` to ``wait-train``; a pending generation request is a
+  pipeline with open demand and no awake engine, a pending training request one between
+  ``wait-train`` and ``train``.
+
+The framework-side feed is the evidence that does not come from the scheduler: each holder
+reports taking a GPU once it has it (an engine awake, a training step started) and giving it
+back before it lets go. A GPU taken while another holder still has it is a **double hold**,
+recorded in :attr:`Recorder.double_holds`: what a run that survives scheduler restarts must
+never show.
 """
 
 from __future__ import annotations
@@ -39,8 +46,22 @@ class Frame:
 class PhaseEvent:
     t: float
     pipeline: str
-    phase: str  # "rollout", "wait-train", "train" or "end"
+    phase: str  # "rollout", "wait-train", "train", "idle" or "end"
     rollout: int
+
+
+#: Phases that are not a span of their own on the timeline (the pipeline holds nothing then).
+QUIET_PHASES = ("idle", "end")
+
+
+@dataclass(frozen=True)
+class DoubleHold:
+    """GPU ``gpu`` taken by ``taker`` at ``t`` while ``holder`` still held it."""
+
+    t: float
+    gpu: int
+    holder: Holder
+    taker: Holder
 
 
 def _role(cluster: str) -> str:
@@ -80,6 +101,8 @@ class Recorder:
         self._awake: dict[str, int] = {}
         self._demand: dict[str, int] = {}
         self._waiting: dict[str, int] = {}
+        #: Every GPU one holder took while another still had it (framework-side feed).
+        self.double_holds: list[DoubleHold] = []
 
     def now(self) -> float:
         return self.clock() - self.t0
@@ -125,7 +148,7 @@ class Recorder:
             for rank, gpus in enumerate(self._bundles.get(pipeline, ())):
                 for gpu in gpus:
                     if rank in awake:
-                        self._holders[gpu] = (pipeline, "infer", rank)
+                        self._take(gpu, (pipeline, "infer", rank))
                     elif self._holders[gpu] == (pipeline, "infer", rank):
                         self._holders[gpu] = None
             self._framework_frame()
@@ -139,7 +162,7 @@ class Recorder:
             if phase == "train":
                 self._waiting.pop(pipeline, None)
                 for gpu in train:
-                    self._holders[gpu] = (pipeline, "train", None)
+                    self._take(gpu, (pipeline, "train", None))
             else:
                 for gpu in train:
                     if self._holders[gpu] == (pipeline, "train", None):
@@ -153,6 +176,12 @@ class Recorder:
                 self._demand.pop(pipeline, None)
                 self._waiting.pop(pipeline, None)
             self._framework_frame()
+
+    def _take(self, gpu: int, holder: Holder) -> None:
+        current = self._holders[gpu]
+        if current is not None and current != holder:
+            self.double_holds.append(DoubleHold(self.now(), gpu, current, holder))
+        self._holders[gpu] = holder
 
     def _framework_frame(self) -> None:
         waiting_engines = sum(1 for name in self._demand if not self._awake.get(name))
@@ -214,11 +243,11 @@ class Recorder:
         last: dict[str, PhaseEvent] = {}
         for event in sorted(self.phases, key=lambda e: e.t):
             previous = last.get(event.pipeline)
-            if previous is not None and previous.phase != "end":
+            if previous is not None and previous.phase not in QUIET_PHASES:
                 result.setdefault(event.pipeline, []).append((previous.t, event.t, _label(previous)))
             last[event.pipeline] = event
         for name, event in last.items():
-            if event.phase != "end":
+            if event.phase not in QUIET_PHASES:
                 result.setdefault(name, []).append((event.t, end, _label(event)))
         return result
 
@@ -229,4 +258,4 @@ def _label(event: PhaseEvent) -> str:
     ) + f" {event.rollout}"
 
 
-__all__ = ["Frame", "Holder", "PhaseEvent", "Recorder", "holder_of"]
+__all__ = ["DoubleHold", "Frame", "Holder", "PhaseEvent", "QUIET_PHASES", "Recorder", "holder_of"]

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from rlix_plugin.hookspecs import SwitchCosts
 
@@ -52,6 +54,38 @@ class Estimates:
 
     def forget(self, pipeline_id: str) -> None:
         self._pipelines.pop(pipeline_id, None)
+
+    # -- persistence (see :mod:`.persist`) ------------------------------------------------------------
+
+    def dump(self, pipeline_id: str, age: Callable[[float], float]) -> dict[str, Any] | None:
+        """What was measured about ``pipeline_id`` as plain data; ``age`` turns a clock reading
+        into the form the record keeps (seconds before the save)."""
+        entry = self._pipelines.get(pipeline_id)
+        if entry is None:
+            return None
+        return {
+            "declared": [entry.declared.wake_seconds, entry.declared.sleep_seconds, entry.declared.sync_seconds],
+            "wakes": list(entry.wakes), "sleeps": list(entry.sleeps),
+            "intervals": [list(i) for i in entry.intervals],
+            "last_report": None if entry.last_report is None else age(entry.last_report),
+            "last_completed": entry.last_completed, "pending_engine_s": entry.pending_engine_s,
+            "switches": entry.switches, "switch_gpu_s": entry.switch_gpu_s,
+        }
+
+    def load(self, pipeline_id: str, data: Mapping[str, Any], clock_of: Callable[[float], float]) -> None:
+        """Restore what :meth:`dump` wrote; ``clock_of`` turns the record's times back into this
+        clock's readings."""
+        wake, sleep, sync = data["declared"]
+        self.register(pipeline_id, SwitchCosts(wake, sleep, sync))
+        entry = self._pipelines[pipeline_id]
+        entry.wakes.extend(float(x) for x in data["wakes"])
+        entry.sleeps.extend(float(x) for x in data["sleeps"])
+        entry.intervals.extend((float(e), int(n)) for e, n in data["intervals"])
+        entry.last_report = None if data["last_report"] is None else clock_of(data["last_report"])
+        entry.last_completed = int(data["last_completed"])
+        entry.pending_engine_s = float(data["pending_engine_s"])
+        entry.switches = int(data["switches"])
+        entry.switch_gpu_s = float(data["switch_gpu_s"])
 
     # -- switches -------------------------------------------------------------------------------------
 

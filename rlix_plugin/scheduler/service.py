@@ -25,6 +25,16 @@ Then the scheduler reclaims it: the transport's ``on_reclaim`` stops what it can
 (on Ray, its coordinator and the actors in its namespace), the pipeline is unregistered and its
 GPUs go back to the pool. Failing the whole scheduler instead would turn one sick pipeline into an
 outage of every run on the pool; keeping its GPUs forever would wedge the pool.
+
+Persistence and restart (with a ``store``): every committed change is saved to the store
+(:mod:`.durable`, group commit), and nothing that depends on a change leaves the scheduler --
+no answer to a caller, no resize call to an engine -- before it is saved. A service started with
+:meth:`restore` from a saved record knows every pipeline, lease digest, allocation, pending
+request and open demand, but plans nothing until each restored pipeline has **reattached**
+(:meth:`reattach`, with its own report: :mod:`.rehydrate`) or was fenced for not answering
+(:meth:`expire_unreconciled`); blocking calls of a pipeline wait for its reattachment (within
+their timeout). Blocking calls carry idempotency keys (:mod:`.keys`): a call retried after a
+restart returns the grant the first attempt would have returned.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from rlix_plugin.arguments import timeout as check_timeout
 from rlix_plugin.hookspecs import (
     ACTOR_INFER,
     ClusterSpec,
@@ -48,15 +59,18 @@ from rlix_plugin.hookspecs import (
     SwitchCosts,
 )
 
-from rlix_plugin.arguments import timeout as check_timeout
-
 from .core import SchedulerCore
+from .durable import DurableLog
 from .executor import ResizeExecutor, Resizer
+from .keys import RequestKeys
 from .leases import Leases
 from .observe import SchedulerObserver
 from .policy import DEFAULT_POLICY, Policy
+from .recovery import Recovery
+from .rehydrate import settle_unanswered
 from .report import diagnostic, snapshot
 from .state import Fenced, ReleaseDone, ResizeAction, Satisfied
+from .store import StaleWriterError, StateStore
 from .topology import PoolTopology, cluster_id
 from .trigger import PROGRESS
 
@@ -70,7 +84,7 @@ FENCE_GRACE_S = 30.0
 _check_timeout = check_timeout
 
 
-class SchedulerService:
+class SchedulerService(Recovery):
     """The scheduler: its state, waiters, resizers and scheduling loop.
 
     :param pool: The GPU pool.
@@ -84,6 +98,9 @@ class SchedulerService:
     :param fence_grace_s: How long a fenced pipeline keeps its GPUs before they are reclaimed.
     :param on_reclaim: ``on_reclaim(pipeline_id, reason)``, awaited before a fenced pipeline is
         unregistered at the end of its grace: the transport stops what it can of it.
+    :param store: Where every committed change is saved (None: nothing is persisted).
+    :param epoch: This incarnation's epoch in ``store`` (:meth:`StateStore.claim`).
+    :param persist_interval_s: Longest delay before a change nobody waits on (progress) is saved.
     """
 
     def __init__(
@@ -98,6 +115,9 @@ class SchedulerService:
         operator_digest: str | None = None,
         fence_grace_s: float = FENCE_GRACE_S,
         on_reclaim: Callable[[str, str], Awaitable[None]] | None = None,
+        store: StateStore | None = None,
+        epoch: int | None = None,
+        persist_interval_s: float = 0.05,
     ) -> None:
         self.core = SchedulerCore(pool, clock, policy=policy, durable_demand=durable_demand)
         self.leases = Leases(operator_credential, digest=operator_digest)
@@ -122,6 +142,16 @@ class SchedulerService:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.keys = RequestKeys()
+        #: Restored pipelines that have not reattached yet: nothing is planned while there are any.
+        self.unreconciled: set[str] = set()
+        self._reattached: asyncio.Event | None = None
+        #: Parts of the persisted record other than the state and the service's own (a transport's).
+        self._record_parts: dict[str, Callable[[], Any]] = {}
+        self._durable: DurableLog | None = None
+        if store is not None:
+            self._durable = DurableLog(store, epoch if epoch is not None else store.claim(), self.record,
+                                       min_interval_s=persist_interval_s, on_stale=self._stale)
 
     @property
     def cycles(self) -> int:
@@ -134,7 +164,11 @@ class SchedulerService:
         """Start the scheduling loop on the running event loop (idempotent)."""
         if self._task is None:
             self._wakeup = asyncio.Event()
+            if self._durable is not None:
+                self._durable.start()
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="rlix-scheduler")
+            for pipeline_id in self.state.fenced:  # restored fences: their grace starts again
+                self._schedule_reclaim(pipeline_id, self.state.fenced[pipeline_id])
 
     async def stop(self) -> None:
         """Stop the loop and the resizes in flight; every waiter gets an error."""
@@ -149,6 +183,8 @@ class SchedulerService:
             except (asyncio.CancelledError, Exception):
                 pass
         self._task = None
+        if self._durable is not None:
+            await self._durable.stop()
 
     def add_listener(self, listener: Listener) -> None:
         """``listener(event, service)`` after every change (``register``, ``request``,
@@ -176,12 +212,14 @@ class SchedulerService:
         if admit:
             self.state.admit(pipeline_id)
         self._changed("register")
+        await self._flush()
         return lease
 
     async def admit_pipeline(self, pipeline_id: str, lease: str) -> None:
         self._owner(pipeline_id, lease)
         self.state.admit(pipeline_id)
         self._changed("register")
+        await self._flush()
 
     async def unregister_pipeline(
         self, pipeline_id: str, lease: str | None, reason: str = "unregistered", *, operator: str | None = None
@@ -195,6 +233,7 @@ class SchedulerService:
         else:
             self.leases.check(pipeline_id, lease)
         self._remove(pipeline_id, reason)
+        await self._flush()
 
     def reap(self, pipeline_id: str, reason: str) -> None:
         """Remove a pipeline whose process the transport saw die (no lease: nobody is left to hold
@@ -203,8 +242,11 @@ class SchedulerService:
             self._remove(pipeline_id, reason)
 
     def _remove(self, pipeline_id: str, reason: str) -> None:
+        spec = self.state.pipelines[pipeline_id]
         self._observe("removing", pipeline_id, reason)
         cancelled = self.state.unregister(pipeline_id)
+        self.keys.forget(pipeline_id, spec.clusters)
+        self.unreconciled.discard(pipeline_id)
         self.leases.drop(pipeline_id)
         self.preempt_reports.pop(pipeline_id, None)
         reclaim = self._reclaims.pop(pipeline_id, None)
@@ -223,6 +265,10 @@ class SchedulerService:
     def fence_pipeline(self, pipeline_id: str, reason: str) -> None:
         """Fence a pipeline from outside a resize (a transport found it unresponsive)."""
         if pipeline_id in self.state.pipelines:
+            if pipeline_id in self.unreconciled:  # its ranks in doubt may be awake: they keep their GPUs
+                settle_unanswered(self.state, pipeline_id)
+                self.unreconciled.discard(pipeline_id)
+                self._after_reconcile()
             self.state.fence(pipeline_id, reason)
             self._dispatch()
             self._changed("fence")
@@ -231,6 +277,7 @@ class SchedulerService:
         """Refuse new registrations from now on (an operator action); returns who is registered."""
         self.leases.check_operator(operator, "draining the scheduler")
         self.draining = True
+        self._changed("drain")
         return sorted(self.state.pipelines)
 
     def _owner(self, pipeline_id: str, lease: object) -> None:
@@ -244,33 +291,58 @@ class SchedulerService:
     # -- requests ---------------------------------------------------------------------------------
 
     async def request_gpus(
-        self, pipeline_id: str, lease: str, cluster: str, priority: int, step_target: int | None, timeout_s: float
+        self, pipeline_id: str, lease: str, cluster: str, priority: int, step_target: int | None, timeout_s: float,
+        request_id: str | None = None,
     ) -> Grant:
-        """Block until granted (see :meth:`SchedulerState.request` for the rules)."""
+        """Block until granted (see :meth:`SchedulerState.request` for the rules). ``request_id``
+        is the call's idempotency key: a retry with the same key finds the first attempt's
+        request still waiting, or its stage granted, and answers that."""
         timeout_s = _check_timeout(timeout_s)
-        self._owner(pipeline_id, lease)
         started = self.state.clock()
+        self._owner(pipeline_id, lease)
+        timeout_s = await self._until_reattached(pipeline_id, timeout_s)
+        self._owner(pipeline_id, lease)
+        retried = self._retried(pipeline_id, cluster, request_id)
+        if retried is not None:
+            return await self._answer(retried)
+        if self.keys.is_pending(cluster_id(pipeline_id, cluster), request_id):
+            return await self._wait_grant(pipeline_id, cluster, timeout_s, started)
         outcome = self.state.request(pipeline_id, cluster, int(priority), step_target)
         self._changed("request")
         if outcome.granted:
-            return Grant(pipeline_id, cluster, outcome.gpus, outcome.dp_ranks, True, 0.0)
+            return await self._answer(Grant(pipeline_id, cluster, outcome.gpus, outcome.dp_ranks, True, 0.0))
+        self.keys.enqueued(cluster_id(pipeline_id, cluster), request_id)
         return await self._wait_grant(pipeline_id, cluster, timeout_s, started)
 
     async def signal_demand(
-        self, pipeline_id: str, lease: str, rollout_id: int, step_target: int, timeout_s: float
+        self, pipeline_id: str, lease: str, rollout_id: int, step_target: int, timeout_s: float,
+        request_id: str | None = None,
     ) -> Grant:
         """Pre-signal a rollout: retire the previous rollout's streams, write the open-demand
-        registry and block until at least one generation worker is awake."""
+        registry and block until at least one generation worker is awake. A retry with the same
+        ``request_id`` does not retire the streams again."""
         timeout_s = _check_timeout(timeout_s)
+        started = self.state.clock()
         self._owner(pipeline_id, lease)
-        self.state.check_request(pipeline_id, ACTOR_INFER, Priority.GENERATION, step_target)
-        self.state.retire_streams(pipeline_id)
+        timeout_s = await self._until_reattached(pipeline_id, timeout_s)
+        retry = request_id is not None and self.keys.demand.get(pipeline_id) == request_id
+        if not (retry and self.keys.is_pending(cluster_id(pipeline_id, ACTOR_INFER), request_id)):
+            self.state.check_request(pipeline_id, ACTOR_INFER, Priority.GENERATION, step_target)
+        if not retry:
+            self.state.retire_streams(pipeline_id)
+            if request_id is not None:
+                self.keys.demand[pipeline_id] = request_id
         log.debug("pipeline %s signals demand for rollout %s (%s samples)", pipeline_id, rollout_id, step_target)
-        return await self.request_gpus(pipeline_id, lease, ACTOR_INFER, Priority.GENERATION, step_target, timeout_s)
+        left = max(0.001, timeout_s - (self.state.clock() - started))
+        return await self.request_gpus(pipeline_id, lease, ACTOR_INFER, Priority.GENERATION, step_target, left,
+                                       request_id)
 
     async def release(self, pipeline_id: str, lease: str, cluster: str, timeout_s: float = 120.0) -> None:
-        """Release a cluster; for the generation cluster, wait until its workers sleep."""
+        """Release a cluster; for the generation cluster, wait until its workers sleep. Releasing
+        what is not held does nothing, so a retried release needs no idempotency key."""
         timeout_s = _check_timeout(timeout_s)
+        self._owner(pipeline_id, lease)
+        timeout_s = await self._until_reattached(pipeline_id, timeout_s)
         self._owner(pipeline_id, lease)
         needs_resize = self.state.release(pipeline_id, cluster)
         self._resolve(cluster_id(pipeline_id, cluster), error=InvalidRequestError(
@@ -278,6 +350,7 @@ class SchedulerService:
         self._changed("release")
         if needs_resize:
             await self._wait_release(pipeline_id, timeout_s)
+        await self._flush()
 
     async def release_and_request(
         self,
@@ -288,23 +361,35 @@ class SchedulerService:
         priority: int,
         step_target: int | None,
         timeout_s: float,
+        request_id: str | None = None,
     ) -> Grant:
-        """Release one cluster and request another with no planning pass in between."""
+        """Release one cluster and request another with no planning pass in between
+        (``request_id``: the request's idempotency key, as for :meth:`request_gpus`)."""
         timeout_s = _check_timeout(timeout_s)
         self._owner(pipeline_id, lease)
         started = self.state.clock()
         if release_cluster == cluster:
             raise InvalidRequestError(f"release_and_request of {cluster!r} for itself; use request_gpus")
+        timeout_s = await self._until_reattached(pipeline_id, timeout_s)
+        self._owner(pipeline_id, lease)
+        # A retry whose first attempt already released and asked: answer what that one asked.
+        retried = self._retried(pipeline_id, cluster, request_id)
+        if retried is not None:
+            return await self._answer(retried)
+        if self.keys.is_pending(cluster_id(pipeline_id, cluster), request_id):
+            return await self._wait_grant(pipeline_id, cluster, timeout_s, started)
         # Validate both halves first: a bad call must not leave the cluster released.
         spec, _, _ = self.state.check_request(pipeline_id, cluster, int(priority), step_target)
         self.state.check_cluster(spec, release_cluster)
         needs_resize = self.state.release(pipeline_id, release_cluster)
         outcome = self.state.request(pipeline_id, cluster, int(priority), step_target)
+        if not outcome.granted:
+            self.keys.enqueued(cluster_id(pipeline_id, cluster), request_id)
         self._changed("request")
         if needs_resize:
             await self._wait_release(pipeline_id, timeout_s)
         if outcome.granted:
-            return Grant(pipeline_id, cluster, outcome.gpus, outcome.dp_ranks, True, 0.0)
+            return await self._answer(Grant(pipeline_id, cluster, outcome.gpus, outcome.dp_ranks, True, 0.0))
         remaining = max(0.001, timeout_s - (self.state.clock() - started))
         return await self._wait_grant(pipeline_id, cluster, remaining, started)
 
@@ -312,9 +397,11 @@ class SchedulerService:
         """Give specific generation workers back and wait until they sleep."""
         timeout_s = _check_timeout(timeout_s)
         self._owner(pipeline_id, lease)
+        timeout_s = await self._until_reattached(pipeline_id, timeout_s)
         if self.state.plan_release(pipeline_id, dp_ranks):
             self._changed("release")
             await self._wait_release(pipeline_id, timeout_s)
+        await self._flush()
 
     # -- progress ---------------------------------------------------------------------------------
 
@@ -359,17 +446,28 @@ class SchedulerService:
             "reclaimed": dict(self.reclaimed),
             "draining": self.draining,
             "entitled_bundles": dict(sorted(self.core.targets.items())),
+            "recovering": sorted(self.unreconciled),
         })
 
     def diagnostic(self, headline: str = "") -> str:
-        return diagnostic(self.state, headline)
+        text = diagnostic(self.state, headline)
+        if self.unreconciled:
+            text += f"\nnot reattached since the scheduler restarted: {sorted(self.unreconciled)} (nothing is planned)"
+        status = self.persistence()
+        if status is not None and (status["saved"] < status["changes"] or status["failure"] or status["stale"]):
+            text += (f"\nstate saving to {status['store']}: {status['changes'] - status['saved']} change(s) not saved"
+                     f"{'; last failure: ' + status['failure'] if status['failure'] else ''}"
+                     f"{'; superseded: ' + status['stale'] if status['stale'] else ''}")
+        return text
 
     # -- waiting ----------------------------------------------------------------------------------
 
     async def _wait_grant(self, pipeline_id: str, cluster: str, timeout_s: float, started: float) -> Grant:
         cid = cluster_id(pipeline_id, cluster)
-        future: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
-        self._waiters[cid] = future
+        future = self._waiters.get(cid)
+        if future is None or future.done():  # else a retry joins the first attempt's wait
+            future = asyncio.get_running_loop().create_future()
+            self._waiters[cid] = future
         self._kick()
         try:
             grant = await asyncio.wait_for(asyncio.shield(future), timeout_s)
@@ -379,17 +477,33 @@ class SchedulerService:
             else:
                 # The diagnostic is taken before the request is withdrawn, so it shows it waiting.
                 report = self.diagnostic("scheduler state at the timeout:")
-                self._waiters.pop(cid, None)
-                self.state.cancel_request(pipeline_id, cluster)
-                self._changed("request")
+                self._withdraw(cid, future, pipeline_id, cluster)
                 raise SchedulerTimeoutError(f"{cid} was not granted within {timeout_s:.1f}s", report) from None
         except asyncio.CancelledError:
+            self._withdraw(cid, future, pipeline_id, cluster)
+            raise
+        return await self._answer(Grant(grant.pipeline_id, grant.cluster, grant.gpus, grant.dp_ranks, True,
+                                        round(self.state.clock() - started, 6)))
+
+    def _withdraw(self, cid: str, future: asyncio.Future[Grant], pipeline_id: str, cluster: str) -> None:
+        """A waiter gave up: withdraw its request, unless another attempt waits on it now."""
+        if self._waiters.get(cid) is future:
             self._waiters.pop(cid, None)
             self.state.cancel_request(pipeline_id, cluster)
             self._changed("request")
-            raise
-        return Grant(grant.pipeline_id, grant.cluster, grant.gpus, grant.dp_ranks, True,
-                     round(self.state.clock() - started, 6))
+
+    def _retried(self, pipeline_id: str, cluster: str, request_id: str | None) -> Grant | None:
+        """The grant a retried stage request's first attempt got, if it got one."""
+        cid = cluster_id(pipeline_id, cluster)
+        alloc = self.state.fixed.get(cid)
+        if alloc is not None and self.keys.is_granted(cid, request_id):
+            return Grant(pipeline_id, cluster, alloc.gpus, (), True, 0.0)
+        return None
+
+    async def _answer(self, grant: Grant) -> Grant:
+        """Answer a grant once it is saved: a restart must never forget a grant it gave."""
+        await self._flush()
+        return grant
 
     async def _wait_release(self, pipeline_id: str, timeout_s: float) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -424,6 +538,8 @@ class SchedulerService:
     # -- the loop ---------------------------------------------------------------------------------
 
     def _changed(self, event: str, pipeline_id: str | None = None) -> None:
+        if self._durable is not None:
+            self._durable.changed()
         if self.core.note(event, pipeline_id):
             self._kick()
         self._observe("changed", event, pipeline_id)
@@ -459,6 +575,8 @@ class SchedulerService:
                 # One pass plans and starts moves, never waits for an engine.
                 # A pass that started no call and answered nobody changed nothing a second pass
                 # would see differently: planning again at once would only spin.
+                if self.unreconciled:
+                    continue  # restored pipelines have not all reattached: nothing is planned yet
                 due, started = self.core.dirty, time.perf_counter()
                 plan = self.core.plan()
                 if due:
@@ -484,8 +602,10 @@ class SchedulerService:
                 request = event.request
                 if request.cluster == ACTOR_INFER:
                     gpus, ranks = self.state.gen_grant(request.pipeline_id)
+                    self.keys.enqueued(request.cluster_id, None)
                 else:
                     gpus, ranks = self.state.fixed_gpus(request.pipeline_id, request.cluster), ()
+                    self.keys.satisfied(request.cluster_id)
                 self._resolve(request.cluster_id, Grant(request.pipeline_id, request.cluster, gpus, ranks, True))
             elif isinstance(event, Fenced):
                 log.error("pipeline %s: %s; fencing it, its GPUs are reclaimed in %.0fs unless it unregisters",
@@ -524,6 +644,12 @@ class SchedulerService:
         self._reclaims[pipeline_id] = asyncio.get_running_loop().create_task(reclaim(), name=f"rlix-reclaim-{pipeline_id}")
 
     async def _resize(self, action: ResizeAction) -> None:
+        # The move that asks for this call is saved first: a restarted scheduler must know that
+        # an engine may be changing.
+        try:
+            await self._flush()
+        except StaleWriterError:
+            return  # superseded: a newer scheduler decides what this engine does
         resizer = self._resizers.get(action.pipeline_id)
         if resizer is None:
             return  # unregistered meanwhile: the state freed its GPUs then

@@ -50,6 +50,25 @@ def test_framework_feed_spans_demand_and_pending():
     ]
 
 
+def test_a_gpu_taken_while_another_holder_has_it_is_a_double_hold():
+    clock = Clock()
+    rec = Recorder(2, clock)
+    rec.add_pipeline("P1", [(0,), (1,)], (0,), step_target=8)
+    rec.add_pipeline("P2", [(0,), (1,)], (1,), step_target=8)
+    rec.engines_changed("P1", (0, 1))
+    clock.now = 1.0
+    rec.engines_changed("P1", (0,))  # P1 lets GPU 1 go first ...
+    rec.phase("P2", "train", 0, framework_feed=True)  # ... so P2 training there is fine
+    rec.phase("P2", "idle", 0, framework_feed=True)  # done with it before its release
+    assert rec.double_holds == []
+    clock.now = 2.0
+    rec.engines_changed("P2", (0,))  # but GPU 0 is still P1's engine's
+    assert [(h.t, h.gpu, h.holder, h.taker) for h in rec.double_holds] == [
+        (2.0, 0, ("P1", "infer", 0), ("P2", "infer", 0))]
+    # An idle phase is no span of its own on the timeline.
+    assert [label for _, _, label in rec.phase_intervals()["P2"]] == ["train 0"]
+
+
 class FakeState:
     def __init__(self, owner, open_demand, pending):
         self.owner, self.open_demand, self.pending = owner, open_demand, pending
