@@ -13,6 +13,7 @@ COMMANDS = (
     "rlix_plugin.commands.status",
     "rlix_plugin.commands.control",
     "rlix_plugin.commands.demo",
+    "rlix_plugin.commands.simulate",
 )
 
 

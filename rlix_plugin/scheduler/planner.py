@@ -141,6 +141,10 @@ class _Cycle:
         self.stage_gpus: dict[int, set[str]] = {}
         self._idle_moves: dict[str, Move] = {}
         self._donations: dict[tuple[str, str], Move] = {}
+        #: Bumped by every sleep and wake planned: what :meth:`victims` remembers is valid while
+        #: it stays the same.
+        self.version = 0
+        self._victims: dict[tuple[str, int], tuple[int, list[tuple[str, int]] | None]] = {}
 
     def bundle(self, pid: str, rank: int) -> tuple[int, ...]:
         return self.state.pipelines[pid].bundles[rank]
@@ -148,15 +152,28 @@ class _Cycle:
     def sleep(self, pid: str, rank: int, move: Move) -> None:
         """Put an awake rank to sleep in ``move``; its GPUs stay its own until the move hands them
         on (the caller sets the new holder)."""
+        self.version += 1
         self.active[pid].discard(rank)
         self.held[pid] -= 1
         self.lost.setdefault(pid, set()).add(rank)
         move.sleeps.setdefault(pid, set()).add(rank)
 
     def wake(self, pid: str, rank: int, move: Move) -> None:
+        self.version += 1
         self.owner.set(self.bundle(pid, rank), (pid, rank))
         self.held[pid] = self.held.get(pid, 0) + 1
         move.wakes.setdefault(pid, set()).add(rank)
+
+    def victims(self, pid: str, rank: int, surplus: dict[str, int],
+                demand: dict[str, int]) -> list[tuple[str, int]] | None:
+        """:func:`_victims`, remembered until the next sleep or wake is planned (many donor
+        workers overlap one receiver bundle)."""
+        known = self._victims.get((pid, rank))
+        if known is not None and known[0] == self.version:
+            return known[1]
+        found = _victims(self, pid, rank, surplus, demand)
+        self._victims[(pid, rank)] = (self.version, found)
+        return found
 
     def idle_move(self, pid: str) -> Move:
         move = self._idle_moves.get(pid)
@@ -532,39 +549,39 @@ def _take_from_donors(
             if worker not in donor_active:
                 continue  # already taken this pass
             worker_gpus = cycle.bundle(donor, worker)
+            # Where the worker's GPUs would go first (the cheaper test), then the switch-cost
+            # rules: a worker moves when both hold.
+            rank = rank_of_gpu.get(worker_gpus[0])
+            same = rank is not None and bundles[rank] == worker_gpus and _rank_open(cycle, pid, rank)
+            victims = None
+            if not same:
+                # The receiver's bundles that overlap this worker (TP sizes or offsets differ).
+                for gpu in worker_gpus:
+                    overlap = rank_of_gpu.get(gpu)
+                    if overlap is not None:
+                        victims = cycle.victims(pid, overlap, surplus, demand)
+                        if victims is not None:
+                            rank = overlap
+                            break
+                if victims is None:
+                    skipped.append(worker)
+                    continue
             if not _eligible(cycle, donor, worker, pid, demand) or cycle.closed_to(pid, worker_gpus):
                 skipped.append(worker)
                 continue
-            rank = rank_of_gpu.get(worker_gpus[0])
-            if rank is not None and bundles[rank] == worker_gpus and _rank_open(cycle, pid, rank):
+            move = cycle.donation(donor, pid)
+            if same:
                 # Same bundle in both mappings (the common case): exactly this worker moves.
-                move = cycle.donation(donor, pid)
                 cycle.sleep(donor, worker, move)
                 surplus[donor] -= 1
-                cycle.wake(pid, rank, move)
-                got += 1
-                if _donor_hopeless(cycle, donor, pid, demand):
-                    break  # its gain fell with the bundle it got: every later rank would be skipped
-                continue
-            # The receiver's bundles that overlap this worker (TP sizes or offsets differ).
-            victims = None
-            for gpu in worker_gpus:
-                rank = rank_of_gpu.get(gpu)
-                if rank is not None:
-                    victims = _victims(cycle, pid, rank, surplus, demand)
-                    if victims is not None:
-                        break
-            if victims is None:
-                skipped.append(worker)
-                continue
-            move = cycle.donation(donor, pid)
-            for victim_pid, victim_rank in victims:
-                cycle.sleep(victim_pid, victim_rank, move)
-                surplus[victim_pid] -= 1
-            cycle.wake(pid, rank, move)
+            else:
+                for victim_pid, victim_rank in victims:  # type: ignore[union-attr]
+                    cycle.sleep(victim_pid, victim_rank, move)
+                    surplus[victim_pid] -= 1
+            cycle.wake(pid, rank, move)  # type: ignore[arg-type]
             got += 1
             if _donor_hopeless(cycle, donor, pid, demand):
-                break
+                break  # its gain fell with the bundle it got: every later rank would be skipped
         queue.extend(reversed(skipped))
         if got == want:
             break
@@ -627,6 +644,7 @@ def _take_same_layout(cycle: _Cycle, donor: str, pid: str, want: int, got: int, 
         if not take:
             break
         # cycle.sleep(donor, w, move) and cycle.wake(pid, w, move) for every taken worker
+        cycle.version += 1
         move = cycle.donation(donor, pid)
         donor_active.difference_update(take)
         held[donor] -= len(take)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rlix_plugin.hookspecs import InvalidRequestError
@@ -143,30 +143,24 @@ def compare(
     policies: Sequence[str] = (),
     *,
     timeline: bool = False,
-    on_rollout: Callable[[str], None] | None = None,
+    on_rollout: Callable[[str, int], None] | None = None,
 ) -> Comparison:
     """Simulate ``scenario`` under each of ``policies`` (default: static and every sharing
-    policy). ``on_rollout(policy)`` after every finished rollout (a progress display)."""
+    policy). ``on_rollout(policy, n)`` as rollouts are accounted for (a progress display)."""
     chosen = check_policies(policies)
     bound = lower_bound(scenario)
     result = Comparison(scenario, bound)
     step = bound.seconds / TIMELINE_SAMPLES if timeline and bound.seconds > 0 else None
     for policy in chosen:
-        tick = (lambda p=policy: on_rollout(p)) if on_rollout is not None else None
+        tick = (lambda n, p=policy: on_rollout(p, n)) if on_rollout is not None else None
         if policy == STATIC:
             # The policy barely matters on disjoint slices; the live baseline uses the default.
             run = simulate(static_partition(scenario), DEFAULT_POLICY, timeline_step_s=step, on_rollout=tick)
-            run = _renamed(run, STATIC)
+            run = replace(run, policy=STATIC)
         else:
             run = simulate(scenario, policy, timeline_step_s=step, on_rollout=tick)
         result.runs[policy] = run
     return result
-
-
-def _renamed(run: SimRun, policy: str) -> SimRun:
-    from dataclasses import replace
-
-    return replace(run, policy=policy)
 
 
 __all__ = ["CHOICES", "JCT_TOLERANCE", "STATIC", "Comparison", "check_policies", "compare"]

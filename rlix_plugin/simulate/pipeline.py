@@ -31,11 +31,12 @@ PROGRESS_INTERVAL_S = 0.05
 class SimPipeline:
     """One pipeline's loop, event by event.
 
-    :param on_rollout: Called after each finished rollout (progress display).
+    :param on_rollout: ``on_rollout(n)`` when ``n`` of its rollouts are accounted for: 1 after
+        each finished rollout, the ones it will never run when it is stopped (a progress display).
     """
 
     def __init__(self, loop: EventLoop, scheduler: SimulatedScheduler, config: PipelineConfig,
-                 on_rollout: Callable[[], None] | None = None) -> None:
+                 on_rollout: Callable[[int], None] | None = None) -> None:
         self.loop = loop
         self.scheduler = scheduler
         self.config = config
@@ -149,7 +150,7 @@ class SimPipeline:
         self.stats.rollouts_completed += 1
         self._rollout += 1
         if self.on_rollout is not None:
-            self.on_rollout()
+            self.on_rollout(1)
         self._next_rollout()
 
     def _finished(self) -> None:
@@ -171,7 +172,7 @@ class SimPipeline:
         self.stats.finished_at = self.loop.now()
         self.scheduler.unregister(self.name)
         if self.on_rollout is not None:
-            self.on_rollout()
+            self.on_rollout(self.config.rollouts - self.stats.rollouts_completed)
 
 
 __all__ = ["PROGRESS_INTERVAL_S", "SimPipeline"]

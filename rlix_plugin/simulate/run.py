@@ -65,10 +65,11 @@ def simulate(
     *,
     until_s: float = 1e9,
     timeline_step_s: float | None = None,
-    on_rollout: Callable[[], None] | None = None,
+    on_rollout: Callable[[int], None] | None = None,
 ) -> SimRun:
     """Run ``scenario``'s pipelines on one simulated scheduler (``policy``: the scenario's own
-    when None). ``timeline_step_s`` records a :class:`Timeline` sampled that often.
+    when None). ``timeline_step_s`` records a :class:`Timeline` sampled that often;
+    ``on_rollout(n)`` as each pipeline's rollouts are accounted for (:class:`.pipeline.SimPipeline`).
 
     :raises SimulationStalled: a pipeline did not finish by ``until_s`` virtual seconds.
     """
