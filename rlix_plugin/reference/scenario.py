@@ -338,13 +338,14 @@ def _model_size(check: _Checker, table: dict[str, Any], where: str) -> ModelSize
     return size
 
 
-def _default(check: _Checker, table: dict[str, Any], key: str, where: str, size: ModelSize | None,
+def _default(check: _Checker, table: dict[str, Any], key: str, label: str, size: ModelSize | None,
              attribute: str, positive: bool = False) -> float:
-    """A seconds-like field: its value, else the model-size class's, else an error naming both."""
+    """A number field (``label`` names it in errors): its value, else the model-size class's,
+    else an error naming both."""
     if key in table:
-        return check.seconds(table[key], f"{where}: field {key!r}", positive=positive)
+        return check.seconds(table[key], label, positive=positive)
     if size is None:
-        raise check.fail(f"{where}: field {key!r}", "missing, and no model-size class ('model = ...') to default it")
+        raise check.fail(label, "missing, and no model-size class ('model = ...') to default it")
     return getattr(size, attribute)
 
 
@@ -368,13 +369,15 @@ def _token_workload(check: _Checker, table: dict[str, Any], where: str, size: Mo
             cap=check.int_(lengths.get("cap", DEFAULT_RESPONSE_CAP), f"{lengths_where}.cap", 1),
         ),
         decode=DecodeModel(
-            tokens_per_s=_default(check, decode, "tokens_per_s", decode_where, size, "tokens_per_s", positive=True),
+            tokens_per_s=_default(check, decode, "tokens_per_s", f"{decode_where}.tokens_per_s", size, "tokens_per_s",
+                                  positive=True),
             batch=check.int_(decode.get("batch", DEFAULT_BATCH), f"{decode_where}.batch", 1),
             half_speed_at=check.seconds(decode.get("half_speed_at", DEFAULT_HALF_SPEED_AT),
                                         f"{decode_where}.half_speed_at", True),
         ),
         train_seconds=check.seconds(table.get("train_seconds", 0.0), f"{where}: field 'train_seconds'", False),
-        train_gpu_seconds_per_ktoken=_default(check, table, "train_gpu_seconds_per_ktoken", where, size,
+        train_gpu_seconds_per_ktoken=_default(check, table, "train_gpu_seconds_per_ktoken",
+                                              f"{where}: field 'train_gpu_seconds_per_ktoken'", size,
                                               "train_gpu_s_per_ktoken"),
     )
 
