@@ -295,8 +295,8 @@ class _Checker:
         for gpu in value:
             if not isinstance(gpu, int) or isinstance(gpu, bool) or not 0 <= gpu < pool:
                 raise self.fail(where, f"GPU id {gpu!r} is outside the pool 0..{pool - 1}")
-        duplicates = sorted({g for g in value if value.count(g) > 1})
-        if duplicates:
+        if len(set(value)) != len(value):
+            duplicates = sorted({g for g in value if value.count(g) > 1})
             raise self.fail(where, f"duplicate GPU ids {duplicates}")
         return tuple(value)
 

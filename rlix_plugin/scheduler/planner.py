@@ -54,6 +54,8 @@ could use, until one releases them).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from rlix_plugin.hookspecs import ACTOR_INFER, Priority
 
 from .ownership import Ownership
@@ -253,28 +255,44 @@ def _plan_stages(cycle: _Cycle) -> None:
 def _capacity(cycle: _Cycle, demand: dict[str, int]) -> tuple[int, dict[str, int]]:
     """GPUs generation may use in this pass, and the most bundles each pipeline with demand could
     hold: bundles with no GPU held by a stage, a fenced pipeline or a sleeping engine, nor kept
-    back. Bundles waking count as their pipeline's."""
-    state, owner = cycle.state, cycle.owner
-    fenced, active, generation = state.fenced, cycle.active, state.generation
+    back. Bundles waking count as their pipeline's.
+
+    Read from the allocations rather than by walking the ownership table (they agree: see
+    :func:`~.validation.check_state`): stages held, reserved by a started grant or granted in
+    this pass; engines falling asleep or put to sleep in this pass; every engine of a fenced
+    pipeline."""
+    state = cycle.state
     unusable = set(cycle.blocked)
-    for gpu, holder in enumerate(owner):
-        if holder is None:
+    for alloc in state.fixed.values():
+        unusable.update(alloc.gpus)
+    for request in state.pending.values():
+        if request.move is not None:
+            unusable.update(state.pipelines[request.pipeline_id].clusters[request.cluster].gpus)
+    for move in cycle.plan.moves:
+        unusable.update(move.grant_gpus)
+    fenced, lost = state.fenced, cycle.lost
+    for pid, alloc in state.generation.items():
+        bundles = state.pipelines[pid].bundles
+        if pid in fenced:
+            ranks: Iterable[int] = {*alloc.active, *alloc.waking, *alloc.sleeping, *lost.get(pid, ())}
+        elif alloc.sleeping or pid in lost:
+            ranks = {*alloc.sleeping, *lost.get(pid, ())}
+        else:
             continue
-        if type(holder) is tuple:
-            pid, rank = holder  # type: ignore[misc]
-            if pid not in fenced and (rank in active.get(pid, ()) or rank in generation[pid].waking):
-                continue
-        unusable.add(gpu)
+        for rank in ranks:
+            unusable.update(bundles[rank])
     max_bundles: dict[str, int] = {}
     lost_per_layout: dict[int, int] = {}  # pipelines registering one mapping share its gpu -> rank map
     for pid in demand:
         spec = state.pipelines[pid]
         rank_of_gpu = spec.rank_of_gpu
-        lost = lost_per_layout.get(id(rank_of_gpu))
-        if lost is None:
-            lost = lost_per_layout[id(rank_of_gpu)] = len({rank_of_gpu[g] for g in unusable if g in rank_of_gpu})
-        max_bundles[pid] = spec.dp_size - lost
-    return len(owner) - len(unusable), max_bundles
+        count = lost_per_layout.get(id(rank_of_gpu))
+        if count is None:
+            ranks_lost = set(map(rank_of_gpu.get, unusable))
+            ranks_lost.discard(None)  # type: ignore[arg-type]
+            count = lost_per_layout[id(rank_of_gpu)] = len(ranks_lost)
+        max_bundles[pid] = spec.dp_size - count
+    return state.pool.num_gpus - len(unusable), max_bundles
 
 
 def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
