@@ -567,8 +567,11 @@ def _take_from_donors(
             if worker not in donor_active:
                 continue  # already taken this pass
             worker_gpus = cycle.bundle(donor, worker)
-            # Where the worker's GPUs would go first (the cheaper test), then the switch-cost
-            # rules: a worker moves when both hold.
+            # A worker moves when its GPUs are open to the receiver, they form (or free) one of
+            # its bundles, and the switch-cost rules allow it: tested cheapest first.
+            if cycle.closed_to(pid, worker_gpus):
+                skipped.append(worker)
+                continue
             rank = rank_of_gpu.get(worker_gpus[0])
             same = rank is not None and bundles[rank] == worker_gpus and _rank_open(cycle, pid, rank)
             victims = None
@@ -584,7 +587,7 @@ def _take_from_donors(
                 if victims is None:
                     skipped.append(worker)
                     continue
-            if not _eligible(cycle, donor, worker, pid, demand) or cycle.closed_to(pid, worker_gpus):
+            if not _eligible(cycle, donor, worker, pid, demand):
                 skipped.append(worker)
                 continue
             move = cycle.donation(donor, pid)
@@ -653,8 +656,8 @@ def _take_same_layout(cycle: _Cycle, donor: str, pid: str, want: int, got: int, 
                 worker = pop()
                 if worker not in donor_active:
                     continue
-                if (not _eligible(cycle, donor, worker, pid, demand) or cycle.closed_to(pid, bundles[worker])
-                        or worker in taken_ranks):
+                if (worker in taken_ranks or cycle.closed_to(pid, bundles[worker])
+                        or not _eligible(cycle, donor, worker, pid, demand)):
                     skip(worker)
                     continue
                 keep(worker)
