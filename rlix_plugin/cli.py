@@ -15,6 +15,7 @@ COMMANDS = (
     "rlix_plugin.commands.dashboard",
     "rlix_plugin.commands.control",
     "rlix_plugin.commands.demo",
+    "rlix_plugin.commands.simulate",
 )
 
 

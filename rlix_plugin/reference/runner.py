@@ -4,8 +4,9 @@ recording, and the metrics at the end.
 Contract of :func:`run_scenario`: it returns a :class:`~.metrics.RunResult` and never hangs --
 every wait is bounded (``stall_timeout_s`` for a stalled pipeline, ``timeout_s`` for the whole
 run); a stop aborts every pipeline (their blocked scheduler calls are woken by unregistering them),
-joins their threads, stops the engines and closes the shared backend, in ``finally`` blocks. It raises
-only for bad input (:class:`~rlix_plugin.hookspecs.InvalidRequestError`) or an unavailable
+joins their threads, stops the engines and closes the shared backend, in ``finally`` blocks. It
+raises only for bad input (:class:`~rlix_plugin.hookspecs.InvalidRequestError`; a scenario that
+sets fields only the simulator honours is refused, :func:`~.scenario.check_live`) or an unavailable
 backend (:class:`~rlix_plugin.hookspecs.BackendUnavailableError`), before any pipeline starts.
 """
 
@@ -26,7 +27,7 @@ from .metrics import PipelineMetrics, RunResult
 from .pipeline import ReferencePipeline
 from .policy import Trainer, WeightStore
 from .recorder import Recorder
-from .scenario import Scenario, ScenarioError
+from .scenario import Scenario, ScenarioError, check_live
 from .shared_backend import SharedBackend, open_shared_backend
 from .static import static_partition
 from .task import task_offset
@@ -81,6 +82,7 @@ def run_scenario(
     """Run ``scenario`` shared on one pool; with ``measure_static`` also run the baseline (only
     when the shared run succeeded: a failed run is reported as it is, at once)."""
     _check(options)
+    check_live(scenario)
     started = time.monotonic()
     result = execute(scenario, options, progress)
     if options.measure_static and result.ok:
@@ -211,6 +213,7 @@ class _Run:
 def execute(scenario: Scenario, options: RunOptions = RunOptions(), progress: ProgressView | None = None) -> RunResult:
     """Run the scenario once, as given (no baseline)."""
     _check(options)
+    check_live(scenario)
     backend = open_shared_backend(
         options.backend, scenario, backend_options=options.backend_options, autoload=options.autoload,
         durable_demand=not options.legacy_demand, resize_timeout_s=options.resize_timeout_s,

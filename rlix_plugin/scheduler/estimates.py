@@ -37,6 +37,22 @@ class _Pipeline:
     pending_engine_s: float = 0.0
     switches: int = 0
     switch_gpu_s: float = 0.0
+    # The estimates, recomputed when an observation changes them (the planner reads them many
+    # times a pass): wake, sleep, their sum, and engine-seconds per sample.
+    wake_s: float = 0.0
+    sleep_s: float = 0.0
+    switch_s: float = 0.0
+    sample_s: float | None = None
+
+    def update_switch(self) -> None:
+        self.wake_s = statistics.median(self.wakes) if self.wakes else self.declared.wake_seconds
+        self.sleep_s = statistics.median(self.sleeps) if self.sleeps else self.declared.sleep_seconds
+        self.switch_s = self.wake_s + self.sleep_s
+
+    def update_sample(self) -> None:
+        engine_s = sum(e for e, _ in self.intervals)
+        samples = sum(n for _, n in self.intervals)
+        self.sample_s = engine_s / samples if samples and engine_s > 0 else None
 
 
 class Estimates:
@@ -47,10 +63,11 @@ class Estimates:
         self._pipelines: dict[str, _Pipeline] = {}
 
     def register(self, pipeline_id: str, declared: SwitchCosts | None) -> None:
-        self._pipelines[pipeline_id] = _Pipeline(
+        entry = self._pipelines[pipeline_id] = _Pipeline(
             declared or SwitchCosts(), deque(maxlen=self.window), deque(maxlen=self.window),
             deque(maxlen=self.window * 4),
         )
+        entry.update_switch()
 
     def forget(self, pipeline_id: str) -> None:
         self._pipelines.pop(pipeline_id, None)
@@ -98,18 +115,15 @@ class Estimates:
         (entry.wakes if wake else entry.sleeps).append(seconds)
         entry.switches += ranks
         entry.switch_gpu_s += seconds * ranks * tp
+        entry.update_switch()
 
     def wake_s(self, pipeline_id: str) -> float:
         entry = self._pipelines.get(pipeline_id)
-        if entry is None:
-            return 0.0
-        return statistics.median(entry.wakes) if entry.wakes else entry.declared.wake_seconds
+        return entry.wake_s if entry is not None else 0.0
 
     def sleep_s(self, pipeline_id: str) -> float:
         entry = self._pipelines.get(pipeline_id)
-        if entry is None:
-            return 0.0
-        return statistics.median(entry.sleeps) if entry.sleeps else entry.declared.sleep_seconds
+        return entry.sleep_s if entry is not None else 0.0
 
     def sync_s(self, pipeline_id: str) -> float:
         """Declared seconds to re-sync one awake engine's weights after a training step (the
@@ -119,7 +133,8 @@ class Estimates:
 
     def switch_s(self, pipeline_id: str) -> float:
         """A sleep plus a wake: what one round trip of a bundle costs this pipeline."""
-        return self.wake_s(pipeline_id) + self.sleep_s(pipeline_id)
+        entry = self._pipelines.get(pipeline_id)
+        return entry.switch_s if entry is not None else 0.0
 
     def switches(self, pipeline_id: str) -> tuple[int, float]:
         """(engine switches made, GPU-seconds they took) so far."""
@@ -145,15 +160,12 @@ class Estimates:
             entry.intervals.append((entry.pending_engine_s, done))
             entry.pending_engine_s = 0.0
             entry.last_completed = completed
+            entry.update_sample()
 
     def sample_s(self, pipeline_id: str) -> float | None:
         """Engine-seconds per finished sample, or None before anything was measured."""
         entry = self._pipelines.get(pipeline_id)
-        if entry is None or not entry.intervals:
-            return None
-        engine_s = sum(e for e, _ in entry.intervals)
-        samples = sum(n for _, n in entry.intervals)
-        return engine_s / samples if samples and engine_s > 0 else None
+        return entry.sample_s if entry is not None else None
 
 
 __all__ = ["DEFAULT_WINDOW", "Estimates"]

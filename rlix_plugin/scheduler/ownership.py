@@ -12,7 +12,7 @@ Pure and cheap: a list of entries, copied by the planner (scratch) and the valid
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Union
 
 from rlix_plugin.hookspecs import PlanInvariantError
@@ -96,6 +96,58 @@ class Ownership:
                 )
         for gpu in gpus:
             owner[gpu] = new
+
+    def vacate(self, pid: str, ranks: Iterable[int], bundles: Sequence[tuple[int, ...]], marker: object) -> int:
+        """Put ``marker`` on the GPUs of ``pid``'s engines ``ranks``: the validator's replay of
+        their sleep. Returns how many GPUs.
+
+        :raises PlanInvariantError: a GPU is not held by that engine, as :meth:`hand_over` says.
+        """
+        owner = self._owner
+        count = 0
+        for rank in ranks:
+            holder = (pid, rank)
+            gpus = bundles[rank]
+            for gpu in gpus:
+                if owner[gpu] != holder:
+                    self.hand_over(gpus, holder, marker)  # type: ignore[arg-type]  # raises, naming the GPU
+                owner[gpu] = marker  # type: ignore[assignment]
+            count += len(gpus)
+        return count
+
+    def occupy(self, pid: str, ranks: Iterable[int], bundles: Sequence[tuple[int, ...]],
+               allowed: object) -> tuple[int, int, tuple[int, Owner, Owner] | None]:
+        """Give ``pid``'s engines ``ranks`` their GPUs, each idle or holding ``allowed`` (the validator's
+        replay of their wake). Returns (GPUs taken, of which held ``allowed``, the first GPU that
+        was neither as (gpu, wanted by, held by), or None); stops at that GPU."""
+        owner = self._owner
+        taken = from_allowed = 0
+        for rank in ranks:
+            holder = (pid, rank)
+            for gpu in bundles[rank]:
+                current = owner[gpu]
+                if current is not None:
+                    if current is not allowed:
+                        return taken, from_allowed, (gpu, holder, current)
+                    from_allowed += 1
+                owner[gpu] = holder
+                taken += 1
+        return taken, from_allowed, None
+
+    def count_idle(self) -> int:
+        return self._owner.count(None)
+
+    def assign(self, pid: str, ranks: Iterable[int], bundles: Sequence[tuple[int, ...]]) -> None:
+        """Unchecked: give ``pid``'s engines ``ranks`` their GPUs (scratch copies only)."""
+        owner = self._owner
+        if bundles and len(bundles[0]) == 1:  # TP 1: one GPU per bundle
+            for rank in ranks:
+                owner[bundles[rank][0]] = (pid, rank)
+            return
+        for rank in ranks:
+            holder = (pid, rank)
+            for gpu in bundles[rank]:
+                owner[gpu] = holder
 
     def set(self, gpus: Iterable[int], new: Owner) -> None:
         """Unchecked assignment, for scratch copies in the planner only."""

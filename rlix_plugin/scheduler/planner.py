@@ -54,6 +54,8 @@ could use, until one releases them).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from rlix_plugin.hookspecs import ACTOR_INFER, Priority
 
 from .ownership import Ownership
@@ -141,6 +143,10 @@ class _Cycle:
         self.stage_gpus: dict[int, set[str]] = {}
         self._idle_moves: dict[str, Move] = {}
         self._donations: dict[tuple[str, str], Move] = {}
+        #: Bumped by every sleep and wake planned: what :meth:`victims` remembers is valid while
+        #: it stays the same.
+        self.version = 0
+        self._victims: dict[tuple[str, int], tuple[int, list[tuple[str, int]] | None]] = {}
 
     def bundle(self, pid: str, rank: int) -> tuple[int, ...]:
         return self.state.pipelines[pid].bundles[rank]
@@ -148,15 +154,28 @@ class _Cycle:
     def sleep(self, pid: str, rank: int, move: Move) -> None:
         """Put an awake rank to sleep in ``move``; its GPUs stay its own until the move hands them
         on (the caller sets the new holder)."""
+        self.version += 1
         self.active[pid].discard(rank)
         self.held[pid] -= 1
         self.lost.setdefault(pid, set()).add(rank)
         move.sleeps.setdefault(pid, set()).add(rank)
 
     def wake(self, pid: str, rank: int, move: Move) -> None:
+        self.version += 1
         self.owner.set(self.bundle(pid, rank), (pid, rank))
         self.held[pid] = self.held.get(pid, 0) + 1
         move.wakes.setdefault(pid, set()).add(rank)
+
+    def victims(self, pid: str, rank: int, surplus: dict[str, int],
+                demand: dict[str, int]) -> list[tuple[str, int]] | None:
+        """:func:`_victims`, remembered until the next sleep or wake is planned (many donor
+        workers overlap one receiver bundle)."""
+        known = self._victims.get((pid, rank))
+        if known is not None and known[0] == self.version:
+            return known[1]
+        found = _victims(self, pid, rank, surplus, demand)
+        self._victims[(pid, rank)] = (self.version, found)
+        return found
 
     def idle_move(self, pid: str) -> Move:
         move = self._idle_moves.get(pid)
@@ -236,21 +255,44 @@ def _plan_stages(cycle: _Cycle) -> None:
 def _capacity(cycle: _Cycle, demand: dict[str, int]) -> tuple[int, dict[str, int]]:
     """GPUs generation may use in this pass, and the most bundles each pipeline with demand could
     hold: bundles with no GPU held by a stage, a fenced pipeline or a sleeping engine, nor kept
-    back. Bundles waking count as their pipeline's."""
-    state, owner = cycle.state, cycle.owner
+    back. Bundles waking count as their pipeline's.
+
+    Read from the allocations rather than by walking the ownership table (they agree: see
+    :func:`~.validation.check_state`): stages held, reserved by a started grant or granted in
+    this pass; engines falling asleep or put to sleep in this pass; every engine of a fenced
+    pipeline."""
+    state = cycle.state
     unusable = set(cycle.blocked)
-    for gpu, holder in enumerate(owner):
-        if holder is None or cycle.movable(holder):
+    for alloc in state.fixed.values():
+        unusable.update(alloc.gpus)
+    for request in state.pending.values():
+        if request.move is not None:
+            unusable.update(state.pipelines[request.pipeline_id].clusters[request.cluster].gpus)
+    for move in cycle.plan.moves:
+        unusable.update(move.grant_gpus)
+    fenced, lost = state.fenced, cycle.lost
+    for pid, alloc in state.generation.items():
+        bundles = state.pipelines[pid].bundles
+        if pid in fenced:
+            ranks: Iterable[int] = {*alloc.active, *alloc.waking, *alloc.sleeping, *lost.get(pid, ())}
+        elif alloc.sleeping or pid in lost:
+            ranks = {*alloc.sleeping, *lost.get(pid, ())}
+        else:
             continue
-        if type(holder) is tuple and holder[0] not in state.fenced and holder[1] in state.generation[holder[0]].waking:
-            continue
-        unusable.add(gpu)
+        for rank in ranks:
+            unusable.update(bundles[rank])
     max_bundles: dict[str, int] = {}
+    lost_per_layout: dict[int, int] = {}  # pipelines registering one mapping share its gpu -> rank map
     for pid in demand:
         spec = state.pipelines[pid]
-        lost = {spec.rank_of_gpu[g] for g in unusable if g in spec.rank_of_gpu}
-        max_bundles[pid] = spec.dp_size - len(lost)
-    return len(owner) - len(unusable), max_bundles
+        rank_of_gpu = spec.rank_of_gpu
+        count = lost_per_layout.get(id(rank_of_gpu))
+        if count is None:
+            ranks_lost = set(map(rank_of_gpu.get, unusable))
+            ranks_lost.discard(None)  # type: ignore[arg-type]
+            count = lost_per_layout[id(rank_of_gpu)] = len(ranks_lost)
+        max_bundles[pid] = spec.dp_size - count
+    return state.pool.num_gpus - len(unusable), max_bundles
 
 
 def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
@@ -279,14 +321,14 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
             target.setdefault(pid, 0)
     plan.targets, plan.ideal = target, ideal
     held = cycle.held
-    stage_gpus = cycle.stage_gpus = _stage_gpus(state) if aware else {}
+    stage_gpus = cycle.stage_gpus = state.stage_gpus() if aware else {}
 
     # Donors: pipelines without demand first (their engines are idle), then the one with the most
     # remaining work; ties by id. Each gives at most its surplus, from its movable ranks.
     donors = sorted((p for p in target if held[p] > target[p] and cycle.active[p]),
                     key=lambda p: (p in demand, -demand.get(p, 0), p))
     surplus = {p: held[p] - target[p] for p in donors}
-    queues = {p: _give_order(cycle, p, stage_gpus) for p in donors}
+    queues = _GiveQueues(cycle, stage_gpus)
     idle = [g for g, h in enumerate(cycle.owner) if h is None and g not in cycle.blocked]
 
     receivers = sorted(
@@ -359,41 +401,30 @@ def _reclaim_before_sync(cycle: _Cycle, demand: dict[str, int]) -> None:
         cycle.plan.moves.append(move)
 
 
-def _stage_gpus(state: SchedulerState) -> dict[int, set[str]]:
-    """GPU -> pipelines whose stage mappings (every non-generation cluster) include it."""
-    out: dict[int, set[str]] = {}
-    for pid, spec in state.pipelines.items():
-        for name, cluster in spec.clusters.items():
-            if name != ACTOR_INFER:
-                for gpu in cluster.gpus:
-                    out.setdefault(gpu, set()).add(pid)
-    return out
+class _GiveQueues(dict):  # type: ignore[type-arg]
+    """donor -> its give order (:func:`_give_order`), built the first time a receiver asks. The
+    order depends only on the donor's ranks still movable, which a lazy build sees as an eager
+    one would after skipping the ranks taken meanwhile."""
 
+    def __init__(self, cycle: _Cycle, stage_gpus: dict[int, set[str]]) -> None:
+        super().__init__()
+        self.cycle = cycle
+        self.stage_gpus = stage_gpus
 
-def _placement(pid: str, gpus: tuple[int, ...], stage_gpus: dict[int, set[str]]) -> int:
-    """0: the bundle lies on ``pid``'s own stage GPUs; 1: on no stage's GPUs; 2: on another
-    pipeline's stage GPUs (its stage will preempt this engine)."""
-    others = False
-    own = True
-    for gpu in gpus:
-        holders = stage_gpus.get(gpu)
-        if not holders or pid not in holders:
-            own = False
-        if holders and holders - {pid}:
-            others = True
-    return 0 if own else (2 if others else 1)
+    def __missing__(self, donor: str) -> list[int]:
+        queue = self[donor] = _give_order(self.cycle, donor, self.stage_gpus)
+        return queue
 
 
 def _give_order(cycle: _Cycle, donor: str, stage_gpus: dict[int, set[str]]) -> list[int]:
     """The donor's movable ranks, the one to give first last (the queue is popped from the end).
     Switch-aware: bundles on other pipelines' stage GPUs go first, its own stage GPUs last, and
     among equals the longest-resident first."""
-    ranks = sorted(cycle.active[donor])
     if not stage_gpus:
-        return ranks
+        return sorted(cycle.active[donor])
     since = cycle.state.generation[donor].awake_since
-    return sorted(ranks, key=lambda r: (_placement(donor, cycle.bundle(donor, r), stage_gpus),
-                                        -since.get(r, 0.0), r))
+    place = cycle.state.placements(donor)
+    return sorted(cycle.active[donor], key=lambda r: (place[r], -since.get(r, 0.0), r))
 
 
 def _bundle_free(cycle: _Cycle, pid: str, rank: int) -> bool:
@@ -408,17 +439,23 @@ def _bundle_free(cycle: _Cycle, pid: str, rank: int) -> bool:
 
 def _take_idle(cycle: _Cycle, pid: str, want: int, idle: list[int], stage_gpus: dict[int, set[str]],
                demand: dict[str, int]) -> int:
+    if _idle_hopeless(cycle, pid, demand):
+        return 0  # no idle bundle would be worth waking: the scan below would find none
     rank_of_gpu = cycle.state.pipelines[pid].rank_of_gpu
     candidates: list[int] = []
+    seen: set[int] = set()
+    owner = cycle.owner
     for gpu in idle:
         rank = rank_of_gpu.get(gpu)
-        if (rank is not None and cycle.owner[gpu] is None and rank not in candidates and _bundle_free(cycle, pid, rank)
+        if (rank is not None and owner[gpu] is None and rank not in seen and _bundle_free(cycle, pid, rank)
                 and _idle_worth(cycle, pid, cycle.bundle(pid, rank), stage_gpus, demand)):
             candidates.append(rank)
+            seen.add(rank)
             if not stage_gpus and len(candidates) == want:
                 break
     if stage_gpus:
-        candidates.sort(key=lambda r: (_placement(pid, cycle.bundle(pid, r), stage_gpus), r))
+        place = cycle.state.placements(pid)
+        candidates.sort(key=lambda r: (place[r], r))
     got = 0
     for rank in candidates[:want]:
         cycle.wake(pid, rank, cycle.idle_move(pid))
@@ -456,6 +493,30 @@ def _idle_worth(cycle: _Cycle, pid: str, gpus: tuple[int, ...], stage_gpus: dict
         return True
     return (_queue_drain_s(cycle, pid, demand) > PAYOFF_MARGIN * wake
             and _stage_horizon_s(cycle, pid, gpus, demand) > wake + sleep)
+
+
+def _idle_hopeless(cycle: _Cycle, pid: str, demand: dict[str, int]) -> bool:
+    """True when :func:`_idle_worth` is False for every bundle: its queue-drain part, the same
+    for all of them, already fails."""
+    if not cycle.policy.switch_aware or cycle.held.get(pid, 0) == 0:
+        return False
+    estimates = cycle.state.estimates
+    wake, sleep = estimates.wake_s(pid), estimates.sleep_s(pid)
+    if wake + sleep <= 0:
+        return False
+    return not _queue_drain_s(cycle, pid, demand) > PAYOFF_MARGIN * wake
+
+
+def _donor_hopeless(cycle: _Cycle, donor: str, receiver: str, demand: dict[str, int]) -> bool:
+    """True when :func:`_eligible` is False for every rank of ``donor``: the receiver's
+    queue-drain gain, the same for all of them, does not pay for the move."""
+    if not cycle.policy.switch_aware or cycle.held[receiver] == 0:
+        return False
+    estimates = cycle.state.estimates
+    cost = estimates.sleep_s(donor) + estimates.wake_s(receiver)
+    if cost <= 0:
+        return False
+    return not _queue_drain_s(cycle, receiver, demand) > PAYOFF_MARGIN * cost
 
 
 def _queue_drain_s(cycle: _Cycle, pid: str, demand: dict[str, int]) -> float:
@@ -501,49 +562,155 @@ def _take_from_donors(
     rank_of_gpu, bundles = spec.rank_of_gpu, spec.bundles
     got = 0
     for donor in donors:
-        if donor == pid:
+        if donor == pid or surplus[donor] <= 0:
             continue
+        if _donor_hopeless(cycle, donor, pid, demand):
+            continue  # every rank would be skipped
         queue = queues[donor]
         donor_active = cycle.active[donor]
         skipped: list[int] = []
+        if cycle.state.pipelines[donor].bundles is bundles:
+            got = _take_same_layout(cycle, donor, pid, want, got, queue, skipped, surplus, demand)
+            queue.extend(reversed(skipped))
+            if got == want:
+                break
+            continue
         while got < want and surplus[donor] > 0 and queue:
             worker = queue.pop()
             if worker not in donor_active:
                 continue  # already taken this pass
             worker_gpus = cycle.bundle(donor, worker)
-            if not _eligible(cycle, donor, worker, pid, demand) or cycle.closed_to(pid, worker_gpus):
+            # A worker moves when its GPUs are open to the receiver, they form (or free) one of
+            # its bundles, and the switch-cost rules allow it: tested cheapest first.
+            if cycle.closed_to(pid, worker_gpus):
                 skipped.append(worker)
                 continue
             rank = rank_of_gpu.get(worker_gpus[0])
-            if rank is not None and bundles[rank] == worker_gpus and _rank_open(cycle, pid, rank):
-                # Same bundle in both mappings (the common case): exactly this worker moves.
-                move = cycle.donation(donor, pid)
-                cycle.sleep(donor, worker, move)
-                surplus[donor] -= 1
-                cycle.wake(pid, rank, move)
-                got += 1
-                continue
-            # The receiver's bundles that overlap this worker (TP sizes or offsets differ).
+            same = rank is not None and bundles[rank] == worker_gpus and _rank_open(cycle, pid, rank)
             victims = None
-            for gpu in worker_gpus:
-                rank = rank_of_gpu.get(gpu)
-                if rank is not None:
-                    victims = _victims(cycle, pid, rank, surplus, demand)
-                    if victims is not None:
-                        break
-            if victims is None:
+            if not same:
+                # The receiver's bundles that overlap this worker (TP sizes or offsets differ).
+                for gpu in worker_gpus:
+                    overlap = rank_of_gpu.get(gpu)
+                    if overlap is not None:
+                        victims = cycle.victims(pid, overlap, surplus, demand)
+                        if victims is not None:
+                            rank = overlap
+                            break
+                if victims is None:
+                    skipped.append(worker)
+                    continue
+            if not _eligible(cycle, donor, worker, pid, demand):
                 skipped.append(worker)
                 continue
             move = cycle.donation(donor, pid)
-            for victim_pid, victim_rank in victims:
-                cycle.sleep(victim_pid, victim_rank, move)
-                surplus[victim_pid] -= 1
-            cycle.wake(pid, rank, move)
+            if same:
+                # Same bundle in both mappings (the common case): exactly this worker moves.
+                cycle.sleep(donor, worker, move)
+                surplus[donor] -= 1
+            else:
+                for victim_pid, victim_rank in victims:  # type: ignore[union-attr]
+                    cycle.sleep(victim_pid, victim_rank, move)
+                    surplus[victim_pid] -= 1
+            cycle.wake(pid, rank, move)  # type: ignore[arg-type]
             got += 1
+            if _donor_hopeless(cycle, donor, pid, demand):
+                break  # its gain fell with the bundle it got: every later rank would be skipped
         queue.extend(reversed(skipped))
         if got == want:
             break
     return got
+
+
+def _take_same_layout(cycle: _Cycle, donor: str, pid: str, want: int, got: int, queue: list[int],
+                      skipped: list[int], surplus: dict[str, int], demand: dict[str, int]) -> int:
+    """:func:`_take_from_donors` for a donor whose generation mapping is the receiver's (the same
+    bundles, shared at registration): a worker moves as the same rank, so the checks are the
+    same as there -- switch-cost rules, closed GPUs, the rank free on the receiver's side. While
+    those rules cannot change from one worker to the next (no switch-cost rule applies), workers
+    are taken as a batch. Returns the new ``got``; ineligible workers go to ``skipped``."""
+    state = cycle.state
+    bundles = state.pipelines[pid].bundles
+    donor_active = cycle.active[donor]
+    alloc = state.generation[pid]
+    # Ranks not open on the receiver's side (see _rank_open); none of them changes in this loop.
+    taken_ranks = cycle.active[pid].union(cycle.lost.get(pid, ()), alloc.waking, alloc.sleeping)
+    held = cycle.held
+    aware = cycle.policy.switch_aware
+    while got < want and surplus[donor] > 0 and queue:
+        # Simple: every worker passes the switch-cost rules, and no GPU is closed to ``pid``;
+        # both may change once ``pid`` has its first bundle, and otherwise stay. When not
+        # simple, the rules depend on ``pid``'s bundles: one worker at a time.
+        starving = held.get(pid, 0) == 0
+        simple = (not aware or _always_eligible(cycle, donor, pid, demand)) and not _may_close(cycle, pid)
+        batch = want - got if simple and not starving else 1
+        left = min(batch, surplus[donor])
+        take: list[int] = []
+        pop, keep, skip = queue.pop, take.append, skipped.append
+        if simple and left <= len(queue):
+            # The common case first: the next ``left`` workers are all free to move.
+            chunk = queue[len(queue) - left:]
+            if donor_active.issuperset(chunk) and taken_ranks.isdisjoint(chunk):
+                del queue[len(queue) - left:]
+                take.extend(reversed(chunk))
+                left = 0
+        if simple:
+            while left and queue:
+                worker = pop()
+                if worker not in donor_active:
+                    continue  # already taken this pass
+                if worker in taken_ranks:
+                    skip(worker)
+                    continue
+                keep(worker)
+                left -= 1
+        else:
+            while left and queue:
+                worker = pop()
+                if worker not in donor_active:
+                    continue
+                if (worker in taken_ranks or cycle.closed_to(pid, bundles[worker])
+                        or not _eligible(cycle, donor, worker, pid, demand)):
+                    skip(worker)
+                    continue
+                keep(worker)
+                left -= 1
+        if not take:
+            break
+        # cycle.sleep(donor, w, move) and cycle.wake(pid, w, move) for every taken worker
+        cycle.version += 1
+        move = cycle.donation(donor, pid)
+        donor_active.difference_update(take)
+        held[donor] -= len(take)
+        cycle.lost.setdefault(donor, set()).update(take)
+        move.sleeps.setdefault(donor, set()).update(take)
+        cycle.owner.assign(pid, take, bundles)
+        held[pid] = held.get(pid, 0) + len(take)
+        move.wakes.setdefault(pid, set()).update(take)
+        surplus[donor] -= len(take)
+        got += len(take)
+        # Simple with a bundle already means not switch-aware or no switch cost to pay: the
+        # gain cannot fail then.
+        if (starving or not simple) and _donor_hopeless(cycle, donor, pid, demand):
+            break  # its gain fell with the bundles it got: every later worker would be skipped
+    return got
+
+
+def _always_eligible(cycle: _Cycle, donor: str, receiver: str, demand: dict[str, int]) -> bool:
+    """True when :func:`_eligible` holds for every rank of ``donor`` (not switch-aware, a
+    receiver with no bundle, or a move that costs nothing and no residency to respect)."""
+    if not cycle.policy.switch_aware or cycle.held[receiver] == 0:
+        return True
+    estimates = cycle.state.estimates
+    if donor in demand and estimates.switch_s(donor) > 0:
+        return False  # some ranks may still be in their minimum residency
+    return estimates.sleep_s(donor) + estimates.wake_s(receiver) <= 0
+
+
+def _may_close(cycle: _Cycle, pid: str) -> bool:
+    """Whether :meth:`_Cycle.closed_to` may be True for some GPUs of ``pid``."""
+    return bool(cycle.blocked) or (bool(cycle.kept) and cycle.held.get(pid, 0) > 0
+                                   and cycle.state.estimates.switch_s(pid) > 0)
 
 
 def _rank_open(cycle: _Cycle, pid: str, rank: int) -> bool:

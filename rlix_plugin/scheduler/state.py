@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Union
 
 from rlix_plugin.hookspecs import (
@@ -202,6 +202,11 @@ class SchedulerState:
         self._actions: list[ResizeAction] = []
         self._seq = itertools.count()
         self._move_ids = itertools.count(1)
+        #: Generation layouts (TP, GPUs) -> (bundles, gpu -> rank) shared by the pipelines that
+        #: register the same mapping, so the planner can work once per distinct layout.
+        self._layouts: dict[tuple[int, tuple[int, ...]], PipelineSpec] = {}
+        self._stage_gpus: dict[int, set[str]] | None = None
+        self._placements: dict[str, list[int]] = {}
 
     # The registry and the streams live in the ledger; these names are the ones readers use.
     @property
@@ -230,7 +235,14 @@ class SchedulerState:
             )
         if pipeline_id in self.pipelines:
             raise InvalidRequestError(f"pipeline {pipeline_id!r} is already registered")
+        key = (spec.tp, spec.infer.gpus)
+        shared = self._layouts.get(key)
+        if shared is None:
+            self._layouts[key] = spec
+        else:
+            spec = replace(spec, bundles=shared.bundles, rank_of_gpu=shared.rank_of_gpu)
         self.pipelines[pipeline_id] = spec
+        self._registrations_changed()
         self.limits[pipeline_id] = limits
         self.estimates.register(pipeline_id, switch_costs)
         return spec
@@ -264,7 +276,11 @@ class SchedulerState:
         for table in (self.planned_releases, self.fenced, self.stage_seen_at, self.switches, self.limits):
             table.pop(pipeline_id, None)
         self.admitted.discard(pipeline_id)
-        del self.pipelines[pipeline_id]
+        spec = self.pipelines.pop(pipeline_id)
+        key = (spec.tp, spec.infer.gpus)
+        if self._layouts.get(key) is not None and not any((p.tp, p.infer.gpus) == key for p in self.pipelines.values()):
+            del self._layouts[key]
+        self._registrations_changed()
         return cancelled
 
     def fence(self, pipeline_id: str, reason: str) -> list[PendingRequest]:
@@ -551,6 +567,35 @@ class SchedulerState:
     def in_transition(self) -> bool:
         return bool(self.moves)
 
+    def stage_gpus(self) -> dict[int, set[str]]:
+        """GPU -> pipelines whose stage mappings (every non-generation cluster) include it.
+        Computed once per set of registrations; callers must not change it."""
+        if self._stage_gpus is None:
+            out: dict[int, set[str]] = {}
+            for pid, spec in self.pipelines.items():
+                for name, cluster in spec.clusters.items():
+                    if name != ACTOR_INFER:
+                        for gpu in cluster.gpus:
+                            out.setdefault(gpu, set()).add(pid)
+            self._stage_gpus = out
+        return self._stage_gpus
+
+    def placements(self, pipeline_id: str) -> list[int]:
+        """Per generation DP rank of the pipeline: 0 when its bundle lies on the pipeline's own
+        stage GPUs, 1 on no stage's GPUs, 2 on another pipeline's stage GPUs (whose stage will
+        preempt that engine). Computed once per set of registrations."""
+        out = self._placements.get(pipeline_id)
+        if out is None:
+            stage_gpus = self.stage_gpus()
+            out = self._placements[pipeline_id] = [
+                _placement(pipeline_id, bundle, stage_gpus) for bundle in self.pipelines[pipeline_id].bundles
+            ]
+        return out
+
+    def _registrations_changed(self) -> None:
+        self._stage_gpus = None
+        self._placements.clear()
+
     # -- helpers ------------------------------------------------------------------------------------
 
     def _advance(self, flight: MoveInFlight) -> None:
@@ -696,6 +741,18 @@ class SchedulerState:
     @staticmethod
     def _gen_gpus(spec: PipelineSpec, ranks: Iterable[int]) -> tuple[int, ...]:
         return tuple(sorted(gpu for rank in ranks for gpu in spec.bundles[rank]))
+
+
+def _placement(pid: str, gpus: tuple[int, ...], stage_gpus: dict[int, set[str]]) -> int:
+    others = False
+    own = True
+    for gpu in gpus:
+        holders = stage_gpus.get(gpu)
+        if not holders or pid not in holders:
+            own = False
+        if holders and holders - {pid}:
+            others = True
+    return 0 if own else (2 if others else 1)
 
 
 def _contradiction(pid: str, ranks: set[int], waking: bool, outcome: ResizeOutcome) -> str | None:

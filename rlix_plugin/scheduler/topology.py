@@ -74,7 +74,7 @@ def _check_cluster(pool: PoolTopology, pipeline_id: str, name: str, spec: object
     for gpu in gpus:
         if not isinstance(gpu, int) or isinstance(gpu, bool) or not 0 <= gpu < pool.num_gpus:
             raise InvalidRequestError(f"{where}: GPU id {gpu!r} is out of range 0..{pool.num_gpus - 1}")
-    duplicates = sorted({g for g in gpus if gpus.count(g) > 1})
+    duplicates = sorted({g for g in gpus if gpus.count(g) > 1}) if len(set(gpus)) != len(gpus) else []
     if duplicates:
         raise InvalidRequestError(f"{where}: duplicate GPU ids {duplicates}")
     if len(gpus) % tp:

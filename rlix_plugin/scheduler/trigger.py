@@ -75,9 +75,12 @@ def next_deadline(state: SchedulerState, policy: Policy, now: float) -> float | 
         residency = RESIDENCY_FACTOR * state.estimates.switch_s(pid)
         if residency <= 0:
             continue
-        for woke in alloc.awake_since.values():
+        # The earliest residency still running: ends grow with wake times, so take the earliest
+        # wake whose end is still ahead.
+        woke = min((w for w in alloc.awake_since.values() if w + residency > now), default=None)
+        if woke is not None:
             end = woke + residency
-            if end > now and (deadline is None or end < deadline):
+            if deadline is None or end < deadline:
                 deadline = end
     return deadline
 

@@ -26,25 +26,30 @@ def _fail(invariant: str, detail: str) -> NoReturn:
 
 def validate_plan(state: SchedulerState, plan: Plan) -> None:
     """Raise :class:`PlanInvariantError` naming the first broken invariant; return None if the
-    plan may be started on ``state``."""
+    plan may be started on ``state``.
+
+    Each move's sleeps and wakes are checked a pipeline at a time with set operations; when one
+    fails, that pipeline's ranks are checked one by one to name the first bad rank."""
     owner = state.owner.copy()
-    idle_before = len(owner.idle())
-    freed = taken = 0
-    sleeping: set[tuple[str, int]] = set()
-    waking: set[tuple[str, int]] = set()
+    idle_before = owner.count_idle()
+    freed = taken = taken_freed = 0
+    sleeping: dict[str, set[int]] = {}
+    waking: dict[str, set[int]] = {}
     granted: set[str] = set()
     for index, move in enumerate(plan.moves):
         freed_here = _Freed(index)  # GPUs this move frees: only its own targets may take them
         for pid, ranks in move.sleeps.items():
             _check_generation(state, pid, ranks)
             alloc = state.generation[pid]
-            for rank in ranks:
-                if rank not in alloc.active or (pid, rank) in sleeping:
-                    _fail("sleep only awake workers", f"{pid} DP rank {rank} is not awake (or already moving)")
-                sleeping.add((pid, rank))
-                gpus = state.pipelines[pid].bundles[rank]
-                owner.hand_over(gpus, (pid, rank), freed_here)  # type: ignore[arg-type]
-                freed += len(gpus)
+            done = sleeping.setdefault(pid, set())
+            if not ranks <= alloc.active or not done.isdisjoint(ranks):
+                for rank in ranks:  # one by one, in order, to name the first failure
+                    if rank not in alloc.active or rank in done:
+                        _fail("sleep only awake workers", f"{pid} DP rank {rank} is not awake (or already moving)")
+                    done.add(rank)
+                    owner.hand_over(state.pipelines[pid].bundles[rank], (pid, rank), freed_here)  # type: ignore[arg-type]
+            done |= ranks
+            freed += owner.vacate(pid, ranks, state.pipelines[pid].bundles, freed_here)
         if move.grant is not None:
             request = state.pending.get(move.grant)
             if request is None:
@@ -57,7 +62,7 @@ def validate_plan(state: SchedulerState, plan: Plan) -> None:
             if tuple(move.grant_gpus) != tuple(expected):
                 _fail("fixed device mapping",
                       f"{move.grant!r} granted {list(move.grant_gpus)}, mapping is {list(expected)}")
-            _land(owner, move.grant_gpus, move.grant, freed_here)
+            taken_freed += _land(owner, move.grant_gpus, move.grant, freed_here)
             granted.add(move.grant)
             taken += len(move.grant_gpus)
         for pid, ranks in move.wakes.items():
@@ -66,16 +71,27 @@ def validate_plan(state: SchedulerState, plan: Plan) -> None:
             release = state.planned_releases.get(pid)
             if release is not None and release.drop_cluster:
                 _fail("no cluster both allocated and removed", f"{cluster_id(pid, ACTOR_INFER)!r} is being released")
-            for rank in ranks:
-                if (pid, rank) in sleeping:
-                    _fail("no sleep and wake of one rank in one plan", f"{pid} DP rank {rank}")
-                if rank in alloc.active or rank in alloc.waking or rank in alloc.sleeping or (pid, rank) in waking:
-                    _fail("wake only sleeping workers", f"{pid} DP rank {rank} is awake or already moving")
-                waking.add((pid, rank))
-                gpus = state.pipelines[pid].bundles[rank]
-                _land(owner, gpus, (pid, rank), freed_here)
-                taken += len(gpus)
-    idle_after = sum(1 for holder in owner if holder is None or isinstance(holder, _Freed))
+            asleep = sleeping.get(pid, set())
+            woken = waking.setdefault(pid, set())
+            if not (ranks.isdisjoint(asleep) and ranks.isdisjoint(alloc.active) and ranks.isdisjoint(woken)
+                    and alloc.waking.keys().isdisjoint(ranks) and alloc.sleeping.keys().isdisjoint(ranks)):
+                for rank in ranks:  # one by one, in order, to name the first failure
+                    if rank in asleep:
+                        _fail("no sleep and wake of one rank in one plan", f"{pid} DP rank {rank}")
+                    if rank in alloc.active or rank in alloc.waking or rank in alloc.sleeping or rank in woken:
+                        _fail("wake only sleeping workers", f"{pid} DP rank {rank} is awake or already moving")
+                    woken.add(rank)
+                    _land(owner, state.pipelines[pid].bundles[rank], (pid, rank), freed_here)
+            woken |= ranks
+            got, from_freed, clash = owner.occupy(pid, ranks, state.pipelines[pid].bundles, freed_here)
+            if clash is not None:
+                gpu, holder, current = clash
+                _fail("no GPU in two places",
+                      f"GPU {gpu} wanted by {describe(holder)} is held by {describe(current)}")  # type: ignore[arg-type]
+            taken += got
+            taken_freed += from_freed
+    # Every GPU a move froze and no target took is still marked freed: it counts as idle.
+    idle_after = owner.count_idle() + freed - taken_freed
     if idle_after != idle_before + freed - taken or len(owner) != state.pool.num_gpus:
         _fail("idle and allocated GPUs are the pool",
               f"{idle_before} idle + {freed} freed - {taken} taken != {idle_after} idle after")
@@ -93,14 +109,19 @@ class _Freed:
         return f"an engine falling asleep in move {self.index}"
 
 
-def _land(owner: Ownership, gpus: tuple[int, ...], holder: object, freed_here: _Freed) -> None:
-    """A target takes GPUs that are idle now, or that its own move frees."""
+def _land(owner: Ownership, gpus: tuple[int, ...], holder: object, freed_here: _Freed) -> int:
+    """A target takes GPUs that are idle now, or that its own move frees; returns how many of
+    them its move freed."""
+    from_freed = 0
     for gpu in gpus:
         current = owner[gpu]
-        if current is not None and current is not freed_here:
-            _fail("no GPU in two places",
-                  f"GPU {gpu} wanted by {describe(holder)} is held by {describe(current)}")  # type: ignore[arg-type]
+        if current is not None:
+            if current is not freed_here:
+                _fail("no GPU in two places",
+                      f"GPU {gpu} wanted by {describe(holder)} is held by {describe(current)}")  # type: ignore[arg-type]
+            from_freed += 1
         owner.set((gpu,), holder)  # type: ignore[arg-type]
+    return from_freed
 
 
 def check_state(state: SchedulerState) -> None:
@@ -156,6 +177,8 @@ def _check_generation(state: SchedulerState, pid: str, ranks: set[int]) -> None:
         _fail("referenced clusters exist", f"unknown pipeline {pid!r}")
     if pid not in state.generation:
         _fail("only generation clusters shrink or expand", f"{cluster_id(pid, ACTOR_INFER)!r} is not held")
+    if ranks and min(ranks) >= 0 and max(ranks) < spec.dp_size:
+        return
     bad = sorted(r for r in ranks if not 0 <= r < spec.dp_size)
     if bad:
         _fail("DP ranks within bounds", f"{pid} ranks {bad} outside 0..{spec.dp_size - 1}")

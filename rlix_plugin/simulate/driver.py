@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Protocol
 
-from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec, Priority, SwitchCosts
+from rlix_plugin.hookspecs import ACTOR_INFER, CLUSTER_NAMES, ClusterSpec, Priority, SwitchCosts
 from rlix_plugin.scheduler.core import SchedulerCore
 from rlix_plugin.scheduler.policy import Policy
 from rlix_plugin.scheduler.state import Fenced, ReleaseDone, ResizeAction, ResizeOutcome, Satisfied
@@ -21,6 +21,9 @@ from rlix_plugin.scheduler.topology import PoolTopology, cluster_id
 from rlix_plugin.scheduler.trigger import PROGRESS
 
 from .events import EventLoop, Timer
+
+
+_CLUSTERS = frozenset(CLUSTER_NAMES)
 
 
 class EngineModel(Protocol):
@@ -55,8 +58,13 @@ class SimulatedScheduler:
         self._changed("register")
 
     def unregister(self, pipeline_id: str) -> None:
+        """Remove a pipeline; its waiting callbacks are dropped, never called."""
         self.state.unregister(pipeline_id)
         self._engines.pop(pipeline_id, None)
+        self._released.pop(pipeline_id, None)
+        prefix = cluster_id(pipeline_id, "")
+        for key in [k for k in self._waiters if k.startswith(prefix) and k[len(prefix):] in _CLUSTERS]:
+            del self._waiters[key]
         self._changed("unregister")
 
     def request(self, pipeline_id: str, cluster: str, priority: int, step_target: int | None,
