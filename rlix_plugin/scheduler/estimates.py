@@ -103,6 +103,8 @@ class Estimates:
         entry.pending_engine_s = float(data["pending_engine_s"])
         entry.switches = int(data["switches"])
         entry.switch_gpu_s = float(data["switch_gpu_s"])
+        entry.update_switch()  # the estimates the planner reads follow the restored observations
+        entry.update_sample()
 
     # -- switches -------------------------------------------------------------------------------------
 

@@ -373,6 +373,7 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
                 surplus[peer] = max(surplus.get(peer, 0), held[peer] - 1)
                 if peer not in queues:
                     queues[peer] = _give_order(cycle, peer, stage_gpus)
+            cycle.version += 1  # victims remembered under the old surpluses no longer hold
             _take_from_donors(cycle, pid, 1, peers, surplus, queues, demand)
             for peer in peers:
                 target[peer] = min(target[peer], held[peer])

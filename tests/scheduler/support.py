@@ -70,8 +70,12 @@ def settle(state: SchedulerState, plan: Plan | None = None, policy: str = "gap_r
     return plan, satisfied
 
 
+IGNORED_FIELDS = ("clock", "_seq", "_move_ids", "_layouts", "_stage_gpus", "_placements")
+
+
 def plain(value: Any) -> Any:
-    """A comparable copy of state: objects become dicts of their fields (clocks and counters out)."""
+    """A comparable copy of state: objects become dicts of their fields (clocks, counters and the
+    state's memoized layouts and placements out: caches, rebuilt on demand)."""
     if value is None or isinstance(value, (int, float, str)):
         return value
     if isinstance(value, dict):
@@ -83,7 +87,7 @@ def plain(value: Any) -> Any:
         return plain(list(value.entries()))
     fields = getattr(value, "__dict__", None)
     if fields is not None:
-        return {k: plain(v) for k, v in fields.items() if k not in ("clock", "_seq", "_move_ids")}
+        return {k: plain(v) for k, v in fields.items() if k not in IGNORED_FIELDS}
     if hasattr(value, "__slots__"):
         return {k: plain(getattr(value, k)) for k in value.__slots__ if hasattr(value, k)}
     return value
