@@ -27,17 +27,21 @@ RATE_INTERVAL = "30s"
 
 
 class Prometheus:
-    """``prometheus`` scraping ``targets`` (host:port) every 250 ms, its data in ``folder``."""
+    """``prometheus`` scraping ``targets`` (host:port) every ``scrape_s`` seconds (each scrape may
+    take as long), its data in ``folder``."""
 
-    def __init__(self, folder: pathlib.Path, targets: Sequence[str]) -> None:
+    def __init__(self, folder: pathlib.Path, targets: Sequence[str], scrape_s: float = 0.25) -> None:
         assert PROMETHEUS is not None, SKIP_REASON
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = folder / "prometheus.yml"
         config.write_text(json.dumps({  # JSON is YAML
-            "global": {"scrape_interval": "250ms", "scrape_timeout": "200ms", "evaluation_interval": "1s"},
+            "global": {"scrape_interval": f"{round(scrape_s * 1000)}ms", "scrape_timeout": f"{round(scrape_s * 1000)}ms",
+                       "evaluation_interval": "1s"},
             "scrape_configs": [{"job_name": "rlix", "static_configs": [{"targets": list(targets)}]}],
         }))
+        #: Prometheus' own word on the last failed scrape of each target that is not up.
+        self.scrape_errors: dict[str, str] = {}
         self.log = (folder / "prometheus.log").open("w")
         self.process = subprocess.Popen(
             [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
@@ -65,7 +69,9 @@ class Prometheus:
     def targets_up(self) -> bool:
         answer = json.loads(urllib.request.urlopen(f"{self.url}/api/v1/targets", timeout=5).read())
         active = answer["data"]["activeTargets"]
-        return bool(active) and all(t["health"] == "up" for t in active)
+        self.scrape_errors = {t["scrapeUrl"]: f"{t['health']}: {t.get('lastError') or 'not scraped yet'}"
+                              for t in active if t["health"] != "up"}
+        return bool(active) and not self.scrape_errors
 
     def close(self) -> None:
         self.process.terminate()

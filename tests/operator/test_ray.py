@@ -286,9 +286,14 @@ def test_the_dashboard_page_shows_the_pool_in_a_real_browser(cluster, tmp_path):
 def test_the_grafana_queries_work_on_rays_endpoint(cluster, tmp_path):
     context, _ = cluster
     runs = [spawn("ray", {}, pid, train, train_s=0.1) for pid, train in (("q1", (0, 1)), ("q2", (2, 3)))]
-    prometheus = Prometheus(tmp_path, [endpoint(context)])
+    # Ray's endpoint (its dashboard agent) answers a scrape in tens of milliseconds on a quiet
+    # machine and in more than 200 ms on a loaded one: a scrape gets a whole second.
+    prometheus = Prometheus(tmp_path, [endpoint(context)], scrape_s=1.0)
     try:
-        wait_until(prometheus.targets_up, 30, "Prometheus scraping Ray's endpoint", interval_s=0.1)
+        try:
+            wait_until(prometheus.targets_up, 60, "Prometheus scraping Ray's endpoint", interval_s=0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {prometheus.scrape_errors}") from None
         missing = wait_answered(prometheus)
         assert not missing, "queries without series on Ray's endpoint:\n" + "\n".join(missing)
     finally:

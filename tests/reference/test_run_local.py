@@ -3,6 +3,8 @@ sample is generated on-policy by an awake engine, and nothing stalls."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from rlix_plugin.hookspecs import InvalidRequestError
@@ -21,15 +23,21 @@ def test_seed_scenario_both_pipelines_finish_and_learn():
 
 
 def test_with_instant_switches_the_seed_pipelines_generate_on_each_others_gpus():
-    # With switches that cost nothing, the idle tail engines of one pipeline go to the other.
-    scenario = bundled_scenario("seed").with_switch_costs(0.0)
+    # With switches that cost nothing, GPUs one pipeline has no use for go to the other. The two
+    # pipelines are staggered so that this happens whatever the machine's load: P1 rolls out alone
+    # until P2 starts, and P2 alone once P1 has finished its three rollouts. (Run in lockstep, as the
+    # bundled scenario is, each keeps its own half almost all the time under `finish_first`, and
+    # whether either strays onto the other's half at all is a matter of milliseconds.)
+    seed = bundled_scenario("seed").with_switch_costs(0.0)
+    p1, p2 = seed.pipelines
+    scenario = seed.with_pipelines((replace(p1, rollouts=3), replace(p2, start_delay_seconds=1.0)))
     result = run_scenario(scenario, RunOptions(time_scale=TIME_SCALE, stall_timeout_s=5.0))
     check_learned_and_complete(result, scenario)
     assert result.switch_gpu_s == 0.0
     # Both generated on GPUs the other trains on at some point: the pool was really shared.
     spans = result.recorder.gpu_intervals()
     for pipeline, other_train in (("P1", (2, 3)), ("P2", (0, 1))):
-        assert any(h[0] == pipeline and h[1] == "infer" for g in other_train for _, _, h in spans[g])
+        assert any(h[0] == pipeline and h[1] == "infer" for g in other_train for _, _, h in spans[g]), pipeline
     assert all(m.max_stall_s < 5.0 for m in result.pipelines.values())
 
 
