@@ -45,14 +45,25 @@ def _paced_bumps(hooks: Hooks, pids: list[str], rate: float, duration: float) ->
     return sent, time.perf_counter() - start
 
 
-def run_ray(calls: int, repeat: int, rate: float, duration: float, pipelines: int,
-            ns_per_call: Callable[[Hooks, int, int], float]) -> dict[str, Any]:
+def run_ray(
+    calls: int,
+    repeat: int,
+    rate: float,
+    duration: float,
+    pipelines: int,
+    ns_per_call: Callable[[Hooks, int, int], float],
+) -> dict[str, Any]:
     import ray
 
     from rlix_plugin.ray import connect
 
-    ray.init(num_cpus=2, num_gpus=max(4, pipelines), include_dashboard=False, logging_level="ERROR",
-             object_store_memory=80 * 1024 * 1024)
+    ray.init(
+        num_cpus=2,
+        num_gpus=max(4, pipelines),
+        include_dashboard=False,
+        logging_level="ERROR",
+        object_store_memory=80 * 1024 * 1024,
+    )
     try:
         client = connect(num_gpus=max(4, pipelines), gpus_per_node=max(4, pipelines))
         pm = get_plugin_manager("ray", backend_options={"client": client}, autoload=False)
@@ -74,8 +85,9 @@ def run_ray(calls: int, repeat: int, rate: float, duration: float, pipelines: in
         snap = client.snapshot()
         reports = sum(snap["progress_reports"][pid] - before.get(pid, 0) for pid in pids)
         # Every bump is counted: the timed ones went to p0, the paced ones round robin.
-        expected = {pid: len(range(i, bumps, pipelines)) + (calls * repeat if i == 0 else 0)
-                    for i, pid in enumerate(pids)}
+        expected = {
+            pid: len(range(i, bumps, pipelines)) + (calls * repeat if i == 0 else 0) for i, pid in enumerate(pids)
+        }
         completed = {pid: snap["pipelines"][pid]["progress"][0]["completed"] for pid in pids}
         for pid in pids:
             hooks.end_progress_batch(pipeline_id=pid)

@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 from _stats import latency_figures
-
 from reaction import InstantEngines  # the same instant supply side as the in-process run
 
 from rlix_plugin import Hooks, get_plugin_manager
@@ -34,8 +33,9 @@ def run_ray(pipelines: int, trials: int) -> dict[str, object]:
     from rlix_plugin.ray import connect
 
     gpus = 2 * pipelines
-    ray.init(num_cpus=2, num_gpus=gpus, include_dashboard=False, logging_level="ERROR",
-             object_store_memory=80 * 1024 * 1024)
+    ray.init(
+        num_cpus=2, num_gpus=gpus, include_dashboard=False, logging_level="ERROR", object_store_memory=80 * 1024 * 1024
+    )
     try:
         client = connect(num_gpus=gpus, gpus_per_node=gpus)
         pm = get_plugin_manager("ray", backend_options={"client": client}, autoload=False)

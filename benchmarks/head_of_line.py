@@ -23,10 +23,10 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _stats import emit, latency_figures  # noqa: E402
+from _stats import emit, latency_figures
 
-from rlix_plugin import Hooks, get_plugin_manager, hookimpl  # noqa: E402
-from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, Priority  # noqa: E402
+from rlix_plugin import Hooks, get_plugin_manager, hookimpl
+from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, Priority
 
 TARGET_P99_MS = {"local": 50.0, "ray": 100.0}
 
@@ -58,14 +58,15 @@ def measure(make_manager: Any, trials: int, resize_s: float) -> list[float]:
     slow_engines, fast_engines = Engines("slow", resize_s), Engines("fast", 0.0)
     slow, fast = make_manager(slow_engines), make_manager(fast_engines)
     slow.register_pipeline(pipeline_id="slow", clusters={ACTOR_INFER: ClusterSpec(1, (4, 5))})
-    fast.register_pipeline(pipeline_id="fast", clusters={
-        ACTOR_INFER: ClusterSpec(1, (2, 3)), ACTOR_TRAIN: ClusterSpec(2, (0, 1))})
+    fast.register_pipeline(
+        pipeline_id="fast", clusters={ACTOR_INFER: ClusterSpec(1, (2, 3)), ACTOR_TRAIN: ClusterSpec(2, (0, 1))}
+    )
     latencies: list[float] = []
     try:
         while len(latencies) < trials:
             errors: list[BaseException] = []
 
-            def demand() -> None:
+            def demand(errors: list[BaseException] = errors) -> None:
                 try:
                     slow.signal_demand(pipeline_id="slow", rollout_id=0, step_target=8, timeout_s=resize_s + 30)
                 except BaseException as exc:  # reported below, in the main thread
@@ -77,8 +78,9 @@ def measure(make_manager: Any, trials: int, resize_s: float) -> list[float]:
                 raise RuntimeError(f"the slow pipeline's wake never started: {errors}")
             while slow_engines.waking.is_set() and len(latencies) < trials:
                 start = time.perf_counter()
-                grant = fast.request_gpus(pipeline_id="fast", cluster=ACTOR_TRAIN,
-                                          priority=Priority.ACTOR_TRAINING, timeout_s=30)
+                grant = fast.request_gpus(
+                    pipeline_id="fast", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=30
+                )
                 elapsed = (time.perf_counter() - start) * 1e3
                 during = slow_engines.waking.is_set()
                 fast.release(pipeline_id="fast", cluster=ACTOR_TRAIN)

@@ -21,9 +21,9 @@ import timeit
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _stats import emit, median  # noqa: E402
+from _stats import emit, median
 
-from rlix_plugin import Hooks, get_plugin_manager, hookimpl  # noqa: E402
+from rlix_plugin import Hooks, get_plugin_manager, hookimpl
 
 
 class CountingPlugin:
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.backend == "ray":
-        from _hook_overhead_ray import run_ray  # noqa: PLC0415  (imports ray only when asked)
+        from _hook_overhead_ray import run_ray
 
         emit(run_ray(args.calls, args.repeat, args.rate, args.duration, args.pipelines, ns_per_call), args.json)
         return
@@ -70,7 +70,10 @@ def main() -> None:
 
     plain = Plain().bump_completed
     plain_ns = median(
-        [t / args.calls * 1e9 for t in timeit.Timer("f(pipeline_id='p0', count=1)", globals={"f": plain}).repeat(args.repeat, args.calls)]
+        [
+            t / args.calls * 1e9
+            for t in timeit.Timer("f(pipeline_id='p0', count=1)", globals={"f": plain}).repeat(args.repeat, args.calls)
+        ]
     )
     noop_ns = ns_per_call(noop, args.calls, args.repeat)
     plugin_ns = ns_per_call(recording, args.calls, args.repeat)

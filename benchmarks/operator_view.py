@@ -24,16 +24,16 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _stats import emit, median  # noqa: E402
+from _stats import emit, median
 
-from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec, Priority  # noqa: E402
-from rlix_plugin.metrics.values import Recorder, Tally, snapshot_gauges  # noqa: E402
-from rlix_plugin.scheduler.journal import Journal  # noqa: E402
-from rlix_plugin.scheduler.plan import IDLE, Move, Plan  # noqa: E402
-from rlix_plugin.scheduler.planner import plan_cycle  # noqa: E402
-from rlix_plugin.scheduler.report import snapshot  # noqa: E402
-from rlix_plugin.scheduler.state import ResizeOutcome, SchedulerState  # noqa: E402
-from rlix_plugin.scheduler.topology import PoolTopology  # noqa: E402
+from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec, Priority
+from rlix_plugin.metrics.values import Recorder, Tally, snapshot_gauges
+from rlix_plugin.scheduler.journal import Journal
+from rlix_plugin.scheduler.plan import IDLE, Move, Plan
+from rlix_plugin.scheduler.planner import plan_cycle
+from rlix_plugin.scheduler.report import snapshot
+from rlix_plugin.scheduler.state import ResizeOutcome, SchedulerState
+from rlix_plugin.scheduler.topology import PoolTopology
 
 STEP = 512
 
@@ -76,15 +76,17 @@ def main() -> None:
     recorder = Recorder(Tally())
     journal.log.listeners.append(recorder.decided)
     journal.changed("register", None)  # the first sight of every pipeline and its demand
-    runs: dict[str, list[float]] = {k: [] for k in
-                                    ("journal_progress_ns", "journal_change_ns", "decision_ns", "snapshot_ms",
-                                     "gauges_ms", "plan_ms")}
+    runs: dict[str, list[float]] = {
+        k: []
+        for k in ("journal_progress_ns", "journal_change_ns", "decision_ns", "snapshot_ms", "gauges_ms", "plan_ms")
+    }
     snap = snapshot(state)
     for _ in range(args.repeat):
         runs["journal_progress_ns"].append(per_call_ns(lambda: journal.changed("progress", "p1"), args.calls))
         runs["journal_change_ns"].append(per_call_ns(lambda: journal.changed("request", None), args.calls))
-        runs["decision_ns"].append(per_call_ns(
-            lambda: journal._engines("donate", "p1", (1,), "donated to p2", {"to": "p2"}), args.calls))
+        runs["decision_ns"].append(
+            per_call_ns(lambda: journal._engines("donate", "p1", (1,), "donated to p2", {"to": "p2"}), args.calls)
+        )
         runs["snapshot_ms"].append(per_call_ns(lambda: snapshot(state), 20) / 1e6)
         runs["gauges_ms"].append(per_call_ns(lambda: snapshot_gauges(snap), 20) / 1e6)
         runs["plan_ms"].append(per_call_ns(lambda: plan_cycle(state), 5) / 1e6)

@@ -23,15 +23,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _stats import emit, median  # noqa: E402
+from _stats import emit, median
 
-from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec, Priority  # noqa: E402
-from rlix_plugin.scheduler.plan import IDLE, Move, Plan  # noqa: E402
-from rlix_plugin.scheduler.planner import plan_cycle  # noqa: E402
-from rlix_plugin.scheduler.policy import POLICIES  # noqa: E402
-from rlix_plugin.scheduler.state import ResizeOutcome, SchedulerState  # noqa: E402
-from rlix_plugin.scheduler.topology import PoolTopology  # noqa: E402
-from rlix_plugin.scheduler.validation import validate_plan  # noqa: E402
+from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec, Priority
+from rlix_plugin.scheduler.plan import IDLE, Move, Plan
+from rlix_plugin.scheduler.planner import plan_cycle
+from rlix_plugin.scheduler.policy import POLICIES
+from rlix_plugin.scheduler.state import ResizeOutcome, SchedulerState
+from rlix_plugin.scheduler.topology import PoolTopology
+from rlix_plugin.scheduler.validation import validate_plan
 
 STEP = 512
 

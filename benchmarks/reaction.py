@@ -20,10 +20,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _stats import emit, latency_figures  # noqa: E402
+from _stats import emit, latency_figures
 
-from rlix_plugin import Hooks, get_plugin_manager, hookimpl  # noqa: E402
-from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec  # noqa: E402
+from rlix_plugin import Hooks, get_plugin_manager, hookimpl
+from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec
 
 
 class InstantEngines:
@@ -93,7 +93,7 @@ def main() -> None:
     if args.backend == "local":
         result = run_local(args.pipelines, args.trials)
     else:
-        from _reaction_ray import run_ray  # noqa: PLC0415  (imports ray only when asked)
+        from _reaction_ray import run_ray
 
         result = run_ray(args.pipelines, args.trials)
     emit(result, args.json)

@@ -32,10 +32,10 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _stats import emit, median  # noqa: E402
+from _stats import emit, median
 
-from rlix_plugin import Hooks, get_plugin_manager, hookimpl  # noqa: E402
-from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, Priority  # noqa: E402
+from rlix_plugin import Hooks, get_plugin_manager, hookimpl
+from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, Priority
 
 CLUSTERS = {
     "hung": {ACTOR_INFER: ClusterSpec(1, (0, 1, 2, 3)), ACTOR_TRAIN: ClusterSpec(2, (0, 1))},
@@ -80,8 +80,12 @@ def local_once(resize_timeout_s: float, grace_s: float) -> float:
         neighbour.register_pipeline(pipeline_id="neighbour", clusters=CLUSTERS["neighbour"])
         sick.signal_demand(pipeline_id="hung", rollout_id=0, step_target=8, timeout_s=10)
         started = time.monotonic()
-        neighbour.request_gpus(pipeline_id="neighbour", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING,
-                               timeout_s=resize_timeout_s + grace_s + 60)
+        neighbour.request_gpus(
+            pipeline_id="neighbour",
+            cluster=ACTOR_TRAIN,
+            priority=Priority.ACTOR_TRAINING,
+            timeout_s=resize_timeout_s + grace_s + 60,
+        )
         return time.monotonic() - started
     finally:
         stuck.release.set()
@@ -102,8 +106,13 @@ def ray_once(ask: bool, resize_timeout_s: float, liveness_s: float, grace_s: flo
         except ValueError:
             pass
     time.sleep(0.5)  # let the names go (a fresh scheduler per run: no state carried over)
-    client = connect(num_gpus=4, gpus_per_node=4, resize_timeout_s=resize_timeout_s,
-                     liveness_timeout_s=liveness_s, fence_grace_s=grace_s)
+    client = connect(
+        num_gpus=4,
+        gpus_per_node=4,
+        resize_timeout_s=resize_timeout_s,
+        liveness_timeout_s=liveness_s,
+        fence_grace_s=grace_s,
+    )
 
     @ray.remote(num_cpus=0)
     class Pipeline:
@@ -123,8 +132,12 @@ def ray_once(ask: bool, resize_timeout_s: float, liveness_s: float, grace_s: flo
     started = time.monotonic()
     try:
         if ask:
-            neighbour.request_gpus(pipeline_id="neighbour", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING,
-                                   timeout_s=resize_timeout_s + liveness_s + grace_s + 60)
+            neighbour.request_gpus(
+                pipeline_id="neighbour",
+                cluster=ACTOR_TRAIN,
+                priority=Priority.ACTOR_TRAINING,
+                timeout_s=resize_timeout_s + liveness_s + grace_s + 60,
+            )
         else:
             deadline = started + liveness_s + grace_s + 60
             while "hung" not in client.snapshot()["reclaimed"]:
@@ -158,22 +171,27 @@ def main() -> None:
     parser.add_argument("--grace", type=float, default=2.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result: dict[str, Any] = {"resize_timeout_s": args.resize_timeout, "liveness_timeout_s": args.liveness_timeout,
-                              "grace_s": args.grace, "repeat": args.repeat}
+    result: dict[str, Any] = {
+        "resize_timeout_s": args.resize_timeout,
+        "liveness_timeout_s": args.liveness_timeout,
+        "grace_s": args.grace,
+        "repeat": args.repeat,
+    }
     if args.backend in ("local", "both"):
         samples = [local_once(args.resize_timeout, args.grace) for _ in range(args.repeat)]
         result["local_waited"] = figures(samples, args.resize_timeout + args.grace)
     if args.backend in ("ray", "both"):
         import ray
 
-        ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, logging_level="ERROR",
-                 object_store_memory=80 * 1024 * 1024)
+        ray.init(
+            num_cpus=2, num_gpus=4, include_dashboard=False, logging_level="ERROR", object_store_memory=80 * 1024 * 1024
+        )
         try:
-            waited = [ray_once(True, args.resize_timeout, args.liveness_timeout, args.grace)
-                      for _ in range(args.repeat)]
+            waited = [
+                ray_once(True, args.resize_timeout, args.liveness_timeout, args.grace) for _ in range(args.repeat)
+            ]
             result["ray_waited"] = figures(waited, min(args.resize_timeout, args.liveness_timeout) + args.grace)
-            idle = [ray_once(False, args.resize_timeout, args.liveness_timeout, args.grace)
-                    for _ in range(args.repeat)]
+            idle = [ray_once(False, args.resize_timeout, args.liveness_timeout, args.grace) for _ in range(args.repeat)]
             result["ray_idle"] = figures(idle, args.liveness_timeout + args.grace)
         finally:
             ray.shutdown()

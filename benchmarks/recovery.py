@@ -42,8 +42,14 @@ from rlix_plugin.reference.scenario import bundled_scenario
 from rlix_plugin.testing.chaos import Kill, SchedulerKiller
 
 #: Workers' logs stay in Ray's log files: stdout is the JSON.
-INIT_OPTIONS = {"num_cpus": 2, "num_gpus": 4, "include_dashboard": False, "logging_level": "ERROR",
-                "object_store_memory": 80 * 1024 * 1024, "log_to_driver": False}
+INIT_OPTIONS = {
+    "num_cpus": 2,
+    "num_gpus": 4,
+    "include_dashboard": False,
+    "logging_level": "ERROR",
+    "object_store_memory": 80 * 1024 * 1024,
+    "log_to_driver": False,
+}
 
 
 def _killer(args: argparse.Namespace, kills: list[Kill], done: threading.Event, errors: list[str]) -> None:
@@ -87,19 +93,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             thread.start()
             before = len(kills)
             try:
-                result = execute(scenario, RunOptions(backend="ray", time_scale=args.time_scale, stall_timeout_s=30.0,
-                                                      timeout_s=300.0, resize_timeout_s=20.0))
+                result = execute(
+                    scenario,
+                    RunOptions(
+                        backend="ray",
+                        time_scale=args.time_scale,
+                        stall_timeout_s=30.0,
+                        timeout_s=300.0,
+                        resize_timeout_s=20.0,
+                    ),
+                )
             finally:
                 done.set()
                 thread.join(120)
-            runs.append({
-                "ok": result.ok,
-                "kills": len(kills) - before,
-                "rollouts": {n: m.rollouts_completed for n, m in result.pipelines.items()},
-                "double_holds": len(result.recorder.double_holds),
-                "wall_s": round(result.wall_s, 3),
-                "errors": result.errors[:3],
-            })
+            runs.append(
+                {
+                    "ok": result.ok,
+                    "kills": len(kills) - before,
+                    "rollouts": {n: m.rollouts_completed for n, m in result.pipelines.items()},
+                    "double_holds": len(result.recorder.double_holds),
+                    "wall_s": round(result.wall_s, 3),
+                    "errors": result.errors[:3],
+                }
+            )
     finally:
         ray.shutdown()
     expected = sum(p.rollouts for p in scenario.pipelines)
@@ -120,10 +136,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("restored_s", "recovered_s", "answered_s"):
         values = [getattr(k, name) for k in kills]
         if values:
-            figures[name] = {"p50": round(median(values), 3), "p99": round(percentile(values, 99), 3),
-                             "max": round(max(values), 3)}
-    figures["target_met"] = bool(recovered) and percentile(recovered, 99) <= 2.0 and figures["double_holds"] == 0 \
-        and figures["rollouts_lost"] == 0 and figures["runs_ok"] == len(runs)
+            figures[name] = {
+                "p50": round(median(values), 3),
+                "p99": round(percentile(values, 99), 3),
+                "max": round(max(values), 3),
+            }
+    figures["target_met"] = (
+        bool(recovered)
+        and percentile(recovered, 99) <= 2.0
+        and figures["double_holds"] == 0
+        and figures["rollouts_lost"] == 0
+        and figures["runs_ok"] == len(runs)
+    )
     return figures
 
 

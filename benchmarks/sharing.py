@@ -32,13 +32,13 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _stats import emit, median  # noqa: E402
+from _stats import emit, median
 
-from rlix_plugin.reference.runner import RunOptions, execute  # noqa: E402
-from rlix_plugin.reference.scenario import Scenario, bundled_scenario, bundled_scenarios  # noqa: E402
-from rlix_plugin.reference.static import static_partition  # noqa: E402
-from rlix_plugin.reference.workload import lower_bound  # noqa: E402
-from rlix_plugin.scheduler.policy import POLICIES  # noqa: E402
+from rlix_plugin.reference.runner import RunOptions, execute
+from rlix_plugin.reference.scenario import Scenario, bundled_scenario, bundled_scenarios
+from rlix_plugin.reference.static import static_partition
+from rlix_plugin.reference.workload import lower_bound
+from rlix_plugin.scheduler.policy import POLICIES
 
 
 def forced_switches_per_rollout(scenario: Scenario) -> float:
@@ -99,8 +99,10 @@ def main() -> None:
     scenarios = {}
     for name in names:
         levels = {f"x{factor:g}": measure(name, factor, args.repeat, policies) for factor in factors}
-        scenarios[name] = {"forced_switches_per_rollout": forced_switches_per_rollout(bundled_scenario(name)),
-                           "costs": levels}
+        scenarios[name] = {
+            "forced_switches_per_rollout": forced_switches_per_rollout(bundled_scenario(name)),
+            "costs": levels,
+        }
     emit({"repeat": args.repeat, "policies": policies, "scenarios": scenarios}, args.json)
 
 

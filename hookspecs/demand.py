@@ -21,9 +21,7 @@ if TYPE_CHECKING:
 
 
 @hookspec(firstresult=True)
-def rlix_signal_demand(
-    pipeline_id: str, rollout_id: int, step_target: int, timeout_s: float
-) -> Grant | None:
+def rlix_signal_demand(pipeline_id: str, rollout_id: int, step_target: int, timeout_s: float) -> Grant | None:
     """Pre-signal rollout demand and wait until the pipeline can generate.
 
     Called before the rollout function dispatches anything, once per rollout. It writes the
@@ -109,9 +107,7 @@ def rlix_end_progress_batch(pipeline_id: str, mode: str, adapter_id: str | None)
 
 
 @hookspec
-def rlix_report_preempt(
-    pipeline_id: str, dp_rank: int, worker_url: str | None, retracted: int
-) -> None:
+def rlix_report_preempt(pipeline_id: str, dp_rank: int, worker_url: str | None, retracted: int) -> None:
     """An engine was put to sleep while it was generating; its in-flight samples were retracted.
 
     Called by the framework after it retracted the work (so it can be re-dispatched elsewhere).

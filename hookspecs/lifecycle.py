@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 
 @hookspec
 def rlix_register_pipeline(
-    pipeline_id: str, clusters: Mapping[str, ClusterSpec], switch_costs: SwitchCosts | None,
+    pipeline_id: str,
+    clusters: Mapping[str, ClusterSpec],
+    switch_costs: SwitchCosts | None,
     limits: PipelineLimits | None,
 ) -> None:
     """Register and admit a pipeline before it requests any GPU.

@@ -25,7 +25,12 @@ def pipeline_id(value: object, name: str = "pipeline_id") -> str:
 
 def integer(value: object, name: str, minimum: int, maximum: int | None = None) -> int:
     """An int (not a bool, not a float, not a string) in ``[minimum, maximum]``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum is not None and value > maximum):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
         bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
         raise InvalidRequestError(f"{name} must be an int {bound}, got {value!r}")
     return value
@@ -37,8 +42,13 @@ def optional_integer(value: object, name: str, minimum: int) -> int | None:
 
 def timeout(value: object, name: str = "timeout_s") -> float:
     """A finite number of seconds in (0, one week]."""
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
-            or math.isinf(value) or value > MAX_TIMEOUT_S):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not value > 0
+        or math.isinf(value)
+        or value > MAX_TIMEOUT_S
+    ):
         raise InvalidRequestError(f"{name} must be a finite number > 0 and <= {MAX_TIMEOUT_S:.0f}, got {value!r}")
     return float(value)
 

@@ -27,9 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="rlix-plugin", description="Share one GPU pool among several RL training pipelines."
-    )
+    parser = _Parser(prog="rlix-plugin", description="Share one GPU pool among several RL training pipelines.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for module in COMMANDS:
         importlib.import_module(module).add_parser(commands)

@@ -60,7 +60,11 @@ class Hooks:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def register_pipeline(
-        self, *, pipeline_id: str, clusters: Mapping[str, ClusterSpec], switch_costs: SwitchCosts | None = None,
+        self,
+        *,
+        pipeline_id: str,
+        clusters: Mapping[str, ClusterSpec],
+        switch_costs: SwitchCosts | None = None,
         limits: PipelineLimits | None = None,
     ) -> None:
         self._hook.rlix_register_pipeline(
@@ -125,9 +129,7 @@ class Hooks:
                 count=count,
             )
 
-    def end_progress_batch(
-        self, *, pipeline_id: str, mode: str = MODE_FULL, adapter_id: str | None = None
-    ) -> None:
+    def end_progress_batch(self, *, pipeline_id: str, mode: str = MODE_FULL, adapter_id: str | None = None) -> None:
         call = self._end
         if call is not None:
             call(pipeline_id=pipeline_id, mode=mode, adapter_id=adapter_id)

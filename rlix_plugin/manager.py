@@ -95,9 +95,7 @@ class RlixPluginManager(pluggy.PluginManager):
         for listener in list(self._listeners):
             listener.refresh()
 
-    def register(
-        self, plugin: object, name: str | None = None, origin: PluginOrigin | None = None
-    ) -> str | None:
+    def register(self, plugin: object, name: str | None = None, origin: PluginOrigin | None = None) -> str | None:
         registered = super().register(plugin, name)
         if registered is not None:
             self.origins[registered] = origin or PluginOrigin("registered", _describe(plugin))
@@ -113,9 +111,7 @@ class RlixPluginManager(pluggy.PluginManager):
         self._changed()
         return removed
 
-    def add_hookcall_monitoring(
-        self, before: Callable[..., None], after: Callable[..., None]
-    ) -> Callable[[], None]:
+    def add_hookcall_monitoring(self, before: Callable[..., None], after: Callable[..., None]) -> Callable[[], None]:
         undo = super().add_hookcall_monitoring(before, after)
         self._monitors += 1
         self._changed()
@@ -170,9 +166,7 @@ def _check_plugin_hooks(pm: RlixPluginManager, name: str) -> None:
     plugin = pm.get_plugin(name)
     for caller in pm.get_hookcallers(plugin) or []:
         if caller.spec is None:
-            raise pluggy.PluginValidationError(
-                plugin, f"plugin {name!r} implements unknown hook {caller.name!r}"
-            )
+            raise pluggy.PluginValidationError(plugin, f"plugin {name!r} implements unknown hook {caller.name!r}")
 
 
 def _load_entry_points(pm: RlixPluginManager, strict: bool) -> None:

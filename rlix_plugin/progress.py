@@ -21,7 +21,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-
 log = logging.getLogger(__name__)
 
 BEGIN, PROGRESS, END = "begin", "progress", "end"
@@ -71,8 +70,15 @@ class ProgressCoalescer:
 
     # -- caller side (hot) ----------------------------------------------------------------------
 
-    def begin(self, pipeline_id: str, mode: str, adapter_id: str | None, target_weight_version: int,
-              step_target: int, initial_completed: int) -> None:
+    def begin(
+        self,
+        pipeline_id: str,
+        mode: str,
+        adapter_id: str | None,
+        target_weight_version: int,
+        step_target: int,
+        initial_completed: int,
+    ) -> None:
         key = (pipeline_id, mode, adapter_id)
         with self._lock:
             # A begin on a stream whose end never came replaces the stale batch.
@@ -118,7 +124,9 @@ class ProgressCoalescer:
             first = key not in self._lost
             self._lost.add(key)  # type: ignore[arg-type]
         if first:
-            log.warning("progress signal lost for pipeline %r (%s): %s; the rollout continues", pipeline_id, what, error)
+            log.warning(
+                "progress signal lost for pipeline %r (%s): %s; the rollout continues", pipeline_id, what, error
+            )
 
     def forget(self, pipeline_id: str) -> None:
         """Drop every open stream of a pipeline (its generation cluster was released)."""
@@ -155,8 +163,9 @@ class ProgressCoalescer:
             self._thread.start()
 
     def _report(self, kind: str, key: tuple[str, str, str | None], stream: _Stream) -> ProgressReport:
-        return ProgressReport(kind, key[0], key[1], key[2], stream.step_target,
-                              min(stream.completed, stream.step_target), stream.version)
+        return ProgressReport(
+            kind, key[0], key[1], key[2], stream.step_target, min(stream.completed, stream.step_target), stream.version
+        )
 
     def _run(self) -> None:
         while True:
@@ -203,8 +212,12 @@ class ProgressCoalescer:
                 first = key not in self._lost
                 self._lost.add(key)
             if first:
-                log.warning("progress signal lost for pipeline %s (%s): %r; the rollout continues",
-                            report.pipeline_id, report.kind, exc)
+                log.warning(
+                    "progress signal lost for pipeline %s (%s): %r; the rollout continues",
+                    report.pipeline_id,
+                    report.kind,
+                    exc,
+                )
 
 
 __all__ = ["BEGIN", "END", "PROGRESS", "ProgressCoalescer", "ProgressReport"]

@@ -68,11 +68,13 @@ class PipelineSession:
         """Register the pipeline with the scheduler (once; later calls do nothing)."""
         if self._registered:
             return
-        self.hooks.register_pipeline(pipeline_id=self.pipeline_id, clusters=self.clusters,
-                                     switch_costs=self.switch_costs, limits=self.limits)
+        self.hooks.register_pipeline(
+            pipeline_id=self.pipeline_id, clusters=self.clusters, switch_costs=self.switch_costs, limits=self.limits
+        )
         self._registered = True
         log.info(
-            "rlix: pipeline %r registered (%s)", self.pipeline_id,
+            "rlix: pipeline %r registered (%s)",
+            self.pipeline_id,
             "; ".join(f"{name}: tp={spec.tp_size} gpus={list(spec.gpus)}" for name, spec in self.clusters.items()),
         )
 
@@ -88,21 +90,35 @@ class PipelineSession:
     def signal_demand(self, rollout_id: int, step_target: int) -> Grant:
         """Pre-signal rollout ``rollout_id`` of ``step_target`` samples and block until at least
         one engine of the pipeline is awake (see ``rlix_signal_demand``)."""
-        grant = self.hooks.signal_demand(pipeline_id=self.pipeline_id, rollout_id=rollout_id,
-                                         step_target=step_target, timeout_s=self.timeout_s)
+        grant = self.hooks.signal_demand(
+            pipeline_id=self.pipeline_id, rollout_id=rollout_id, step_target=step_target, timeout_s=self.timeout_s
+        )
         if grant.scheduled:
-            log.info("rlix: rollout %d of %r may start: DP ranks %s awake after %.2fs (demand %d samples)",
-                     rollout_id, self.pipeline_id, list(grant.dp_ranks), grant.waited_s, step_target)
+            log.info(
+                "rlix: rollout %d of %r may start: DP ranks %s awake after %.2fs (demand %d samples)",
+                rollout_id,
+                self.pipeline_id,
+                list(grant.dp_ranks),
+                grant.waited_s,
+                step_target,
+            )
         return grant
 
     def acquire(self, cluster: str, priority: int) -> Grant:
         """Block until ``cluster``'s GPUs are granted at ``priority``; release with
         :meth:`release` in a ``finally``."""
-        grant = self.hooks.request_gpus(pipeline_id=self.pipeline_id, cluster=cluster, priority=priority,
-                                        timeout_s=self.timeout_s)
+        grant = self.hooks.request_gpus(
+            pipeline_id=self.pipeline_id, cluster=cluster, priority=priority, timeout_s=self.timeout_s
+        )
         if grant.scheduled:
-            log.info("rlix: %r got %s (GPUs %s) at priority %d after %.2fs", self.pipeline_id, cluster,
-                     list(grant.gpus), int(priority), grant.waited_s)
+            log.info(
+                "rlix: %r got %s (GPUs %s) at priority %d after %.2fs",
+                self.pipeline_id,
+                cluster,
+                list(grant.gpus),
+                int(priority),
+                grant.waited_s,
+            )
         return grant
 
     def release(self, cluster: str) -> None:
@@ -124,10 +140,14 @@ class PipelineSession:
         if was_registered:
             steps += self.closing_steps()
             steps.append((f"release {ACTOR_INFER}", lambda: self.release(ACTOR_INFER)))
-            steps += [(f"release {name}", lambda name=name: self.release(name))  # type: ignore[misc]
-                      for name in self.clusters if name != ACTOR_INFER]
-            steps.append(("unregister", lambda: self.hooks.unregister_pipeline(pipeline_id=self.pipeline_id,
-                                                                             reason=reason)))
+            steps += [
+                (f"release {name}", lambda name=name: self.release(name))  # type: ignore[misc]
+                for name in self.clusters
+                if name != ACTOR_INFER
+            ]
+            steps.append(
+                ("unregister", lambda: self.hooks.unregister_pipeline(pipeline_id=self.pipeline_id, reason=reason))
+            )
         steps += self.closed_steps()
         first: Exception | None = None
         for what, step in steps:

@@ -29,18 +29,19 @@ import os
 import threading
 from typing import Any
 
-
 log = logging.getLogger(__name__)
 
 #: Manager methods the channel runs (nothing else: it is not a general RPC).
-CHANNEL_METHODS = frozenset({
-    "get_engine_count",
-    "get_engine_states",
-    "shrink_engines",
-    "expand_engines",
-    "set_weight_version",
-    "activate_routing",
-})
+CHANNEL_METHODS = frozenset(
+    {
+        "get_engine_count",
+        "get_engine_states",
+        "shrink_engines",
+        "expand_engines",
+        "set_weight_version",
+        "activate_routing",
+    }
+)
 #: Seconds one long poll of the manager's thread waits for a call. Idle cost: one small call per
 #: interval per pipeline.
 POLL_S = 2.0
@@ -108,8 +109,9 @@ def serve_engine_calls(manager: Any, mailbox: Any, pipeline_id: str) -> dict[str
         _serving[id(manager)] = stop
     if previous is not None:
         previous.set()
-    thread = threading.Thread(target=_serve, args=(manager, mailbox, stop, pipeline_id),
-                              name=f"rlix-engine-calls-{pipeline_id}", daemon=True)
+    thread = threading.Thread(
+        target=_serve, args=(manager, mailbox, stop, pipeline_id), name=f"rlix-engine-calls-{pipeline_id}", daemon=True
+    )
     thread.start()
     return {"process_id": os.getpid(), "thread": thread.name}
 

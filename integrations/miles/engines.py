@@ -51,7 +51,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from rlix_plugin.hookspecs import ClusterSpec, InvalidRequestError
 from rlix_plugin.supply import PipelineEngines
@@ -77,7 +76,9 @@ ACTIVE, OFFLOADED, SHELL, LOADING = "active", "offloaded", "shell", "loading"
 ENGINE_TIMEOUT_S = 120.0
 
 
-def engine_table(cluster: ClusterSpec, engine_index_of_rank: Sequence[int] | None, engine_count: int) -> tuple[int, ...]:
+def engine_table(
+    cluster: ClusterSpec, engine_index_of_rank: Sequence[int] | None, engine_count: int
+) -> tuple[int, ...]:
     """The engine index of each DP rank of ``cluster``, checked.
 
     :param engine_index_of_rank: ``[r] -> engine index``; ``None``: engine ``r`` serves rank ``r``.
@@ -133,7 +134,9 @@ class MilesEngines(PipelineEngines):
         free_memory_check: FreeMemoryCheck | None = None,
     ) -> None:
         if not callable(sync_weights):
-            raise InvalidRequestError(f"sync_weights must be callable (engine indices -> version), got {sync_weights!r}")
+            raise InvalidRequestError(
+                f"sync_weights must be callable (engine indices -> version), got {sync_weights!r}"
+            )
         if free_memory_check is not None and not isinstance(free_memory_check, FreeMemoryCheck):
             raise InvalidRequestError(f"free_memory_check must be a FreeMemoryCheck or None, got {free_memory_check!r}")
         self.post_sleep_vram_threshold_gb = check_threshold(post_sleep_vram_threshold_gb)
@@ -225,16 +228,24 @@ class MilesEngines(PipelineEngines):
             return
         described = ", ".join(f"DP rank {self.rank_of_engine[e]} (engine {e}): {s!r}" for e, s in sorted(bad.items()))
         if all(s == SHELL for s in bad.values()):
-            why = ("a 'shell' engine was never started; create the engines and offload them (finish_init_offload) "
-                   "before install")
+            why = (
+                "a 'shell' engine was never started; create the engines and offload them (finish_init_offload) "
+                "before install"
+            )
         elif doing and all(s == LOADING for s in bad.values()):
-            why = ("engines still 'loading' at install were started with MILES_INIT_DEFER_ADD_WORKER=1 and not yet "
-                   f"offloaded: call rollout_manager.finish_init_offload({sorted(bad)}) before install")
+            why = (
+                "engines still 'loading' at install were started with MILES_INIT_DEFER_ADD_WORKER=1 and not yet "
+                f"offloaded: call rollout_manager.finish_init_offload({sorted(bad)}) before install"
+            )
         else:
-            why = ("an engine is between states: an earlier sleep or wake did not finish (or miles is changing it "
-                   "outside the scheduler)")
+            why = (
+                "an engine is between states: an earlier sleep or wake did not finish (or miles is changing it "
+                "outside the scheduler)"
+            )
         doing = doing or f"resize (sleep DP ranks {self._ranks(remove)}, wake {self._ranks(add)})"
-        raise EngineStateError(f"pipeline {self.pipeline_id!r}: cannot {doing}: {described}; {why}. Nothing was changed.")
+        raise EngineStateError(
+            f"pipeline {self.pipeline_id!r}: cannot {doing}: {described}; {why}. Nothing was changed."
+        )
 
     def _sleep(self, engines: list[int]) -> None:
         threshold = self.post_sleep_vram_threshold_gb
@@ -248,7 +259,9 @@ class MilesEngines(PipelineEngines):
         self.manager.call("expand_engines", list(engines), timeout_s=self.timeout_s)
         version = self.sync_weights(tuple(engines))
         if version is not None:
-            self.manager.call("set_weight_version", int(version), engine_indices=list(engines), timeout_s=self.timeout_s)
+            self.manager.call(
+                "set_weight_version", int(version), engine_indices=list(engines), timeout_s=self.timeout_s
+            )
         self.manager.call("activate_routing", list(engines), timeout_s=self.timeout_s)
         self._verify(engines, ACTIVE, "wake")
         return version

@@ -132,8 +132,9 @@ class MilesRLixHooks:
                 if self._hooks is None:
                     from rlix_plugin import Hooks, get_plugin_manager
 
-                    pm = get_plugin_manager(self.backend, backend_options=dict(self.backend_options),
-                                            autoload=self.autoload)
+                    pm = get_plugin_manager(
+                        self.backend, backend_options=dict(self.backend_options), autoload=self.autoload
+                    )
                     self._hooks = Hooks(pm)
                 hooks = self._hooks
         return hooks
@@ -211,8 +212,9 @@ class MilesRLixHooks:
             if rank is None:
                 log.debug("rlix: preempt report for unknown engine %s of %r dropped", engine_index, self.pipeline_id)
                 return
-            self.front_end.report_preempt(pipeline_id=self.pipeline_id, dp_rank=rank, worker_url=worker_url,
-                                          retracted=1)
+            self.front_end.report_preempt(
+                pipeline_id=self.pipeline_id, dp_rank=rank, worker_url=worker_url, retracted=1
+            )
         except Exception as exc:
             self._signal_lost("report_preempt", exc)
 
@@ -247,14 +249,20 @@ class MilesRLixHooks:
             first = not self._lost_logged
             self._lost_logged = True
         if first:
-            log.warning("rlix: progress signal lost for pipeline %r (%s): %r; the rollout continues",
-                        self.pipeline_id, what, exc)
+            log.warning(
+                "rlix: progress signal lost for pipeline %r (%s): %r; the rollout continues",
+                self.pipeline_id,
+                what,
+                exc,
+            )
         else:
             log.debug("rlix: progress signal lost for pipeline %r (%s): %r", self.pipeline_id, what, exc)
 
     def __repr__(self) -> str:
-        return (f"MilesRLixHooks(pipeline_id={self.pipeline_id!r}, n_samples_per_prompt="
-                f"{self.units.n_samples_per_prompt}, backend={self.backend!r})")
+        return (
+            f"MilesRLixHooks(pipeline_id={self.pipeline_id!r}, n_samples_per_prompt="
+            f"{self.units.n_samples_per_prompt}, backend={self.backend!r})"
+        )
 
 
 def _registered(pm: Any, pipeline_id: str) -> bool | None:

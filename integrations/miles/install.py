@@ -64,8 +64,15 @@ THRESHOLD_KEYWORD = "post_sleep_vram_threshold_gb"
 class Installation:
     """What a successful install put in place; :meth:`uninstall` takes it away again."""
 
-    def __init__(self, session: MilesSession, manager: ManagerProxy, engines: MilesEngines,
-                 hooks: MilesRLixHooks, plugin_name: str, probe: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        session: MilesSession,
+        manager: ManagerProxy,
+        engines: MilesEngines,
+        hooks: MilesRLixHooks,
+        plugin_name: str,
+        probe: dict[str, Any],
+    ) -> None:
         self.session = session
         self.manager = manager
         self.engines = engines
@@ -168,8 +175,9 @@ def _install_into(
     if proxy.remote:
         proxy.channel = EngineChannel.start(proxy, control_timeout)
     try:
-        return _install(session, proxy, sync_weights, engine_index_of_rank, timeout_s, control_timeout, threshold,
-                        free_memory_check)
+        return _install(
+            session, proxy, sync_weights, engine_index_of_rank, timeout_s, control_timeout, threshold, free_memory_check
+        )
     except BaseException:
         channel, proxy.channel = proxy.channel, None
         if channel is not None:
@@ -177,9 +185,16 @@ def _install_into(
         raise
 
 
-def _install(session: MilesSession, proxy: ManagerProxy, sync_weights: WeightSync,
-             engine_index_of_rank: Sequence[int] | None, timeout_s: float | None, control_timeout: float,
-             threshold: float | None, free_memory_check: FreeMemoryCheck | None) -> Installation:
+def _install(
+    session: MilesSession,
+    proxy: ManagerProxy,
+    sync_weights: WeightSync,
+    engine_index_of_rank: Sequence[int] | None,
+    timeout_s: float | None,
+    control_timeout: float,
+    threshold: float | None,
+    free_memory_check: FreeMemoryCheck | None,
+) -> Installation:
     pid, backend = session.pipeline_id, session.backend
     surface = proxy.run_inside(describe_manager, timeout_s=control_timeout)
     reason = rollout_path.problem(surface["rollout"])
@@ -197,12 +212,22 @@ def _install(session: MilesSession, proxy: ManagerProxy, sync_weights: WeightSyn
         )
     cluster: ClusterSpec = session.clusters[ACTOR_INFER]
     table = engine_table(cluster, engine_index_of_rank, int(proxy.call("get_engine_count", timeout_s=control_timeout)))
-    engines = MilesEngines(pid, proxy, table, sync_weights, **({"timeout_s": timeout_s} if timeout_s else {}),
-                           post_sleep_vram_threshold_gb=threshold, free_memory_check=free_memory_check)
+    engines = MilesEngines(
+        pid,
+        proxy,
+        table,
+        sync_weights,
+        **({"timeout_s": timeout_s} if timeout_s else {}),
+        post_sleep_vram_threshold_gb=threshold,
+        free_memory_check=free_memory_check,
+    )
     slept = engines.take_over()  # shell / mid-transition engines raise here
     if slept:
-        log.info("rlix: pipeline %r: put awake engines of DP ranks %s to sleep; the scheduler wakes them on demand",
-                 pid, slept)
+        log.info(
+            "rlix: pipeline %r: put awake engines of DP ranks %s to sleep; the scheduler wakes them on demand",
+            pid,
+            slept,
+        )
 
     pm = session.hooks.plugin_manager
     plugin_name = f"rlix-miles-engines-{pid}"
@@ -214,15 +239,21 @@ def _install(session: MilesSession, proxy: ManagerProxy, sync_weights: WeightSyn
         # The far side acts for the pipeline with the lease its registration here returned.
         leases = {pid: pm.backend.lease(pid)} if pm.backend is not None else {}
         hooks = MilesRLixHooks(
-            pid, session.units.n_samples_per_prompt, backend=backend,
-            backend_options=far_side_options(backend, session.backend_options, leases), autoload=session.autoload,
-            engine_to_rank=engines.rank_of_engine, hooks=None if proxy.remote else session.hooks,
+            pid,
+            session.units.n_samples_per_prompt,
+            backend=backend,
+            backend_options=far_side_options(backend, session.backend_options, leases),
+            autoload=session.autoload,
+            engine_to_rank=engines.rank_of_engine,
+            hooks=None if proxy.remote else session.hooks,
         )
         hooks_sent = True
         proxy.call(SET_HOOKS, hooks, timeout_s=control_timeout)
         # The read-back builds the hooks' front end over there and asks the scheduler once.
-        probe = {**proxy.run_inside(read_back, hooks.token, timeout_s=control_timeout + PROBE_TIMEOUT_S),
-                 "rollout": surface["rollout"]}
+        probe = {
+            **proxy.run_inside(read_back, hooks.token, timeout_s=control_timeout + PROBE_TIMEOUT_S),
+            "rollout": surface["rollout"],
+        }
         _check_probe(pid, backend, probe)
     except BaseException:
         pm.unregister(name=plugin_name)
@@ -233,21 +264,28 @@ def _install(session: MilesSession, proxy: ManagerProxy, sync_weights: WeightSyn
         log.warning(
             "rlix: pipeline %r: RLIX_CONTROL_PLANE is %r in the RolloutManager's process, not 'rlix': miles' "
             "shrink_engines then releases engine memory without pausing generation (retract) first; set it in "
-            "the RolloutManager's runtime_env", pid, probe.get("control_plane"),
+            "the RolloutManager's runtime_env",
+            pid,
+            probe.get("control_plane"),
         )
     if backend != "noop" and threshold is None and free_memory_check is None:
         log.warning(
             "rlix: pipeline %r: engine memory is judged by miles' engine state alone (miles reports an engine "
             "'offloaded' even when its memory was not freed); pass post_sleep_vram_threshold_gb and/or "
-            "free_memory_check to install", pid,
+            "free_memory_check to install",
+            pid,
         )
     installation = Installation(session, proxy, engines, hooks, plugin_name, probe)
     session.attach(installation)
     rollout = probe.get("rollout") or {}
     log.info(
         "rlix: hooks installed on the miles RolloutManager of pipeline %r and verified in its process (process id %s, "
-        "backend %s; rollout function %s takes them); DP rank -> engine index %s%s", pid, probe.get("process_id"),
-        probe.get("backend"), rollout.get("function"), engines.describe(),
+        "backend %s; rollout function %s takes them); DP rank -> engine index %s%s",
+        pid,
+        probe.get("process_id"),
+        probe.get("backend"),
+        rollout.get("function"),
+        engines.describe(),
         "; engine calls run on their own thread there" if proxy.channel is not None else "",
     )
     return installation
@@ -334,16 +372,27 @@ def install(
     if demand_timeout_s is not None:
         options["timeout_s"] = demand_timeout_s
     session = MilesSession(
-        pipeline_id=pipeline_id, clusters=clusters, n_samples_per_prompt=n_samples_per_prompt,
-        rollout_batch_size=rollout_batch_size, hooks=hooks, backend=backend, backend_options=backend_options,
-        autoload=autoload, **options,
+        pipeline_id=pipeline_id,
+        clusters=clusters,
+        n_samples_per_prompt=n_samples_per_prompt,
+        rollout_batch_size=rollout_batch_size,
+        hooks=hooks,
+        backend=backend,
+        backend_options=backend_options,
+        autoload=autoload,
+        **options,
     )
     session.register()
     try:
-        _install_into(session, rollout_manager, sync_weights=sync_weights,
-                        engine_index_of_rank=engine_index_of_rank, timeout_s=timeout_s,
-                        post_sleep_vram_threshold_gb=post_sleep_vram_threshold_gb,
-                        free_memory_check=free_memory_check)
+        _install_into(
+            session,
+            rollout_manager,
+            sync_weights=sync_weights,
+            engine_index_of_rank=engine_index_of_rank,
+            timeout_s=timeout_s,
+            post_sleep_vram_threshold_gb=post_sleep_vram_threshold_gb,
+            free_memory_check=free_memory_check,
+        )
     except BaseException as exc:
         session.close(reason=f"install failed: {type(exc).__name__}")
         raise

@@ -61,8 +61,9 @@ class FreeMemoryCheck:
 
     def __post_init__(self) -> None:
         if not callable(self.free_gb):
-            raise InvalidRequestError(f"FreeMemoryCheck.free_gb must be callable (engine indices -> GiB), got "
-                                      f"{self.free_gb!r}")
+            raise InvalidRequestError(
+                f"FreeMemoryCheck.free_gb must be callable (engine indices -> GiB), got {self.free_gb!r}"
+            )
         for name in ("min_free_gb", "wait_s", "poll_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:

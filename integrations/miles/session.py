@@ -25,6 +25,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from rlix_plugin.frontend import DEFAULT_TIMEOUT_S, Hooks
 from rlix_plugin.hookspecs import (
     ACTOR_INFER,
     ACTOR_TRAIN,
@@ -33,8 +34,6 @@ from rlix_plugin.hookspecs import (
     InvalidRequestError,
     Priority,
 )
-
-from rlix_plugin.frontend import DEFAULT_TIMEOUT_S, Hooks
 from rlix_plugin.session import CloseStep, PipelineSession
 
 from .errors import HooksNotInstalledError
@@ -78,7 +77,9 @@ class MilesSession(PipelineSession):
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         if ACTOR_INFER not in clusters:
-            raise InvalidRequestError(f"pipeline {pipeline_id!r}: clusters need {ACTOR_INFER!r}, got {sorted(clusters)}")
+            raise InvalidRequestError(
+                f"pipeline {pipeline_id!r}: clusters need {ACTOR_INFER!r}, got {sorted(clusters)}"
+            )
         units = GroupUnits(n_samples_per_prompt)
         batch = check_groups("rollout_batch_size", rollout_batch_size)
         options = dict(backend_options or {})

@@ -162,9 +162,7 @@ class VerlEngines(PipelineEngines):
 
     # -- the hook: rlix_resize_infer comes from PipelineEngines ----------------------------------
 
-    def resize(
-        self, remove: Sequence[int] = (), add: Sequence[int] = (), *, retract: bool = True
-    ) -> tuple[int, ...]:
+    def resize(self, remove: Sequence[int] = (), add: Sequence[int] = (), *, retract: bool = True) -> tuple[int, ...]:
         """Sleep ``remove``, then wake ``add``; return the awake ranks, sorted. Idempotent.
 
         ``retract``: abort the in-flight requests of the replicas put to sleep (a preemption);
@@ -185,9 +183,7 @@ class VerlEngines(PipelineEngines):
                 return ()
             bad = sorted(r for r in remove_set | add_set if not 0 <= r < self.dp_size)
             if bad:
-                raise ValueError(
-                    f"pipeline {self.pipeline_id!r} has dp ranks 0..{self.dp_size - 1}; got {bad}"
-                )
+                raise ValueError(f"pipeline {self.pipeline_id!r} has dp ranks 0..{self.dp_size - 1}; got {bad}")
             to_sleep = sorted((self._awake & remove_set) - add_set)
             target = (self._awake - remove_set) | add_set
             to_wake = sorted(target - self._awake)
@@ -198,7 +194,10 @@ class VerlEngines(PipelineEngines):
             if to_sleep or to_wake:
                 log.info(
                     "rlix: pipeline %r resized: slept %s, woke %s; awake now %s",
-                    self.pipeline_id, to_sleep, to_wake, sorted(self._awake),
+                    self.pipeline_id,
+                    to_sleep,
+                    to_wake,
+                    sorted(self._awake),
                 )
             return tuple(sorted(self._awake))
 
@@ -276,9 +275,14 @@ class VerlEngines(PipelineEngines):
             log.info(
                 "rlix: pipeline %r: weights v%d went to replicas %s only; replicas %s stayed asleep "
                 "(per training rank at most %d tensors, %d bytes, largest %d bytes, %.3fs of all-gather, dropped)",
-                self.pipeline_id, version, synced, held,
-                max(s.tensors for s in skipped), max(s.bytes for s in skipped),
-                max(s.largest for s in skipped), max(s.seconds for s in skipped),
+                self.pipeline_id,
+                version,
+                synced,
+                held,
+                max(s.tensors for s in skipped),
+                max(s.bytes for s in skipped),
+                max(s.largest for s in skipped),
+                max(s.seconds for s in skipped),
             )
 
 

@@ -50,7 +50,9 @@ def _failed(exc: Exception) -> bool:
     load_error = exc
     log.warning(
         "rlix: the verl integration failed to load; trainer mode %r is unavailable: %r",
-        TRAINER_MODE, exc, exc_info=True,
+        TRAINER_MODE,
+        exc,
+        exc_info=True,
     )
     return False
 

@@ -23,7 +23,6 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-
 log = logging.getLogger(__name__)
 
 #: How long a worker holds a poll open when it has nothing to report, seconds. Bounds both the

@@ -21,13 +21,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from rlix_plugin.hookspecs import Grant, InvalidRequestError
-
 from rlix_plugin.session import CloseStep, PipelineSession
 
 if TYPE_CHECKING:
-    from rlix_plugin.hookspecs import ClusterSpec
-
     from rlix_plugin import Hooks
+    from rlix_plugin.hookspecs import ClusterSpec
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +111,7 @@ class VerlSession(PipelineSession):
                 return
             self._batch_open = False
             self.hooks.end_progress_batch(pipeline_id=self.pipeline_id)
-            log.info(
-                "rlix: rollout of %r done: %d of %d samples", self.pipeline_id, self._completed, self._submitted
-            )
+            log.info("rlix: rollout of %r done: %d of %d samples", self.pipeline_id, self._completed, self._submitted)
 
     @property
     def progress(self) -> tuple[int, int]:

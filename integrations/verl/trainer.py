@@ -49,6 +49,12 @@ import os
 from typing import Any
 
 from omegaconf import open_dict
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.debug import marked_timer
+from verl.workers.rollout.llm_server import FullyAsyncLLMServerClient
+
+from rlix_plugin import session as pipeline_session
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, Grant, Priority
 from rlix_plugin.integrations.verl import LOGGER_NAME, MANAGER_CLASS_PATH, TRAINER_MODE
 from rlix_plugin.integrations.verl.config import (
@@ -60,12 +66,6 @@ from rlix_plugin.integrations.verl.config import (
 )
 from rlix_plugin.integrations.verl.engines import VerlEngines, VerlRollout
 from rlix_plugin.integrations.verl.session import VerlSession
-from verl.trainer.ppo.v1.trainer_base import register_trainer
-from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
-from verl.utils.debug import marked_timer
-from verl.workers.rollout.llm_server import FullyAsyncLLMServerClient
-
-from rlix_plugin import session as pipeline_session
 from rlix_plugin.manager import ENV_TRACE, trace_log
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,8 @@ def _use_progress_manager(config: Any) -> None:
             log.warning(
                 "rlix: agent_loop_manager_class=%s does not report per-group progress; the scheduler "
                 "sees each rollout only begin and end (use %s or a subclass of it)",
-                chosen, MANAGER_CLASS_PATH,
+                chosen,
+                MANAGER_CLASS_PATH,
             )
         return
     # verl's TaskRunner reads this key from the same config object after the trainer is built.
@@ -210,7 +211,8 @@ class RlixPPOTrainerSync(PPOTrainerSync):
             else:
                 log.warning(
                     "rlix: %s reports no per-group progress; use %s",
-                    type(agent_loop_manager).__name__, MANAGER_CLASS_PATH,
+                    type(agent_loop_manager).__name__,
+                    MANAGER_CLASS_PATH,
                 )
             grant = self._rlix.signal_demand(rollout_id=self.global_steps + 1)
             self._rlix_wake(grant)

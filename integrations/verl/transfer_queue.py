@@ -24,7 +24,6 @@ import importlib
 import logging
 from typing import Any
 
-
 log = logging.getLogger(__name__)
 
 #: The namespace TransferQueue hard-codes for its named actors.

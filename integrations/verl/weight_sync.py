@@ -34,7 +34,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-
 log = logging.getLogger(__name__)
 
 #: Longest wait for one training rank to apply or lift a restriction (an in-memory change).
@@ -162,8 +161,9 @@ class SyncFilter:
             skipped.extend(self._restrict_all(None))
 
     def _restrict_all(self, allowed: tuple[int, ...] | None) -> list[SkippedSync]:
-        results = wait_all([worker.__ray_call__.remote(restrict, allowed) for worker in self._workers],
-                           RESTRICT_TIMEOUT_S)
+        results = wait_all(
+            [worker.__ray_call__.remote(restrict, allowed) for worker in self._workers], RESTRICT_TIMEOUT_S
+        )
         return [report for reports in results for report in reports]
 
 

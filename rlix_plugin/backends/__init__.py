@@ -44,16 +44,16 @@ def make_backend(name: str, options: dict[str, Any] | None = None, resize: Any =
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise BackendUnavailableError(
-            f"rlix backend {name!r} is not available ({exc}); install {install!r}"
-        ) from exc
+        raise BackendUnavailableError(f"rlix backend {name!r} is not available ({exc}); install {install!r}") from exc
     factory = getattr(module, factory_name)
     if name == "noop":
         return factory()
     try:
         return factory(resize, **(options or {}))
     except TypeError as exc:  # an option the backend does not take: name it
-        raise InvalidRequestError(f"rlix backend {name!r}: bad backend_options {sorted(options or {})}: {exc}") from None
+        raise InvalidRequestError(
+            f"rlix backend {name!r}: bad backend_options {sorted(options or {})}: {exc}"
+        ) from None
 
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "check_backend_name", "make_backend"]

@@ -108,14 +108,19 @@ class SchedulerHooks:
 
     @hookimpl
     def rlix_register_pipeline(
-        self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], switch_costs: SwitchCosts | None,
+        self,
+        pipeline_id: str,
+        clusters: Mapping[str, ClusterSpec],
+        switch_costs: SwitchCosts | None,
         limits: PipelineLimits | None,
     ) -> None:
         check.pipeline_id(pipeline_id)
         if not isinstance(clusters, Mapping):
             raise InvalidRequestError(f"pipeline {pipeline_id!r}: clusters must be a mapping, got {clusters!r}")
         if switch_costs is not None and not isinstance(switch_costs, SwitchCosts):
-            raise InvalidRequestError(f"pipeline {pipeline_id!r}: switch_costs must be a SwitchCosts, got {switch_costs!r}")
+            raise InvalidRequestError(
+                f"pipeline {pipeline_id!r}: switch_costs must be a SwitchCosts, got {switch_costs!r}"
+            )
         if limits is not None and not isinstance(limits, PipelineLimits):
             raise InvalidRequestError(f"pipeline {pipeline_id!r}: limits must be a PipelineLimits, got {limits!r}")
         with self._lock:
@@ -184,8 +189,13 @@ class SchedulerHooks:
 
     @hookimpl
     def rlix_begin_progress_batch(
-        self, pipeline_id: str, mode: str, adapter_id: str | None, target_weight_version: int,
-        step_target: int, initial_completed: int,
+        self,
+        pipeline_id: str,
+        mode: str,
+        adapter_id: str | None,
+        target_weight_version: int,
+        step_target: int,
+        initial_completed: int,
     ) -> None:
         try:
             check.pipeline_id(pipeline_id)
@@ -205,9 +215,16 @@ class SchedulerHooks:
         self, pipeline_id: str, mode: str, adapter_id: str | None, target_weight_version: int, count: int
     ) -> None:
         if type(count) is not int or count < 0 or type(target_weight_version) is not int:
-            self._progress.lose(pipeline_id, mode, adapter_id, "bump", InvalidRequestError(
-                f"bump_completed: count must be an int >= 0 and target_weight_version an int, got "
-                f"count={count!r}, target_weight_version={target_weight_version!r}"))
+            self._progress.lose(
+                pipeline_id,
+                mode,
+                adapter_id,
+                "bump",
+                InvalidRequestError(
+                    f"bump_completed: count must be an int >= 0 and target_weight_version an int, got "
+                    f"count={count!r}, target_weight_version={target_weight_version!r}"
+                ),
+            )
             return
         self._progress.bump(pipeline_id, mode, adapter_id, target_weight_version, count)
 

@@ -60,12 +60,22 @@ _LOOP_GRACE_S = 5.0
 class LocalScheduler:
     """A scheduler on its own event-loop thread, callable from any thread."""
 
-    def __init__(self, num_gpus: int, gpus_per_node: int = 8, *, state_path: str | os.PathLike[str] | None = None,
-                 reconcile_timeout_s: float = 30.0, **service_options: Any) -> None:
+    def __init__(
+        self,
+        num_gpus: int,
+        gpus_per_node: int = 8,
+        *,
+        state_path: str | os.PathLike[str] | None = None,
+        reconcile_timeout_s: float = 30.0,
+        **service_options: Any,
+    ) -> None:
         self.store = SqliteStore(state_path) if state_path is not None else None
-        self.service = SchedulerService(PoolTopology(num_gpus, gpus_per_node), store=self.store,
-                                        epoch=self.store.claim() if self.store is not None else None,
-                                        **service_options)
+        self.service = SchedulerService(
+            PoolTopology(num_gpus, gpus_per_node),
+            store=self.store,
+            epoch=self.store.claim() if self.store is not None else None,
+            **service_options,
+        )
         #: Pipelines restored from ``state_path``, which must reattach.
         self.restored: list[str] = []
         stored = self.store.load() if self.store is not None else None
@@ -84,10 +94,16 @@ class LocalScheduler:
         self.call(self.service.start(), timeout_s=10.0)
         self._closed = False
         if self.restored:
-            log.warning("local scheduler restored %s from %s; they must reattach within %.0fs",
-                        self.restored, self.store.where if self.store else "?", reconcile_timeout_s)
+            log.warning(
+                "local scheduler restored %s from %s; they must reattach within %.0fs",
+                self.restored,
+                self.store.where if self.store else "?",
+                reconcile_timeout_s,
+            )
             self.loop.call_soon_threadsafe(
-                self.loop.call_later, reconcile_timeout_s, self.service.expire_unreconciled,
+                self.loop.call_later,
+                reconcile_timeout_s,
+                self.service.expire_unreconciled,
                 f"did not reattach within {reconcile_timeout_s:g}s of a scheduler restart",
             )
 
@@ -196,10 +212,16 @@ class LocalPort:
 
     def register(self, registration: Registration, resize: ResizeHook) -> str:
         service = self.scheduler.service
-        return self.scheduler.call(service.register_pipeline(
-            registration.pipeline_id, registration.clusters, self._resizer(resize),
-            switch_costs=registration.switch_costs, limits=registration.limits,
-        ), timeout_s=10.0)
+        return self.scheduler.call(
+            service.register_pipeline(
+                registration.pipeline_id,
+                registration.clusters,
+                self._resizer(resize),
+                switch_costs=registration.switch_costs,
+                limits=registration.limits,
+            ),
+            timeout_s=10.0,
+        )
 
     def unregister(self, pipeline_id: str, lease: str, reason: str) -> None:
         self.scheduler.call(self.scheduler.service.unregister_pipeline(pipeline_id, lease, reason), timeout_s=10.0)
@@ -226,8 +248,9 @@ class LocalPort:
         self.scheduler.waited(SIGNAL_DEMAND, grant, Priority.GENERATION)
         return grant
 
-    def request(self, pipeline_id: str, lease: str, cluster: str, priority: int, step_target: int | None,
-                timeout_s: float) -> Grant:
+    def request(
+        self, pipeline_id: str, lease: str, cluster: str, priority: int, step_target: int | None, timeout_s: float
+    ) -> Grant:
         grant = self.scheduler.call(
             self.scheduler.service.request_gpus(pipeline_id, lease, cluster, priority, step_target, timeout_s),
             timeout_s,
@@ -240,17 +263,28 @@ class LocalPort:
         self.scheduler.call(self.scheduler.service.release(pipeline_id, lease, cluster, timeout_s), timeout_s)
 
     def report_preempt(self, pipeline_id: str, lease: str, dp_rank: int, retracted: int) -> None:
-        self.scheduler.call_soon(_quietly, self.scheduler.service.report_preempt, pipeline_id, lease, dp_rank, retracted)
+        self.scheduler.call_soon(
+            _quietly, self.scheduler.service.report_preempt, pipeline_id, lease, dp_rank, retracted
+        )
 
     def send_progress(self, lease: str, report: ProgressReport) -> None:
         service = self.scheduler.service
         if report.kind == END:
-            self.scheduler.call_soon(_quietly, service.clear_progress, report.pipeline_id, lease, report.mode,
-                                     report.adapter_id)
+            self.scheduler.call_soon(
+                _quietly, service.clear_progress, report.pipeline_id, lease, report.mode, report.adapter_id
+            )
         else:
             self.scheduler.call_soon(
-                _quietly, service.report_progress, report.pipeline_id, lease, report.mode, report.adapter_id,
-                report.step_target, report.completed, report.target_weight_version, report.kind == BEGIN,
+                _quietly,
+                service.report_progress,
+                report.pipeline_id,
+                lease,
+                report.mode,
+                report.adapter_id,
+                report.step_target,
+                report.completed,
+                report.target_weight_version,
+                report.kind == BEGIN,
             )
 
     def flush(self, timeout_s: float) -> bool:

@@ -58,12 +58,12 @@ class SchedulerPort(Protocol):
     def unregister(self, pipeline_id: str, lease: str, reason: str) -> None:
         """Remove the pipeline and stop serving its resizes (idempotent)."""
 
-    def signal_demand(self, pipeline_id: str, lease: str, rollout_id: int, step_target: int,
-                      timeout_s: float) -> Grant:
+    def signal_demand(self, pipeline_id: str, lease: str, rollout_id: int, step_target: int, timeout_s: float) -> Grant:
         """Write the open demand and wait until a generation worker is awake."""
 
-    def request(self, pipeline_id: str, lease: str, cluster: str, priority: int, step_target: int | None,
-                timeout_s: float) -> Grant:
+    def request(
+        self, pipeline_id: str, lease: str, cluster: str, priority: int, step_target: int | None, timeout_s: float
+    ) -> Grant:
         """Wait until ``cluster`` is granted."""
 
     def release(self, pipeline_id: str, lease: str, cluster: str) -> None:

@@ -124,8 +124,9 @@ class RayPort:
         client = self.client
         pipeline_id = registration.pipeline_id
         # Validate here first: bad input gets its error before any actor is started.
-        validate_pipeline(PoolTopology(client.info["num_gpus"], client.info["gpus_per_node"]), pipeline_id,
-                          registration.clusters)
+        validate_pipeline(
+            PoolTopology(client.info["num_gpus"], client.info["gpus_per_node"]), pipeline_id, registration.clusters
+        )
         if pipeline_id in self._pipelines:
             raise InvalidRequestError(f"pipeline {pipeline_id!r} is already registered through this backend")
         # The coordinator takes resizes only from whoever presents this token: the scheduler,
@@ -140,8 +141,9 @@ class RayPort:
                 entry.awake = tuple(sorted(awake)) if awake is not None else None
             return awake
 
-        entry.server = ResizeServer(pipeline_id, coordinator, tracked,
-                                    on_reconcile=lambda request: self._reattach(pipeline_id, request)).start()
+        entry.server = ResizeServer(
+            pipeline_id, coordinator, tracked, on_reconcile=lambda request: self._reattach(pipeline_id, request)
+        ).start()
         try:
             # The key makes the registration safe to retry through a scheduler restart.
             lease = client.register_pipeline(registration, coordinator, resize_token, secrets.token_urlsafe(24))
@@ -180,8 +182,9 @@ class RayPort:
         finally:
             self._called(pipeline_id, key)
 
-    def request(self, pipeline_id: str, lease: str, cluster: str, priority: int, step_target: int | None,
-                timeout_s: float) -> Grant:
+    def request(
+        self, pipeline_id: str, lease: str, cluster: str, priority: int, step_target: int | None, timeout_s: float
+    ) -> Grant:
         if cluster == ACTOR_INFER:
             self._forget_progress(pipeline_id)
         key = self._calling(pipeline_id, REQUEST, cluster, timeout_s)
@@ -233,8 +236,10 @@ class RayPort:
             entry = self._pipelines.get(pipeline_id)
             if entry is None:
                 return None
-            calls = tuple(CallInFlight(key, kind, cluster, max(0.0, deadline - now))
-                          for key, (kind, cluster, deadline) in entry.calls.items())
+            calls = tuple(
+                CallInFlight(key, kind, cluster, max(0.0, deadline - now))
+                for key, (kind, cluster, deadline) in entry.calls.items()
+            )
             return PipelineReport(entry.awake, dict(entry.held), calls)
 
     def _reattach(self, pipeline_id: str, request: ReconcileRequest) -> None:
@@ -252,8 +257,12 @@ class RayPort:
         try:
             done = self.client.reattach(pipeline_id, entry.lease, entry.resize_token, report, entry.coordinator)
         except Exception as exc:  # the scheduler fences it after its reconcile timeout
-            log.error("pipeline %s could not reattach to the restarted scheduler (epoch %s): %r",
-                      pipeline_id, request.epoch, exc)
+            log.error(
+                "pipeline %s could not reattach to the restarted scheduler (epoch %s): %r",
+                pipeline_id,
+                request.epoch,
+                exc,
+            )
             return
         log.info("pipeline %s reattached to the restarted scheduler (epoch %s): %s", pipeline_id, request.epoch, done)
         self.client.saw_epoch(request.epoch)  # this process's calls to the dead one are made again now
@@ -375,8 +384,9 @@ def make_backend(
 ) -> SchedulerHooks:
     """Build the plugin; options are :func:`rlix_plugin.ray.connect`'s, applied on first use.
     ``leases`` are pipelines' leases handed over by the process that registered them."""
-    return SchedulerHooks(RayPort(client, **connect_options), resize, progress_interval_s=progress_interval_s,
-                          leases=leases)
+    return SchedulerHooks(
+        RayPort(client, **connect_options), resize, progress_interval_s=progress_interval_s, leases=leases
+    )
 
 
 __all__ = ["RayPort", "make_backend"]

@@ -27,8 +27,11 @@ def run_kill(args: argparse.Namespace) -> int:
     check.pipeline_id(args.pipeline, "PIPELINE")
     with scheduler_client(args.address) as client:
         killed = client.kill_pipeline(args.pipeline, operator_token(), args.reason)
-        print(json.dumps({"pipeline": args.pipeline, "killed_actors": killed}) if args.json
-              else f"killed pipeline {args.pipeline}: {', '.join(killed) or 'no named actors'}; its GPUs are free")
+        print(
+            json.dumps({"pipeline": args.pipeline, "killed_actors": killed})
+            if args.json
+            else f"killed pipeline {args.pipeline}: {', '.join(killed) or 'no named actors'}; its GPUs are free"
+        )
         return 0
 
 
@@ -47,21 +50,32 @@ def run_drain(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"draining": True, "pipelines": remaining}))
         else:
-            print("drained: no pipeline is registered" if not remaining
-                  else f"still registered after {timeout_s:g}s: {', '.join(remaining)}")
+            print(
+                "drained: no pipeline is registered"
+                if not remaining
+                else f"still registered after {timeout_s:g}s: {', '.join(remaining)}"
+            )
         return 0 if not remaining else 1
 
 
 def add_parser(commands: Any) -> None:
-    kill = commands.add_parser("kill", help="kill a pipeline and free its GPUs (operator)",
-                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    kill = commands.add_parser(
+        "kill",
+        help="kill a pipeline and free its GPUs (operator)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     kill.add_argument("pipeline", metavar="PIPELINE", help="the pipeline id")
     kill.add_argument("--reason", default="killed by an operator", help="recorded for the pipeline's callers")
     kill.add_argument("--address", default="auto", help="Ray cluster address (default: auto)")
     kill.add_argument("--json", action="store_true")
     kill.set_defaults(run=run_kill)
-    drain = commands.add_parser("drain", help="admit no new pipeline and wait for the running ones (operator)",
-                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    drain = commands.add_parser(
+        "drain",
+        help="admit no new pipeline and wait for the running ones (operator)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     drain.add_argument("--timeout", type=float, default=600.0, metavar="S", help="longest wait (default 600)")
     drain.add_argument("--address", default="auto", help="Ray cluster address (default: auto)")
     drain.add_argument("--json", action="store_true")

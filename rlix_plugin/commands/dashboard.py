@@ -37,10 +37,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(commands: Any) -> None:
-    parser = commands.add_parser("dashboard", help="serve a live page of the pool on localhost",
-                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = commands.add_parser(
+        "dashboard",
+        help="serve a live page of the pool on localhost",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--address", default="auto", help="Ray cluster address (default: auto, the running cluster)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; 0 picks a free one)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; 0 picks a free one)"
+    )
     parser.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     parser.set_defaults(run=run)

@@ -22,7 +22,7 @@ def _require(module: str, what: str) -> None:
     from rlix_plugin.hookspecs import RlixError
 
     if importlib.util.find_spec(module) is None:
-        raise RlixError(f"{what} needs the {module!r} package: pip install \"rlix-plugin[demo]\"")
+        raise RlixError(f'{what} needs the {module!r} package: pip install "rlix-plugin[demo]"')
 
 
 def _writable(path: str, option: str) -> None:
@@ -79,8 +79,10 @@ def _execute(args: argparse.Namespace, scenario_ref: str) -> int:
         from rlix_plugin.reference.display import LiveProgress
 
         console = Console(stderr=True)
-        console.print(f"[bold]{scenario.name}[/bold]: {scenario.description or scenario.source} "
-                      f"({scenario.gpus} GPUs, {args.backend} backend)")
+        console.print(
+            f"[bold]{scenario.name}[/bold]: {scenario.description or scenario.source} "
+            f"({scenario.gpus} GPUs, {args.backend} backend)"
+        )
         progress = LiveProgress(console)
         baseline = _Announce(console, LiveProgress(console))
     result = run_scenario(scenario, options, progress, baseline_progress=baseline)
@@ -147,27 +149,47 @@ def run_file(args: argparse.Namespace) -> int:
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=("local", "ray"), default="local",
-                        help="local: embedded scheduler (default); ray: the shared scheduler actor")
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: embedded scheduler (default); ray: the shared scheduler actor",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--trace", metavar="FILE", help="write a Perfetto trace (ui.perfetto.dev)")
     parser.add_argument("--timeline", metavar="FILE.png", help="draw the GPU ownership timeline")
-    parser.add_argument("--stall-timeout", type=float, default=20.0, metavar="S",
-                        help="stop when a pipeline has open demand and no engine for S seconds (default 20)")
-    parser.add_argument("--time-scale", type=float, default=1.0, metavar="X",
-                        help="multiply every scenario duration by X (default 1)")
-    parser.add_argument("--timeout", type=float, default=600.0, metavar="S", help="bound on the whole run (default 600)")
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="stop when a pipeline has open demand and no engine for S seconds (default 20)",
+    )
+    parser.add_argument(
+        "--time-scale", type=float, default=1.0, metavar="X", help="multiply every scenario duration by X (default 1)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, metavar="S", help="bound on the whole run (default 600)"
+    )
     from rlix_plugin.scheduler.policy import POLICIES
 
-    parser.add_argument("--policy", choices=sorted(POLICIES), default=None,
-                        help="sharing policy (default: the scenario's, else finish_first)")
-    parser.add_argument("--no-static", action="store_true",
-                        help="skip the static-partition baseline run (static_partition_s is then null)")
+    parser.add_argument(
+        "--policy",
+        choices=sorted(POLICIES),
+        default=None,
+        help="sharing policy (default: the scenario's, else finish_first)",
+    )
+    parser.add_argument(
+        "--no-static",
+        action="store_true",
+        help="skip the static-partition baseline run (static_partition_s is then null)",
+    )
 
 
 def add_parser(commands: Any) -> None:
     demo = commands.add_parser(
-        "demo", help="two pipelines learn while sharing 4 GPUs (the seed scenario)",
+        "demo",
+        help="two pipelines learn while sharing 4 GPUs (the seed scenario)",
         description="Run a bundled scenario of the reference framework on the embedded scheduler.",
     )
     demo.add_argument("--scenario", default="seed", help="bundled scenario name (default: seed)")

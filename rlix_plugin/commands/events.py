@@ -45,23 +45,30 @@ def run(args: argparse.Namespace) -> int:
 
     with scheduler_client(args.address) as client:
         page = client.events(0, args.pipeline, limit=100_000, timeout_s=timeout_s)
-        decisions = page["decisions"][-args.last:] if args.last else page["decisions"]
+        decisions = page["decisions"][-args.last :] if args.last else page["decisions"]
         if emit(decisions) or not args.follow:
             return 0
         since = page["last"]
         while True:
             page = client.events(since, args.pipeline, limit=1000, wait_s=FOLLOW_POLL_S, timeout_s=timeout_s)
             if page["first"] > since + 1:
-                print(f"rlix-plugin: {page['first'] - since - 1} decisions were dropped before they could be "
-                      "printed (the scheduler keeps the newest ones)", file=sys.stderr)
+                print(
+                    f"rlix-plugin: {page['first'] - since - 1} decisions were dropped before they could be "
+                    "printed (the scheduler keeps the newest ones)",
+                    file=sys.stderr,
+                )
             if emit(page["decisions"]):
                 return 0
             since = page["decisions"][-1]["seq"] if page["decisions"] else page["last"]
 
 
 def add_parser(commands: Any) -> None:
-    parser = commands.add_parser("events", help="the scheduler's decision log: who got which GPUs and why",
-                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = commands.add_parser(
+        "events",
+        help="the scheduler's decision log: who got which GPUs and why",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--follow", "-f", action="store_true", help="then wait for new decisions")
     parser.add_argument("--pipeline", metavar="P", help="only the decisions about pipeline P")
     parser.add_argument("--json", action="store_true", help="JSON lines, one decision each")

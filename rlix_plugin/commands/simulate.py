@@ -37,8 +37,12 @@ def run_simulate(args: argparse.Namespace) -> int:
         scenario = scenario.with_seed(args.seed)
     progress = _Progress.open(scenario, policies)
     try:
-        result = compare(scenario, policies, timeline=bool(args.timeline),
-                         on_rollout=progress.advance if progress is not None else None)
+        result = compare(
+            scenario,
+            policies,
+            timeline=bool(args.timeline),
+            on_rollout=progress.advance if progress is not None else None,
+        )
     finally:
         if progress is not None:
             progress.close()
@@ -64,39 +68,61 @@ SIMULATED_PACKAGE = "rlix_plugin.simulate"
 
 def report(data: dict[str, Any], description: str = "") -> str:
     """The text form of a comparison's JSON."""
-    lines = [f"{data['scenario']}: {data['pipelines']} pipelines, {data['gpus']} GPUs, {data['rollouts']} rollouts"
-             + (f" -- {description}" if description else "")]
+    lines = [
+        f"{data['scenario']}: {data['pipelines']} pipelines, {data['gpus']} GPUs, {data['rollouts']} rollouts"
+        + (f" -- {description}" if description else "")
+    ]
     seconds = _seconds(data["lower_bound_s"])
-    lines.append(f"lower bound on the makespan: {seconds(data['lower_bound_s'])} s (all work over the pool: "
-                 f"{seconds(data['pool_bound_s'])} s; the longest pipeline alone: {seconds(data['pipeline_bound_s'])} s)")
-    header = ("policy", "makespan s", "speedup", "mean JCT", "worst JCT", "GPU busy", "useful",
-              "switches/rollout", "switching GPU-s")
-    rows = [header]
+    lines.append(
+        f"lower bound on the makespan: {seconds(data['lower_bound_s'])} s (all work over the pool: "
+        f"{seconds(data['pool_bound_s'])} s; the longest pipeline alone: {seconds(data['pipeline_bound_s'])} s)"
+    )
+    header = (
+        "policy",
+        "makespan s",
+        "speedup",
+        "mean JCT",
+        "worst JCT",
+        "GPU busy",
+        "useful",
+        "switches/rollout",
+        "switching GPU-s",
+    )
+    rows: list[tuple[str, ...]] = [header]
     policies = data["policies"]
     static = policies.get("static")
     for policy, figures in policies.items():
         speed = data["speedup"].get(policy)
-        rows.append((
-            policy,
-            seconds(figures["makespan_s"]),
-            f"{speed['makespan']:.2f}x" if speed else ("1.00x" if policy == "static" else "-"),
-            f"{speed['mean_jct']:.2f}x" if speed and speed["mean_jct"] else ("1.00x" if policy == "static" else "-"),
-            f"{speed['worst_jct_ratio']:.3f} ({speed['worst_pipeline']})" if speed and speed["worst_jct_ratio"] else "-",
-            f"{figures['gpu_busy_fraction']:.1%}",
-            f"{figures['gpu_useful_fraction']:.1%}",
-            f"{figures['switches_per_rollout']:.1f}",
-            f"{figures['switch_gpu_s']:,.0f}",
-        ))
+        rows.append(
+            (
+                policy,
+                seconds(figures["makespan_s"]),
+                f"{speed['makespan']:.2f}x" if speed else ("1.00x" if policy == "static" else "-"),
+                f"{speed['mean_jct']:.2f}x"
+                if speed and speed["mean_jct"]
+                else ("1.00x" if policy == "static" else "-"),
+                f"{speed['worst_jct_ratio']:.3f} ({speed['worst_pipeline']})"
+                if speed and speed["worst_jct_ratio"]
+                else "-",
+                f"{figures['gpu_busy_fraction']:.1%}",
+                f"{figures['gpu_useful_fraction']:.1%}",
+                f"{figures['switches_per_rollout']:.1f}",
+                f"{figures['switch_gpu_s']:,.0f}",
+            )
+        )
     lines.append("")
     lines.extend(_table(rows))
-    lines.append("speedup and mean JCT: static over the policy (above 1 is faster); worst JCT: the policy's JCT over "
-                 "static, for the pipeline it slows most")
+    lines.append(
+        "speedup and mean JCT: static over the policy (above 1 is faster); worst JCT: the policy's JCT over "
+        "static, for the pipeline it slows most"
+    )
     names = list(next(iter(policies.values()))["jct_s"]) if policies else []
     if names and len(names) <= _LIST_PIPELINES:
         rows = [("pipeline", *[f"{p} JCT s" for p in policies])]
         for name in names:
-            rows.append((name, *[_jct(policies[p]["jct_s"][name], name in policies[p]["stopped"], seconds)
-                                  for p in policies]))
+            rows.append(
+                (name, *[_jct(policies[p]["jct_s"][name], name in policies[p]["stopped"], seconds) for p in policies])
+            )
         lines.append("")
         lines.extend(_table(rows))
     best = data.get("best_policy")
@@ -109,11 +135,15 @@ def report(data: dict[str, Any], description: str = "") -> str:
         lines.append(f"shortest makespan: {best} (add --policy static to compare with dedicated slices)")
     else:
         speed = data["speedup"][best]
-        lines.append(f"use {best}: makespan {speed['makespan']:.2f}x faster than static, mean JCT {speed['mean_jct']:.2f}x; "
-                     f"no pipeline slower than {speed['worst_jct_ratio']:.2f}x its static JCT")
+        lines.append(
+            f"use {best}: makespan {speed['makespan']:.2f}x faster than static, mean JCT {speed['mean_jct']:.2f}x; "
+            f"no pipeline slower than {speed['worst_jct_ratio']:.2f}x its static JCT"
+        )
         bound = data["lower_bound_s"]
         if bound and static["makespan_s"]:
-            lines.append(f"no policy can beat {static['makespan_s'] / bound:.2f}x faster than static here (the lower bound)")
+            lines.append(
+                f"no policy can beat {static['makespan_s'] / bound:.2f}x faster than static here (the lower bound)"
+            )
     return "\n".join(lines)
 
 
@@ -158,8 +188,15 @@ class _Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         total = sum(p.rollouts for p in scenario.pipelines)
-        bar = Progress(TextColumn("{task.description:>14}"), BarColumn(), MofNCompleteColumn(), TextColumn("rollouts"),
-                       TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+        bar = Progress(
+            TextColumn("{task.description:>14}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("rollouts"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
         bar.start()
         return cls(bar, {policy: bar.add_task(policy, total=total) for policy in policies})
 
@@ -174,18 +211,29 @@ def add_parser(commands: Any) -> None:
     from rlix_plugin.simulate.compare import CHOICES
 
     parser = commands.add_parser(
-        "simulate", help="simulate a scenario in virtual time and compare sharing policies",
+        "simulate",
+        help="simulate a scenario in virtual time and compare sharing policies",
         description="Simulate a scenario's pipelines in virtual time on the live scheduler's core, under a static "
-                    "partition and each sharing policy; report makespan, job completion times, GPU use and "
-                    "switching, and which policy to use.",
+        "partition and each sharing policy; report makespan, job completion times, GPU use and "
+        "switching, and which policy to use.",
     )
     parser.add_argument("scenario", help="a scenario TOML file, or a bundled scenario name (e.g. cluster_64x1024)")
-    parser.add_argument("--policy", action="append", choices=CHOICES, metavar="NAME",
-                        help=f"simulate only these (repeatable; default: all of {', '.join(CHOICES)})")
+    parser.add_argument(
+        "--policy",
+        action="append",
+        choices=CHOICES,
+        metavar="NAME",
+        help=f"simulate only these (repeatable; default: all of {', '.join(CHOICES)})",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     parser.add_argument("--timeline", metavar="FILE.png", help="draw GPU ownership and use over time per policy")
-    parser.add_argument("--seed", type=int, default=0, metavar="N",
-                        help="another draw of the same workload: every pipeline's seed plus N (default 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="another draw of the same workload: every pipeline's seed plus N (default 0)",
+    )
     parser.set_defaults(run=run_simulate)
 
 

@@ -33,8 +33,11 @@ def render(snap: dict[str, Any]) -> str:
     if restarted or snap.get("recovering"):
         waiting = snap.get("recovering") or []
         epoch = (snap.get("scheduler") or {}).get("epoch")
-        lines.insert(1, f"restarted from its saved state (epoch {epoch})" + (
-            f"; waiting for {', '.join(waiting)} to reattach: nothing is planned until then" if waiting else ""))
+        lines.insert(
+            1,
+            f"restarted from its saved state (epoch {epoch})"
+            + (f"; waiting for {', '.join(waiting)} to reattach: nothing is planned until then" if waiting else ""),
+        )
     rows: list[tuple[str, ...]] = [_HEADER]
     notes: list[str] = []
     for pid, info in snap.get("pipelines", {}).items():
@@ -44,15 +47,28 @@ def render(snap: dict[str, Any]) -> str:
                 detail = f"awake dp {cluster['awake_dp_ranks']} of {cluster['dp_size']}"
             else:
                 detail = f"priority {cluster['priority']}" if cluster.get("held") else "not held"
-            rows.append((pid if first else "", name, str(cluster["tp"]), _ids(cluster["gpus"]),
-                         _ids(cluster["gpus_held"]) if cluster.get("held") else "-", detail))
+            rows.append(
+                (
+                    pid if first else "",
+                    name,
+                    str(cluster["tp"]),
+                    _ids(cluster["gpus"]),
+                    _ids(cluster["gpus_held"]) if cluster.get("held") else "-",
+                    detail,
+                )
+            )
             first = False
-        progress = ", ".join(
-            f"{p['mode']}{'/' + p['adapter_id'] if p.get('adapter_id') else ''} {p['completed']}/{p['step_target']}"
-            for p in info.get("progress", [])
-        ) or "no stream"
-        note = f"{pid}: open demand {info.get('open_demand') if info.get('open_demand') is not None else 'none'}; " \
-               f"progress {progress}; remaining {info.get('remaining')}"
+        progress = (
+            ", ".join(
+                f"{p['mode']}{'/' + p['adapter_id'] if p.get('adapter_id') else ''} {p['completed']}/{p['step_target']}"
+                for p in info.get("progress", [])
+            )
+            or "no stream"
+        )
+        note = (
+            f"{pid}: open demand {info.get('open_demand') if info.get('open_demand') is not None else 'none'}; "
+            f"progress {progress}; remaining {info.get('remaining')}"
+        )
         if not info.get("admitted", True):
             note += "; NOT ADMITTED"
         if info.get("releasing"):
@@ -64,7 +80,7 @@ def render(snap: dict[str, Any]) -> str:
         lines.append("no pipelines registered")
     else:
         widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADER))]
-        lines.extend("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+        lines.extend("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in rows)
         lines.append("")
         lines.extend(notes)
     lines.append("")
@@ -86,9 +102,9 @@ def _ids(gpus: list[int]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cluster import scheduler_client
-
     from rlix_plugin import arguments as check
+
+    from .cluster import scheduler_client
 
     check.timeout(args.timeout, "--timeout")
     if args.watch is not None:
@@ -126,11 +142,17 @@ def _why(client: Any, args: argparse.Namespace) -> int:
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser("status", help="show the live scheduler: allocations, demand, progress, queue")
-    parser.add_argument("--address", default="auto",
-                        help="Ray cluster address (default: auto, the running cluster)")
+    parser.add_argument("--address", default="auto", help="Ray cluster address (default: auto, the running cluster)")
     parser.add_argument("--json", action="store_true", help="print the scheduler's snapshot as JSON")
-    parser.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
-                        help="refresh every SECONDS (default 2) until interrupted")
+    parser.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=2.0,
+        default=None,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until interrupted",
+    )
     parser.add_argument("--count", type=int, default=0, help="with --watch: stop after this many refreshes")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the scheduler")
     parser.add_argument("--why", metavar="PIPELINE", help="explain why PIPELINE holds what it holds now")

@@ -48,8 +48,10 @@ class DashboardServer:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._since = 0
-        self._assets = {path: (resources.files(__package__).joinpath("static", name).read_bytes(), kind)
-                        for path, (name, kind) in ASSETS.items()}
+        self._assets = {
+            path: (resources.files(__package__).joinpath("static", name).read_bytes(), kind)
+            for path, (name, kind) in ASSETS.items()
+        }
         try:
             self._http = ThreadingHTTPServer((LOCALHOST, port), self._handler())
         except OSError as exc:
@@ -110,7 +112,7 @@ class DashboardServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/api/state":
                     body, kind = json.dumps(server.state()).encode(), "application/json"
@@ -126,7 +128,7 @@ class DashboardServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
+            def log_message(self, format: str, *args: Any) -> None:
                 log.debug("dashboard: " + format, *args)
 
         return Handler

@@ -31,8 +31,13 @@ class Segment:
     end: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"start": round(self.start, 3), "end": None if self.end is None else round(self.end, 3),
-                "pipeline": self.pipeline, "cluster": self.cluster, "state": self.state}
+        return {
+            "start": round(self.start, 3),
+            "end": None if self.end is None else round(self.end, 3),
+            "pipeline": self.pipeline,
+            "cluster": self.cluster,
+            "state": self.state,
+        }
 
 
 class Timeline:
@@ -49,8 +54,8 @@ class Timeline:
             self.first = now
         while len(self.rows) < len(gpus):
             self.rows.append(deque())
-        del self.rows[len(gpus):]
-        for row, entry in zip(self.rows, gpus):
+        del self.rows[len(gpus) :]
+        for row, entry in zip(self.rows, gpus, strict=False):
             key = (entry["pipeline"], entry["cluster"], entry["state"])
             last = row[-1] if row else None
             if last is None or (last.pipeline, last.cluster, last.state) != key:
@@ -65,8 +70,11 @@ class Timeline:
         :data:`TIMELINE_MIN_S`), then the last ``window_s`` seconds, scrolling."""
         seen = now - self.first if self.first is not None else 0.0
         span = min(self.window_s, max(TIMELINE_MIN_S, seen))
-        return {"now": round(now, 3), "window_s": round(span, 3),
-                "rows": [[s.to_json() for s in row] for row in self.rows]}
+        return {
+            "now": round(now, 3),
+            "window_s": round(span, 3),
+            "rows": [[s.to_json() for s in row] for row in self.rows],
+        }
 
 
 class PoolView:
@@ -107,8 +115,10 @@ class PoolView:
         snap = self.snapshot
         pool = snap.get("pool", {})
         per_node = pool.get("gpus_per_node") or 1
-        cells = [dict(entry, node=entry["gpu"] // per_node, label=_label(entry), role=_role(entry))
-                 for entry in snap.get("gpus", [])]
+        cells = [
+            dict(entry, node=entry["gpu"] // per_node, label=_label(entry), role=_role(entry))
+            for entry in snap.get("gpus", [])
+        ]
         return {
             "version": self.version,
             "error": self.error,
@@ -119,8 +129,11 @@ class PoolView:
             "colors": self.colors,
             "gpus": cells,
             "pipelines": _pipelines(snap),
-            "pending": [dict(r, priority=int(p)) for p, rs in sorted(snap.get("pending", {}).items(),
-                                                                     key=lambda kv: int(kv[0])) for r in rs],
+            "pending": [
+                dict(r, priority=int(p))
+                for p, rs in sorted(snap.get("pending", {}).items(), key=lambda kv: int(kv[0]))
+                for r in rs
+            ],
             "decisions": list(reversed(self.decisions)),
             "timeline": self.timeline.to_json(now),
         }
@@ -147,17 +160,19 @@ def _pipelines(snap: Mapping[str, Any]) -> list[dict[str, Any]]:
     for pid, info in sorted(snap.get("pipelines", {}).items()):
         infer = info.get("clusters", {}).get(ACTOR_INFER, {})
         progress = info.get("progress", [])
-        rows.append({
-            "pipeline": pid,
-            "open_demand": info.get("open_demand"),
-            "remaining": info.get("remaining"),
-            "completed": sum(p["completed"] for p in progress),
-            "step_target": sum(p["step_target"] for p in progress) or info.get("open_demand"),
-            "awake": len(infer.get("awake_dp_ranks", [])),
-            "dp_size": infer.get("dp_size"),
-            "entitled": entitled.get(pid, 0),
-            "fenced": info.get("fenced"),
-        })
+        rows.append(
+            {
+                "pipeline": pid,
+                "open_demand": info.get("open_demand"),
+                "remaining": info.get("remaining"),
+                "completed": sum(p["completed"] for p in progress),
+                "step_target": sum(p["step_target"] for p in progress) or info.get("open_demand"),
+                "awake": len(infer.get("awake_dp_ranks", [])),
+                "dp_size": infer.get("dp_size"),
+                "entitled": entitled.get(pid, 0),
+                "fenced": info.get("fenced"),
+            }
+        )
     return rows
 
 

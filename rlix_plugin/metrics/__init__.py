@@ -67,7 +67,7 @@ def serve_local(scheduler: LocalScheduler) -> SchedulerMetrics | None:
         from . import local
     except ImportError as exc:
         raise BackendUnavailableError(
-            f"{PORT_VARIABLE} is set but prometheus_client is missing ({exc}): pip install \"rlix-plugin[metrics]\""
+            f'{PORT_VARIABLE} is set but prometheus_client is missing ({exc}): pip install "rlix-plugin[metrics]"'
         ) from None
     return local.attach(scheduler, *endpoint)
 

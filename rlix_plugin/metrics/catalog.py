@@ -33,61 +33,120 @@ class MetricSpec:
 
 
 GPUS_HELD = MetricSpec(
-    "rlix_gpus_held", GAUGE,
+    "rlix_gpus_held",
+    GAUGE,
     "GPUs held, by pipeline, cluster and state (awake, waking, falling_asleep: an engine; training: "
     "a stage holds them; reserved: kept for a stage about to be granted)",
-    ("pipeline", "cluster", "state"))
+    ("pipeline", "cluster", "state"),
+)
 IDLE_GPUS = MetricSpec("rlix_idle_gpus", GAUGE, "GPUs nobody holds")
 POOL_GPUS = MetricSpec("rlix_pool_gpus", GAUGE, "GPUs in the pool")
 PIPELINES = MetricSpec("rlix_pipelines", GAUGE, "Registered pipelines")
 FENCED_PIPELINES = MetricSpec(
-    "rlix_fenced_pipelines", GAUGE, "Pipelines fenced after a failed resize or as unresponsive, not yet reclaimed")
+    "rlix_fenced_pipelines", GAUGE, "Pipelines fenced after a failed resize or as unresponsive, not yet reclaimed"
+)
 BUNDLES_ENTITLED = MetricSpec(
-    "rlix_generation_bundles_entitled", GAUGE,
-    "Generation bundles the planner's last pass aimed to give the pipeline (its target)", ("pipeline",))
-BUNDLES_AWAKE = MetricSpec("rlix_generation_bundles_awake", GAUGE, "Generation engines awake and serving", ("pipeline",))
+    "rlix_generation_bundles_entitled",
+    GAUGE,
+    "Generation bundles the planner's last pass aimed to give the pipeline (its target)",
+    ("pipeline",),
+)
+BUNDLES_AWAKE = MetricSpec(
+    "rlix_generation_bundles_awake", GAUGE, "Generation engines awake and serving", ("pipeline",)
+)
 OPEN_DEMAND = MetricSpec(
-    "rlix_open_demand_samples", GAUGE,
-    "Step target of the pipeline's open demand (0: no rollout in progress)", ("pipeline",))
-REMAINING = MetricSpec("rlix_remaining_samples", GAUGE, "Samples the pipeline's rollout still has to generate",
-                       ("pipeline",))
-PENDING = MetricSpec("rlix_pending_requests", GAUGE, "Requests waiting to be granted, by priority (0-6)",
-                     ("priority",))
+    "rlix_open_demand_samples",
+    GAUGE,
+    "Step target of the pipeline's open demand (0: no rollout in progress)",
+    ("pipeline",),
+)
+REMAINING = MetricSpec(
+    "rlix_remaining_samples", GAUGE, "Samples the pipeline's rollout still has to generate", ("pipeline",)
+)
+PENDING = MetricSpec("rlix_pending_requests", GAUGE, "Requests waiting to be granted, by priority (0-6)", ("priority",))
 START_TIME = MetricSpec("rlix_scheduler_start_time_seconds", GAUGE, "When the scheduler started (Unix time)")
 RESTARTS = MetricSpec(
-    "rlix_scheduler_restarts_total", COUNTER,
+    "rlix_scheduler_restarts_total",
+    COUNTER,
     "Schedulers started before this one on the same Ray cluster (always 0 on the local backend, whose "
-    "scheduler lives and dies with its process)")
+    "scheduler lives and dies with its process)",
+)
 PREEMPTIONS = MetricSpec(
-    "rlix_preemptions_total", COUNTER,
+    "rlix_preemptions_total",
+    COUNTER,
     "Engines (DP ranks) of the pipeline put to sleep for a stage; reason: preempted by <cluster id>",
-    ("pipeline", "reason"))
+    ("pipeline", "reason"),
+)
 DONATIONS = MetricSpec(
-    "rlix_donations_total", COUNTER,
+    "rlix_donations_total",
+    COUNTER,
     "Engines (DP ranks) of the pipeline put to sleep for another pipeline's; reason: donated to <pipeline>",
-    ("pipeline", "reason"))
+    ("pipeline", "reason"),
+)
 DECISIONS = MetricSpec("rlix_decisions_total", COUNTER, "Entries of the decision log, by kind", ("kind",))
 REQUEST_WAIT = MetricSpec(
-    "rlix_request_wait_seconds", HISTOGRAM,
-    "Time a signal_demand or request_gpus call waited until granted", ("pipeline", "op", "priority"), WAIT_BUCKETS)
+    "rlix_request_wait_seconds",
+    HISTOGRAM,
+    "Time a signal_demand or request_gpus call waited until granted",
+    ("pipeline", "op", "priority"),
+    WAIT_BUCKETS,
+)
 RESIZE = MetricSpec(
-    "rlix_resize_seconds", HISTOGRAM, "Duration of the engines' confirmed wakes and sleeps (op: wake, sleep)",
-    ("pipeline", "op"), SWITCH_BUCKETS)
+    "rlix_resize_seconds",
+    HISTOGRAM,
+    "Duration of the engines' confirmed wakes and sleeps (op: wake, sleep)",
+    ("pipeline", "op"),
+    SWITCH_BUCKETS,
+)
 WEIGHT_SYNC = MetricSpec(
-    "rlix_weight_sync_seconds", HISTOGRAM,
+    "rlix_weight_sync_seconds",
+    HISTOGRAM,
     "Weight syncs into awake engines, where the framework reports them (rlix_plugin.metrics.report_weight_sync)",
-    ("pipeline",), SWITCH_BUCKETS)
-CYCLE = MetricSpec("rlix_scheduling_cycle_seconds", HISTOGRAM,
-                   "Duration of a planning pass (plan, validate, start its moves)", (), CYCLE_BUCKETS)
+    ("pipeline",),
+    SWITCH_BUCKETS,
+)
+CYCLE = MetricSpec(
+    "rlix_scheduling_cycle_seconds",
+    HISTOGRAM,
+    "Duration of a planning pass (plan, validate, start its moves)",
+    (),
+    CYCLE_BUCKETS,
+)
 
 METRICS: tuple[MetricSpec, ...] = (
-    GPUS_HELD, IDLE_GPUS, POOL_GPUS, PIPELINES, FENCED_PIPELINES, BUNDLES_ENTITLED, BUNDLES_AWAKE, OPEN_DEMAND,
-    REMAINING, PENDING, START_TIME, RESTARTS, PREEMPTIONS, DONATIONS, DECISIONS, REQUEST_WAIT, RESIZE, WEIGHT_SYNC,
+    GPUS_HELD,
+    IDLE_GPUS,
+    POOL_GPUS,
+    PIPELINES,
+    FENCED_PIPELINES,
+    BUNDLES_ENTITLED,
+    BUNDLES_AWAKE,
+    OPEN_DEMAND,
+    REMAINING,
+    PENDING,
+    START_TIME,
+    RESTARTS,
+    PREEMPTIONS,
+    DONATIONS,
+    DECISIONS,
+    REQUEST_WAIT,
+    RESIZE,
+    WEIGHT_SYNC,
     CYCLE,
 )
 #: Metrics computed from the scheduler's snapshot (the rest are counted as things happen).
-SNAPSHOT_GAUGES = (GPUS_HELD, IDLE_GPUS, POOL_GPUS, PIPELINES, FENCED_PIPELINES, BUNDLES_ENTITLED, BUNDLES_AWAKE,
-                   OPEN_DEMAND, REMAINING, PENDING)
+SNAPSHOT_GAUGES = (
+    GPUS_HELD,
+    IDLE_GPUS,
+    POOL_GPUS,
+    PIPELINES,
+    FENCED_PIPELINES,
+    BUNDLES_ENTITLED,
+    BUNDLES_AWAKE,
+    OPEN_DEMAND,
+    REMAINING,
+    PENDING,
+)
 
 #: Label values of ``op``.
 SIGNAL_DEMAND = "signal_demand"
@@ -96,8 +155,33 @@ WAKE = "wake"
 SLEEP = "sleep"
 
 __all__ = [
-    "BUNDLES_AWAKE", "BUNDLES_ENTITLED", "COUNTER", "CYCLE", "DECISIONS", "DONATIONS", "FENCED_PIPELINES", "GAUGE",
-    "GPUS_HELD", "HISTOGRAM", "IDLE_GPUS", "METRICS", "OPEN_DEMAND", "PENDING", "PIPELINES", "POOL_GPUS",
-    "PREEMPTIONS", "REMAINING", "REQUEST_GPUS", "REQUEST_WAIT", "RESIZE", "RESTARTS", "SIGNAL_DEMAND", "SLEEP",
-    "SNAPSHOT_GAUGES", "START_TIME", "WAKE", "WEIGHT_SYNC", "MetricSpec",
+    "BUNDLES_AWAKE",
+    "BUNDLES_ENTITLED",
+    "COUNTER",
+    "CYCLE",
+    "DECISIONS",
+    "DONATIONS",
+    "FENCED_PIPELINES",
+    "GAUGE",
+    "GPUS_HELD",
+    "HISTOGRAM",
+    "IDLE_GPUS",
+    "METRICS",
+    "OPEN_DEMAND",
+    "PENDING",
+    "PIPELINES",
+    "POOL_GPUS",
+    "PREEMPTIONS",
+    "REMAINING",
+    "REQUEST_GPUS",
+    "REQUEST_WAIT",
+    "RESIZE",
+    "RESTARTS",
+    "SIGNAL_DEMAND",
+    "SLEEP",
+    "SNAPSHOT_GAUGES",
+    "START_TIME",
+    "WAKE",
+    "WEIGHT_SYNC",
+    "MetricSpec",
 ]

@@ -70,7 +70,7 @@ def render(snapshot: dict[str, Any], tally: Tally, started_at: float, restarts: 
             histogram = HistogramMetricFamily(spec.name, spec.help, labels=labels)
             for key, hist in sorted(tally.histograms.get(spec.name, {}).items()):
                 bounds = [floatToGoString(b) for b in spec.buckets] + ["+Inf"]
-                histogram.add_metric(list(key), list(zip(bounds, hist.cumulative())), hist.sum)
+                histogram.add_metric(list(key), list(zip(bounds, hist.cumulative(), strict=False)), hist.sum)
             family = histogram
         families.append(family)
     return families
@@ -115,9 +115,12 @@ def attach(scheduler: LocalScheduler, address: str, port: int) -> SchedulerMetri
             except OSError as exc:
                 raise RlixError(f"RLIX_METRICS_PORT: cannot serve metrics on {address}:{port}: {exc}") from None
             _endpoint, _serving = endpoint, (address, port)
-        elif _serving != (address, port):
-            raise RlixError(f"RLIX_METRICS_PORT: this process already serves metrics on "
-                            f"{_serving[0]}:{_serving[1]}, not {address}:{port}")  # type: ignore[index]
+        elif _serving is not None and _serving != (address, port):
+            served_address, served_port = _serving
+            raise RlixError(
+                f"RLIX_METRICS_PORT: this process already serves metrics on "
+                f"{served_address}:{served_port}, not {address}:{port}"
+            )
         metrics = SchedulerMetrics(scheduler)
         _endpoint.current = metrics
         return metrics

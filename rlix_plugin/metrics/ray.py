@@ -33,10 +33,10 @@ class RaySink:
 
     def inc(self, spec: m.MetricSpec, labels: Labels, amount: float) -> None:
         if amount > 0:
-            self._metric(spec).inc(amount, tags=dict(zip(spec.labels, labels)))
+            self._metric(spec).inc(amount, tags=dict(zip(spec.labels, labels, strict=False)))
 
     def observe(self, spec: m.MetricSpec, labels: Labels, value: float) -> None:
-        self._metric(spec).observe(value, tags=dict(zip(spec.labels, labels)))
+        self._metric(spec).observe(value, tags=dict(zip(spec.labels, labels, strict=False)))
 
     def set_gauges(self, values: Mapping[str, Series]) -> None:
         """Set every gauge in ``values`` (by metric name); series set before and absent now go
@@ -47,9 +47,9 @@ class RaySink:
             series = values[spec.name]
             gauge = self._metric(spec)
             for key in self._gauge_keys.get(spec.name, set()) - series.keys():
-                gauge.set(0.0, tags=dict(zip(spec.labels, key)))
+                gauge.set(0.0, tags=dict(zip(spec.labels, key, strict=False)))
             for key, value in series.items():
-                gauge.set(value, tags=dict(zip(spec.labels, key)))
+                gauge.set(value, tags=dict(zip(spec.labels, key, strict=False)))
             self._gauge_keys[spec.name] = self._gauge_keys.get(spec.name, set()) | set(series)
 
     def _metric(self, spec: m.MetricSpec) -> Any:

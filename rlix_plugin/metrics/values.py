@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rlix_plugin.hookspecs import ACTOR_INFER
-
-from rlix_plugin.scheduler.journal import AWAKE, ASLEEP, DONATE, PREEMPT, Decision
+from rlix_plugin.scheduler.journal import ASLEEP, AWAKE, DONATE, PREEMPT, Decision
 from rlix_plugin.scheduler.observe import ObserverBase
 
 from . import catalog as m
@@ -106,8 +105,10 @@ class Tally:
     def copy(self) -> Tally:
         return Tally(
             {name: dict(series) for name, series in self.counters.items()},
-            {name: {k: HistogramValue(list(h.buckets), h.sum, h.count) for k, h in series.items()}
-             for name, series in self.histograms.items()},
+            {
+                name: {k: HistogramValue(list(h.buckets), h.sum, h.count) for k, h in series.items()}
+                for name, series in self.histograms.items()
+            },
         )
 
 

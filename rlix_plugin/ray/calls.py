@@ -86,8 +86,14 @@ RETRY_PAUSES_S = (0.01, 0.02, 0.05, 0.1, 0.2)
 RESTART_CHECK_S = 0.05
 
 
-def call_through_restarts(submit: Callable[[float], Any], timeout_s: float, what: str, actor: str,
-                          gone: Callable[[], bool], restarts: Callable[[], int] | None = None) -> Any:
+def call_through_restarts(
+    submit: Callable[[float], Any],
+    timeout_s: float,
+    what: str,
+    actor: str,
+    gone: Callable[[], bool],
+    restarts: Callable[[], int] | None = None,
+) -> Any:
     """Make an actor call, and make it again when a restart of the actor interrupted it.
 
     :param submit: ``submit(left_s) -> ObjectRef``: makes the call, given the seconds left.

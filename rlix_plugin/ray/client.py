@@ -97,18 +97,24 @@ class RlixClient:
         arguments of each attempt from the seconds it has left. A wait that runs out here (not
         in the scheduler, which sends its own diagnostic) carries the scheduler's diagnostic if
         it still answers one."""
+
         def submit(left: float) -> Any:
             return getattr(self.scheduler, method).remote(*args(left))
 
         try:
-            return call_through_restarts(submit, timeout_s, what, SCHEDULER_NAME, self._scheduler_gone,
-                                         lambda: self.epoch)
+            return call_through_restarts(
+                submit, timeout_s, what, SCHEDULER_NAME, self._scheduler_gone, lambda: self.epoch
+            )
         except SchedulerTimeoutError as exc:
             if exc.diagnostic:
                 raise
             try:
-                diagnostic = wait(self.scheduler.diagnostic.remote("scheduler state now:"), DIAGNOSTIC_TIMEOUT_S,
-                                  "diagnostic", SCHEDULER_NAME)
+                diagnostic = wait(
+                    self.scheduler.diagnostic.remote("scheduler state now:"),
+                    DIAGNOSTIC_TIMEOUT_S,
+                    "diagnostic",
+                    SCHEDULER_NAME,
+                )
             except RlixError as inner:
                 diagnostic = f"(no diagnostic either: {inner}; the scheduler's event loop may be stuck)"
             raise SchedulerTimeoutError(str(exc), diagnostic) from None
@@ -120,21 +126,45 @@ class RlixClient:
         current = _lookup(SCHEDULER_NAME)
         return current is None or current != self.scheduler
 
-    def _blocking(self, method: str, head: tuple[Any, ...], timeout_s: float, tail: tuple[Any, ...],
-                  what: str) -> Any:
+    def _blocking(self, method: str, head: tuple[Any, ...], timeout_s: float, tail: tuple[Any, ...], what: str) -> Any:
         """A blocking call ``method(*head, actor_timeout, *tail)``: each attempt gets the original
         timeout minus the time already spent, the client waits a grace longer."""
         return self._call(method, lambda left: (*head, max(0.001, left - GRACE_S), *tail), timeout_s + GRACE_S, what)
 
-    def signal_demand(self, pipeline_id: str, lease: str, rollout_id: int, step_target: int, timeout_s: float,
-                      request_id: str | None = None) -> Grant:
-        return self._blocking("signal_demand", (pipeline_id, lease, rollout_id, step_target), timeout_s,
-                              (request_id or new_request_id(),), f"signal_demand({pipeline_id}, rollout {rollout_id})")
+    def signal_demand(
+        self,
+        pipeline_id: str,
+        lease: str,
+        rollout_id: int,
+        step_target: int,
+        timeout_s: float,
+        request_id: str | None = None,
+    ) -> Grant:
+        return self._blocking(
+            "signal_demand",
+            (pipeline_id, lease, rollout_id, step_target),
+            timeout_s,
+            (request_id or new_request_id(),),
+            f"signal_demand({pipeline_id}, rollout {rollout_id})",
+        )
 
-    def request_gpus(self, pipeline_id: str, lease: str, cluster: str, priority: int, step_target: int | None,
-                     timeout_s: float, request_id: str | None = None) -> Grant:
-        return self._blocking("request_gpus", (pipeline_id, lease, cluster, priority, step_target), timeout_s,
-                              (request_id or new_request_id(),), f"request_gpus({pipeline_id}_{cluster})")
+    def request_gpus(
+        self,
+        pipeline_id: str,
+        lease: str,
+        cluster: str,
+        priority: int,
+        step_target: int | None,
+        timeout_s: float,
+        request_id: str | None = None,
+    ) -> Grant:
+        return self._blocking(
+            "request_gpus",
+            (pipeline_id, lease, cluster, priority, step_target),
+            timeout_s,
+            (request_id or new_request_id(),),
+            f"request_gpus({pipeline_id}_{cluster})",
+        )
 
     def release(self, pipeline_id: str, lease: str, cluster: str) -> None:
         """Give a cluster back; for the generation cluster, once its workers sleep (bounded by the
@@ -142,12 +172,23 @@ class RlixClient:
         timeout_s = float(self.info.get("resize_timeout_s", DEFAULT_RESIZE_TIMEOUT_S)) + 10.0
         self._blocking("release", (pipeline_id, lease, cluster), timeout_s, (), f"release({pipeline_id}_{cluster})")
 
-    def reattach(self, pipeline_id: str, lease: str, resize_token: str, report: PipelineReport,
-                 coordinator: Any = None, timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
+    def reattach(
+        self,
+        pipeline_id: str,
+        lease: str,
+        resize_token: str,
+        report: PipelineReport,
+        coordinator: Any = None,
+        timeout_s: float = CONTROL_TIMEOUT_S,
+    ) -> dict[str, Any]:
         """Reattach a pipeline to a restarted scheduler: its resizes go to ``coordinator`` with
         ``resize_token`` from now on, and its state is reconciled with ``report``."""
-        return self._call("reattach", lambda _: (pipeline_id, lease, resize_token, report, coordinator),
-                          timeout_s, f"reattach({pipeline_id})")
+        return self._call(
+            "reattach",
+            lambda _: (pipeline_id, lease, resize_token, report, coordinator),
+            timeout_s,
+            f"reattach({pipeline_id})",
+        )
 
     def describe(self, timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
         return self._call("describe", lambda _: (), timeout_s, "describe")
@@ -156,8 +197,14 @@ class RlixClient:
         """The scheduler's full view: pipelines, allocations, open demand, progress, queue."""
         return self._call("snapshot", lambda _: (), timeout_s, "snapshot")
 
-    def events(self, since: int = 0, pipeline: str | None = None, limit: int = 1000, wait_s: float = 0.0,
-               timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
+    def events(
+        self,
+        since: int = 0,
+        pipeline: str | None = None,
+        limit: int = 1000,
+        wait_s: float = 0.0,
+        timeout_s: float = CONTROL_TIMEOUT_S,
+    ) -> dict[str, Any]:
         """The decision log after ``since`` (:meth:`SchedulerActor.events
         <rlix_plugin.ray.scheduler_actor.SchedulerActor.events>`); ``wait_s`` long-polls."""
         return self._call("events", lambda _: (since, pipeline, limit, wait_s), timeout_s + wait_s, "events")
@@ -168,12 +215,17 @@ class RlixClient:
     def is_registered(self, pipeline_id: str, timeout_s: float = CONTROL_TIMEOUT_S) -> bool:
         return bool(self._call("is_registered", lambda _: (pipeline_id,), timeout_s, "is_registered"))
 
-    def unregister_pipeline(self, pipeline_id: str, lease: str, reason: str,
-                            timeout_s: float = CONTROL_TIMEOUT_S) -> None:
+    def unregister_pipeline(
+        self, pipeline_id: str, lease: str, reason: str, timeout_s: float = CONTROL_TIMEOUT_S
+    ) -> None:
         """Straight to the scheduler: a pipeline must be able to give its GPUs back while the
         orchestrator is down. (Unregistering what is gone does nothing: safe to retry.)"""
-        self._call("unregister_pipeline", lambda _: (pipeline_id, lease, reason), timeout_s,
-                   f"unregister_pipeline({pipeline_id})")
+        self._call(
+            "unregister_pipeline",
+            lambda _: (pipeline_id, lease, reason),
+            timeout_s,
+            f"unregister_pipeline({pipeline_id})",
+        )
 
     # -- orchestrator calls -------------------------------------------------------------------------
 
@@ -197,13 +249,17 @@ class RlixClient:
                 self._orchestrator = None
         raise AssertionError("unreachable")
 
-    def register_pipeline(self, registration: Registration, coordinator: Any, resize_token: str,
-                          registration_key: str | None = None) -> str:
+    def register_pipeline(
+        self, registration: Registration, coordinator: Any, resize_token: str, registration_key: str | None = None
+    ) -> str:
         """Register and admit through the orchestrator (the front door); returns the lease.
         ``registration_key`` (a secret of the caller's) makes the call safe to retry: the same
         registration again, with the same key, gets a fresh lease instead of a refusal."""
-        return str(self._orchestrate("register_pipeline", registration, coordinator, resize_token,
-                                     registration_key or new_request_id()))
+        return str(
+            self._orchestrate(
+                "register_pipeline", registration, coordinator, resize_token, registration_key or new_request_id()
+            )
+        )
 
     def allocate_pipeline_id(self, prefix: str = "pipeline") -> str:
         return str(self._orchestrate("allocate_pipeline_id", prefix))
@@ -242,9 +298,12 @@ def _alive(handle: Any) -> bool:
         return True  # slow is not dead
 
 
-def _get_or_create(name: str, actor_class: Any, options: dict[str, Any], args: tuple[Any, ...],
-                   kwargs: dict[str, Any] | None = None) -> Any:
-    return actor_class.options(name=name, namespace=NAMESPACE, get_if_exists=True, **options).remote(*args, **(kwargs or {}))
+def _get_or_create(
+    name: str, actor_class: Any, options: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None = None
+) -> Any:
+    return actor_class.options(name=name, namespace=NAMESPACE, get_if_exists=True, **options).remote(
+        *args, **(kwargs or {})
+    )
 
 
 def _ensure_ray(address: str | None, init_options: Mapping[str, Any] | None) -> None:
@@ -269,8 +328,9 @@ def detect_pool() -> tuple[int, int]:
     return sum(per_node), max(per_node)
 
 
-def _wanted(num_gpus: int | None, gpus_per_node: int | None, resize_timeout_s: float | None,
-            policy: str | None) -> dict[str, Any]:
+def _wanted(
+    num_gpus: int | None, gpus_per_node: int | None, resize_timeout_s: float | None, policy: str | None
+) -> dict[str, Any]:
     wanted: dict[str, Any] = {"protocol": PROTOCOL}
     if policy is not None:
         wanted["policy"] = get_policy(policy).name
@@ -287,8 +347,14 @@ def _mismatch(info: dict[str, Any], wanted: dict[str, Any]) -> dict[str, tuple[A
     return {key: (info.get(key), value) for key, value in wanted.items() if info.get(key) != value}
 
 
-def _create_scheduler(num_gpus: int | None, gpus_per_node: int | None, resize_timeout_s: float | None,
-                      policy: str | None, operator: str | None, lifetimes: dict[str, float]) -> Any:
+def _create_scheduler(
+    num_gpus: int | None,
+    gpus_per_node: int | None,
+    resize_timeout_s: float | None,
+    policy: str | None,
+    operator: str | None,
+    lifetimes: dict[str, float],
+) -> Any:
     detected_gpus, detected_per_node = detect_pool()
     gpus = num_gpus if num_gpus is not None else detected_gpus
     if not gpus:
@@ -299,8 +365,9 @@ def _create_scheduler(num_gpus: int | None, gpus_per_node: int | None, resize_ti
     timeout = float(resize_timeout_s) if resize_timeout_s is not None else DEFAULT_RESIZE_TIMEOUT_S
     name = get_policy(policy).name if policy is not None else DEFAULT_POLICY
     digest = operator_digest(operator) if operator else None
-    return _get_or_create(SCHEDULER_NAME, SchedulerActorClass, SCHEDULER_OPTIONS, (gpus, per_node, timeout, name, digest),
-                          lifetimes)
+    return _get_or_create(
+        SCHEDULER_NAME, SchedulerActorClass, SCHEDULER_OPTIONS, (gpus, per_node, timeout, name, digest), lifetimes
+    )
 
 
 def operator_token(explicit: str | None = None) -> str | None:
@@ -327,8 +394,12 @@ def _replace(handle: Any, info: dict[str, Any], mismatch: dict[str, tuple[Any, A
                 "without those options, or replace it as an operator (connect(replace=True) with "
                 f"{ENV_OPERATOR_TOKEN} set)"
             )
-        wait(handle.check_operator.remote(operator, "replacing the scheduler"), CONTROL_TIMEOUT_S, "check_operator",
-             SCHEDULER_NAME)
+        wait(
+            handle.check_operator.remote(operator, "replacing the scheduler"),
+            CONTROL_TIMEOUT_S,
+            "check_operator",
+            SCHEDULER_NAME,
+        )
     log.warning("replacing an idle rlix scheduler (%s)", differences)
     ray.kill(handle, no_restart=True)
     deadline = time.monotonic() + 30.0
@@ -396,11 +467,14 @@ def connect(
                         f"{NAMESPACE!r}); it starts with the first pipeline that uses the ray backend, "
                         "or with rlix_plugin.connect()"
                     )
-                lifetimes = {k: float(check.timeout(v, k)) for k, v in
-                             (("fence_grace_s", fence_grace_s), ("liveness_timeout_s", liveness_timeout_s))
-                             if v is not None}
-                scheduler = _create_scheduler(num_gpus, gpus_per_node, resize_timeout_s, policy,
-                                              operator_token(operator), lifetimes)
+                lifetimes = {
+                    k: float(check.timeout(v, k))
+                    for k, v in (("fence_grace_s", fence_grace_s), ("liveness_timeout_s", liveness_timeout_s))
+                    if v is not None
+                }
+                scheduler = _create_scheduler(
+                    num_gpus, gpus_per_node, resize_timeout_s, policy, operator_token(operator), lifetimes
+                )
             try:
                 info = wait(scheduler.describe.remote(), CONTROL_TIMEOUT_S + GRACE_S, "describe", SCHEDULER_NAME)
             except SchedulerUnavailableError:

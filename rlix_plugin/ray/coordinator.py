@@ -95,8 +95,9 @@ class ResizeFailedError(RuntimeError):
 class Coordinator:
     """Mailbox between the scheduler's resize calls and the pipeline process's hook."""
 
-    def __init__(self, pipeline_id: str, namespace: str, resize_token: str,
-                 server_grace_s: float = SERVER_GRACE_S) -> None:
+    def __init__(
+        self, pipeline_id: str, namespace: str, resize_token: str, server_grace_s: float = SERVER_GRACE_S
+    ) -> None:
         self._pipeline_id = pipeline_id
         self._resize_token = resize_token
         self._namespace = namespace
@@ -125,8 +126,12 @@ class Coordinator:
     # -- called by the scheduler ------------------------------------------------------------------
 
     async def resize(
-        self, resize_token: str, pipeline_id: str, dp_ranks_to_remove: tuple[int, ...],
-        dp_ranks_to_add: tuple[int, ...], epoch: int = 0,
+        self,
+        resize_token: str,
+        pipeline_id: str,
+        dp_ranks_to_remove: tuple[int, ...],
+        dp_ranks_to_add: tuple[int, ...],
+        epoch: int = 0,
     ) -> tuple[int, ...] | None:
         """Have the pipeline process run ``rlix_resize_infer`` and return its answer. Only the
         scheduler may ask: it presents the token the pipeline process gave it (at registration,

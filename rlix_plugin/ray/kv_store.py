@@ -39,7 +39,7 @@ def _key(prefix: str, epoch: int) -> bytes:
 
 def _epochs(prefix: str) -> list[int]:
     keys = internal_kv._internal_kv_list(prefix, namespace=NAMESPACE)
-    return sorted(int(k.decode()[len(prefix):]) for k in keys)
+    return sorted(int(k.decode()[len(prefix) :]) for k in keys)
 
 
 class RayKVStore:
@@ -77,7 +77,9 @@ class RayKVStore:
         if newest > epoch:
             raise StaleWriterError(f"{self.where}: epoch {epoch} was superseded by epoch {newest}")
         text = encode({"version": version, "payload": payload})
-        internal_kv._internal_kv_put(_key(self._state_prefix, epoch), text.encode(), overwrite=True, namespace=NAMESPACE)
+        internal_kv._internal_kv_put(
+            _key(self._state_prefix, epoch), text.encode(), overwrite=True, namespace=NAMESPACE
+        )
         if epoch not in self._cleaned:
             for old in _epochs(self._state_prefix):
                 if old < epoch:

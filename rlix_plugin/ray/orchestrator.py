@@ -111,16 +111,19 @@ class Orchestrator:
                 self._allocated.add(candidate)
                 return candidate
 
-    async def register_pipeline(self, registration: Registration, coordinator: Any, resize_token: str,
-                                registration_key: str | None = None) -> str:
+    async def register_pipeline(
+        self, registration: Registration, coordinator: Any, resize_token: str, registration_key: str | None = None
+    ) -> str:
         """Register and admit the pipeline on the scheduler; returns its lease."""
-        lease = await self._call_scheduler("register_pipeline", registration, coordinator, resize_token,
-                                           registration_key)
+        lease = await self._call_scheduler(
+            "register_pipeline", registration, coordinator, resize_token, registration_key
+        )
         self._allocated.add(registration.pipeline_id)
         return str(lease)
 
-    async def kill_pipeline(self, pipeline_id: str, operator: str | None,
-                            reason: str = "killed by an operator") -> list[str]:
+    async def kill_pipeline(
+        self, pipeline_id: str, operator: str | None, reason: str = "killed by an operator"
+    ) -> list[str]:
         """Kill every named actor in the pipeline's namespace, then unregister it (an operator
         action). Killing first means its GPUs are handed to others only once the processes using
         them are gone, never while they may still hold memory. Returns the names that were in the

@@ -99,8 +99,14 @@ def start_coordinator(pipeline_id: str, is_registered: Callable[[str], bool], re
 class ResizeServer:
     """Runs the scheduler's resizes of one pipeline in this process (a daemon thread)."""
 
-    def __init__(self, pipeline_id: str, coordinator: Any, run_hook: ResizeHook, poll_s: float = POLL_S,
-                 on_reconcile: ReconcileHook | None = None) -> None:
+    def __init__(
+        self,
+        pipeline_id: str,
+        coordinator: Any,
+        run_hook: ResizeHook,
+        poll_s: float = POLL_S,
+        on_reconcile: ReconcileHook | None = None,
+    ) -> None:
         self.pipeline_id = pipeline_id
         self.served = 0
         self._coordinator = coordinator
@@ -139,8 +145,9 @@ class ResizeServer:
                 continue  # a slow coordinator; its own grace tells the scheduler if this persists
             except RayActorError:
                 if not self._stop.is_set():
-                    log.error("the coordinator of pipeline %s is gone; resizes no longer reach this process",
-                              self.pipeline_id)
+                    log.error(
+                        "the coordinator of pipeline %s is gone; resizes no longer reach this process", self.pipeline_id
+                    )
                 return
             except SystemExit:
                 return  # ray.shutdown() in this process: Ray ends its calls this way
@@ -156,15 +163,23 @@ class ResizeServer:
                 return
             if isinstance(request, ReconcileRequest):
                 if self._on_reconcile is not None:
-                    threading.Thread(target=self._on_reconcile, args=(request,), daemon=True,
-                                     name=f"rlix-reattach-{self.pipeline_id}").start()
+                    threading.Thread(
+                        target=self._on_reconcile,
+                        args=(request,),
+                        daemon=True,
+                        name=f"rlix-reattach-{self.pipeline_id}",
+                    ).start()
                 continue
             with self._lock:
                 self._running += 1
             # Each resize in its own thread: the scheduler runs moves of one pipeline on disjoint
             # ranks concurrently, and a slow wake must not hold up a sleep another move needs.
-            threading.Thread(target=self._serve, args=(request,), daemon=True,
-                             name=f"rlix-resize-{self.pipeline_id}-{request.request_id}").start()
+            threading.Thread(
+                target=self._serve,
+                args=(request,),
+                daemon=True,
+                name=f"rlix-resize-{self.pipeline_id}-{request.request_id}",
+            ).start()
 
     def _serve(self, request: ResizeRequest) -> None:
         awake: tuple[int, ...] | None = None

@@ -119,20 +119,33 @@ class SchedulerActor:
     """The shared scheduler. Every method is a coroutine on the actor's single event loop, which
     is what the service requires; a method that does not await runs atomically."""
 
-    def __init__(self, num_gpus: int, gpus_per_node: int, resize_timeout_s: float = 120.0,
-                 policy: str = DEFAULT_POLICY, operator_digest: str | None = None,
-                 fence_grace_s: float = FENCE_GRACE_S, liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
-                 persist: bool = True, reconcile_timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        num_gpus: int,
+        gpus_per_node: int,
+        resize_timeout_s: float = 120.0,
+        policy: str = DEFAULT_POLICY,
+        operator_digest: str | None = None,
+        fence_grace_s: float = FENCE_GRACE_S,
+        liveness_timeout_s: float = LIVENESS_TIMEOUT_S,
+        persist: bool = True,
+        reconcile_timeout_s: float | None = None,
+    ) -> None:
         self._actor_id = ray.get_runtime_context().get_actor_id()
         store = RayKVStore() if persist else None
         self._service = SchedulerService(
-            PoolTopology(num_gpus, gpus_per_node), resize_timeout_s=resize_timeout_s, policy=policy,
-            operator_digest=operator_digest, fence_grace_s=fence_grace_s, on_reclaim=self._stop_pipeline,
+            PoolTopology(num_gpus, gpus_per_node),
+            resize_timeout_s=resize_timeout_s,
+            policy=policy,
+            operator_digest=operator_digest,
+            fence_grace_s=fence_grace_s,
+            on_reclaim=self._stop_pipeline,
             store=store,
         )
         self._service.add_record_part("actor", self._record)
-        self._reconcile_timeout_s = (reconcile_timeout_s if reconcile_timeout_s is not None
-                                     else resize_timeout_s + RECONCILE_GRACE_S)
+        self._reconcile_timeout_s = (
+            reconcile_timeout_s if reconcile_timeout_s is not None else resize_timeout_s + RECONCILE_GRACE_S
+        )
         self._liveness_timeout_s = liveness_timeout_s
         self._coordinators: dict[str, Any] = {}
         #: pipeline -> digest of its registration key, to answer a retried registration.
@@ -169,10 +182,12 @@ class SchedulerActor:
             # Reconciliation must not wait for a caller: ask this actor to begin as soon as it
             # serves. From a thread, until it is answered: a call this actor makes to itself
             # while it is being restarted may be lost.
-            threading.Thread(target=_resume, args=(ray.get_runtime_context().current_actor,
-                                                   lambda: self._resuming is not None),
-                             daemon=True, name="rlix-resume").start()
-
+            threading.Thread(
+                target=_resume,
+                args=(ray.get_runtime_context().current_actor, lambda: self._resuming is not None),
+                daemon=True,
+                name="rlix-resume",
+            ).start()
 
     def _restore(self, store: RayKVStore) -> None:
         """Rehydrate from the store when the record is this actor's own (a restart); a new actor
@@ -194,8 +209,12 @@ class SchedulerActor:
             self._service.add_listener(self._note_reconciled)
         else:
             self._reconciled_at = self._restarted_at  # nobody to reconcile with
-        log.warning("scheduler restarted (epoch %s); restored %d pipeline(s): %s", self._service.epoch,
-                    len(self._restored), self._restored)
+        log.warning(
+            "scheduler restarted (epoch %s); restored %d pipeline(s): %s",
+            self._service.epoch,
+            len(self._restored),
+            self._restored,
+        )
 
     def _note_reconciled(self, event: str, service: SchedulerService) -> None:
         if self._reconciled_at is None and not service.recovering:
@@ -206,8 +225,9 @@ class SchedulerActor:
 
     # -- pipelines ----------------------------------------------------------------------------------
 
-    async def register_pipeline(self, registration: Registration, coordinator: Any, resize_token: str,
-                                registration_key: str | None = None) -> str:
+    async def register_pipeline(
+        self, registration: Registration, coordinator: Any, resize_token: str, registration_key: str | None = None
+    ) -> str:
         """Register and admit a pipeline whose resizes go to ``coordinator`` (presenting
         ``resize_token``, which only it and this actor know); returns its lease. A pipeline id
         still held by a run whose coordinator is dead is reaped first; one whose coordinator
@@ -217,8 +237,14 @@ class SchedulerActor:
         await self._start()
         pipeline_id = registration.pipeline_id
         key = lease_digest(registration_key) if isinstance(registration_key, str) and registration_key else None
-        if key is not None and pipeline_id in self._service.state.pipelines and self._registrations.get(pipeline_id) == key:
-            lease = await self._service.reissue_lease(pipeline_id, self._resizer(pipeline_id, coordinator, resize_token))
+        if (
+            key is not None
+            and pipeline_id in self._service.state.pipelines
+            and self._registrations.get(pipeline_id) == key
+        ):
+            lease = await self._service.reissue_lease(
+                pipeline_id, self._resizer(pipeline_id, coordinator, resize_token)
+            )
             self._follow(pipeline_id, coordinator)
             return lease
         old = self._coordinators.get(pipeline_id)
@@ -228,8 +254,11 @@ class SchedulerActor:
             self._registrations[pipeline_id] = key  # saved with the registration itself
         try:
             lease = await self._service.register_pipeline(
-                pipeline_id, registration.clusters, self._resizer(pipeline_id, coordinator, resize_token),
-                switch_costs=registration.switch_costs, limits=registration.limits,
+                pipeline_id,
+                registration.clusters,
+                self._resizer(pipeline_id, coordinator, resize_token),
+                switch_costs=registration.switch_costs,
+                limits=registration.limits,
             )
         except BaseException:
             if pipeline_id not in self._service.state.pipelines:
@@ -239,8 +268,9 @@ class SchedulerActor:
         self._follow(pipeline_id, coordinator)
         return lease
 
-    async def reattach(self, pipeline_id: str, lease: str, resize_token: str, report: PipelineReport,
-                       coordinator: Any = None) -> dict[str, Any]:
+    async def reattach(
+        self, pipeline_id: str, lease: str, resize_token: str, report: PipelineReport, coordinator: Any = None
+    ) -> dict[str, Any]:
         """A pipeline's process answers a restarted scheduler's reconcile request: its resizes go
         to ``coordinator`` (or the one found at the restart) with ``resize_token`` from now on,
         and the restored state is reconciled with ``report``. Needs the pipeline's lease."""
@@ -248,8 +278,9 @@ class SchedulerActor:
         coordinator = coordinator if coordinator is not None else self._coordinators.get(pipeline_id)
         if coordinator is None:
             raise InvalidRequestError(f"pipeline {pipeline_id!r}: no coordinator to send its resizes to")
-        done = await self._service.reattach(pipeline_id, lease, self._resizer(pipeline_id, coordinator, resize_token),
-                                            report)
+        done = await self._service.reattach(
+            pipeline_id, lease, self._resizer(pipeline_id, coordinator, resize_token), report
+        )
         self._follow(pipeline_id, coordinator)
         return done
 
@@ -267,8 +298,9 @@ class SchedulerActor:
         if store is not None:
             await asyncio.to_thread(store.clear)
 
-    async def unregister_pipeline(self, pipeline_id: str, lease: str | None, reason: str,
-                                  operator: str | None = None) -> None:
+    async def unregister_pipeline(
+        self, pipeline_id: str, lease: str | None, reason: str, operator: str | None = None
+    ) -> None:
         """Remove a pipeline: its lease holder may, and so may an operator."""
         await self._service.unregister_pipeline(pipeline_id, lease, reason, operator=operator)
         if pipeline_id not in self._service.state.pipelines:
@@ -287,19 +319,36 @@ class SchedulerActor:
 
     # -- requests and releases --------------------------------------------------------------------
 
-    async def request_gpus(self, pipeline_id: str, lease: str, cluster: str, priority: int,
-                           step_target: int | None, timeout_s: float, request_id: str | None = None) -> Grant:
+    async def request_gpus(
+        self,
+        pipeline_id: str,
+        lease: str,
+        cluster: str,
+        priority: int,
+        step_target: int | None,
+        timeout_s: float,
+        request_id: str | None = None,
+    ) -> Grant:
         await self._start()
-        grant = await self._service.request_gpus(pipeline_id, lease, cluster, priority, step_target, timeout_s,
-                                                 _key(request_id))
+        grant = await self._service.request_gpus(
+            pipeline_id, lease, cluster, priority, step_target, timeout_s, _key(request_id)
+        )
         self._recorder.waited(metric.REQUEST_GPUS, pipeline_id, priority, grant.waited_s)
         return grant
 
-    async def signal_demand(self, pipeline_id: str, lease: str, rollout_id: int, step_target: int,
-                            timeout_s: float, request_id: str | None = None) -> Grant:
+    async def signal_demand(
+        self,
+        pipeline_id: str,
+        lease: str,
+        rollout_id: int,
+        step_target: int,
+        timeout_s: float,
+        request_id: str | None = None,
+    ) -> Grant:
         await self._start()
-        grant = await self._service.signal_demand(pipeline_id, lease, rollout_id, step_target, timeout_s,
-                                                  _key(request_id))
+        grant = await self._service.signal_demand(
+            pipeline_id, lease, rollout_id, step_target, timeout_s, _key(request_id)
+        )
         self._recorder.waited(metric.SIGNAL_DEMAND, pipeline_id, Priority.GENERATION, grant.waited_s)
         return grant
 
@@ -307,9 +356,17 @@ class SchedulerActor:
         await self._start()
         await self._service.release(pipeline_id, lease, cluster, timeout_s)
 
-    async def release_and_request(self, pipeline_id: str, lease: str, release_cluster: str, cluster: str,
-                                  priority: int, step_target: int | None, timeout_s: float,
-                                  request_id: str | None = None) -> Grant:
+    async def release_and_request(
+        self,
+        pipeline_id: str,
+        lease: str,
+        release_cluster: str,
+        cluster: str,
+        priority: int,
+        step_target: int | None,
+        timeout_s: float,
+        request_id: str | None = None,
+    ) -> Grant:
         await self._start()
         return await self._service.release_and_request(
             pipeline_id, lease, release_cluster, cluster, priority, step_target, timeout_s, _key(request_id)
@@ -335,8 +392,14 @@ class SchedulerActor:
                 self._service.clear_progress(pipeline_id, lease, report.mode, report.adapter_id)
             else:
                 self._service.report_progress(
-                    pipeline_id, lease, report.mode, report.adapter_id, report.step_target, report.completed,
-                    report.target_weight_version, report.kind == BEGIN,
+                    pipeline_id,
+                    lease,
+                    report.mode,
+                    report.adapter_id,
+                    report.step_target,
+                    report.completed,
+                    report.target_weight_version,
+                    report.kind == BEGIN,
                 )
         except RlixError as exc:
             return f"{type(exc).__name__}: {exc}"
@@ -403,8 +466,9 @@ class SchedulerActor:
         tests and operators read to see which grants were partial."""
         return list(self._decisions)
 
-    async def events(self, since: int = 0, pipeline: str | None = None, limit: int = 1000,
-                     wait_s: float = 0.0) -> dict[str, Any]:
+    async def events(
+        self, since: int = 0, pipeline: str | None = None, limit: int = 1000, wait_s: float = 0.0
+    ) -> dict[str, Any]:
         """Decisions numbered above ``since`` (of ``pipeline`` if given), oldest first, at most
         ``limit``; with ``wait_s``, waits up to that long (at most :data:`EVENTS_WAIT_MAX_S`) for
         one when there is none yet. Returns ``{"decisions": [...], "last": newest number,
@@ -445,16 +509,18 @@ class SchedulerActor:
         state = service.state
         awake = {pid: sorted(alloc.active) for pid, alloc in sorted(state.generation.items())}
         before = self._decisions[-1]["awake"] if self._decisions else {}
-        self._decisions.append({
-            "cycle": service.cycles,
-            "t": time.time(),
-            "awake": awake,
-            "woke": _gained(before, awake),
-            "slept": _gained(awake, before),
-            "dp_size": {pid: spec.dp_size for pid, spec in sorted(state.pipelines.items())},
-            "open_demand": dict(sorted(state.open_demand.items())),
-            "fixed": {cid: list(alloc.gpus) for cid, alloc in sorted(state.fixed.items())},
-        })
+        self._decisions.append(
+            {
+                "cycle": service.cycles,
+                "t": time.time(),
+                "awake": awake,
+                "woke": _gained(before, awake),
+                "slept": _gained(awake, before),
+                "dp_size": {pid: spec.dp_size for pid, spec in sorted(state.pipelines.items())},
+                "open_demand": dict(sorted(state.open_demand.items())),
+                "fixed": {cid: list(alloc.gpus) for cid, alloc in sorted(state.fixed.items())},
+            }
+        )
 
     def _wake_followers(self, decision: Any) -> None:
         if self._new_decision is not None:
@@ -556,7 +622,8 @@ class SchedulerActor:
             await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         if self._service.recovering:
             self._service.expire_unreconciled(
-                f"did not reattach within {self._reconcile_timeout_s:g}s of a scheduler restart")
+                f"did not reattach within {self._reconcile_timeout_s:g}s of a scheduler restart"
+            )
 
     async def _watch(self, pipeline_id: str, coordinator: Any) -> None:
         """Unregister the pipeline when its coordinator dies (its process exited or was killed)."""
@@ -651,6 +718,8 @@ def _coordinator_of(pipeline_id: str) -> Any:
         return ray.get_actor(COORDINATOR_NAME, namespace=pipeline_namespace(pipeline_id))
     except ValueError:
         return None
+
+
 def _count_start() -> int:
     """Count this scheduler's start on the cluster; returns how many started before it."""
     from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
@@ -674,5 +743,11 @@ def _gained(before: Mapping[str, list[int]], after: Mapping[str, list[int]]) -> 
 #: The actor class; :func:`rlix_plugin.ray.client.connect` creates it with ``SCHEDULER_OPTIONS``.
 SchedulerActorClass = ray.remote(SchedulerActor)
 
-__all__ = ["DECISIONS_KEPT", "PING_TIMEOUT_S", "RECONCILE_GRACE_S", "SCHEDULER_OPTIONS", "SchedulerActor",
-           "SchedulerActorClass"]
+__all__ = [
+    "DECISIONS_KEPT",
+    "PING_TIMEOUT_S",
+    "RECONCILE_GRACE_S",
+    "SCHEDULER_OPTIONS",
+    "SchedulerActor",
+    "SchedulerActorClass",
+]

@@ -68,7 +68,9 @@ class LiveProgress:
     def _update(self) -> None:
         for name, status in self._statuses.items():
             v = status.view()
-            rollout = min(v.rollout + 1, v.rollouts_total) if v.rollouts_completed < v.rollouts_total else v.rollouts_total
+            rollout = (
+                min(v.rollout + 1, v.rollouts_total) if v.rollouts_completed < v.rollouts_total else v.rollouts_total
+            )
             self._progress.update(
                 self._tasks[name],
                 completed=v.samples_done,
@@ -81,28 +83,40 @@ class LiveProgress:
 
 def result_table(result: RunResult) -> Any:
     """A rich renderable summarising ``result``."""
+    from rich import box
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
-    from rich import box
-
-    table = Table(title=f"scenario {result.scenario} ({result.backend} backend)", title_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(
+        title=f"scenario {result.scenario} ({result.backend} backend)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     for column in ("pipeline", "rollouts", "samples", "reward", "wait s", "stall s", "retracted"):
         table.add_column(column, justify="left" if column == "pipeline" else "right")
     for name, m in result.pipelines.items():
         reward = "-" if m.reward_first is None else f"{m.reward_first:.2f}->{m.reward_last:.2f}"
         label = name if m.phase == "done" else f"{name} ({m.phase})"
-        table.add_row(label, f"{m.rollouts_completed}/{m.rollouts}", str(m.samples_completed), reward,
-                      f"{m.gpu_wait_s:.2f}", f"{m.max_stall_s:.2f}", str(m.retracted_samples))
+        table.add_row(
+            label,
+            f"{m.rollouts_completed}/{m.rollouts}",
+            str(m.samples_completed),
+            reward,
+            f"{m.gpu_wait_s:.2f}",
+            f"{m.max_stall_s:.2f}",
+            str(m.retracted_samples),
+        )
     lines = [
         f"wall time {result.wall_s:.2f}s   lower bound {result.lower_bound_s:.2f}s "
         f"({result.wall_s / result.lower_bound_s:.2f}x)   GPU busy {100 * result.gpu_busy_fraction:.0f}%",
     ]
     if result.static_partition_s is not None:
-        lines.append(f"static partition (same work, pool split evenly) {result.static_partition_s:.2f}s "
-                     f"({result.static_partition_s / result.wall_s:.2f}x the shared run)")
+        lines.append(
+            f"static partition (same work, pool split evenly) {result.static_partition_s:.2f}s "
+            f"({result.static_partition_s / result.wall_s:.2f}x the shared run)"
+        )
     status = Text("OK", style="bold green") if result.ok else Text("FAILED", style="bold red")
     return Group(table, Text("\n".join(lines)), status)
 

@@ -174,8 +174,9 @@ class EnginePool:
             awake = tuple(e.rank for e in self.engines if e.awake)
             self._cond.notify_all()
         self._status.set_awake(len(awake))
-        self._status.add_switches(len(falling) + len(waking), costs.sleep_seconds * _gpus(falling)
-                                  + costs.wake_seconds * _gpus(waking))
+        self._status.add_switches(
+            len(falling) + len(waking), costs.sleep_seconds * _gpus(falling) + costs.wake_seconds * _gpus(waking)
+        )
         if preempted:
             self._status.add_retracted(len(preempted))
         for rank in preempted:

@@ -34,12 +34,33 @@ class ModelSize:
 MODEL_SIZES: dict[str, ModelSize] = {
     size.name: size
     for size in (
-        ModelSize("7b", "dense models up to 8B (Qwen2.5-7B)", wake_s=0.8, sleep_s=0.8, sync_s=0.12,
-                  tokens_per_s=115.0, train_gpu_s_per_ktoken=0.93),
-        ModelSize("30b", "30B-class MoE, 3B active (Qwen3-30B-A3B)", wake_s=2.9, sleep_s=2.8, sync_s=15.8,
-                  tokens_per_s=59.0, train_gpu_s_per_ktoken=0.40),
-        ModelSize("235b", "235B-class MoE, 22B active (Qwen3-235B-A22B)", wake_s=5.5, sleep_s=5.9, sync_s=58.6,
-                  tokens_per_s=40.0, train_gpu_s_per_ktoken=2.92),
+        ModelSize(
+            "7b",
+            "dense models up to 8B (Qwen2.5-7B)",
+            wake_s=0.8,
+            sleep_s=0.8,
+            sync_s=0.12,
+            tokens_per_s=115.0,
+            train_gpu_s_per_ktoken=0.93,
+        ),
+        ModelSize(
+            "30b",
+            "30B-class MoE, 3B active (Qwen3-30B-A3B)",
+            wake_s=2.9,
+            sleep_s=2.8,
+            sync_s=15.8,
+            tokens_per_s=59.0,
+            train_gpu_s_per_ktoken=0.40,
+        ),
+        ModelSize(
+            "235b",
+            "235B-class MoE, 22B active (Qwen3-235B-A22B)",
+            wake_s=5.5,
+            sleep_s=5.9,
+            sync_s=58.6,
+            tokens_per_s=40.0,
+            train_gpu_s_per_ktoken=2.92,
+        ),
     )
 }
 

@@ -80,8 +80,13 @@ class ReferencePipeline:
         self.legacy_demand = legacy_demand
         self.clock = clock
         self.on_phase = on_phase
-        self.session = PipelineSession(hooks, pipeline_id=config.name, clusters=self._clusters(),
-                                       timeout_s=wait_timeout_s, switch_costs=pool.switch_costs)
+        self.session = PipelineSession(
+            hooks,
+            pipeline_id=config.name,
+            clusters=self._clusters(),
+            timeout_s=wait_timeout_s,
+            switch_costs=pool.switch_costs,
+        )
         self.error: BaseException | None = None
         #: Samples of every finished rollout, for tests and metrics (rollout -> samples).
         self.samples: dict[int, list[Sample]] = {}
@@ -133,8 +138,11 @@ class ReferencePipeline:
         started = self.clock()
         try:
             self.hooks.request_gpus(
-                pipeline_id=self.name, cluster=ACTOR_INFER, priority=Priority.GENERATION,
-                step_target=self.config.samples_per_rollout, timeout_s=self.wait_timeout_s,
+                pipeline_id=self.name,
+                cluster=ACTOR_INFER,
+                priority=Priority.GENERATION,
+                step_target=self.config.samples_per_rollout,
+                timeout_s=self.wait_timeout_s,
             )
         finally:
             self.status.add_wait(self.clock() - started)
@@ -145,7 +153,7 @@ class ReferencePipeline:
         jobs = [
             Job(rollout, index, prompt, seconds * self.time_scale)
             for index, (prompt, seconds) in enumerate(
-                zip(prompts(self.config.seed, rollout, target), sample_durations(self.config, rollout))
+                zip(prompts(self.config.seed, rollout, target), sample_durations(self.config, rollout), strict=False)
             )
         ]
         self.status.set_phase(st.WAITING_ENGINES, rollout=rollout)

@@ -138,8 +138,14 @@ class _Run:
             self.recorder.add_pipeline(config.name, config.bundles(), config.train_gpus, config.samples_per_rollout)
             costs = config.scaled(self.options.time_scale).switch_costs
             pool = EnginePool(
-                config.name, config.bundles(), store, status, seed=config.seed, offset=task_offset(config.seed),
-                on_resize=None if observed else self.recorder.engines_changed, switch_costs=costs,
+                config.name,
+                config.bundles(),
+                store,
+                status,
+                seed=config.seed,
+                offset=task_offset(config.seed),
+                on_resize=None if observed else self.recorder.engines_changed,
+                switch_costs=costs,
             )
             try:
                 pm.register(pool, name=f"reference-engines-{config.name}")
@@ -148,12 +154,21 @@ class _Run:
             except BaseException:
                 pool.close()
                 raise
-            self.pipelines.append(ReferencePipeline(
-                config, hooks, pool, trainer, store, status,
-                abort=self.abort, time_scale=self.options.time_scale, wait_timeout_s=wait_timeout_s,
-                legacy_demand=self.options.legacy_demand,
-                on_phase=lambda name, phase, rollout: self.recorder.phase(name, phase, rollout, not observed),
-            ))
+            self.pipelines.append(
+                ReferencePipeline(
+                    config,
+                    hooks,
+                    pool,
+                    trainer,
+                    store,
+                    status,
+                    abort=self.abort,
+                    time_scale=self.options.time_scale,
+                    wait_timeout_s=wait_timeout_s,
+                    legacy_demand=self.options.legacy_demand,
+                    on_phase=lambda name, phase, rollout: self.recorder.phase(name, phase, rollout, not observed),
+                )
+            )
 
     def on_stall(self, names: list[str]) -> None:
         """Watchdog callback: capture the diagnostic first (the state at the stall), then stop."""
@@ -215,8 +230,12 @@ def execute(scenario: Scenario, options: RunOptions = RunOptions(), progress: Pr
     _check(options)
     check_live(scenario)
     backend = open_shared_backend(
-        options.backend, scenario, backend_options=options.backend_options, autoload=options.autoload,
-        durable_demand=not options.legacy_demand, resize_timeout_s=options.resize_timeout_s,
+        options.backend,
+        scenario,
+        backend_options=options.backend_options,
+        autoload=options.autoload,
+        durable_demand=not options.legacy_demand,
+        resize_timeout_s=options.resize_timeout_s,
         policy=options.policy or scenario.policy,
     )
     run = _Run(scenario, options, backend)

@@ -168,8 +168,12 @@ class PipelineConfig:
 
     def scaled(self, factor: float) -> PipelineConfig:
         """The same pipeline with its switch costs multiplied by ``factor``."""
-        return replace(self, wake_seconds=self.wake_seconds * factor, sleep_seconds=self.sleep_seconds * factor,
-                       sync_seconds=self.sync_seconds * factor)
+        return replace(
+            self,
+            wake_seconds=self.wake_seconds * factor,
+            sleep_seconds=self.sleep_seconds * factor,
+            sync_seconds=self.sync_seconds * factor,
+        )
 
     def train_seconds_for(self, tokens: float) -> float:
         """How long one training step on ``tokens`` generated tokens holds the training GPUs."""
@@ -188,8 +192,14 @@ class PipelineConfig:
 
 
 #: Fields of the token workload: the live reference framework cannot honour them.
-_SIMULATED_ONLY = ("prompts", "samples_per_prompt", "response_tokens", "decode", "train_gpu_seconds_per_ktoken",
-                   "stop_after_seconds")
+_SIMULATED_ONLY = (
+    "prompts",
+    "samples_per_prompt",
+    "response_tokens",
+    "decode",
+    "train_gpu_seconds_per_ktoken",
+    "stop_after_seconds",
+)
 
 
 @dataclass(frozen=True)
@@ -222,6 +232,7 @@ class Scenario:
     def scaled(self, factor: float) -> Scenario:
         """Every duration of the reference workload multiplied by ``factor`` (what the live
         runner's ``time_scale`` does): sample times, training, start delays, switch costs."""
+
         def one(p: PipelineConfig) -> PipelineConfig:
             sample = p.sample_seconds
             return replace(
@@ -230,6 +241,7 @@ class Scenario:
                 train_seconds=p.train_seconds * factor,
                 start_delay_seconds=p.start_delay_seconds * factor,
             )
+
         return replace(self, pipelines=tuple(one(p) for p in self.pipelines))
 
 
@@ -254,8 +266,16 @@ _PIPELINE_REQUIRED = {"name", "train_gpus", "infer_gpus", "infer_tp", "rollouts"
 _REFERENCE_REQUIRED = {"samples_per_rollout", "sample_seconds", "train_seconds"}
 _TOKEN_REQUIRED = {"response_tokens", "prompts", "samples_per_prompt"}
 _TOKEN_OPTIONAL = {"decode", "train_seconds", "train_gpu_seconds_per_ktoken"}
-_PIPELINE_OPTIONAL = {"start_delay_seconds", "seed", "wake_seconds", "sleep_seconds", "sync_seconds", "model",
-                      "replicas", "stop_after_seconds"}
+_PIPELINE_OPTIONAL = {
+    "start_delay_seconds",
+    "seed",
+    "wake_seconds",
+    "sleep_seconds",
+    "sync_seconds",
+    "model",
+    "replicas",
+    "stop_after_seconds",
+}
 
 
 class _Checker:
@@ -334,12 +354,21 @@ def _model_size(check: _Checker, table: dict[str, Any], where: str) -> ModelSize
         return None
     size = MODEL_SIZES.get(name) if isinstance(name, str) else None
     if size is None:
-        raise check.fail(f"{where}: field 'model'", f"unknown model-size class {name!r}; known: {', '.join(MODEL_SIZES)}")
+        raise check.fail(
+            f"{where}: field 'model'", f"unknown model-size class {name!r}; known: {', '.join(MODEL_SIZES)}"
+        )
     return size
 
 
-def _default(check: _Checker, table: dict[str, Any], key: str, label: str, size: ModelSize | None,
-             attribute: str, positive: bool = False) -> float:
+def _default(
+    check: _Checker,
+    table: dict[str, Any],
+    key: str,
+    label: str,
+    size: ModelSize | None,
+    attribute: str,
+    positive: bool = False,
+) -> float:
     """A number field (``label`` names it in errors): its value, else the model-size class's,
     else an error naming both."""
     if key in table:
@@ -364,21 +393,29 @@ def _token_workload(check: _Checker, table: dict[str, Any], where: str, size: Mo
         response_tokens=ResponseLengths(
             median=check.seconds(lengths.get("median", DEFAULT_RESPONSE_MEDIAN), f"{lengths_where}.median", True),
             sigma=check.seconds(lengths.get("sigma", DEFAULT_RESPONSE_SIGMA), f"{lengths_where}.sigma", False),
-            prompt_sigma=check.seconds(lengths.get("prompt_sigma", DEFAULT_PROMPT_SIGMA),
-                                       f"{lengths_where}.prompt_sigma", False),
+            prompt_sigma=check.seconds(
+                lengths.get("prompt_sigma", DEFAULT_PROMPT_SIGMA), f"{lengths_where}.prompt_sigma", False
+            ),
             cap=check.int_(lengths.get("cap", DEFAULT_RESPONSE_CAP), f"{lengths_where}.cap", 1),
         ),
         decode=DecodeModel(
-            tokens_per_s=_default(check, decode, "tokens_per_s", f"{decode_where}.tokens_per_s", size, "tokens_per_s",
-                                  positive=True),
+            tokens_per_s=_default(
+                check, decode, "tokens_per_s", f"{decode_where}.tokens_per_s", size, "tokens_per_s", positive=True
+            ),
             batch=check.int_(decode.get("batch", DEFAULT_BATCH), f"{decode_where}.batch", 1),
-            half_speed_at=check.seconds(decode.get("half_speed_at", DEFAULT_HALF_SPEED_AT),
-                                        f"{decode_where}.half_speed_at", True),
+            half_speed_at=check.seconds(
+                decode.get("half_speed_at", DEFAULT_HALF_SPEED_AT), f"{decode_where}.half_speed_at", True
+            ),
         ),
         train_seconds=check.seconds(table.get("train_seconds", 0.0), f"{where}: field 'train_seconds'", False),
-        train_gpu_seconds_per_ktoken=_default(check, table, "train_gpu_seconds_per_ktoken",
-                                              f"{where}: field 'train_gpu_seconds_per_ktoken'", size,
-                                              "train_gpu_s_per_ktoken"),
+        train_gpu_seconds_per_ktoken=_default(
+            check,
+            table,
+            "train_gpu_seconds_per_ktoken",
+            f"{where}: field 'train_gpu_seconds_per_ktoken'",
+            size,
+            "train_gpu_s_per_ktoken",
+        ),
     )
 
 
@@ -407,23 +444,30 @@ def _pipelines(check: _Checker, raw: Any, index: int, layout: _Layout, per_node:
     table = check.keys(raw, where, required, _PIPELINE_OPTIONAL | (_TOKEN_OPTIONAL if tokens else set()))
     name = table["name"]
     if not isinstance(name, str) or not _NAME.match(name):
-        raise check.fail(f"{where}: field 'name'", "must be 1-64 letters, digits or '_.-', starting with a letter or digit")
+        raise check.fail(
+            f"{where}: field 'name'", "must be 1-64 letters, digits or '_.-', starting with a letter or digit"
+        )
     replicas = check.int_(table.get("replicas", 1), f"{where}: field 'replicas'", 1)
     tp = check.int_(table["infer_tp"], f"{where}: field 'infer_tp'", 1)
     infer = layout.infer(check, table["infer_gpus"], f"{where}: field 'infer_gpus'")
     if len(infer) % tp:
-        raise check.fail(f"{where}: field 'infer_gpus'", f"{len(infer)} GPUs do not split into TP groups of infer_tp={tp}")
+        raise check.fail(
+            f"{where}: field 'infer_gpus'", f"{len(infer)} GPUs do not split into TP groups of infer_tp={tp}"
+        )
     for start in range(0, len(infer), tp):
         group = infer[start : start + tp]
         if list(group) != list(range(group[0], group[0] + tp)):
             raise check.fail(f"{where}: field 'infer_gpus'", f"TP group {list(group)} is not contiguous")
         if group[0] // per_node != group[-1] // per_node:
-            raise check.fail(f"{where}: field 'infer_gpus'",
-                             f"TP group {list(group)} crosses a node boundary ({per_node} GPUs per node)")
+            raise check.fail(
+                f"{where}: field 'infer_gpus'",
+                f"TP group {list(group)} crosses a node boundary ({per_node} GPUs per node)",
+            )
     size = _model_size(check, table, where)
     workload = _token_workload(check, table, where, size) if tokens else _reference_workload(check, table, where)
     switch = {
-        key: check.seconds(table[key], f"{where}: field {key!r}", positive=False) if key in table
+        key: check.seconds(table[key], f"{where}: field {key!r}", positive=False)
+        if key in table
         else (getattr(size, attribute) if size is not None else 0.0)
         for key, attribute in (("wake_seconds", "wake_s"), ("sleep_seconds", "sleep_s"), ("sync_seconds", "sync_s"))
     }
@@ -444,9 +488,14 @@ def _pipelines(check: _Checker, raw: Any, index: int, layout: _Layout, per_node:
     out = []
     for k in range(replicas):
         train = layout.train(check, table["train_gpus"], f"{where}: field 'train_gpus'")
-        out.append(PipelineConfig(
-            name=name if replicas == 1 else f"{name}-{k + 1}", train_gpus=train, seed=seed + k, **common,
-        ))
+        out.append(
+            PipelineConfig(
+                name=name if replicas == 1 else f"{name}-{k + 1}",
+                train_gpus=train,
+                seed=seed + k,
+                **common,
+            )
+        )
     return out
 
 

@@ -85,7 +85,10 @@ class LocalSharedBackend(SharedBackend):
         from rlix_plugin.backends.local import LocalScheduler
 
         self.scheduler = LocalScheduler(
-            scenario.gpus, scenario.gpus_per_node, durable_demand=durable_demand, resize_timeout_s=resize_timeout_s,
+            scenario.gpus,
+            scenario.gpus_per_node,
+            durable_demand=durable_demand,
+            resize_timeout_s=resize_timeout_s,
             policy=policy or scenario.policy,
         )
 
@@ -118,8 +121,15 @@ class RaySharedBackend(SharedBackend):
 
     name = "ray"
 
-    def __init__(self, scenario: Scenario, backend_options: dict[str, Any] | None = None,
-                 autoload: bool | None = None, *, resize_timeout_s: float = 60.0, policy: str | None = None) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        backend_options: dict[str, Any] | None = None,
+        autoload: bool | None = None,
+        *,
+        resize_timeout_s: float = 60.0,
+        policy: str | None = None,
+    ) -> None:
         super().__init__(scenario, backend_options, autoload)
         from rlix_plugin.hookspecs import BackendUnavailableError
 
@@ -137,8 +147,11 @@ class RaySharedBackend(SharedBackend):
         options.setdefault("address", None)  # RAY_ADDRESS, else a local cluster for this run
         options.setdefault("init_options", {"include_dashboard": False, "logging_level": "ERROR"})
         self.client = connect(
-            num_gpus=scenario.gpus, gpus_per_node=scenario.gpus_per_node, resize_timeout_s=resize_timeout_s,
-            policy=policy or scenario.policy, **options,
+            num_gpus=scenario.gpus,
+            gpus_per_node=scenario.gpus_per_node,
+            resize_timeout_s=resize_timeout_s,
+            policy=policy or scenario.policy,
+            **options,
         )
 
     def plugin_manager(self) -> RlixPluginManager:
@@ -180,8 +193,14 @@ def open_shared_backend(
 
     name = check_backend_name(backend)
     if name == "local":
-        return LocalSharedBackend(scenario, backend_options, autoload, durable_demand=durable_demand,
-                            resize_timeout_s=resize_timeout_s, policy=policy)
+        return LocalSharedBackend(
+            scenario,
+            backend_options,
+            autoload,
+            durable_demand=durable_demand,
+            resize_timeout_s=resize_timeout_s,
+            policy=policy,
+        )
     if name == "ray":
         if not durable_demand:
             raise InvalidRequestError("pre-fix demand semantics exist only for the local backend")

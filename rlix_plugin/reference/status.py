@@ -55,17 +55,36 @@ class StatusView:
 
 class PipelineStatus:
     def __init__(
-        self, name: str, rollouts: int, samples_per_rollout: int, dp_size: int,
+        self,
+        name: str,
+        rollouts: int,
+        samples_per_rollout: int,
+        dp_size: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lock = threading.Lock()
         self._clock = clock
         self.name = name
         self._v: dict[str, Any] = dict(
-            phase=STARTING, rollout=0, rollouts_total=rollouts, rollouts_completed=0, samples_done=0,
-            samples_per_rollout=samples_per_rollout, samples_completed=0, awake=0, dp_size=dp_size,
-            demand_open=False, max_stall_s=0.0, gpu_wait_s=0.0, rewards=[], weight_version=0,
-            retracted=0, busy_gpu_s=0.0, switches=0, switch_gpu_s=0.0, error=None,
+            phase=STARTING,
+            rollout=0,
+            rollouts_total=rollouts,
+            rollouts_completed=0,
+            samples_done=0,
+            samples_per_rollout=samples_per_rollout,
+            samples_completed=0,
+            awake=0,
+            dp_size=dp_size,
+            demand_open=False,
+            max_stall_s=0.0,
+            gpu_wait_s=0.0,
+            rewards=[],
+            weight_version=0,
+            retracted=0,
+            busy_gpu_s=0.0,
+            switches=0,
+            switch_gpu_s=0.0,
+            error=None,
         )
         self._stalled_since: float | None = None
 
@@ -152,6 +171,15 @@ class PipelineStatus:
 
 
 __all__ = [
-    "ABORTED", "DONE", "FAILED", "FINAL_PHASES", "GENERATING", "STARTING", "TRAINING", "WAITING_ENGINES",
-    "WAITING_TRAIN", "PipelineStatus", "StatusView",
+    "ABORTED",
+    "DONE",
+    "FAILED",
+    "FINAL_PHASES",
+    "GENERATING",
+    "STARTING",
+    "TRAINING",
+    "WAITING_ENGINES",
+    "WAITING_TRAIN",
+    "PipelineStatus",
+    "StatusView",
 ]

@@ -28,7 +28,10 @@ def draw_timeline(recorder: Recorder, path: str | pathlib.Path, title: str = "")
     end = recorder.end if recorder.end is not None else recorder.now()
 
     fig, (ax_gpu, ax_demand, ax_pending) = plt.subplots(
-        3, 1, sharex=True, figsize=(11, 2.2 + 0.45 * recorder.num_gpus),
+        3,
+        1,
+        sharex=True,
+        figsize=(11, 2.2 + 0.45 * recorder.num_gpus),
         gridspec_kw={"height_ratios": [max(recorder.num_gpus, 2), 1.6, 1.0]},
     )
     try:
@@ -36,9 +39,12 @@ def draw_timeline(recorder: Recorder, path: str | pathlib.Path, title: str = "")
             for start, stop, (pipeline, role, _rank) in gpu_spans:
                 training = role != "infer"
                 ax_gpu.broken_barh(
-                    [(start, stop - start)], (gpu - 0.4, 0.8),
-                    facecolors=colour.get(pipeline, "grey"), alpha=1.0 if training else 0.45,
-                    edgecolor="black" if training else "none", linewidth=0.6,
+                    [(start, stop - start)],
+                    (gpu - 0.4, 0.8),
+                    facecolors=colour.get(pipeline, "grey"),
+                    alpha=1.0 if training else 0.45,
+                    edgecolor="black" if training else "none",
+                    linewidth=0.6,
                 )
         ax_gpu.set_yticks(range(recorder.num_gpus), [f"GPU {g}" for g in range(recorder.num_gpus)])
         ax_gpu.set_ylim(recorder.num_gpus - 0.5, -0.5)

@@ -46,8 +46,9 @@ class _Writer:
         self._events: list[tuple[int, int, Any]] = []  # (ts, order, fill) sorted before writing
         self._order = 0
 
-    def track(self, name: str, parent: int | None = None, process: int | None = None,
-              counter_unit: str | None = None) -> int:
+    def track(
+        self, name: str, parent: int | None = None, process: int | None = None, counter_unit: str | None = None
+    ) -> int:
         self._next_uuid += 1
         uuid = self._next_uuid
         packet = self.builder.add_packet()
@@ -122,8 +123,9 @@ def build_trace(recorder: Recorder) -> bytes:
     scheduler = writer.track("scheduler", process=2)
     for priority, points in sorted(recorder.pending_series().items()):
         label = Priority(priority).name.lower() if priority in Priority._value2member_map_ else str(priority)
-        track = writer.track(f"pending requests, priority {priority} ({label})", parent=scheduler,
-                             counter_unit="requests")
+        track = writer.track(
+            f"pending requests, priority {priority} ({label})", parent=scheduler, counter_unit="requests"
+        )
         for t, value in points:
             writer.counter(track, t, value)
     return writer.serialize()

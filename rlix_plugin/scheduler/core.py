@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .plan import Plan
 from .planner import plan_cycle
 from .policy import DEFAULT_POLICY, Policy, get_policy
-from .plan import Plan
 from .state import Event, ResizeAction, ResizeOutcome, SchedulerState
 from .topology import PoolTopology
 from .trigger import next_deadline, wants_cycle
@@ -56,8 +56,9 @@ class SchedulerCore:
     def note(self, event: str, pipeline_id: str | None = None) -> bool:
         """Record a change; True when it makes a planning pass due."""
         since = self.state.clock() - self.last_pass_at
-        if wants_cycle(self.state, self.policy, event, pipeline_id, durable_demand=self.durable_demand,
-                       since_last_pass_s=since):
+        if wants_cycle(
+            self.state, self.policy, event, pipeline_id, durable_demand=self.durable_demand, since_last_pass_s=since
+        ):
             self.dirty = True
         return self.dirty
 

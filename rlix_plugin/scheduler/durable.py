@@ -33,8 +33,15 @@ MAX_RETRY_PAUSE_S = 1.0
 class DurableLog:
     """Saves ``record()`` to ``store`` under ``epoch``; one saving task per log."""
 
-    def __init__(self, store: StateStore, epoch: int, record: Callable[[], dict[str, Any]], *,
-                 min_interval_s: float = 0.05, on_stale: Callable[[StaleWriterError], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        epoch: int,
+        record: Callable[[], dict[str, Any]],
+        *,
+        min_interval_s: float = 0.05,
+        on_stale: Callable[[StaleWriterError], None] | None = None,
+    ) -> None:
         self.store = store
         self.epoch = epoch
         self.min_interval_s = min_interval_s
@@ -77,8 +84,15 @@ class DurableLog:
 
     def status(self) -> dict[str, Any]:
         """Where saving stands, for operators: changes made and saved, saves, the last failure."""
-        return {"store": self.store.where, "epoch": self.epoch, "changes": self.version, "saved": self.saved,
-                "saves": self.saves, "failure": self.failure, "stale": None if self._stale is None else str(self._stale)}
+        return {
+            "store": self.store.where,
+            "epoch": self.epoch,
+            "changes": self.version,
+            "saved": self.saved,
+            "saves": self.saves,
+            "failure": self.failure,
+            "stale": None if self._stale is None else str(self._stale),
+        }
 
     def changed(self) -> None:
         """A committed change: save it (soon)."""

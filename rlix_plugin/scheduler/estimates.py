@@ -64,7 +64,9 @@ class Estimates:
 
     def register(self, pipeline_id: str, declared: SwitchCosts | None) -> None:
         entry = self._pipelines[pipeline_id] = _Pipeline(
-            declared or SwitchCosts(), deque(maxlen=self.window), deque(maxlen=self.window),
+            declared or SwitchCosts(),
+            deque(maxlen=self.window),
+            deque(maxlen=self.window),
             deque(maxlen=self.window * 4),
         )
         entry.update_switch()
@@ -82,11 +84,14 @@ class Estimates:
             return None
         return {
             "declared": [entry.declared.wake_seconds, entry.declared.sleep_seconds, entry.declared.sync_seconds],
-            "wakes": list(entry.wakes), "sleeps": list(entry.sleeps),
+            "wakes": list(entry.wakes),
+            "sleeps": list(entry.sleeps),
             "intervals": [list(i) for i in entry.intervals],
             "last_report": None if entry.last_report is None else age(entry.last_report),
-            "last_completed": entry.last_completed, "pending_engine_s": entry.pending_engine_s,
-            "switches": entry.switches, "switch_gpu_s": entry.switch_gpu_s,
+            "last_completed": entry.last_completed,
+            "pending_engine_s": entry.pending_engine_s,
+            "switches": entry.switches,
+            "switch_gpu_s": entry.switch_gpu_s,
         }
 
     def load(self, pipeline_id: str, data: Mapping[str, Any], clock_of: Callable[[float], float]) -> None:
@@ -145,8 +150,9 @@ class Estimates:
 
     # -- throughput -----------------------------------------------------------------------------------
 
-    def observe_progress(self, pipeline_id: str, now: float, completed: int, awake_bundles: int,
-                         new_batch: bool) -> None:
+    def observe_progress(
+        self, pipeline_id: str, now: float, completed: int, awake_bundles: int, new_batch: bool
+    ) -> None:
         """A progress report: ``completed`` samples so far in the rollout, with ``awake_bundles``
         engines awake since the previous report."""
         entry = self._pipelines.get(pipeline_id)

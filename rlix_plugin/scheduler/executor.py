@@ -32,8 +32,7 @@ class ResizeExecutor:
                 resizer(action.pipeline_id, action.remove, action.add), self.resize_timeout_s
             )
         except asyncio.TimeoutError:
-            return ResizeOutcome(None, f"resize took longer than {self.resize_timeout_s:.1f}s",
-                                 self._clock() - started)
+            return ResizeOutcome(None, f"resize took longer than {self.resize_timeout_s:.1f}s", self._clock() - started)
         except Exception as exc:  # the framework's failure, reported to the state as data
             return ResizeOutcome(None, repr(exc), self._clock() - started)
         ranks = tuple(sorted(awake)) if awake is not None else None

@@ -68,8 +68,21 @@ ASLEEP = "asleep"
 GRANT = "grant"
 RELEASE = "release"
 FENCE = "fence"
-KINDS = (REGISTER, UNREGISTER, DEMAND_OPEN, DEMAND_RETIRE, PREEMPT, DONATE, SLEEP, WAKE, AWAKE, ASLEEP,
-         GRANT, RELEASE, FENCE)
+KINDS = (
+    REGISTER,
+    UNREGISTER,
+    DEMAND_OPEN,
+    DEMAND_RETIRE,
+    PREEMPT,
+    DONATE,
+    SLEEP,
+    WAKE,
+    AWAKE,
+    ASLEEP,
+    GRANT,
+    RELEASE,
+    FENCE,
+)
 
 
 @dataclass(frozen=True)
@@ -89,9 +102,17 @@ class Decision:
 
     def to_json(self) -> dict[str, Any]:
         """Plain data (one JSON line of ``rlix-plugin events --json``)."""
-        return {"seq": self.seq, "t": round(self.t, 6), "kind": self.kind, "pipeline": self.pipeline,
-                "cluster": self.cluster, "dp_ranks": list(self.dp_ranks), "gpus": list(self.gpus),
-                "reason": self.reason, "detail": dict(self.detail)}
+        return {
+            "seq": self.seq,
+            "t": round(self.t, 6),
+            "kind": self.kind,
+            "pipeline": self.pipeline,
+            "cluster": self.cluster,
+            "dp_ranks": list(self.dp_ranks),
+            "gpus": list(self.gpus),
+            "reason": self.reason,
+            "detail": dict(self.detail),
+        }
 
 
 def describe(decision: Mapping[str, Any]) -> str:
@@ -104,8 +125,14 @@ def describe(decision: Mapping[str, Any]) -> str:
         subject += f" GPUs {decision['gpus']}"
     detail = decision.get("detail") or {}
     extra = []
-    for key, label in (("step_target", "step target"), ("priority", "priority"), ("waited_s", "waited"),
-                       ("seconds", "took"), ("from", "from"), ("cancelled", "cancelled")):
+    for key, label in (
+        ("step_target", "step target"),
+        ("priority", "priority"),
+        ("waited_s", "waited"),
+        ("seconds", "took"),
+        ("from", "from"),
+        ("cancelled", "cancelled"),
+    ):
         value = detail.get(key)
         if value not in (None, []):
             extra.append(f"{label} {value:.3f}s" if key in ("waited_s", "seconds") else f"{label} {value}")
@@ -167,8 +194,9 @@ class DecisionLog:
 class Journal(ObserverBase):
     """Records the decisions of the scheduler whose ``state`` it observes (module docstring)."""
 
-    def __init__(self, state: SchedulerState, *, clock: Callable[[], float] = time.time,
-                 capacity: int = DECISIONS_KEPT) -> None:
+    def __init__(
+        self, state: SchedulerState, *, clock: Callable[[], float] = time.time, capacity: int = DECISIONS_KEPT
+    ) -> None:
         self.state = state
         self.log = DecisionLog(capacity)
         self._clock = clock
@@ -190,14 +218,17 @@ class Journal(ObserverBase):
         for pid in sorted(set(state.pipelines) - self._pipelines):
             spec = state.pipelines[pid]
             self._pipelines.add(pid)
-            self._add(REGISTER, pid, "registered",
-                      detail={"clusters": {name: list(c.gpus) for name, c in sorted(spec.clusters.items())}})
+            self._add(
+                REGISTER,
+                pid,
+                "registered",
+                detail={"clusters": {name: list(c.gpus) for name, c in sorted(spec.clusters.items())}},
+            )
         self._pipelines &= set(state.pipelines)
         for pid, target in state.open_demand.items():
             if self._demand.get(pid) != target:
                 self._demand[pid] = target
-                self._add(DEMAND_OPEN, pid, "generation requested", cluster=ACTOR_INFER,
-                          detail={"step_target": target})
+                self._add(DEMAND_OPEN, pid, "generation requested", cluster=ACTOR_INFER, detail={"step_target": target})
         for pid in [p for p in self._demand if p not in state.open_demand]:
             del self._demand[pid]
             if pid in state.pipelines:
@@ -241,24 +272,44 @@ class Journal(ObserverBase):
                 detail: dict[str, Any] = {"priority": request.priority, "waited_s": waited}
                 if request.cluster == ACTOR_INFER:
                     gpus, ranks = state.gen_grant(request.pipeline_id)
-                    self._add(GRANT, request.pipeline_id, "an engine of it is awake", cluster=request.cluster,
-                              gpus=gpus, dp_ranks=ranks, detail=detail)
+                    self._add(
+                        GRANT,
+                        request.pipeline_id,
+                        "an engine of it is awake",
+                        cluster=request.cluster,
+                        gpus=gpus,
+                        dp_ranks=ranks,
+                        detail=detail,
+                    )
                     continue
                 gpus = state.fixed_gpus(request.pipeline_id, request.cluster)
                 victims = self._preempted_for.pop(request.cluster_id, [])
-                reason = ("after preempting " + "; ".join(f"{p} dp {list(r)}" for p, r in victims)
-                          if victims else "its GPUs were idle")
+                reason = (
+                    "after preempting " + "; ".join(f"{p} dp {list(r)}" for p, r in victims)
+                    if victims
+                    else "its GPUs were idle"
+                )
                 detail["preempted"] = {p: list(r) for p, r in victims}
                 self._stages[request.cluster_id] = (request.pipeline_id, request.cluster, gpus)
                 self._add(GRANT, request.pipeline_id, reason, cluster=request.cluster, gpus=gpus, detail=detail)
             elif isinstance(event, Fenced):
-                self._add(FENCE, event.pipeline_id, event.reason, gpus=self._held(event.pipeline_id),
-                          detail={"cancelled": [r.cluster_id for r in event.cancelled]})
+                self._add(
+                    FENCE,
+                    event.pipeline_id,
+                    event.reason,
+                    gpus=self._held(event.pipeline_id),
+                    detail={"cancelled": [r.cluster_id for r in event.cancelled]},
+                )
             elif isinstance(event, ReleaseDone):
                 whole = event.pipeline_id not in state.generation
-                self._add(RELEASE, event.pipeline_id,
-                          "generation cluster released: its engines are asleep" if whole
-                          else "the generation workers it gave back are asleep", cluster=ACTOR_INFER)
+                self._add(
+                    RELEASE,
+                    event.pipeline_id,
+                    "generation cluster released: its engines are asleep"
+                    if whole
+                    else "the generation workers it gave back are asleep",
+                    cluster=ACTOR_INFER,
+                )
 
     def resized(self, action: ResizeAction, outcome: ResizeOutcome) -> None:
         state, pid = self.state, action.pipeline_id
@@ -295,16 +346,21 @@ class Journal(ObserverBase):
     def _retire_cause(self, pid: str, event: str) -> str:
         if pid in self.state.fenced:
             return f"fenced: {self.state.fenced[pid]}"
-        return {"release": "its generation cluster was released",
-                "demand retired": "its last progress stream ended"}.get(event, f"retired ({event})")
+        return {
+            "release": "its generation cluster was released",
+            "demand retired": "its last progress stream ended",
+        }.get(event, f"retired ({event})")
 
     def _held(self, pid: str) -> tuple[int, ...]:
         spec = self.state.pipelines.get(pid)
         if spec is None:
             return ()
         stages = {cluster_id(pid, name) for name in spec.clusters}
-        return tuple(g for g, owner in enumerate(self.state.owner)
-                     if (type(owner) is tuple and owner[0] == pid) or owner in stages)
+        return tuple(
+            g
+            for g, owner in enumerate(self.state.owner)
+            if (type(owner) is tuple and owner[0] == pid) or owner in stages
+        )
 
 
 __all__ = ["DECISIONS_KEPT", "KINDS", "Decision", "DecisionLog", "Journal", "describe"]

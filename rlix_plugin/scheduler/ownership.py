@@ -111,12 +111,13 @@ class Ownership:
             for gpu in gpus:
                 if owner[gpu] != holder:
                     self.hand_over(gpus, holder, marker)  # type: ignore[arg-type]  # raises, naming the GPU
-                owner[gpu] = marker  # type: ignore[assignment]
+                owner[gpu] = marker  # type: ignore[call-overload]
             count += len(gpus)
         return count
 
-    def occupy(self, pid: str, ranks: Iterable[int], bundles: Sequence[tuple[int, ...]],
-               allowed: object) -> tuple[int, int, tuple[int, Owner, Owner] | None]:
+    def occupy(
+        self, pid: str, ranks: Iterable[int], bundles: Sequence[tuple[int, ...]], allowed: object
+    ) -> tuple[int, int, tuple[int, Owner, Owner] | None]:
         """Give ``pid``'s engines ``ranks`` their GPUs, each idle or holding ``allowed`` (the validator's
         replay of their wake). Returns (GPUs taken, of which held ``allowed``, the first GPU that
         was neither as (gpu, wanted by, held by), or None); stops at that GPU."""

@@ -72,31 +72,64 @@ def dump_state(state: SchedulerState, saved_at: float) -> dict[str, Any]:
         "pool": [state.pool.num_gpus, state.pool.gpus_per_node],
         "pipelines": pipelines,
         "owner": [_owner_out(o) for o in state.owner],
-        "fixed": {cid: {"pipeline_id": a.pipeline_id, "cluster": a.cluster, "priority": a.priority,
-                        "gpus": list(a.gpus), "age": age(a.since)} for cid, a in state.fixed.items()},
-        "generation": {pid: {"active": sorted(a.active), "waking": sorted(a.waking), "sleeping": sorted(a.sleeping),
-                             "age": age(a.since), "awake_age": {str(r): age(t) for r, t in a.awake_since.items()}}
-                       for pid, a in state.generation.items()},
-        "pending": [{"pipeline_id": r.pipeline_id, "cluster": r.cluster, "priority": r.priority,
-                     "step_target": r.step_target, "seq": r.seq, "age": age(r.enqueued_at)}
-                    for r in sorted(state.pending.values(), key=lambda r: r.seq)],
+        "fixed": {
+            cid: {
+                "pipeline_id": a.pipeline_id,
+                "cluster": a.cluster,
+                "priority": a.priority,
+                "gpus": list(a.gpus),
+                "age": age(a.since),
+            }
+            for cid, a in state.fixed.items()
+        },
+        "generation": {
+            pid: {
+                "active": sorted(a.active),
+                "waking": sorted(a.waking),
+                "sleeping": sorted(a.sleeping),
+                "age": age(a.since),
+                "awake_age": {str(r): age(t) for r, t in a.awake_since.items()},
+            }
+            for pid, a in state.generation.items()
+        },
+        "pending": [
+            {
+                "pipeline_id": r.pipeline_id,
+                "cluster": r.cluster,
+                "priority": r.priority,
+                "step_target": r.step_target,
+                "seq": r.seq,
+                "age": age(r.enqueued_at),
+            }
+            for r in sorted(state.pending.values(), key=lambda r: r.seq)
+        ],
         "open_demand": dict(demand.open_demand),
-        "progress": {pid: [[s.mode, s.adapter_id, s.step_target, s.completed, s.target_weight_version]
-                           for s in streams.values()] for pid, streams in demand.progress.items()},
-        "retired_streams": {pid: sorted([m, a] for m, a in keys) for pid, keys in demand.retired_streams.items()
-                            if keys},
+        "progress": {
+            pid: [[s.mode, s.adapter_id, s.step_target, s.completed, s.target_weight_version] for s in streams.values()]
+            for pid, streams in demand.progress.items()
+        },
+        "retired_streams": {
+            pid: sorted([m, a] for m, a in keys) for pid, keys in demand.retired_streams.items() if keys
+        },
         "retired_age": {pid: age(t) for pid, t in demand.retired_at.items()},
         "rollouts": dict(demand.rollouts),
-        "planned_releases": {pid: {"ranks": sorted(r.ranks), "drop_cluster": r.drop_cluster,
-                                   "age": age(r.requested_at)} for pid, r in state.planned_releases.items()},
+        "planned_releases": {
+            pid: {"ranks": sorted(r.ranks), "drop_cluster": r.drop_cluster, "age": age(r.requested_at)}
+            for pid, r in state.planned_releases.items()
+        },
         "fenced": dict(state.fenced),
         "stage_seen_age": {pid: age(t) for pid, t in state.stage_seen_at.items()},
         "switches": dict(state.switches),
     }
 
 
-def load_state(data: Mapping[str, Any], pool: PoolTopology, clock: Callable[[], float], now_wall: float,
-               into: SchedulerState | None = None) -> SchedulerState:
+def load_state(
+    data: Mapping[str, Any],
+    pool: PoolTopology,
+    clock: Callable[[], float],
+    now_wall: float,
+    into: SchedulerState | None = None,
+) -> SchedulerState:
     """Rebuild a state from :func:`dump_state`'s record (see the module docstring for moves that
     were in flight); into ``into``, a state that holds nothing yet, when given (whoever holds it
     -- the planner's core, observers -- then sees the restored state), else a new one.
@@ -137,8 +170,10 @@ def _load(data: Mapping[str, Any], pool: PoolTopology, clock: Callable[[], float
 
     state = SchedulerState(pool, clock)
     for pid, entry in data["pipelines"].items():
-        clusters = {name: ClusterSpec(tp_size=int(tp), gpus=tuple(int(g) for g in gpus))
-                    for name, (tp, gpus) in entry["clusters"].items()}
+        clusters = {
+            name: ClusterSpec(tp_size=int(tp), gpus=tuple(int(g) for g in gpus))
+            for name, (tp, gpus) in entry["clusters"].items()
+        }
         state.pipelines[pid] = validate_pipeline(pool, pid, clusters)
         max_step, min_bundles, max_bundles = entry["limits"]
         state.limits[pid] = PipelineLimits(max_step, min_bundles, max_bundles)
@@ -153,8 +188,9 @@ def _load(data: Mapping[str, Any], pool: PoolTopology, clock: Callable[[], float
         raise StateFormatError(f"persisted ownership table has {len(owners)} entries for {pool.num_gpus} GPUs")
     for cid, a in data["fixed"].items():
         _known(state, a["pipeline_id"], f"fixed allocation {cid!r}")
-        state.fixed[cid] = FixedAllocation(a["pipeline_id"], a["cluster"], int(a["priority"]),
-                                           tuple(int(g) for g in a["gpus"]), clock_of(a["age"]))
+        state.fixed[cid] = FixedAllocation(
+            a["pipeline_id"], a["cluster"], int(a["priority"]), tuple(int(g) for g in a["gpus"]), clock_of(a["age"])
+        )
         if any(owners[g] != cid for g in state.fixed[cid].gpus):
             raise StateFormatError(f"fixed allocation {cid!r} holds GPUs the ownership table gives to others")
     for pid, a in data["generation"].items():
@@ -178,8 +214,9 @@ def _load(data: Mapping[str, Any], pool: PoolTopology, clock: Callable[[], float
     state.owner = Ownership(entries=owners)
     for r in data["pending"]:
         _known(state, r["pipeline_id"], "pending request")
-        request = PendingRequest(r["pipeline_id"], r["cluster"], int(r["priority"]), r["step_target"], int(r["seq"]),
-                                 clock_of(r["age"]))
+        request = PendingRequest(
+            r["pipeline_id"], r["cluster"], int(r["priority"]), r["step_target"], int(r["seq"]), clock_of(r["age"])
+        )
         state.pending[request.cluster_id] = request
     # Requests made after the restart queue behind the restored ones.
     state._seq = itertools.count(max((r.seq for r in state.pending.values()), default=-1) + 1)
@@ -195,8 +232,9 @@ def _load(data: Mapping[str, Any], pool: PoolTopology, clock: Callable[[], float
     demand.retired_at.update({pid: clock_of(t) for pid, t in data["retired_age"].items()})
     demand.rollouts.update({pid: int(n) for pid, n in data["rollouts"].items()})
     for pid, r in data["planned_releases"].items():
-        state.planned_releases[pid] = PlannedRelease({int(x) for x in r["ranks"]}, bool(r["drop_cluster"]),
-                                                     clock_of(r["age"]))
+        state.planned_releases[pid] = PlannedRelease(
+            {int(x) for x in r["ranks"]}, bool(r["drop_cluster"]), clock_of(r["age"])
+        )
     state.fenced.update(data["fenced"])
     state.stage_seen_at.update({pid: clock_of(t) for pid, t in data["stage_seen_age"].items()})
     state.switches.update({pid: int(n) for pid, n in data["switches"].items()})

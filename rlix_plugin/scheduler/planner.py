@@ -55,10 +55,11 @@ could use, until one releases them).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeGuard
 
 from rlix_plugin.hookspecs import ACTOR_INFER, Priority
 
-from .ownership import Ownership
+from .ownership import Owner, Ownership
 from .plan import IDLE, RELEASED, SYNC_COSTS_MORE, Move, Plan, donated_to, preempted_by
 from .policy import DEFAULT_POLICY, Policy, TargetInputs, get_policy
 from .state import SchedulerState
@@ -166,8 +167,9 @@ class _Cycle:
         self.held[pid] = self.held.get(pid, 0) + 1
         move.wakes.setdefault(pid, set()).add(rank)
 
-    def victims(self, pid: str, rank: int, surplus: dict[str, int],
-                demand: dict[str, int]) -> list[tuple[str, int]] | None:
+    def victims(
+        self, pid: str, rank: int, surplus: dict[str, int], demand: dict[str, int]
+    ) -> list[tuple[str, int]] | None:
         """:func:`_victims`, remembered until the next sleep or wake is planned (many donor
         workers overlap one receiver bundle)."""
         known = self._victims.get((pid, rank))
@@ -199,14 +201,19 @@ class _Cycle:
             return False
         return any(g in self.kept for g in gpus)
 
-    def movable(self, holder: object) -> bool:
+    def movable(self, holder: Owner) -> TypeGuard[tuple[str, int]]:
         """An awake engine not in transition, of a pipeline that is not fenced."""
-        return (type(holder) is tuple and holder[0] not in self.state.fenced  # type: ignore[index]
-                and holder[1] in self.active.get(holder[0], ()))  # type: ignore[index]
+        if type(holder) is not tuple:
+            return False
+        pid, rank = holder
+        return pid not in self.state.fenced and rank in self.active.get(pid, ())
 
 
 def plan_cycle(
-    state: SchedulerState, policy: Policy | str = DEFAULT_POLICY, *, durable_demand: bool = True,
+    state: SchedulerState,
+    policy: Policy | str = DEFAULT_POLICY,
+    *,
+    durable_demand: bool = True,
     now: float | None = None,
 ) -> Plan:
     """Plan one scheduling pass from ``state`` (which is not modified)."""
@@ -246,7 +253,7 @@ def _plan_stages(cycle: _Cycle) -> None:
             cycle.blocked.update(gpus)
             continue
         move = Move(preempted_by(request.cluster_id), grant=request.cluster_id, grant_gpus=tuple(gpus))
-        for pid, rank in sorted({h for h in holders if h is not None}):  # type: ignore[misc]
+        for pid, rank in sorted({h for h in holders if type(h) is tuple}):
             cycle.sleep(pid, rank, move)
         owner.set(gpus, request.cluster_id)
         cycle.plan.moves.append(move)
@@ -263,8 +270,8 @@ def _capacity(cycle: _Cycle, demand: dict[str, int]) -> tuple[int, dict[str, int
     pipeline."""
     state = cycle.state
     unusable = set(cycle.blocked)
-    for alloc in state.fixed.values():
-        unusable.update(alloc.gpus)
+    for stage in state.fixed.values():
+        unusable.update(stage.gpus)
     for request in state.pending.values():
         if request.move is not None:
             unusable.update(state.pipelines[request.pipeline_id].clusters[request.cluster].gpus)
@@ -289,7 +296,7 @@ def _capacity(cycle: _Cycle, demand: dict[str, int]) -> tuple[int, dict[str, int
         count = lost_per_layout.get(id(rank_of_gpu))
         if count is None:
             ranks_lost = set(map(rank_of_gpu.get, unusable))
-            ranks_lost.discard(None)  # type: ignore[arg-type]
+            ranks_lost.discard(None)
             count = lost_per_layout[id(rank_of_gpu)] = len(ranks_lost)
         max_bundles[pid] = spec.dp_size - count
     return state.pool.num_gpus - len(unusable), max_bundles
@@ -304,18 +311,20 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
     capacity, max_bundles = _capacity(cycle, demand)
     estimates = state.estimates
     sharing = sum(1 for p in state.pipelines if p not in fenced)
-    target, ideal = policy.targets(TargetInputs(
-        demand=demand,
-        tp={pid: state.pipelines[pid].tp for pid in demand},
-        max_bundles=max_bundles,
-        sample_s={pid: estimates.sample_s(pid) for pid in demand},
-        capacity=capacity,
-        num_gpus=state.pool.num_gpus,
-        sharing=sharing,
-        rollouts={pid: state.demand.rollouts.get(pid, 0) for pid in demand},
-        min_bundles={pid: state.limits[pid].min_bundles for pid in demand},
-        max_bundles_quota={pid: state.limits[pid].max_bundles for pid in demand},
-    ))
+    target, ideal = policy.targets(
+        TargetInputs(
+            demand=demand,
+            tp={pid: state.pipelines[pid].tp for pid in demand},
+            max_bundles=max_bundles,
+            sample_s={pid: estimates.sample_s(pid) for pid in demand},
+            capacity=capacity,
+            num_gpus=state.pool.num_gpus,
+            sharing=sharing,
+            rollouts={pid: state.demand.rollouts.get(pid, 0) for pid in demand},
+            min_bundles={pid: state.limits[pid].min_bundles for pid in demand},
+            max_bundles_quota={pid: state.limits[pid].max_bundles for pid in demand},
+        )
+    )
     for pid in cycle.active:
         if pid not in fenced and pid not in state.planned_releases:
             target.setdefault(pid, 0)
@@ -325,8 +334,10 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
 
     # Donors: pipelines without demand first (their engines are idle), then the one with the most
     # remaining work; ties by id. Each gives at most its surplus, from its movable ranks.
-    donors = sorted((p for p in target if held[p] > target[p] and cycle.active[p]),
-                    key=lambda p: (p in demand, -demand.get(p, 0), p))
+    donors = sorted(
+        (p for p in target if held[p] > target[p] and cycle.active[p]),
+        key=lambda p: (p in demand, -demand.get(p, 0), p),
+    )
     surplus = {p: held[p] - target[p] for p in donors}
     queues = _GiveQueues(cycle, stage_gpus)
     idle = [g for g, h in enumerate(cycle.owner) if h is None and g not in cycle.blocked]
@@ -367,8 +378,10 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
             # Starvation wins over targets: when no idle bundle and no pipeline without demand can
             # give this one a worker (its mapping reaches only a peer's engines), a peer with demand
             # and more than one worker gives one, keeping at least one.
-            peers = sorted((p for p in demand if p != pid and held.get(p, 0) > 1 and cycle.active.get(p)),
-                           key=lambda p: (-held[p], p))
+            peers = sorted(
+                (p for p in demand if p != pid and held.get(p, 0) > 1 and cycle.active.get(p)),
+                key=lambda p: (-held[p], p),
+            )
             for peer in peers:
                 surplus[peer] = max(surplus.get(peer, 0), held[peer] - 1)
                 if peer not in queues:
@@ -402,7 +415,7 @@ def _reclaim_before_sync(cycle: _Cycle, demand: dict[str, int]) -> None:
         cycle.plan.moves.append(move)
 
 
-class _GiveQueues(dict):  # type: ignore[type-arg]
+class _GiveQueues(dict):
     """donor -> its give order (:func:`_give_order`), built the first time a receiver asks. The
     order depends only on the donor's ranks still movable, which a lazy build sees as an eager
     one would after skipping the ranks taken meanwhile."""
@@ -438,8 +451,9 @@ def _bundle_free(cycle: _Cycle, pid: str, rank: int) -> bool:
     return cycle.owner.all_idle(gpus) and not cycle.closed_to(pid, gpus)
 
 
-def _take_idle(cycle: _Cycle, pid: str, want: int, idle: list[int], stage_gpus: dict[int, set[str]],
-               demand: dict[str, int]) -> int:
+def _take_idle(
+    cycle: _Cycle, pid: str, want: int, idle: list[int], stage_gpus: dict[int, set[str]], demand: dict[str, int]
+) -> int:
     if _idle_hopeless(cycle, pid, demand):
         return 0  # no idle bundle would be worth waking: the scan below would find none
     rank_of_gpu = cycle.state.pipelines[pid].rank_of_gpu
@@ -448,8 +462,13 @@ def _take_idle(cycle: _Cycle, pid: str, want: int, idle: list[int], stage_gpus: 
     owner = cycle.owner
     for gpu in idle:
         rank = rank_of_gpu.get(gpu)
-        if (rank is not None and owner[gpu] is None and rank not in seen and _bundle_free(cycle, pid, rank)
-                and _idle_worth(cycle, pid, cycle.bundle(pid, rank), stage_gpus, demand)):
+        if (
+            rank is not None
+            and owner[gpu] is None
+            and rank not in seen
+            and _bundle_free(cycle, pid, rank)
+            and _idle_worth(cycle, pid, cycle.bundle(pid, rank), stage_gpus, demand)
+        ):
             candidates.append(rank)
             seen.add(rank)
             if not stage_gpus and len(candidates) == want:
@@ -482,8 +501,9 @@ def _eligible(cycle: _Cycle, donor: str, rank: int, receiver: str, demand: dict[
     return gain > PAYOFF_MARGIN * cost
 
 
-def _idle_worth(cycle: _Cycle, pid: str, gpus: tuple[int, ...], stage_gpus: dict[int, set[str]],
-                demand: dict[str, int]) -> bool:
+def _idle_worth(
+    cycle: _Cycle, pid: str, gpus: tuple[int, ...], stage_gpus: dict[int, set[str]], demand: dict[str, int]
+) -> bool:
     """Switch-aware: an idle bundle is worth waking unless its wake would not pay for itself, or a
     stage is expected to take its GPUs before the engine has woken and been put back to sleep."""
     if not cycle.policy.switch_aware or cycle.held.get(pid, 0) == 0:
@@ -492,8 +512,10 @@ def _idle_worth(cycle: _Cycle, pid: str, gpus: tuple[int, ...], stage_gpus: dict
     wake, sleep = estimates.wake_s(pid), estimates.sleep_s(pid)
     if wake + sleep <= 0:
         return True
-    return (_queue_drain_s(cycle, pid, demand) > PAYOFF_MARGIN * wake
-            and _stage_horizon_s(cycle, pid, gpus, demand) > wake + sleep)
+    return (
+        _queue_drain_s(cycle, pid, demand) > PAYOFF_MARGIN * wake
+        and _stage_horizon_s(cycle, pid, gpus, demand) > wake + sleep
+    )
 
 
 def _idle_hopeless(cycle: _Cycle, pid: str, demand: dict[str, int]) -> bool:
@@ -623,8 +645,17 @@ def _take_from_donors(
     return got
 
 
-def _take_same_layout(cycle: _Cycle, donor: str, pid: str, want: int, got: int, queue: list[int],
-                      skipped: list[int], surplus: dict[str, int], demand: dict[str, int]) -> int:
+def _take_same_layout(
+    cycle: _Cycle,
+    donor: str,
+    pid: str,
+    want: int,
+    got: int,
+    queue: list[int],
+    skipped: list[int],
+    surplus: dict[str, int],
+    demand: dict[str, int],
+) -> int:
     """:func:`_take_from_donors` for a donor whose generation mapping is the receiver's (the same
     bundles, shared at registration): a worker moves as the same rank, so the checks are the
     same as there -- switch-cost rules, closed GPUs, the rank free on the receiver's side. While
@@ -650,9 +681,9 @@ def _take_same_layout(cycle: _Cycle, donor: str, pid: str, want: int, got: int, 
         pop, keep, skip = queue.pop, take.append, skipped.append
         if simple and left <= len(queue):
             # The common case first: the next ``left`` workers are all free to move.
-            chunk = queue[len(queue) - left:]
+            chunk = queue[len(queue) - left :]
             if donor_active.issuperset(chunk) and taken_ranks.isdisjoint(chunk):
-                del queue[len(queue) - left:]
+                del queue[len(queue) - left :]
                 take.extend(reversed(chunk))
                 left = 0
         if simple:
@@ -670,8 +701,11 @@ def _take_same_layout(cycle: _Cycle, donor: str, pid: str, want: int, got: int, 
                 worker = pop()
                 if worker not in donor_active:
                     continue
-                if (worker in taken_ranks or cycle.closed_to(pid, bundles[worker])
-                        or not _eligible(cycle, donor, worker, pid, demand)):
+                if (
+                    worker in taken_ranks
+                    or cycle.closed_to(pid, bundles[worker])
+                    or not _eligible(cycle, donor, worker, pid, demand)
+                ):
                     skip(worker)
                     continue
                 keep(worker)
@@ -710,14 +744,16 @@ def _always_eligible(cycle: _Cycle, donor: str, receiver: str, demand: dict[str,
 
 def _may_close(cycle: _Cycle, pid: str) -> bool:
     """Whether :meth:`_Cycle.closed_to` may be True for some GPUs of ``pid``."""
-    return bool(cycle.blocked) or (bool(cycle.kept) and cycle.held.get(pid, 0) > 0
-                                   and cycle.state.estimates.switch_s(pid) > 0)
+    return bool(cycle.blocked) or (
+        bool(cycle.kept) and cycle.held.get(pid, 0) > 0 and cycle.state.estimates.switch_s(pid) > 0
+    )
 
 
 def _rank_open(cycle: _Cycle, pid: str, rank: int) -> bool:
     alloc = cycle.state.generation[pid]
-    return not (rank in cycle.active[pid] or rank in cycle.lost.get(pid, ()) or rank in alloc.waking
-                or rank in alloc.sleeping)
+    return not (
+        rank in cycle.active[pid] or rank in cycle.lost.get(pid, ()) or rank in alloc.waking or rank in alloc.sleeping
+    )
 
 
 def _victims(
@@ -734,17 +770,17 @@ def _victims(
         holder = cycle.owner[gpu]
         if holder is None:
             continue
-        if not cycle.movable(holder) or holder[0] not in surplus:  # type: ignore[index]
+        if not cycle.movable(holder) or holder[0] not in surplus:
             return None
-        if not _eligible(cycle, holder[0], holder[1], pid, demand):  # type: ignore[index]
+        if not _eligible(cycle, holder[0], holder[1], pid, demand):
             return None
-        victims[holder] = None  # type: ignore[index]
+        victims[holder] = None
     need: dict[str, int] = {}
     for victim_pid, _ in victims:
         need[victim_pid] = need.get(victim_pid, 0) + 1
     if any(surplus[p] < n for p, n in need.items()):
         return None
-    return list(victims)  # type: ignore[arg-type]
+    return list(victims)
 
 
 __all__ = ["ANTICIPATION_S", "RESIDENCY_FACTOR", "anticipated_gpus", "generation_demand", "plan_cycle"]

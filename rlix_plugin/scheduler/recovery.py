@@ -56,6 +56,7 @@ class Recovery:
     _closed: bool
 
     if TYPE_CHECKING:
+
         def _dispatch(self) -> bool: ...
         def _changed(self, event: str, pipeline_id: str | None = None) -> None: ...
         def _kick(self) -> None: ...
@@ -134,8 +135,9 @@ class Recovery:
         """Restored pipelines have not all reattached: nothing is planned yet."""
         return bool(self.unreconciled)
 
-    async def reattach(self, pipeline_id: str, lease: str, resizer: Resizer,
-                       report: PipelineReport | None = None) -> dict[str, Any]:
+    async def reattach(
+        self, pipeline_id: str, lease: str, resizer: Resizer, report: PipelineReport | None = None
+    ) -> dict[str, Any]:
         """A restored pipeline's process is back in touch: its resizes go to ``resizer`` from now
         on and, the first time, the state is reconciled with its ``report`` (:mod:`.rehydrate`;
         a conflict fences it). Once every restored pipeline reattached (or was fenced), planning

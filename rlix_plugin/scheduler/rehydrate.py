@@ -92,11 +92,17 @@ def check_report(report: object, pipeline_id: str) -> PipelineReport:
     if report.awake is not None and (not isinstance(report.awake, tuple) or not all(_is_int(r) for r in report.awake)):
         raise InvalidRequestError(f"{where}: awake must be None or a tuple of DP ranks, got {report.awake!r:.80}")
     if not isinstance(report.held, Mapping) or not all(
-            isinstance(c, str) and _is_int(p) and 0 <= p <= 5 for c, p in report.held.items()):
+        isinstance(c, str) and _is_int(p) and 0 <= p <= 5 for c, p in report.held.items()
+    ):
         raise InvalidRequestError(f"{where}: held must map stage clusters to priorities 0..5, got {report.held!r:.80}")
     if not isinstance(report.calls, tuple) or not all(
-            isinstance(c, CallInFlight) and isinstance(c.request_id, str) and c.kind in (REQUEST, RELEASE)
-            and isinstance(c.cluster, str) and isinstance(c.remaining_s, (int, float)) for c in report.calls):
+        isinstance(c, CallInFlight)
+        and isinstance(c.request_id, str)
+        and c.kind in (REQUEST, RELEASE)
+        and isinstance(c.cluster, str)
+        and isinstance(c.remaining_s, (int, float))
+        for c in report.calls
+    ):
         raise InvalidRequestError(f"{where}: calls must be a tuple of CallInFlight, got {report.calls!r:.80}")
     return report
 
@@ -105,8 +111,9 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def reconcile(state: SchedulerState, pipeline_id: str, report: PipelineReport,
-              request_ids: Mapping[str, str]) -> Reconciled:
+def reconcile(
+    state: SchedulerState, pipeline_id: str, report: PipelineReport, request_ids: Mapping[str, str]
+) -> Reconciled:
     """Bring ``state`` in line with ``report`` for one pipeline (see the module docstring;
     ``report`` is checked first: :func:`check_report`).
 
@@ -169,8 +176,10 @@ def _generation(state: SchedulerState, pid: str, report: PipelineReport, done: R
             # Awake where the state says others hold GPUs: keep what it holds (the caller fences
             # the pipeline, and unregistering it frees exactly the GPUs it holds).
             alloc.active.add(rank)
-            done.conflicts.append(f"DP rank {rank} is awake on GPUs {list(gpus)} held by "
-                                  f"{sorted({describe(state.owner[g]) for g in gpus})}")
+            done.conflicts.append(
+                f"DP rank {rank} is awake on GPUs {list(gpus)} held by "
+                f"{sorted({describe(state.owner[g]) for g in gpus})}"
+            )
             continue
         alloc.active.discard(rank)
         alloc.awake_since.pop(rank, None)
@@ -181,8 +190,10 @@ def _generation(state: SchedulerState, pid: str, report: PipelineReport, done: R
     for rank in sorted(awake - known):
         gpus = spec.bundles[rank]
         if not state.owner.all_idle(gpus):
-            done.conflicts.append(f"DP rank {rank} is awake, and the scheduler gave its GPUs {list(gpus)} to "
-                                  f"{sorted({describe(state.owner[g]) for g in gpus if state.owner[g] is not None})}")
+            done.conflicts.append(
+                f"DP rank {rank} is awake, and the scheduler gave its GPUs {list(gpus)} to "
+                f"{sorted({describe(state.owner[g]) for g in gpus if state.owner[g] is not None})}"
+            )
             continue
         state.owner.take(gpus, (pid, rank))
         if alloc is None:
@@ -212,8 +223,10 @@ def _stages(state: SchedulerState, pid: str, report: PipelineReport, done: Recon
             continue
         gpus = tuple(spec.clusters[cluster].gpus)
         if not state.owner.all_idle(gpus):
-            done.conflicts.append(f"holds {cid!r} on GPUs {list(gpus)}, which the scheduler gave to "
-                                  f"{sorted({describe(state.owner[g]) for g in gpus if state.owner[g] is not None})}")
+            done.conflicts.append(
+                f"holds {cid!r} on GPUs {list(gpus)}, which the scheduler gave to "
+                f"{sorted({describe(state.owner[g]) for g in gpus if state.owner[g] is not None})}"
+            )
             continue
         state.owner.take(gpus, cid)
         state.fixed[cid] = FixedAllocation(pid, cluster, int(priority), gpus, now)
@@ -242,5 +255,13 @@ def _finish_release(state: SchedulerState, pid: str) -> None:
         del state.planned_releases[pid]
 
 
-__all__ = ["CallInFlight", "PipelineReport", "REQUEST", "RELEASE", "Reconciled", "check_report", "reconcile",
-           "settle_unanswered"]
+__all__ = [
+    "CallInFlight",
+    "PipelineReport",
+    "REQUEST",
+    "RELEASE",
+    "Reconciled",
+    "check_report",
+    "reconcile",
+    "settle_unanswered",
+]

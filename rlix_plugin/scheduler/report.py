@@ -22,14 +22,21 @@ def snapshot(state: SchedulerState, extra: dict[str, Any] | None = None) -> dict
             if name == ACTOR_INFER:
                 gpus, ranks = state.gen_grant(pid)
                 alloc = state.generation.get(pid)
-                entry.update(held=alloc is not None, gpus_held=list(gpus), awake_dp_ranks=list(ranks),
-                             waking_dp_ranks=sorted(alloc.waking) if alloc else [],
-                             sleeping_dp_ranks=sorted(alloc.sleeping) if alloc else [],
-                             dp_size=spec.dp_size)
+                entry.update(
+                    held=alloc is not None,
+                    gpus_held=list(gpus),
+                    awake_dp_ranks=list(ranks),
+                    waking_dp_ranks=sorted(alloc.waking) if alloc else [],
+                    sleeping_dp_ranks=sorted(alloc.sleeping) if alloc else [],
+                    dp_size=spec.dp_size,
+                )
             else:
                 stage = state.fixed.get(f"{pid}_{name}")
-                entry.update(held=stage is not None, gpus_held=list(stage.gpus) if stage else [],
-                             priority=stage.priority if stage else None)
+                entry.update(
+                    held=stage is not None,
+                    gpus_held=list(stage.gpus) if stage else [],
+                    priority=stage.priority if stage else None,
+                )
             clusters[name] = entry
         pipelines[pid] = {
             "admitted": pid in state.admitted,
@@ -37,8 +44,13 @@ def snapshot(state: SchedulerState, extra: dict[str, Any] | None = None) -> dict
             "open_demand": state.open_demand.get(pid),
             "remaining": state.remaining(pid),
             "progress": [
-                {"mode": s.mode, "adapter_id": s.adapter_id, "completed": s.completed,
-                 "step_target": s.step_target, "target_weight_version": s.target_weight_version}
+                {
+                    "mode": s.mode,
+                    "adapter_id": s.adapter_id,
+                    "completed": s.completed,
+                    "step_target": s.step_target,
+                    "target_weight_version": s.target_weight_version,
+                }
                 for s in state.progress.get(pid, {}).values()
             ],
             "fenced": state.fenced.get(pid),
@@ -47,8 +59,13 @@ def snapshot(state: SchedulerState, extra: dict[str, Any] | None = None) -> dict
     pending: dict[str, list[dict[str, Any]]] = {}
     for request in sorted(state.pending.values(), key=lambda r: (r.priority, r.seq)):
         pending.setdefault(str(request.priority), []).append(
-            {"cluster_id": request.cluster_id, "pipeline_id": request.pipeline_id, "cluster": request.cluster,
-             "step_target": request.step_target, "waiting_s": round(now - request.enqueued_at, 3)}
+            {
+                "cluster_id": request.cluster_id,
+                "pipeline_id": request.pipeline_id,
+                "cluster": request.cluster,
+                "step_target": request.step_target,
+                "waiting_s": round(now - request.enqueued_at, 3),
+            }
         )
     holders = [_holder(state, owner) for owner in state.owner]
     gpu_cells = [_gpu(state, gpu, owner) for gpu, owner in enumerate(state.owner)]
@@ -93,16 +110,24 @@ def _gpu(state: SchedulerState, gpu: int, owner: Owner) -> dict[str, Any]:
     if type(owner) is tuple:
         pid, rank = owner
         alloc = state.generation.get(pid)
-        phase = ("waking" if alloc is not None and rank in alloc.waking
-                 else "falling_asleep" if alloc is not None and rank in alloc.sleeping else "awake")
+        phase = (
+            "waking"
+            if alloc is not None and rank in alloc.waking
+            else "falling_asleep"
+            if alloc is not None and rank in alloc.sleeping
+            else "awake"
+        )
         entry.update(pipeline=pid, cluster=ACTOR_INFER, dp_rank=rank, state=phase)
     elif isinstance(owner, str):
         fixed = state.fixed.get(owner)
         request = state.pending.get(owner)
         holder = fixed or request
         if holder is not None:
-            entry.update(pipeline=holder.pipeline_id, cluster=holder.cluster,
-                         state="training" if fixed is not None else "reserved")
+            entry.update(
+                pipeline=holder.pipeline_id,
+                cluster=holder.cluster,
+                state="training" if fixed is not None else "reserved",
+            )
     return entry
 
 
@@ -122,12 +147,19 @@ def diagnostic(state: SchedulerState, headline: str = "") -> str:
     else:
         lines.append("pending: none")
     for pid, info in snap["pipelines"].items():
-        progress = ", ".join(f"{p['mode']}{'/' + p['adapter_id'] if p['adapter_id'] else ''} "
-                             f"{p['completed']}/{p['step_target']}" for p in info["progress"]) or "no progress"
+        progress = (
+            ", ".join(
+                f"{p['mode']}{'/' + p['adapter_id'] if p['adapter_id'] else ''} {p['completed']}/{p['step_target']}"
+                for p in info["progress"]
+            )
+            or "no progress"
+        )
         infer = info["clusters"][ACTOR_INFER]
         extra = f" FENCED: {info['fenced']}" if info["fenced"] else ""
-        lines.append(f"{pid}: awake dp {infer['awake_dp_ranks']} of {infer['dp_size']}, {progress}, "
-                     f"remaining {info['remaining']}{extra}")
+        lines.append(
+            f"{pid}: awake dp {infer['awake_dp_ranks']} of {infer['dp_size']}, {progress}, "
+            f"remaining {info['remaining']}{extra}"
+        )
     return "\n".join(lines)
 
 

@@ -150,8 +150,13 @@ class SchedulerService(Recovery):
         self._record_parts: dict[str, Callable[[], Any]] = {}
         self._durable: DurableLog | None = None
         if store is not None:
-            self._durable = DurableLog(store, epoch if epoch is not None else store.claim(), self.record,
-                                       min_interval_s=persist_interval_s, on_stale=self._stale)
+            self._durable = DurableLog(
+                store,
+                epoch if epoch is not None else store.claim(),
+                self.record,
+                min_interval_s=persist_interval_s,
+                on_stale=self._stale,
+            )
 
     @property
     def cycles(self) -> int:
@@ -199,8 +204,14 @@ class SchedulerService(Recovery):
     # -- pipelines --------------------------------------------------------------------------------
 
     async def register_pipeline(
-        self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], resizer: Resizer, *, admit: bool = True,
-        switch_costs: SwitchCosts | None = None, limits: PipelineLimits | None = None,
+        self,
+        pipeline_id: str,
+        clusters: Mapping[str, ClusterSpec],
+        resizer: Resizer,
+        *,
+        admit: bool = True,
+        switch_costs: SwitchCosts | None = None,
+        limits: PipelineLimits | None = None,
     ) -> str:
         """Register (and by default admit) a pipeline; returns its lease."""
         if self.draining:
@@ -291,7 +302,13 @@ class SchedulerService(Recovery):
     # -- requests ---------------------------------------------------------------------------------
 
     async def request_gpus(
-        self, pipeline_id: str, lease: str, cluster: str, priority: int, step_target: int | None, timeout_s: float,
+        self,
+        pipeline_id: str,
+        lease: str,
+        cluster: str,
+        priority: int,
+        step_target: int | None,
+        timeout_s: float,
         request_id: str | None = None,
     ) -> Grant:
         """Block until granted (see :meth:`SchedulerState.request` for the rules). ``request_id``
@@ -315,7 +332,12 @@ class SchedulerService(Recovery):
         return await self._wait_grant(pipeline_id, cluster, timeout_s, started)
 
     async def signal_demand(
-        self, pipeline_id: str, lease: str, rollout_id: int, step_target: int, timeout_s: float,
+        self,
+        pipeline_id: str,
+        lease: str,
+        rollout_id: int,
+        step_target: int,
+        timeout_s: float,
         request_id: str | None = None,
     ) -> Grant:
         """Pre-signal a rollout: retire the previous rollout's streams, write the open-demand
@@ -334,8 +356,9 @@ class SchedulerService(Recovery):
                 self.keys.demand[pipeline_id] = request_id
         log.debug("pipeline %s signals demand for rollout %s (%s samples)", pipeline_id, rollout_id, step_target)
         left = max(0.001, timeout_s - (self.state.clock() - started))
-        return await self.request_gpus(pipeline_id, lease, ACTOR_INFER, Priority.GENERATION, step_target, left,
-                                       request_id)
+        return await self.request_gpus(
+            pipeline_id, lease, ACTOR_INFER, Priority.GENERATION, step_target, left, request_id
+        )
 
     async def release(self, pipeline_id: str, lease: str, cluster: str, timeout_s: float = 120.0) -> None:
         """Release a cluster; for the generation cluster, wait until its workers sleep. Releasing
@@ -345,8 +368,12 @@ class SchedulerService(Recovery):
         timeout_s = await self._until_reattached(pipeline_id, timeout_s)
         self._owner(pipeline_id, lease)
         needs_resize = self.state.release(pipeline_id, cluster)
-        self._resolve(cluster_id(pipeline_id, cluster), error=InvalidRequestError(
-            f"{cluster_id(pipeline_id, cluster)!r} was released while its request was pending"))
+        self._resolve(
+            cluster_id(pipeline_id, cluster),
+            error=InvalidRequestError(
+                f"{cluster_id(pipeline_id, cluster)!r} was released while its request was pending"
+            ),
+        )
         self._changed("release")
         if needs_resize:
             await self._wait_release(pipeline_id, timeout_s)
@@ -438,16 +465,19 @@ class SchedulerService(Recovery):
     # -- reading ----------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        return snapshot(self.state, {
-            "cycles": self.cycles,
-            "policy": self.policy.name,
-            "resizing": self.state.in_transition(),
-            "preempt_reports": dict(self.preempt_reports),
-            "reclaimed": dict(self.reclaimed),
-            "draining": self.draining,
-            "entitled_bundles": dict(sorted(self.core.targets.items())),
-            "recovering": sorted(self.unreconciled),
-        })
+        return snapshot(
+            self.state,
+            {
+                "cycles": self.cycles,
+                "policy": self.policy.name,
+                "resizing": self.state.in_transition(),
+                "preempt_reports": dict(self.preempt_reports),
+                "reclaimed": dict(self.reclaimed),
+                "draining": self.draining,
+                "entitled_bundles": dict(sorted(self.core.targets.items())),
+                "recovering": sorted(self.unreconciled),
+            },
+        )
 
     def diagnostic(self, headline: str = "") -> str:
         text = diagnostic(self.state, headline)
@@ -455,9 +485,11 @@ class SchedulerService(Recovery):
             text += f"\nnot reattached since the scheduler restarted: {sorted(self.unreconciled)} (nothing is planned)"
         status = self.persistence()
         if status is not None and (status["saved"] < status["changes"] or status["failure"] or status["stale"]):
-            text += (f"\nstate saving to {status['store']}: {status['changes'] - status['saved']} change(s) not saved"
-                     f"{'; last failure: ' + status['failure'] if status['failure'] else ''}"
-                     f"{'; superseded: ' + status['stale'] if status['stale'] else ''}")
+            text += (
+                f"\nstate saving to {status['store']}: {status['changes'] - status['saved']} change(s) not saved"
+                f"{'; last failure: ' + status['failure'] if status['failure'] else ''}"
+                f"{'; superseded: ' + status['stale'] if status['stale'] else ''}"
+            )
         return text
 
     # -- waiting ----------------------------------------------------------------------------------
@@ -482,8 +514,16 @@ class SchedulerService(Recovery):
         except asyncio.CancelledError:
             self._withdraw(cid, future, pipeline_id, cluster)
             raise
-        return await self._answer(Grant(grant.pipeline_id, grant.cluster, grant.gpus, grant.dp_ranks, True,
-                                        round(self.state.clock() - started, 6)))
+        return await self._answer(
+            Grant(
+                grant.pipeline_id,
+                grant.cluster,
+                grant.gpus,
+                grant.dp_ranks,
+                True,
+                round(self.state.clock() - started, 6),
+            )
+        )
 
     def _withdraw(self, cid: str, future: asyncio.Future[Grant], pipeline_id: str, cluster: str) -> None:
         """A waiter gave up: withdraw its request, unless another attempt waits on it now."""
@@ -524,7 +564,7 @@ class SchedulerService(Recovery):
         if error is not None:
             future.set_exception(error)
         else:
-            future.set_result(grant)  # type: ignore[arg-type]
+            future.set_result(grant)
 
     def _fail_all(self, error: BaseException) -> None:
         for cid in list(self._waiters):
@@ -594,7 +634,9 @@ class SchedulerService(Recovery):
         if events:
             self._observe("answered", events)
         for action in actions:
-            task = asyncio.get_running_loop().create_task(self._resize(action), name=f"rlix-resize-{action.pipeline_id}")
+            task = asyncio.get_running_loop().create_task(
+                self._resize(action), name=f"rlix-resize-{action.pipeline_id}"
+            )
             self._resizes.add(task)
             task.add_done_callback(self._resizes.discard)
         for event in events:
@@ -608,8 +650,12 @@ class SchedulerService(Recovery):
                     self.keys.satisfied(request.cluster_id)
                 self._resolve(request.cluster_id, Grant(request.pipeline_id, request.cluster, gpus, ranks, True))
             elif isinstance(event, Fenced):
-                log.error("pipeline %s: %s; fencing it, its GPUs are reclaimed in %.0fs unless it unregisters",
-                          event.pipeline_id, event.reason, self.fence_grace_s)
+                log.error(
+                    "pipeline %s: %s; fencing it, its GPUs are reclaimed in %.0fs unless it unregisters",
+                    event.pipeline_id,
+                    event.reason,
+                    self.fence_grace_s,
+                )
                 self._schedule_reclaim(event.pipeline_id, event.reason)
                 error = PipelineGoneError(f"pipeline {event.pipeline_id!r} is fenced: {event.reason}")
                 for request in event.cancelled:
@@ -641,7 +687,9 @@ class SchedulerService(Recovery):
             self.reclaimed[pipeline_id] = why
             self._remove(pipeline_id, why)
 
-        self._reclaims[pipeline_id] = asyncio.get_running_loop().create_task(reclaim(), name=f"rlix-reclaim-{pipeline_id}")
+        self._reclaims[pipeline_id] = asyncio.get_running_loop().create_task(
+            reclaim(), name=f"rlix-reclaim-{pipeline_id}"
+        )
 
     async def _resize(self, action: ResizeAction) -> None:
         # The move that asks for this call is saved first: a restarted scheduler must know that

@@ -220,12 +220,17 @@ class SchedulerState:
     # -- registration -------------------------------------------------------------------------------
 
     def register(
-        self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], switch_costs: SwitchCosts | None = None,
+        self,
+        pipeline_id: str,
+        clusters: Mapping[str, ClusterSpec],
+        switch_costs: SwitchCosts | None = None,
         limits: PipelineLimits | None = None,
     ) -> PipelineSpec:
         spec = validate_pipeline(self.pool, pipeline_id, clusters)
         if switch_costs is not None and not isinstance(switch_costs, SwitchCosts):
-            raise InvalidRequestError(f"pipeline {pipeline_id!r}: switch_costs must be a SwitchCosts, got {switch_costs!r}")
+            raise InvalidRequestError(
+                f"pipeline {pipeline_id!r}: switch_costs must be a SwitchCosts, got {switch_costs!r}"
+            )
         if limits is not None and not isinstance(limits, PipelineLimits):
             raise InvalidRequestError(f"pipeline {pipeline_id!r}: limits must be a PipelineLimits, got {limits!r}")
         limits = limits or PipelineLimits()
@@ -306,9 +311,7 @@ class SchedulerState:
 
     # -- requests and releases ----------------------------------------------------------------------
 
-    def request(
-        self, pipeline_id: str, cluster: str, priority: int, step_target: int | None
-    ) -> RequestOutcome:
+    def request(self, pipeline_id: str, cluster: str, priority: int, step_target: int | None) -> RequestOutcome:
         """Enqueue; a generation cluster that already has an awake worker is granted at once
         (its engines, not a second owner). Every GENERATION request writes the open-demand
         registry, whether it enqueues or short-circuits. A stage is granted once: asking again
@@ -341,9 +344,9 @@ class SchedulerState:
         generation = cluster == ACTOR_INFER
         if generation != (priority == Priority.GENERATION):
             raise InvalidRequestError(
-                f"cluster {cid!r} must be requested at priority {int(Priority.GENERATION)} "
-                "(and only it)" if generation else
-                f"priority {priority} (GENERATION) is only for {ACTOR_INFER!r}, not {cid!r}"
+                f"cluster {cid!r} must be requested at priority {int(Priority.GENERATION)} (and only it)"
+                if generation
+                else f"priority {priority} (GENERATION) is only for {ACTOR_INFER!r}, not {cid!r}"
             )
         if generation:
             self._check_step_target(pipeline_id, f"step_target of {cid!r}", step_target)
@@ -437,15 +440,20 @@ class SchedulerState:
         if self.demand.report(pipeline_id, mode, adapter_id, step_target, completed, target_weight_version, new_batch):
             alloc = self.generation.get(pipeline_id)
             self.estimates.observe_progress(
-                pipeline_id, self.clock(), self.demand.completed(pipeline_id),
-                len(alloc.active) if alloc is not None else 0, new_batch,
+                pipeline_id,
+                self.clock(),
+                self.demand.completed(pipeline_id),
+                len(alloc.active) if alloc is not None else 0,
+                new_batch,
             )
 
     def _check_step_target(self, pipeline_id: str, what: str, step_target: object) -> None:
         require_int(what, step_target, 1)
         bound = self.limits[pipeline_id].max_step_target
-        if bound is not None and step_target > bound:  # type: ignore[operator]
-            raise InvalidRequestError(f"{what} is {step_target}, above the {bound} the pipeline declared at registration")
+        if bound is not None and step_target > bound:
+            raise InvalidRequestError(
+                f"{what} is {step_target}, above the {bound} the pipeline declared at registration"
+            )
 
     def clear_progress(self, pipeline_id: str, mode: str | None = None, adapter_id: str | None = None) -> bool:
         """End one stream (or all); True if that retired the pipeline's open demand."""
@@ -761,8 +769,10 @@ def _contradiction(pid: str, ranks: set[int], waking: bool, outcome: ResizeOutco
     if outcome.error is not None:
         return f"{what} failed: {outcome.error}"
     if outcome.awake is None:
-        return (f"{what}: no rlix_resize_infer implementation answered for pipeline {pid!r}: "
-                "the framework's hooks were never installed")
+        return (
+            f"{what}: no rlix_resize_infer implementation answered for pipeline {pid!r}: "
+            "the framework's hooks were never installed"
+        )
     awake = set(outcome.awake)
     if waking and not ranks <= awake:
         return f"{what}: ranks {sorted(ranks - awake)} still asleep after wake (awake: {sorted(awake)})"

@@ -117,8 +117,9 @@ class SqliteStore:
             (newest,) = self._db.execute("SELECT COALESCE(MAX(epoch), 0) FROM epochs").fetchone()
             if newest > epoch:
                 raise StaleWriterError(f"{self.where}: epoch {epoch} was superseded by epoch {newest}")
-            self._db.execute("INSERT OR REPLACE INTO state (epoch, version, payload) VALUES (?, ?, ?)",
-                             (epoch, version, text))
+            self._db.execute(
+                "INSERT OR REPLACE INTO state (epoch, version, payload) VALUES (?, ?, ?)", (epoch, version, text)
+            )
             self._db.execute("DELETE FROM state WHERE epoch < ?", (epoch,))
 
     def clear(self) -> None:

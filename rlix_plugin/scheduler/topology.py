@@ -85,8 +85,7 @@ def _check_cluster(pool: PoolTopology, pipeline_id: str, name: str, spec: object
             raise InvalidRequestError(f"{where}: TP group {list(group)} is not contiguous")
         if pool.node_of(group[0]) != pool.node_of(group[-1]):
             raise InvalidRequestError(
-                f"{where}: TP group {list(group)} crosses a node boundary "
-                f"({pool.gpus_per_node} GPUs per node)"
+                f"{where}: TP group {list(group)} crosses a node boundary ({pool.gpus_per_node} GPUs per node)"
             )
     return ClusterSpec(tp_size=tp, gpus=gpus)
 

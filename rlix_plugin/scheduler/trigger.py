@@ -34,8 +34,15 @@ PROGRESS = "progress"
 REVIEW_INTERVAL_S = 1.0
 
 
-def wants_cycle(state: SchedulerState, policy: Policy, event: str, pipeline_id: str | None = None,
-                *, durable_demand: bool = True, since_last_pass_s: float = 0.0) -> bool:
+def wants_cycle(
+    state: SchedulerState,
+    policy: Policy,
+    event: str,
+    pipeline_id: str | None = None,
+    *,
+    durable_demand: bool = True,
+    since_last_pass_s: float = 0.0,
+) -> bool:
     """Whether ``event`` (``"progress"`` or any other change) of ``pipeline_id`` calls for a
     planning pass; ``since_last_pass_s``: seconds since the last one."""
     if event != PROGRESS:
@@ -115,4 +122,12 @@ def _share_deviation(state: SchedulerState, demand: dict[str, int]) -> float:
     return abs(sum(weights[p] for p in half) / total_weight - sum(gpus[p] for p in half) / total_gpus)
 
 
-__all__ = ["ANTICIPATION_S", "PROGRESS", "REBALANCE_DEVIATION", "REVIEW_INTERVAL_S", "needs_rebalance", "next_deadline", "wants_cycle"]
+__all__ = [
+    "ANTICIPATION_S",
+    "PROGRESS",
+    "REBALANCE_DEVIATION",
+    "REVIEW_INTERVAL_S",
+    "needs_rebalance",
+    "next_deadline",
+    "wants_cycle",
+]

@@ -60,8 +60,10 @@ def validate_plan(state: SchedulerState, plan: Plan) -> None:
                 _fail("no cluster allocated twice", f"{move.grant!r} is already allocated (or being granted)")
             expected = state.pipelines[request.pipeline_id].clusters[request.cluster].gpus
             if tuple(move.grant_gpus) != tuple(expected):
-                _fail("fixed device mapping",
-                      f"{move.grant!r} granted {list(move.grant_gpus)}, mapping is {list(expected)}")
+                _fail(
+                    "fixed device mapping",
+                    f"{move.grant!r} granted {list(move.grant_gpus)}, mapping is {list(expected)}",
+                )
             taken_freed += _land(owner, move.grant_gpus, move.grant, freed_here)
             granted.add(move.grant)
             taken += len(move.grant_gpus)
@@ -73,8 +75,13 @@ def validate_plan(state: SchedulerState, plan: Plan) -> None:
                 _fail("no cluster both allocated and removed", f"{cluster_id(pid, ACTOR_INFER)!r} is being released")
             asleep = sleeping.get(pid, set())
             woken = waking.setdefault(pid, set())
-            if not (ranks.isdisjoint(asleep) and ranks.isdisjoint(alloc.active) and ranks.isdisjoint(woken)
-                    and alloc.waking.keys().isdisjoint(ranks) and alloc.sleeping.keys().isdisjoint(ranks)):
+            if not (
+                ranks.isdisjoint(asleep)
+                and ranks.isdisjoint(alloc.active)
+                and ranks.isdisjoint(woken)
+                and alloc.waking.keys().isdisjoint(ranks)
+                and alloc.sleeping.keys().isdisjoint(ranks)
+            ):
                 for rank in ranks:  # one by one, in order, to name the first failure
                     if rank in asleep:
                         _fail("no sleep and wake of one rank in one plan", f"{pid} DP rank {rank}")
@@ -86,15 +93,16 @@ def validate_plan(state: SchedulerState, plan: Plan) -> None:
             got, from_freed, clash = owner.occupy(pid, ranks, state.pipelines[pid].bundles, freed_here)
             if clash is not None:
                 gpu, holder, current = clash
-                _fail("no GPU in two places",
-                      f"GPU {gpu} wanted by {describe(holder)} is held by {describe(current)}")  # type: ignore[arg-type]
+                _fail("no GPU in two places", f"GPU {gpu} wanted by {describe(holder)} is held by {describe(current)}")
             taken += got
             taken_freed += from_freed
     # Every GPU a move froze and no target took is still marked freed: it counts as idle.
     idle_after = owner.count_idle() + freed - taken_freed
     if idle_after != idle_before + freed - taken or len(owner) != state.pool.num_gpus:
-        _fail("idle and allocated GPUs are the pool",
-              f"{idle_before} idle + {freed} freed - {taken} taken != {idle_after} idle after")
+        _fail(
+            "idle and allocated GPUs are the pool",
+            f"{idle_before} idle + {freed} freed - {taken} taken != {idle_after} idle after",
+        )
 
 
 class _Freed:
@@ -117,8 +125,7 @@ def _land(owner: Ownership, gpus: tuple[int, ...], holder: object, freed_here: _
         current = owner[gpu]
         if current is not None:
             if current is not freed_here:
-                _fail("no GPU in two places",
-                      f"GPU {gpu} wanted by {describe(holder)} is held by {describe(current)}")  # type: ignore[arg-type]
+                _fail("no GPU in two places", f"GPU {gpu} wanted by {describe(holder)} is held by {describe(current)}")  # type: ignore[arg-type]
             from_freed += 1
         owner.set((gpu,), holder)  # type: ignore[arg-type]
     return from_freed

@@ -39,8 +39,10 @@ def explain(snapshot: Mapping[str, Any], decisions: Sequence[Record], pipeline: 
         grant = _latest(mine, lambda d, n=name: d["kind"] == GRANT and d.get("cluster") == n)
         text = f"{name} on GPUs {cluster['gpus_held']} (priority {cluster.get('priority')}"
         if grant is not None:
-            text += (f", granted {_ago(now, grant['t'])} ago after waiting "
-                     f"{grant['detail'].get('waited_s', 0):.3f}s, {grant['reason']}")
+            text += (
+                f", granted {_ago(now, grant['t'])} ago after waiting "
+                f"{grant['detail'].get('waited_s', 0):.3f}s, {grant['reason']}"
+            )
         held.append(text + ")")
     infer = info.get("clusters", {}).get(ACTOR_INFER)
     if infer is not None:
@@ -61,16 +63,21 @@ def explain(snapshot: Mapping[str, Any], decisions: Sequence[Record], pipeline: 
         sentences.append(text + ".")
     else:
         sentences.append("It has no open demand (no rollout in progress), so the planner gives it no engine.")
-    waits = [f"{r['cluster']} at priority {priority} for {r['waiting_s']:g}s"
-             for priority, requests in sorted(snapshot.get("pending", {}).items(), key=lambda kv: int(kv[0]))
-             for r in requests if r.get("pipeline_id") == pipeline]
+    waits = [
+        f"{r['cluster']} at priority {priority} for {r['waiting_s']:g}s"
+        for priority, requests in sorted(snapshot.get("pending", {}).items(), key=lambda kv: int(kv[0]))
+        for r in requests
+        if r.get("pipeline_id") == pipeline
+    ]
     if waits:
         sentences.append("It waits for " + ", ".join(waits) + ".")
     if info.get("releasing"):
         sentences.append(f"It is releasing generation workers dp {info['releasing']}.")
     if info.get("fenced"):
-        sentences.append(f"It is fenced ({info['fenced']}): it is left out of planning and keeps the GPUs its "
-                         "engines may still use until it unregisters or is reclaimed.")
+        sentences.append(
+            f"It is fenced ({info['fenced']}): it is left out of planning and keeps the GPUs its "
+            "engines may still use until it unregisters or is reclaimed."
+        )
     return " ".join(sentences)
 
 
@@ -79,10 +86,14 @@ def _engines(infer: Mapping[str, Any], mine: Sequence[Record], now: float) -> st
     parts = []
     awake = infer.get("awake_dp_ranks", [])
     if awake:
-        parts.append(f"{len(awake)} of {infer['dp_size']} generation engines awake (dp {awake} on GPUs "
-                     f"{infer.get('gpus_held')}" + _causes(awake, mine, (AWAKE,), now, "woke") + ")")
-    for key, what, kinds in (("waking_dp_ranks", "waking", (WAKE,)),
-                             ("sleeping_dp_ranks", "falling asleep", (PREEMPT, DONATE, SLEEP))):
+        parts.append(
+            f"{len(awake)} of {infer['dp_size']} generation engines awake (dp {awake} on GPUs "
+            f"{infer.get('gpus_held')}" + _causes(awake, mine, (AWAKE,), now, "woke") + ")"
+        )
+    for key, what, kinds in (
+        ("waking_dp_ranks", "waking", (WAKE,)),
+        ("sleeping_dp_ranks", "falling asleep", (PREEMPT, DONATE, SLEEP)),
+    ):
         ranks = infer.get(key, [])
         if ranks:
             parts.append(f"engines dp {ranks} {what}" + _causes(ranks, mine, kinds, now, "since"))
@@ -95,8 +106,10 @@ def _lost(infer: Mapping[str, Any], mine: Sequence[Record], now: float) -> str:
     latest = _latest(mine, lambda d: d["kind"] == ASLEEP and not current & set(d["dp_ranks"]))
     if latest is None:
         return ""
-    return (f"Its engines dp {latest['dp_ranks']} went to sleep {_ago(now, latest['t'])} ago"
-            f" ({latest['reason'] or 'no reason recorded'}).")
+    return (
+        f"Its engines dp {latest['dp_ranks']} went to sleep {_ago(now, latest['t'])} ago"
+        f" ({latest['reason'] or 'no reason recorded'})."
+    )
 
 
 def _causes(ranks: Sequence[int], mine: Sequence[Record], kinds: tuple[str, ...], now: float, verb: str) -> str:

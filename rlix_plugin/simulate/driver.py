@@ -22,7 +22,6 @@ from rlix_plugin.scheduler.trigger import PROGRESS
 
 from .events import EventLoop, Timer
 
-
 _CLUSTERS = frozenset(CLUSTER_NAMES)
 
 
@@ -50,8 +49,13 @@ class SimulatedScheduler:
 
     # -- the demand side ------------------------------------------------------------------------------
 
-    def register(self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], engines: EngineModel,
-                 switch_costs: SwitchCosts | None = None) -> None:
+    def register(
+        self,
+        pipeline_id: str,
+        clusters: Mapping[str, ClusterSpec],
+        engines: EngineModel,
+        switch_costs: SwitchCosts | None = None,
+    ) -> None:
         self.state.register(pipeline_id, clusters, switch_costs)
         self.state.admit(pipeline_id)
         self._engines[pipeline_id] = engines
@@ -63,12 +67,13 @@ class SimulatedScheduler:
         self._engines.pop(pipeline_id, None)
         self._released.pop(pipeline_id, None)
         prefix = cluster_id(pipeline_id, "")
-        for key in [k for k in self._waiters if k.startswith(prefix) and k[len(prefix):] in _CLUSTERS]:
+        for key in [k for k in self._waiters if k.startswith(prefix) and k[len(prefix) :] in _CLUSTERS]:
             del self._waiters[key]
         self._changed("unregister")
 
-    def request(self, pipeline_id: str, cluster: str, priority: int, step_target: int | None,
-                granted: Callable[[], None]) -> None:
+    def request(
+        self, pipeline_id: str, cluster: str, priority: int, step_target: int | None, granted: Callable[[], None]
+    ) -> None:
         """``granted()`` is called once the cluster is held (at once if it already is)."""
         outcome = self.state.request(pipeline_id, cluster, priority, step_target)
         self._changed("request")
@@ -125,13 +130,15 @@ class SimulatedScheduler:
 
         self._deadline = self.loop.at(deadline, due)
 
+    def _on_resized(self, action: ResizeAction, issued: float) -> Callable[[ResizeOutcome], None]:
+        """What the engines call when ``action`` (started at ``issued``) is done."""
+        return lambda outcome: self._resized(action, replace(outcome, seconds=self.loop.now() - issued))
+
     def _dispatch(self) -> None:
         for action in self.core.take_actions():
             engines = self._engines.get(action.pipeline_id)
             if engines is not None:
-                issued = self.loop.now()
-                engines.resize(action, lambda outcome, action=action, issued=issued: self._resized(
-                    action, replace(outcome, seconds=self.loop.now() - issued)))
+                engines.resize(action, self._on_resized(action, self.loop.now()))
         for event in self.core.take_events():
             if isinstance(event, Satisfied):
                 waiter = self._waiters.pop(event.request.cluster_id, None)

@@ -98,8 +98,9 @@ class _Engine:
 class SimEngines:
     """The generation engines of one simulated pipeline (the supply side)."""
 
-    def __init__(self, loop: EventLoop, config: PipelineConfig, stats: PipelineStats,
-                 on_sample: Callable[[int], None]) -> None:
+    def __init__(
+        self, loop: EventLoop, config: PipelineConfig, stats: PipelineStats, on_sample: Callable[[int], None]
+    ) -> None:
         self.loop = loop
         self.config = config
         self.stats = stats

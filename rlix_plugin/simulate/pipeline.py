@@ -35,8 +35,13 @@ class SimPipeline:
         each finished rollout, the ones it will never run when it is stopped (a progress display).
     """
 
-    def __init__(self, loop: EventLoop, scheduler: SimulatedScheduler, config: PipelineConfig,
-                 on_rollout: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        loop: EventLoop,
+        scheduler: SimulatedScheduler,
+        config: PipelineConfig,
+        on_rollout: Callable[[int], None] | None = None,
+    ) -> None:
         self.loop = loop
         self.scheduler = scheduler
         self.config = config

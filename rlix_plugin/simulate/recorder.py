@@ -38,8 +38,14 @@ class Timeline:
 class TimelineRecorder:
     """Samples every ``step_s`` virtual seconds until every pipeline is done."""
 
-    def __init__(self, loop: EventLoop, scheduler: SimulatedScheduler, pipelines: Sequence[SimPipeline],
-                 num_gpus: int, step_s: float) -> None:
+    def __init__(
+        self,
+        loop: EventLoop,
+        scheduler: SimulatedScheduler,
+        pipelines: Sequence[SimPipeline],
+        num_gpus: int,
+        step_s: float,
+    ) -> None:
         self.loop = loop
         self.scheduler = scheduler
         self.pipelines = list(pipelines)
@@ -60,9 +66,9 @@ class TimelineRecorder:
         for holder in state.owner:
             if holder is None:
                 continue
-            name = holder[0] if type(holder) is tuple else stage_owner.get(holder)  # type: ignore[index]
+            name = holder[0] if isinstance(holder, tuple) else stage_owner.get(holder)
             if name is not None:
-                counts[name] = counts.get(name, 0) + 1  # type: ignore[index]
+                counts[name] = counts.get(name, 0) + 1
         timeline.times.append(self.loop.now())
         for name in timeline.pipelines:
             timeline.held[name].append(counts.get(name, 0))

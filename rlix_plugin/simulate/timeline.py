@@ -35,32 +35,54 @@ def draw_timelines(comparison: Comparison, path: str | pathlib.Path) -> None:
     if missing:
         raise ValueError(f"no timeline recorded for {missing}; simulate with timeline=True")
     names = [p.name for p in comparison.scenario.pipelines]
-    colours = plt.get_cmap("tab20").colors
+    colours = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]  # a ListedColormap
     colour = {name: colours[i % len(colours)] for i, name in enumerate(names)}
     end = max(run.wall_s for run in runs.values())
     fig, axes = plt.subplots(len(runs), 1, sharex=True, squeeze=False, figsize=(12, 2.6 * len(runs) + 0.8))
     try:
-        for ax, (policy, run) in zip(axes[:, 0], runs.items()):
+        for ax, (policy, run) in zip(axes[:, 0], runs.items(), strict=False):
             timeline = run.timeline
             assert timeline is not None
             times = timeline.times
-            ax.stackplot(times, [timeline.held[n] for n in names], colors=[colour[n] for n in names],
-                         step="post", alpha=0.55, linewidth=0)
-            busy = [g + t for g, t in zip(timeline.generating, timeline.training)]
+            ax.stackplot(
+                times,
+                [timeline.held[n] for n in names],
+                colors=[colour[n] for n in names],
+                step="post",
+                alpha=0.55,
+                linewidth=0,
+            )
+            busy = [g + t for g, t in zip(timeline.generating, timeline.training, strict=False)]
             ax.step(times, busy, where="post", color="black", linewidth=0.9, label="busy (generating or training)")
-            ax.step(times, timeline.useful, where="post", color="crimson", linewidth=0.9,
-                    label="useful (throughput-weighted)")
+            ax.step(
+                times,
+                timeline.useful,
+                where="post",
+                color="crimson",
+                linewidth=0.9,
+                label="useful (throughput-weighted)",
+            )
             ax.set_ylim(0, timeline.num_gpus * 1.02)
             ax.set_ylabel("GPUs")
-            ax.set_title(f"{policy}: makespan {run.wall_s:,.0f} s, GPU busy {run.gpu_busy_fraction:.0%}, "
-                         f"useful {run.gpu_useful_fraction:.0%}, {run.switches:,} switches", fontsize=9, loc="left")
+            ax.set_title(
+                f"{policy}: makespan {run.wall_s:,.0f} s, GPU busy {run.gpu_busy_fraction:.0%}, "
+                f"useful {run.gpu_useful_fraction:.0%}, {run.switches:,} switches",
+                fontsize=9,
+                loc="left",
+            )
             ax.legend(loc="upper right", fontsize=7, frameon=False)
         if len(names) <= _LEGEND_LIMIT:
             from matplotlib.patches import Patch
 
             handles = [Patch(facecolor=colour[n], alpha=0.55, label=n) for n in names]
-            fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.965), ncol=min(8, len(names)),
-                       fontsize=7, frameon=False)
+            fig.legend(
+                handles=handles,
+                loc="upper center",
+                bbox_to_anchor=(0.5, 0.965),
+                ncol=min(8, len(names)),
+                fontsize=7,
+                frameon=False,
+            )
         axes[-1, 0].set_xlim(0, max(end, 1e-3))
         axes[-1, 0].set_xlabel("seconds (simulated)")
         fig.suptitle(f"{comparison.scenario.name}: GPUs held per pipeline (stacked) and used", fontsize=10, y=0.995)

@@ -91,8 +91,15 @@ class SchedulerKiller:
                 raise TimeoutError(f"the scheduler did not recover within {timeout_s:.0f}s of the kill: {now}")
             time.sleep(self.poll_s)
         assert answered is not None
-        kill = Kill(int(now["epoch"]), at, max(0.0, now["restarted_at"] - at), max(0.0, now["reconciled_at"] - at),
-                    answered - at, int(now["in_doubt_at_restart"]), tuple(now["pipelines"]))
+        kill = Kill(
+            int(now["epoch"]),
+            at,
+            max(0.0, now["restarted_at"] - at),
+            max(0.0, now["reconciled_at"] - at),
+            answered - at,
+            int(now["in_doubt_at_restart"]),
+            tuple(now["pipelines"]),
+        )
         with self._lock:
             self.kills.append(kill)
         return kill

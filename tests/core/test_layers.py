@@ -11,8 +11,11 @@ from collections import defaultdict
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 #: Installed package -> source folder (pyproject.toml's package-dir).
-SOURCES = {"rlix_plugin": "rlix_plugin", "rlix_plugin.hookspecs": "hookspecs",
-           "rlix_plugin.integrations": "integrations"}
+SOURCES = {
+    "rlix_plugin": "rlix_plugin",
+    "rlix_plugin.hookspecs": "hookspecs",
+    "rlix_plugin.integrations": "integrations",
+}
 #: Layers, lowest first; a module belongs to the longest prefix listed.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("contract", ("rlix_plugin.hookspecs",)),
@@ -93,7 +96,9 @@ def test_no_import_from_a_lower_layer_into_a_higher_one():
     mods = modules()
     upward = sorted(
         f"{a} ({LAYERS[layer_of(a)][0]}) imports {b} ({LAYERS[layer_of(b)][0]})"
-        for a, targets in imports(mods).items() for b in targets if layer_of(b) > layer_of(a)
+        for a, targets in imports(mods).items()
+        for b in targets
+        if layer_of(b) > layer_of(a)
     )
     assert not upward, "\n".join(upward)
 

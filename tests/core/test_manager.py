@@ -131,7 +131,9 @@ def test_unknown_backend_lists_choices(monkeypatch):
 def test_unavailable_backend_says_what_to_install(monkeypatch):
     from rlix_plugin import backends
 
-    monkeypatch.setitem(backends.BACKENDS, "ray", ("rlix_plugin.backends._not_there", "make_backend", "rlix-plugin[ray]"))
+    monkeypatch.setitem(
+        backends.BACKENDS, "ray", ("rlix_plugin.backends._not_there", "make_backend", "rlix-plugin[ray]")
+    )
     with pytest.raises(BackendUnavailableError, match=r"'ray' is not available.*rlix-plugin\[ray\]"):
         get_plugin_manager("ray", autoload=False)
 

@@ -4,6 +4,7 @@ installs while editable ones keep working, so nothing else would notice)."""
 from __future__ import annotations
 
 import pathlib
+
 import tomllib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

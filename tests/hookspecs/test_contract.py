@@ -63,7 +63,7 @@ def test_spec_is_typed_and_documented(name):
     assert sig.return_annotation is not inspect.Signature.empty
     assert ":returns:" in spec.__doc__, name
     assert "Called" in spec.__doc__, f"{name} does not say when it is called"
-    if getattr(spec, "rlix_spec")["firstresult"]:
+    if spec.rlix_spec["firstresult"]:
         assert "first non-None result" in spec.__doc__, name
 
 

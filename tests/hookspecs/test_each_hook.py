@@ -31,7 +31,9 @@ class Capture:
     def rlix_begin_progress_batch(
         self, pipeline_id, mode, adapter_id, target_weight_version, step_target, initial_completed
     ):
-        self.seen.append(("begin", pipeline_id, mode, adapter_id, target_weight_version, step_target, initial_completed))
+        self.seen.append(
+            ("begin", pipeline_id, mode, adapter_id, target_weight_version, step_target, initial_completed)
+        )
 
     @hookimpl
     def rlix_bump_completed(self, pipeline_id, mode, adapter_id, target_weight_version, count):

@@ -18,8 +18,10 @@ from ..waiting import wait_until
 from .support import free_port
 
 PROMETHEUS = shutil.which("prometheus")
-SKIP_REASON = ("the Debian package 'prometheus' is not installed (apt-get update && apt-get install -y "
-               "prometheus); .ci/run installs it")
+SKIP_REASON = (
+    "the Debian package 'prometheus' is not installed (apt-get update && apt-get install -y "
+    "prometheus); .ci/run installs it"
+)
 DASHBOARD = pathlib.Path(__file__).resolve().parents[2] / "docs" / "grafana" / "rlix.json"
 #: What the tests put for Grafana's ``$__rate_interval``: long enough to hold two scrapes of the
 #: shortest run and an event of each kind.
@@ -35,21 +37,35 @@ class Prometheus:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = folder / "prometheus.yml"
-        config.write_text(json.dumps({  # JSON is YAML
-            "global": {"scrape_interval": f"{round(scrape_s * 1000)}ms", "scrape_timeout": f"{round(scrape_s * 1000)}ms",
-                       "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "rlix", "static_configs": [{"targets": list(targets)}]}],
-        }))
+        config.write_text(
+            json.dumps(
+                {  # JSON is YAML
+                    "global": {
+                        "scrape_interval": f"{round(scrape_s * 1000)}ms",
+                        "scrape_timeout": f"{round(scrape_s * 1000)}ms",
+                        "evaluation_interval": "1s",
+                    },
+                    "scrape_configs": [{"job_name": "rlix", "static_configs": [{"targets": list(targets)}]}],
+                }
+            )
+        )
         #: Prometheus' own word on the last failed scrape of each target that is not up.
         self.scrape_errors: dict[str, str] = {}
         self.log = (folder / "prometheus.log").open("w")
         self.process = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                PROMETHEUS,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={folder / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
-        wait_until(self._ready, 30, f"Prometheus ready on {self.url} (log: {folder / 'prometheus.log'})",
-                   interval_s=0.1)
+        wait_until(
+            self._ready, 30, f"Prometheus ready on {self.url} (log: {folder / 'prometheus.log'})", interval_s=0.1
+        )
 
     def _ready(self) -> bool:
         if self.process.poll() is not None:
@@ -69,8 +85,11 @@ class Prometheus:
     def targets_up(self) -> bool:
         answer = json.loads(urllib.request.urlopen(f"{self.url}/api/v1/targets", timeout=5).read())
         active = answer["data"]["activeTargets"]
-        self.scrape_errors = {t["scrapeUrl"]: f"{t['health']}: {t.get('lastError') or 'not scraped yet'}"
-                              for t in active if t["health"] != "up"}
+        self.scrape_errors = {
+            t["scrapeUrl"]: f"{t['health']}: {t.get('lastError') or 'not scraped yet'}"
+            for t in active
+            if t["health"] != "up"
+        }
         return bool(active) and not self.scrape_errors
 
     def close(self) -> None:
@@ -100,8 +119,9 @@ def unanswered(prometheus: Prometheus) -> list[str]:
     missing = []
     for title, expr, labels in dashboard_queries():
         result = prometheus.query(expr)
-        good = [r for r in result if all(label in r["metric"] for label in labels)
-                and math.isfinite(float(r["value"][1]))]
+        good = [
+            r for r in result if all(label in r["metric"] for label in labels) and math.isfinite(float(r["value"][1]))
+        ]
         if not good:
             missing.append(f"{title}: {expr} -> {result[:3]}")
     return missing

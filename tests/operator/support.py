@@ -69,9 +69,18 @@ class Pipeline(threading.Thread):
     samples from the awake engines), each followed by training on its fixed mapping and a weight
     sync report; unregister at the end. Runs ``rollouts`` rollouts, or until :attr:`stop` is set."""
 
-    def __init__(self, hooks: Hooks, engines: SlowEngines, train: tuple[int, ...], *, rollouts: int | None = None,
-                 step_target: int = 12, tick_s: float = 0.01, train_s: float = 0.05,
-                 infer: tuple[int, ...] = (0, 1, 2, 3)) -> None:
+    def __init__(
+        self,
+        hooks: Hooks,
+        engines: SlowEngines,
+        train: tuple[int, ...],
+        *,
+        rollouts: int | None = None,
+        step_target: int = 12,
+        tick_s: float = 0.01,
+        train_s: float = 0.05,
+        infer: tuple[int, ...] = (0, 1, 2, 3),
+    ) -> None:
         super().__init__(name=f"pipeline-{engines.pipeline_id}", daemon=True)
         self.hooks, self.engines, self.train, self.infer = hooks, engines, train, infer
         self.pipeline_id = engines.pipeline_id
@@ -98,8 +107,9 @@ class Pipeline(threading.Thread):
                         hooks.bump_completed(pipeline_id=pid, count=made)
                         done += made
                     hooks.end_progress_batch(pipeline_id=pid)
-                    hooks.request_gpus(pipeline_id=pid, cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING,
-                                       timeout_s=30)
+                    hooks.request_gpus(
+                        pipeline_id=pid, cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=30
+                    )
                     self.trainings += 1
                     try:
                         time.sleep(self.train_s)  # the time a training step takes
@@ -167,8 +177,9 @@ def expected_gauges(snapshot: Mapping[str, Any]) -> dict[str, dict[tuple[str, ..
         "rlix_pool_gpus": {(): float(snapshot["pool"]["num_gpus"])},
         "rlix_pipelines": {(): float(len(pipelines))},
         "rlix_fenced_pipelines": {(): float(sum(1 for p in pipelines.values() if p["fenced"]))},
-        "rlix_generation_bundles_awake": {(p,): float(len(i["clusters"][ACTOR_INFER]["awake_dp_ranks"]))
-                                          for p, i in pipelines.items()},
+        "rlix_generation_bundles_awake": {
+            (p,): float(len(i["clusters"][ACTOR_INFER]["awake_dp_ranks"])) for p, i in pipelines.items()
+        },
         "rlix_generation_bundles_entitled": {(p,): float(snapshot["entitled_bundles"].get(p, 0)) for p in pipelines},
         "rlix_open_demand_samples": {(p,): float(i["open_demand"] or 0) for p, i in pipelines.items()},
         "rlix_remaining_samples": {(p,): float(i["remaining"]) for p, i in pipelines.items()},
@@ -179,6 +190,8 @@ def expected_gauges(snapshot: Mapping[str, Any]) -> dict[str, dict[tuple[str, ..
 def comparable(snapshot: Mapping[str, Any]) -> dict[str, Any]:
     """A snapshot without what changes by itself (waiting times, uptimes, report counters)."""
     snap = {k: v for k, v in snapshot.items() if k not in ("scheduler", "progress_reports")}
-    snap["pending"] = {p: [{k: v for k, v in r.items() if k != "waiting_s"} for r in rs]
-                       for p, rs in snapshot.get("pending", {}).items()}
+    snap["pending"] = {
+        p: [{k: v for k, v in r.items() if k != "waiting_s"} for r in rs]
+        for p, rs in snapshot.get("pending", {}).items()
+    }
     return snap

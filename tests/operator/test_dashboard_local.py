@@ -46,12 +46,23 @@ def test_the_state_the_page_draws_matches_the_scheduler(scheduler):
         status, kind, body = get(server.url + "api/state")
         state = json.loads(body)
         assert status == 200 and kind == "application/json"
-        assert [(c["gpu"], c["pipeline"], c["cluster"], c["state"], c["node"]) for c in state["gpus"]] == \
-            [(g["gpu"], g["pipeline"], g["cluster"], g["state"], 0) for g in snap["gpus"]]
+        assert [(c["gpu"], c["pipeline"], c["cluster"], c["state"], c["node"]) for c in state["gpus"]] == [
+            (g["gpu"], g["pipeline"], g["cluster"], g["state"], 0) for g in snap["gpus"]
+        ]
         assert [c["role"] for c in state["gpus"][:2]] == [ACTOR_TRAIN, ACTOR_TRAIN]
-        assert state["pipelines"] == [{"pipeline": "p1", "open_demand": 8, "remaining": 8, "completed": 0,
-                                       "step_target": 8, "awake": 2, "dp_size": 4,
-                                       "entitled": snap["entitled_bundles"]["p1"], "fenced": None}]
+        assert state["pipelines"] == [
+            {
+                "pipeline": "p1",
+                "open_demand": 8,
+                "remaining": 8,
+                "completed": 0,
+                "step_target": 8,
+                "awake": 2,
+                "dp_size": 4,
+                "entitled": snap["entitled_bundles"]["p1"],
+                "fenced": None,
+            }
+        ]
         assert state["colors"] == {"p1": 0} and state["error"] is None
         seqs = [d["seq"] for d in state["decisions"]]
         assert seqs == sorted(seqs, reverse=True) and seqs[0] == scheduler.decisions()[-1]["seq"]
@@ -103,8 +114,11 @@ def test_a_new_scheduler_is_read_from_the_start_of_its_log(scheduler):
         source.scheduler = fresh  # the scheduler was replaced: its log starts again at 1
         hooks = hooks_on("local", {"scheduler": fresh}, SlowEngines("p9"))
         hooks.register_pipeline(pipeline_id="p9", clusters=clusters((0, 1)))
-        wait_until(lambda: [(d["seq"], d["pipeline"]) for d in server.state()["decisions"]] == [(1, "p9")], 10,
-                   "the page to show the new scheduler's log")
+        wait_until(
+            lambda: [(d["seq"], d["pipeline"]) for d in server.state()["decisions"]] == [(1, "p9")],
+            10,
+            "the page to show the new scheduler's log",
+        )
     finally:
         server.close()
         fresh.close()
@@ -130,11 +144,14 @@ def test_the_timeline_keeps_segments_per_gpu_and_scrolls():
     timeline.observe(2.0, [gpu("p2", "awake"), gpu("p1", "awake")])
     view = timeline.to_json(2.0)
     assert view["window_s"] == TIMELINE_MIN_S, "a young timeline still has a scale"
-    assert [(s["start"], s["end"], s["pipeline"], s["state"]) for s in view["rows"][1]] == \
-        [(0.0, 1.0, "p1", "waking"), (1.0, None, "p1", "awake")]
+    assert [(s["start"], s["end"], s["pipeline"], s["state"]) for s in view["rows"][1]] == [
+        (0.0, 1.0, "p1", "waking"),
+        (1.0, None, "p1", "awake"),
+    ]
     assert [(s["start"], s["end"], s["pipeline"]) for s in view["rows"][0]] == [(0.0, 2.0, None), (2.0, None, "p2")]
     timeline.observe(100.0, [gpu(None, "idle"), gpu("p1", "awake")])
     view = timeline.to_json(100.0)
     assert view["window_s"] == 60.0
-    assert [(s["start"], s["pipeline"]) for s in view["rows"][0]] == [(2.0, "p2"), (100.0, None)], \
+    assert [(s["start"], s["pipeline"]) for s in view["rows"][0]] == [(2.0, "p2"), (100.0, None)], (
         "segments that ended before the window are dropped"
+    )

@@ -14,8 +14,10 @@ def test_the_readme_lists_every_metric_with_its_type_and_labels():
     readme = (REPO / "README.md").read_text()
     table = readme.split("<!-- metrics -->", 1)[1].split("\n\n", 1)[0]
     rows = re.findall(r"^\| `(\w+)` \| (\w+) \| ([^|]+) \|", table, re.MULTILINE)
-    listed = [(name, kind, tuple(l.strip() for l in labels.split(",")) if labels.strip() != "-" else ())
-              for name, kind, labels in rows]
+    listed = [
+        (name, kind, tuple(label.strip() for label in labels.split(",")) if labels.strip() != "-" else ())
+        for name, kind, labels in rows
+    ]
     assert listed == [(s.name, s.kind, s.labels) for s in catalog.METRICS]
 
 

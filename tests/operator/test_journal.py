@@ -58,7 +58,7 @@ def test_grants_preemptions_and_donations_carry_the_planners_reasons(scheduler):
     two_pipelines_one_training(scheduler)
     decisions = scheduler.decisions()
     assert [d["seq"] for d in decisions] == list(range(1, len(decisions) + 1))
-    assert all(a["t"] <= b["t"] for a, b in zip(decisions, decisions[1:]))
+    assert all(a["t"] <= b["t"] for a, b in zip(decisions, decisions[1:], strict=False))
     assert [d["pipeline"] for d in of(decisions, "register")] == ["p1", "p2"]
     assert [(d["pipeline"], d["detail"]["step_target"]) for d in of(decisions, "demand_open")] == [("p1", 8), ("p2", 8)]
     first_wake = of(decisions, "wake", "p1")[0]
@@ -69,8 +69,12 @@ def test_grants_preemptions_and_donations_carry_the_planners_reasons(scheduler):
     assert received and all(d["reason"] == "donated to p2" for d in received)
     preempted = of(decisions, "preempt")
     assert preempted, [describe(d) for d in decisions]
-    assert all(d["reason"] == "preempted by p2_actor_train" and d["detail"]["by"] == "p2_actor_train"
-               and set(d["gpus"]) <= {2, 3} for d in preempted)
+    assert all(
+        d["reason"] == "preempted by p2_actor_train"
+        and d["detail"]["by"] == "p2_actor_train"
+        and set(d["gpus"]) <= {2, 3}
+        for d in preempted
+    )
     grant = [d for d in of(decisions, "grant", "p2") if d["cluster"] == ACTOR_TRAIN]
     assert len(grant) == 1 and grant[0]["gpus"] == [2, 3] and grant[0]["detail"]["priority"] == 1
     victims = {d["pipeline"]: d["dp_ranks"] for d in preempted}
@@ -85,8 +89,14 @@ def test_every_engine_decision_is_confirmed_and_the_log_explains_the_state(sched
     decisions = scheduler.decisions()
     for decision in decisions:
         if decision["kind"] in ("preempt", "donate", "sleep"):
-            confirmations = [d for d in decisions if d["seq"] > decision["seq"] and d["kind"] == "asleep"
-                             and d["pipeline"] == decision["pipeline"] and d["dp_ranks"] == decision["dp_ranks"]]
+            confirmations = [
+                d
+                for d in decisions
+                if d["seq"] > decision["seq"]
+                and d["kind"] == "asleep"
+                and d["pipeline"] == decision["pipeline"]
+                and d["dp_ranks"] == decision["dp_ranks"]
+            ]
             assert confirmations, f"no confirmation of {describe(decision)}"
             assert confirmations[0]["reason"] == decision["reason"] and confirmations[0]["detail"]["seconds"] >= 0
     # Replaying the confirmations gives exactly the engines the snapshot shows awake.
@@ -98,7 +108,8 @@ def test_every_engine_decision_is_confirmed_and_the_log_explains_the_state(sched
             awake.setdefault(d["pipeline"], set()).difference_update(d["dp_ranks"])
     snap = scheduler.snapshot()
     assert {p: sorted(r) for p, r in awake.items()} == {
-        p: info["clusters"][ACTOR_INFER]["awake_dp_ranks"] for p, info in snap["pipelines"].items()}
+        p: info["clusters"][ACTOR_INFER]["awake_dp_ranks"] for p, info in snap["pipelines"].items()
+    }
 
 
 def test_demand_releases_and_unregistering_are_recorded_with_their_cause(scheduler):
@@ -120,7 +131,12 @@ def test_demand_releases_and_unregistering_are_recorded_with_their_cause(schedul
     assert (releases[0]["cluster"], releases[0]["gpus"], releases[0]["reason"]) == (ACTOR_TRAIN, [0, 1], "released")
     assert releases[1]["cluster"] == ACTOR_INFER and releases[1]["reason"].startswith("generation cluster released")
     last = decisions[-1]
-    assert (last["kind"], last["pipeline"], last["reason"], last["gpus"]) == ("unregister", "p1", "finished its job", [])
+    assert (last["kind"], last["pipeline"], last["reason"], last["gpus"]) == (
+        "unregister",
+        "p1",
+        "finished its job",
+        [],
+    )
     sleeps = of(decisions, "sleep", "p1")
     assert sleeps and sleeps[-1]["reason"] == "released"
 
@@ -180,6 +196,7 @@ class Broken:
     def __getattr__(self, name):
         def fail(*args):
             raise RuntimeError(f"broken observer: {name}")
+
         return fail
 
 

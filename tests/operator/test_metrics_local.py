@@ -47,8 +47,11 @@ def test_scraped_during_a_run_the_metrics_match_the_snapshot_and_the_log(endpoin
     try:
         options = {"scheduler": scheduler}
         runs = [spawn("local", options, pid, train) for pid, train in (("p1", (0, 1)), ("p2", (2, 3)))]
-        wait_until(lambda: all(r.done_rollouts >= 3 for r in runs) or any(r.error for r in runs), 60,
-                   "three rollouts of each pipeline")
+        wait_until(
+            lambda: all(r.done_rollouts >= 3 for r in runs) or any(r.error for r in runs),
+            60,
+            "three rollouts of each pipeline",
+        )
         # Mid-run: what a scrape shows right now is what the snapshot shows.
         samples, types = scrape(endpoint)
         assert {spec.name.removesuffix("_total") for spec in catalog.METRICS} <= set(types)
@@ -73,9 +76,13 @@ def test_scraped_during_a_run_the_metrics_match_the_snapshot_and_the_log(endpoin
         kinds = {}
         for d in decisions:
             kinds[d["kind"]] = kinds.get(d["kind"], 0) + 1
-        assert by_labels(samples["rlix_decisions_total"], catalog.DECISIONS) == {(k,): float(n) for k, n in kinds.items()}
-        for name, kind, spec in (("rlix_preemptions_total", "preempt", catalog.PREEMPTIONS),
-                                 ("rlix_donations_total", "donate", catalog.DONATIONS)):
+        assert by_labels(samples["rlix_decisions_total"], catalog.DECISIONS) == {
+            (k,): float(n) for k, n in kinds.items()
+        }
+        for name, kind, spec in (
+            ("rlix_preemptions_total", "preempt", catalog.PREEMPTIONS),
+            ("rlix_donations_total", "donate", catalog.DONATIONS),
+        ):
             counted = {}
             for d in decisions:
                 if d["kind"] == kind:
@@ -85,14 +92,17 @@ def test_scraped_during_a_run_the_metrics_match_the_snapshot_and_the_log(endpoin
         assert kinds.get("preempt"), "the run had preemptions"
         resizes = by_labels(samples["rlix_resize_seconds_count"], catalog.RESIZE)
         for (pid, op), count in resizes.items():
-            assert count == len([d for d in decisions if d["pipeline"] == pid
-                                 and d["kind"] == ("awake" if op == "wake" else "asleep")])
+            assert count == len(
+                [d for d in decisions if d["pipeline"] == pid and d["kind"] == ("awake" if op == "wake" else "asleep")]
+            )
         waits = by_labels(samples["rlix_request_wait_seconds_count"], catalog.REQUEST_WAIT)
         for run in runs:
             assert waits[(run.pipeline_id, "signal_demand", "6")] == run.signals
             assert waits[(run.pipeline_id, "request_gpus", "1")] == run.trainings
-            assert by_labels(samples["rlix_weight_sync_seconds_count"], catalog.WEIGHT_SYNC)[(run.pipeline_id,)] \
+            assert (
+                by_labels(samples["rlix_weight_sync_seconds_count"], catalog.WEIGHT_SYNC)[(run.pipeline_id,)]
                 == run.done_rollouts
+            )
         cycles = samples["rlix_scheduling_cycle_seconds_count"][()]
         assert cycles >= before["cycles"] > 0
         assert samples["rlix_scheduler_restarts_total"] == {(): 0.0}
@@ -138,7 +148,9 @@ def test_weight_syncs_reach_the_endpoint_and_bad_ones_are_refused(endpoint):
 
 
 def test_importing_the_package_and_its_metrics_stays_cheap():
-    code = ("import sys, rlix_plugin, rlix_plugin.metrics, rlix_plugin.metrics.catalog; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in {'ray', 'torch', 'prometheus_client'}))")
+    code = (
+        "import sys, rlix_plugin, rlix_plugin.metrics, rlix_plugin.metrics.catalog; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'ray', 'torch', 'prometheus_client'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"

@@ -33,8 +33,9 @@ def test_the_dashboard_is_what_its_builder_makes_and_queries_only_exported_metri
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up
     spec.loader.exec_module(module)
-    assert json.loads(DASHBOARD.read_text()) == module.build(), \
+    assert json.loads(DASHBOARD.read_text()) == module.build(), (
         "docs/grafana/rlix.json is stale: python docs/grafana/build.py > docs/grafana/rlix.json"
+    )
     queries = dashboard_queries()
     assert len(queries) >= 20
     exported = series_names()

@@ -30,12 +30,15 @@ from rlix_plugin.ray.client import connect
 
 from ..ray.support import INIT_OPTIONS, reset_rlix
 from ..waiting import wait_until
-from .prom import PROMETHEUS, SKIP_REASON as NO_PROMETHEUS, Prometheus, wait_answered
+from .prom import PROMETHEUS, Prometheus, wait_answered
+from .prom import SKIP_REASON as NO_PROMETHEUS
 from .support import SlowEngines, clusters, comparable, expected_gauges, free_port, hooks_on, spawn
 
 CHROMIUM = shutil.which("chromium")
-NO_CHROMIUM = ("the Debian package 'chromium' is not installed (apt-get update && apt-get install -y chromium); "
-               ".ci/run installs it")
+NO_CHROMIUM = (
+    "the Debian package 'chromium' is not installed (apt-get update && apt-get install -y chromium); "
+    ".ci/run installs it"
+)
 REPO = pathlib.Path(__file__).resolve().parents[2]
 #: Set to write the README's screenshot (docs/img/dashboard.png) from the page this test drives.
 SAVE_SCREENSHOT = "RLIX_SAVE_SCREENSHOT"
@@ -143,7 +146,9 @@ def test_rays_endpoint_shows_the_snapshot_and_the_log(cluster):
         for d in decisions:
             kinds[(d["kind"],)] = kinds.get((d["kind"],), 0) + 1
             if d["kind"] == "preempt":
-                preempted[(d["pipeline"], d["reason"])] = preempted.get((d["pipeline"], d["reason"]), 0) + len(d["dp_ranks"])
+                preempted[(d["pipeline"], d["reason"])] = preempted.get((d["pipeline"], d["reason"]), 0) + len(
+                    d["dp_ranks"]
+                )
             if d["kind"] in ("awake", "asleep"):
                 key = (d["pipeline"], "wake" if d["kind"] == "awake" else "sleep")
                 resizes[key] = resizes.get(key, 0) + 1
@@ -151,8 +156,11 @@ def test_rays_endpoint_shows_the_snapshot_and_the_log(cluster):
 
         def counters_match() -> bool:
             series = ray_series(context, worker)
-            return (series.get("rlix_decisions_total") == kinds and series.get("rlix_preemptions_total") == preempted
-                    and series.get("rlix_resize_seconds_count") == resizes)
+            return (
+                series.get("rlix_decisions_total") == kinds
+                and series.get("rlix_preemptions_total") == preempted
+                and series.get("rlix_resize_seconds_count") == resizes
+            )
 
         wait_until(counters_match, 30, "Ray's endpoint counting what the decision log says", interval_s=0.25)
         waits = ray_series(context, worker)["rlix_request_wait_seconds_count"]
@@ -173,8 +181,11 @@ def test_events_follows_the_log_and_why_explains_a_pipeline(cluster):
         assert [json.loads(line) for line in out.stdout.splitlines()] == client.events(0, "p4")["decisions"]
         text = cli(context, "events", "--last", "2")
         assert text.returncode == 0 and len(text.stdout.splitlines()) == 2 and "p4" in text.stdout
-        follower = subprocess.Popen(command(context, "events", "--follow", "--last", "1", "--count", "4", "--json"),
-                                    stdout=subprocess.PIPE, text=True)
+        follower = subprocess.Popen(
+            command(context, "events", "--follow", "--last", "1", "--count", "4", "--json"),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             first = json.loads(follower.stdout.readline())  # it prints the newest decision, then follows
             assert first["seq"] == client.events(0)["last"]
@@ -207,8 +218,9 @@ def test_the_dashboard_page_shows_the_pool_in_a_real_browser(cluster, tmp_path):
     context, client = cluster
     port = free_port()
     errors = (tmp_path / "dashboard.err").open("w")
-    server = subprocess.Popen(command(context, "dashboard", "--port", str(port)),
-                              stdout=subprocess.PIPE, stderr=errors, text=True)
+    server = subprocess.Popen(
+        command(context, "dashboard", "--port", str(port)), stdout=subprocess.PIPE, stderr=errors, text=True
+    )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in server.stdout], daemon=True).start()
     trainer = waiter = None
@@ -220,8 +232,10 @@ def test_the_dashboard_page_shows_the_pool_in_a_real_browser(cluster, tmp_path):
             raise AssertionError(f"the dashboard did not start: {(tmp_path / 'dashboard.err').read_text()}") from None
         assert first.startswith(f"rlix dashboard: http://127.0.0.1:{port}/")
         # Some history for the timeline: two short runs sharing node 0 and node 1.
-        warmups = [spawn("ray", {}, "train", (0, 1), rollouts=3, infer=(0, 1, 2, 3, 4, 5, 6, 7)),
-                   spawn("ray", {}, "roll", (4, 5), rollouts=3, infer=(4, 5, 6, 7))]
+        warmups = [
+            spawn("ray", {}, "train", (0, 1), rollouts=3, infer=(0, 1, 2, 3, 4, 5, 6, 7)),
+            spawn("ray", {}, "roll", (4, 5), rollouts=3, infer=(4, 5, 6, 7)),
+        ]
         for run in warmups:
             run.finish(60, stop=False)
         # The scene: "train" trains on GPUs 0-1 with engines on its other GPUs, "roll" rolls out on
@@ -236,34 +250,61 @@ def test_the_dashboard_page_shows_the_pool_in_a_real_browser(cluster, tmp_path):
         late.hold_wakes.set()
         waiter = hooks_on("ray", {}, late)
         waiter.register_pipeline(pipeline_id="late", clusters=clusters((6, 7), infer=(4, 5, 6, 7)))
-        blocked = threading.Thread(target=lambda: waiter.signal_demand(
-            pipeline_id="late", rollout_id=0, step_target=32, timeout_s=60), daemon=True)
+        blocked = threading.Thread(
+            target=lambda: waiter.signal_demand(pipeline_id="late", rollout_id=0, step_target=32, timeout_s=60),
+            daemon=True,
+        )
         blocked.start()
         wait_until(lambda: any(g["state"] == "waking" for g in client.snapshot()["gpus"]), 30, "an engine waking")
         quiet_except_wake = lambda: client.snapshot()["moves_in_flight"] == 1  # noqa: E731 (the hung wake's)
         wait_until(quiet_except_wake, 30, "the other moves to finish")
         snap = client.snapshot()
         url = f"http://127.0.0.1:{port}/"
-        dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
-                              "--virtual-time-budget=3000", url], capture_output=True, text=True, timeout=120)
+        dom = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", "--virtual-time-budget=3000", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert dom.returncode == 0, dom.stderr[-2000:]
         assert comparable(client.snapshot()) == comparable(snap), "the pool changed while the page loaded"
-        cells = {int(m["gpu"]): m for m in (dict(re.findall(r'data-([\w-]+)="([^"]*)"', tag)) for tag in
-                 re.findall(r'<div class="gpu state-[^"]*"[^>]*>', dom.stdout))}
+        cells = {
+            int(m["gpu"]): m
+            for m in (
+                dict(re.findall(r'data-([\w-]+)="([^"]*)"', tag))
+                for tag in re.findall(r'<div class="gpu state-[^"]*"[^>]*>', dom.stdout)
+            )
+        }
         assert sorted(cells) == list(range(8))
         for gpu in snap["gpus"]:
             cell = cells[gpu["gpu"]]
-            assert (cell["state"], cell["pipeline"] or None, cell["cluster"] or None) == \
-                (gpu["state"], gpu["pipeline"], gpu["cluster"]), f"GPU {gpu['gpu']}"
+            assert (cell["state"], cell["pipeline"] or None, cell["cluster"] or None) == (
+                gpu["state"],
+                gpu["pipeline"],
+                gpu["cluster"],
+            ), f"GPU {gpu['gpu']}"
             assert cell["dp-rank"] == ("" if gpu["dp_rank"] is None else str(gpu["dp_rank"]))
         states = {c["state"] for c in cells.values()}
         assert {"training", "awake", "waking"} <= states
         assert 'data-cluster-id="late_actor_infer"' in dom.stdout, "the pending request is listed"
         assert re.search(r'<tr data-pipeline="late">', dom.stdout) and 'data-kind="wake"' in dom.stdout
         shot = tmp_path / "dashboard.png"
-        taken = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                                "--window-size=1280,1000", f"--screenshot={shot}", "--virtual-time-budget=3000", url],
-                               capture_output=True, text=True, timeout=120)
+        taken = subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--window-size=1280,1000",
+                f"--screenshot={shot}",
+                "--virtual-time-budget=3000",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert taken.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", taken.stderr[-2000:]
         if os.environ.get(SAVE_SCREENSHOT):
             target = REPO / "docs" / "img" / "dashboard.png"
@@ -304,19 +345,31 @@ def test_the_grafana_queries_work_on_rays_endpoint(cluster, tmp_path):
 
 def test_a_new_scheduler_on_the_cluster_counts_a_restart_and_the_page_follows_it(cluster):
     context, client = cluster
-    before = ray_series(context, client.snapshot()["scheduler"]["worker_id"]).get(
-        "rlix_scheduler_restarts_total", {}).get((), 0.0)
+    before = (
+        ray_series(context, client.snapshot()["scheduler"]["worker_id"])
+        .get("rlix_scheduler_restarts_total", {})
+        .get((), 0.0)
+    )
     page = DashboardServer(RaySource(client, context.address_info["address"]), port=0, poll_s=0.1)
     try:
         reset_rlix()
         fresh = connect(**POOL)
         worker = fresh.snapshot()["scheduler"]["worker_id"]
-        wait_until(lambda: ray_series(context, worker).get("rlix_scheduler_restarts_total") == {(): before + 1}, 30,
-                   "the new scheduler's restart count")
+        wait_until(
+            lambda: ray_series(context, worker).get("rlix_scheduler_restarts_total") == {(): before + 1},
+            30,
+            "the new scheduler's restart count",
+        )
         hooks = hooks_on("ray", {}, SlowEngines("r1"))
         hooks.register_pipeline(pipeline_id="r1", clusters=clusters((0, 1)))
-        wait_until(lambda: [(d["seq"], d["pipeline"]) for d in page.state()["decisions"]] == [(1, "r1")]
-                   and page.state()["error"] is None, 30, "the page reading the new scheduler from its start")
+        wait_until(
+            lambda: (
+                [(d["seq"], d["pipeline"]) for d in page.state()["decisions"]] == [(1, "r1")]
+                and page.state()["error"] is None
+            ),
+            30,
+            "the page reading the new scheduler from its start",
+        )
         hooks.unregister_pipeline(pipeline_id="r1", reason="test over")
     finally:
         page.close()

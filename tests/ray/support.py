@@ -122,12 +122,19 @@ def run_rollouts(
     """A pipeline's life through the hooks: register, then per rollout signal demand, collect
     ``step_target`` samples, train on the fixed mapping; unregister in a ``finally``."""
     pid = engine.pipeline_id
-    report: dict[str, Any] = {"pipeline_id": pid, "rollouts": 0, "samples": 0, "grants": [],
-                              "train_gpus": [], "started": time.time()}
+    report: dict[str, Any] = {
+        "pipeline_id": pid,
+        "rollouts": 0,
+        "samples": 0,
+        "grants": [],
+        "train_gpus": [],
+        "started": time.time(),
+    }
     hooks.register_pipeline(pipeline_id=pid, clusters=clusters)
     try:
         report["coordinator_namespace"] = [
-            a["namespace"] for a in ray.util.list_named_actors(all_namespaces=True)
+            a["namespace"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
             if a["name"] == "rlix:coordinator" and a["namespace"].endswith(pid)
         ]
         for rollout in range(rollouts):
@@ -142,8 +149,9 @@ def run_rollouts(
             hooks.end_progress_batch(pipeline_id=pid)
             report["samples"] += done
             if ACTOR_TRAIN in clusters:
-                train = hooks.request_gpus(pipeline_id=pid, cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING,
-                                           timeout_s=60)
+                train = hooks.request_gpus(
+                    pipeline_id=pid, cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=60
+                )
                 try:
                     report["train_gpus"].append(list(train.gpus))
                     time.sleep(tick_s)  # the time a real training step takes

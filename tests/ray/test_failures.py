@@ -50,7 +50,9 @@ def rlix():
 
 def test_orchestrator_killed_mid_run_leaves_pipelines_running(rlix):
     actors = [
-        PipelineActor.options(name="pipeline", namespace=pipeline_namespace(pid)).remote(pid, seed_clusters(train), POOL)
+        PipelineActor.options(name="pipeline", namespace=pipeline_namespace(pid)).remote(
+            pid, seed_clusters(train), POOL
+        )
         for pid, train in (("k1", (0, 1)), ("k2", (2, 3)))
     ]
     runs = [actor.run.remote(5, 48, 0.01) for actor in actors]
@@ -87,15 +89,28 @@ def test_a_scheduler_stopped_for_good_fails_blocked_callers_within_two_seconds(r
             outcomes[name] = (exc, time.monotonic())
 
     threads = [
-        threading.Thread(target=blocked, args=("request_gpus", lambda: waiter.request_gpus(
-            pipeline_id="w", cluster="actor_train", priority=1, timeout_s=60))),
-        threading.Thread(target=blocked, args=("signal_demand", lambda: waiter.signal_demand(
-            pipeline_id="w", rollout_id=0, step_target=8, timeout_s=60))),
+        threading.Thread(
+            target=blocked,
+            args=(
+                "request_gpus",
+                lambda: waiter.request_gpus(pipeline_id="w", cluster="actor_train", priority=1, timeout_s=60),
+            ),
+        ),
+        threading.Thread(
+            target=blocked,
+            args=(
+                "signal_demand",
+                lambda: waiter.signal_demand(pipeline_id="w", rollout_id=0, step_target=8, timeout_s=60),
+            ),
+        ),
     ]
     for thread in threads:
         thread.start()
-    wait_until(lambda: len(rlix.snapshot()["pending"].get("1", [])) == 1 and rlix.snapshot()["pending"].get("6"),
-               10, "both calls blocked on the scheduler")
+    wait_until(
+        lambda: len(rlix.snapshot()["pending"].get("1", [])) == 1 and rlix.snapshot()["pending"].get("6"),
+        10,
+        "both calls blocked on the scheduler",
+    )
 
     killed = time.monotonic()
     ray.kill(rlix.scheduler, no_restart=True)  # deliberate: Ray does not restart it

@@ -45,11 +45,14 @@ def test_two_nodes_pool_pinning_and_node_local_tp_groups(two_nodes):
     assert named_actors(pipeline_namespace("x")) == [] and client.describe()["pipelines"] == []
 
     # A pipeline on the second node, TP 2 over all 8 GPUs, training on node 1's GPUs.
-    clusters = {ACTOR_TRAIN: ClusterSpec(tp_size=4, gpus=(4, 5, 6, 7)), ACTOR_INFER: ClusterSpec(tp_size=2, gpus=tuple(range(8)))}
+    clusters = {
+        ACTOR_TRAIN: ClusterSpec(tp_size=4, gpus=(4, 5, 6, 7)),
+        ACTOR_INFER: ClusterSpec(tp_size=2, gpus=tuple(range(8))),
+    }
     on_worker = NodeAffinitySchedulingStrategy(node_id=two_nodes["worker"], soft=False)
-    actor = PipelineActor.options(scheduling_strategy=on_worker, namespace=pipeline_namespace("m1"), name="pipeline").remote(
-        "m1", clusters, {}
-    )
+    actor = PipelineActor.options(
+        scheduling_strategy=on_worker, namespace=pipeline_namespace("m1"), name="pipeline"
+    ).remote("m1", clusters, {})
     report = ray.get(actor.run.remote(2, 64), timeout=120)
     assert report["rollouts"] == 2
     assert report["grants"][0] == [0, 1, 2, 3], "all four TP-2 workers woken for the first rollout"

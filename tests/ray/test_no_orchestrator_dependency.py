@@ -21,9 +21,20 @@ SCHEDULER_PACKAGE = SOURCE.parents[1] / "scheduler"
 ACTOR_CLASS = "SchedulerActor"
 #: The runtime paths: requests, progress, releases, resizes, clears, and the death watch/reaping.
 ENTRY_POINTS = (
-    "request_gpus", "signal_demand", "release", "release_and_request", "planned_release",
-    "apply_progress", "report_preempt", "_resizer", "_watch", "_reap", "_check_liveness", "_stop_pipeline",
-    "register_pipeline", "unregister_pipeline",
+    "request_gpus",
+    "signal_demand",
+    "release",
+    "release_and_request",
+    "planned_release",
+    "apply_progress",
+    "report_preempt",
+    "_resizer",
+    "_watch",
+    "_reap",
+    "_check_liveness",
+    "_stop_pipeline",
+    "register_pipeline",
+    "unregister_pipeline",
 )
 FORBIDDEN_CALLS = {"get_actor", "list_named_actors"}
 #: Functions allowed to look an actor up by name: each must look up exactly the coordinator name
@@ -116,7 +127,7 @@ def test_the_scheduler_core_never_names_the_orchestrator():
         assert not [n for n in names if "orchestrator" in n.lower()], path
 
 
-PLANTED = '''
+PLANTED = """
 import ray
 ORCH = "rlix:orchestrator"
 
@@ -132,7 +143,7 @@ class SchedulerActor:
 
     async def report_progress(self):
         pass
-'''
+"""
 
 
 def test_the_walker_catches_a_planted_dependency():
@@ -153,8 +164,11 @@ def test_the_one_allowed_lookup_is_a_pipelines_coordinator():
     _, functions, _ = _functions(tree, ACTOR_CLASS)
     assert set(functions) >= ALLOWED_LOOKUPS
     for name in ALLOWED_LOOKUPS:
-        calls = [n for n in ast.walk(functions[name]) if isinstance(n, ast.Call)
-                 and isinstance(n.func, ast.Attribute) and n.func.attr in FORBIDDEN_CALLS]
+        calls = [
+            n
+            for n in ast.walk(functions[name])
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in FORBIDDEN_CALLS
+        ]
         assert len(calls) == 1 and calls[0].func.attr == "get_actor", name
         (looked_up,) = calls[0].args
         namespace = {k.arg: k.value for k in calls[0].keywords}["namespace"]

@@ -72,8 +72,14 @@ SNAPSHOT = {
         "p1": {
             "admitted": True,
             "clusters": {
-                "actor_infer": {"tp": 1, "gpus": [0, 1, 2, 3], "held": True, "gpus_held": [0, 1],
-                                "awake_dp_ranks": [0, 1], "dp_size": 4},
+                "actor_infer": {
+                    "tp": 1,
+                    "gpus": [0, 1, 2, 3],
+                    "held": True,
+                    "gpus_held": [0, 1],
+                    "awake_dp_ranks": [0, 1],
+                    "dp_size": 4,
+                },
                 "actor_train": {"tp": 2, "gpus": [0, 1], "held": False, "gpus_held": [], "priority": None},
             },
             "open_demand": 64,
@@ -86,7 +92,14 @@ SNAPSHOT = {
             "admitted": True,
             "clusters": {
                 "actor_train": {"tp": 2, "gpus": [2], "held": True, "gpus_held": [2], "priority": 1},
-                "actor_infer": {"tp": 1, "gpus": [2], "held": False, "gpus_held": [], "awake_dp_ranks": [], "dp_size": 1},
+                "actor_infer": {
+                    "tp": 1,
+                    "gpus": [2],
+                    "held": False,
+                    "gpus_held": [],
+                    "awake_dp_ranks": [],
+                    "dp_size": 1,
+                },
             },
             "open_demand": None,
             "remaining": 0,

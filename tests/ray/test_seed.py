@@ -58,7 +58,7 @@ def test_seed_scenario_two_pipelines_in_own_actors_and_namespaces(rlix):
     }
     reports = ray.get([actor.run.remote(5, 32) for actor in actors.values()], timeout=120)
 
-    for report, train in zip(reports, ((0, 1), (2, 3))):
+    for report, train in zip(reports, ((0, 1), (2, 3)), strict=False):
         pid = report["pipeline_id"]
         assert report["rollouts"] == 5 and report["samples"] == 5 * 32
         # Failure mode F1: a rollout that started with no engine of its pipeline awake. Every

@@ -16,7 +16,8 @@ TIME_SCALE = 0.25
 def tiny_scenario(rollouts: int = 2, samples: int = 8, sigma: float = 0.5, **extra: str) -> Scenario:
     """Two pipelines on 2 GPUs, a few short samples: for tests that need *a* run, fast."""
     p2_extra = "\n".join(f"{k} = {v}" for k, v in extra.items())
-    return parse_scenario(f"""
+    return parse_scenario(
+        f"""
 name = "tiny"
 [cluster]
 gpus = 2
@@ -44,7 +45,9 @@ sample_seconds = {{ median = 0.02, sigma = {sigma} }}
 train_seconds = 0.05
 seed = 4
 {p2_extra}
-""", "tiny.toml")
+""",
+        "tiny.toml",
+    )
 
 
 def check_learned_and_complete(result: Any, scenario: Scenario) -> None:

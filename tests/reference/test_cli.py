@@ -20,7 +20,8 @@ name = "tiny-cli"
 [cluster]
 gpus = 2
 gpus_per_node = 2
-""" + "".join(f"""
+""" + "".join(
+    f"""
 [[pipeline]]
 name = "{name}"
 train_gpus = [{gpu}]
@@ -31,7 +32,9 @@ samples_per_rollout = 8
 sample_seconds = {{ median = 0.02, sigma = 0.5 }}
 train_seconds = 0.05
 seed = {seed}
-""" for name, gpu, seed in (("A", 0, 3), ("B", 1, 4)))
+"""
+    for name, gpu, seed in (("A", 0, 3), ("B", 1, 4))
+)
 
 
 def test_run_json_trace_and_timeline(tmp_path, capsys):
@@ -80,6 +83,6 @@ def test_demo_defaults_to_the_seed_scenario_on_the_local_backend():
 def test_pre_fix_switch_is_not_on_the_command_line():
     parser = build_parser()
     for command in ("demo", "run"):
-        sub = parser._subparsers._group_actions[0].choices[command]  # noqa: SLF001 - argparse has no public view
+        sub = parser._subparsers._group_actions[0].choices[command]
         flags = {flag for action in sub._actions for flag in action.option_strings}
         assert not any("legacy" in f or "durable" in f or "pre-fix" in f for f in flags), flags

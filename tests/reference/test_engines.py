@@ -32,7 +32,12 @@ def pool():
     pm.register(engines, name="engines")
     pm.register(recorder, name="preempts")
     engines.hooks = Hooks(pm)
-    engines.test_trainer, engines.test_store, engines.test_status, engines.test_preempts = trainer, store, status, recorder
+    engines.test_trainer, engines.test_store, engines.test_status, engines.test_preempts = (
+        trainer,
+        store,
+        status,
+        recorder,
+    )
     try:
         yield engines
     finally:
@@ -126,8 +131,15 @@ def slow_pool():
     trainer = Trainer(seed=5)
     store = WeightStore(trainer.model)
     status = PipelineStatus("p", rollouts=1, samples_per_rollout=4, dp_size=2)
-    engines = EnginePool("p", [(0,), (1,)], store, status, seed=5, offset=2,
-                         switch_costs=SwitchCosts(wake_seconds=0.3, sleep_seconds=0.3, sync_seconds=0.3))
+    engines = EnginePool(
+        "p",
+        [(0,), (1,)],
+        store,
+        status,
+        seed=5,
+        offset=2,
+        switch_costs=SwitchCosts(wake_seconds=0.3, sleep_seconds=0.3, sync_seconds=0.3),
+    )
     pm = get_plugin_manager("noop", autoload=False)
     pm.register(engines, name="engines")
     engines.hooks = Hooks(pm)

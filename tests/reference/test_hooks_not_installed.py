@@ -26,8 +26,9 @@ def test_a_pipeline_without_engine_hooks_fails_fast_with_the_cause():
     try:
         pm = get_plugin_manager("local", backend_options={"scheduler": scheduler}, autoload=False)
         hooks = Hooks(pm)  # the engine pool is *not* registered on the manager
-        pipeline = ReferencePipeline(config, hooks, pool, trainer, store, status,
-                                     abort=threading.Event(), wait_timeout_s=10.0)
+        pipeline = ReferencePipeline(
+            config, hooks, pool, trainer, store, status, abort=threading.Event(), wait_timeout_s=10.0
+        )
         thread = threading.Thread(target=pipeline.run)
         thread.start()
         thread.join(15.0)

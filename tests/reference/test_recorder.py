@@ -46,7 +46,9 @@ def test_framework_feed_spans_demand_and_pending():
     assert rec.demand_series()["P1"] == [(0.0, 0), (1.0, 16), (3.0, 0)]
     assert rec.pending_series()[1] == [(0.0, 0), (3.0, 1), (3.2, 0)]
     assert rec.phase_intervals()["P1"] == [
-        (1.0, 3.0, "rollout 0"), (3.0, 3.2, "wait for train GPUs 0"), (3.2, 4.0, "train 0"),
+        (1.0, 3.0, "rollout 0"),
+        (3.0, 3.2, "wait for train GPUs 0"),
+        (3.2, 4.0, "train 0"),
     ]
 
 
@@ -64,7 +66,8 @@ def test_a_gpu_taken_while_another_holder_has_it_is_a_double_hold():
     clock.now = 2.0
     rec.engines_changed("P2", (0,))  # but GPU 0 is still P1's engine's
     assert [(h.t, h.gpu, h.holder, h.taker) for h in rec.double_holds] == [
-        (2.0, 0, ("P1", "infer", 0), ("P2", "infer", 0))]
+        (2.0, 0, ("P1", "infer", 0), ("P2", "infer", 0))
+    ]
     # An idle phase is no span of its own on the timeline.
     assert [label for _, _, label in rec.phase_intervals()["P2"]] == ["train 0"]
 

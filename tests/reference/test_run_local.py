@@ -61,7 +61,12 @@ def test_static_partition_is_measured_with_the_same_work():
     data = result.to_json()
     assert set(data) >= {"ok", "wall_s", "pipelines", "gpu_busy_fraction", "lower_bound_s", "static_partition_s"}
     assert set(data["pipelines"]["A"]) >= {
-        "rollouts_completed", "samples_completed", "reward_first", "reward_last", "gpu_wait_s", "max_stall_s",
+        "rollouts_completed",
+        "samples_completed",
+        "reward_first",
+        "reward_last",
+        "gpu_wait_s",
+        "max_stall_s",
     }
 
 

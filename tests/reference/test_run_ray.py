@@ -13,17 +13,26 @@ from .support import TIME_SCALE, check_learned_and_complete
 ray = pytest.importorskip("ray")
 
 #: A small local cluster: few CPUs (the machine is shared), a small object store.
-INIT_OPTIONS = {"num_cpus": 2, "include_dashboard": False, "logging_level": "ERROR",
-                "object_store_memory": 80 * 1024 * 1024}
+INIT_OPTIONS = {
+    "num_cpus": 2,
+    "include_dashboard": False,
+    "logging_level": "ERROR",
+    "object_store_memory": 80 * 1024 * 1024,
+}
 
 
 def test_seed_scenario_on_the_ray_backend():
     attached = ray.is_initialized()  # a cluster left by another test is used, and left alone
     scenario = bundled_scenario("seed")
-    result = run_scenario(scenario, RunOptions(
-        backend="ray", time_scale=TIME_SCALE, stall_timeout_s=10.0,
-        backend_options={"address": None, "init_options": INIT_OPTIONS},
-    ))
+    result = run_scenario(
+        scenario,
+        RunOptions(
+            backend="ray",
+            time_scale=TIME_SCALE,
+            stall_timeout_s=10.0,
+            backend_options={"address": None, "init_options": INIT_OPTIONS},
+        ),
+    )
     check_learned_and_complete(result, scenario)
     assert result.backend == "ray"
     # The scheduler lives in another process: ownership was recorded from the framework side.

@@ -86,7 +86,7 @@ def test_invalid_fields_are_named(change, expected):
 
 
 def test_duplicate_pipeline_names_and_missing_pipelines():
-    twice = VALID + VALID[VALID.index("[[pipeline]]"):]
+    twice = VALID + VALID[VALID.index("[[pipeline]]") :]
     with pytest.raises(ScenarioError, match=r"duplicate pipeline name\(s\) \['P1'\]"):
         parse_scenario(twice)
     with pytest.raises(ScenarioError, match=r"missing field\(s\) \['pipeline'\]"):

@@ -38,7 +38,9 @@ def test_trace_has_gpu_ownership_demand_and_pending_tracks(result, tmp_path):
     first = perfetto_trace.Trace.FromString(path.read_bytes()).packet[0]
     assert first.sequence_flags == perfetto_trace.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
     names = {uuid: track_name(d) for uuid, d in tracks.items()}
-    assert {"GPU pool", "GPU 0", "GPU 1", "pipeline A", "A phases", "A open demand", "B open demand"} <= set(names.values())
+    assert {"GPU pool", "GPU 0", "GPU 1", "pipeline A", "A phases", "A open demand", "B open demand"} <= set(
+        names.values()
+    )
     assert any(n.startswith("pending requests, priority 1") for n in names.values())
     for desc in tracks.values():  # every child track hangs under a declared parent
         assert not desc.parent_uuid or desc.parent_uuid in tracks

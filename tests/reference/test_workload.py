@@ -41,11 +41,14 @@ def test_a_late_pipeline_raises_the_single_pipeline_bound():
 
 
 def test_static_partition_gives_each_pipeline_a_disjoint_slice():
-    scenario = parse_scenario("""
+    scenario = parse_scenario(
+        """
 [cluster]
 gpus = 8
 gpus_per_node = 8
-""" + "".join(f"""
+"""
+        + "".join(
+            f"""
 [[pipeline]]
 name = "P{i}"
 train_gpus = [0, 1, 2, 3]
@@ -55,12 +58,15 @@ rollouts = 1
 samples_per_rollout = 4
 sample_seconds = {{ median = 0.1, sigma = 0.1 }}
 train_seconds = 0.1
-""" for i in range(3)))
+"""
+            for i in range(3)
+        )
+    )
     static = static_partition(scenario)
     slices = [set(p.infer_gpus) | set(p.train_gpus) for p in static.pipelines]
     assert [p.infer_gpus for p in static.pipelines] == [(0, 1), (2, 3), (4, 5)]
     assert [p.train_gpus for p in static.pipelines] == [(0, 1), (2, 3), (4, 5)]
-    assert all(not (a & b) for i, a in enumerate(slices) for b in slices[i + 1:])
+    assert all(not (a & b) for i, a in enumerate(slices) for b in slices[i + 1 :])
     assert [sample_durations(p, 0) for p in static.pipelines] == [sample_durations(p, 0) for p in scenario.pipelines]
     # Same generation work; training on the 2 GPUs of a slice instead of 4: 3 x 0.1 s x 2 GPUs less.
     assert math.isclose(lower_bound(static).gpu_seconds, lower_bound(scenario).gpu_seconds - 0.6)

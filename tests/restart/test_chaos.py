@@ -65,8 +65,10 @@ def test_the_demo_rides_through_scheduler_kills_with_no_gpu_held_twice():
     thread = threading.Thread(target=chaos, args=(killer_box, done, errors), daemon=True)
     thread.start()
     try:
-        result = execute(scenario, RunOptions(backend="ray", time_scale=1.0, stall_timeout_s=30.0, timeout_s=240.0,
-                                              resize_timeout_s=20.0))
+        result = execute(
+            scenario,
+            RunOptions(backend="ray", time_scale=1.0, stall_timeout_s=30.0, timeout_s=240.0, resize_timeout_s=20.0),
+        )
     finally:
         done.set()
         thread.join(90)

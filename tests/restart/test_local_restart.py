@@ -38,8 +38,10 @@ def test_a_restart_keeps_grants_and_requests_and_answers_retries_with_the_same_g
         engines = FakeEngines()
         first = service_on(path)
         await first.start()
-        leases = {pid: await first.register_pipeline(pid, seed_clusters(train), engines.resize)
-                  for pid, train in (("p1", (0, 1)), ("p2", (2, 3)), ("p3", (0, 1)))}
+        leases = {
+            pid: await first.register_pipeline(pid, seed_clusters(train), engines.resize)
+            for pid, train in (("p1", (0, 1)), ("p2", (2, 3)), ("p3", (0, 1)))
+        }
         granted = await first.request_gpus("p1", leases["p1"], ACTOR_TRAIN, 1, None, 5.0, "k1")
         demand = await first.signal_demand("p2", leases["p2"], 0, 16, 5.0, "k2")
         waiting = asyncio.ensure_future(first.request_gpus("p3", leases["p3"], ACTOR_TRAIN, 1, None, 30.0, "k3"))
@@ -67,12 +69,20 @@ def test_a_restart_keeps_grants_and_requests_and_answers_retries_with_the_same_g
         assert not retry3.done() and not retry1.done()
         with pytest.raises(NotPipelineOwnerError):
             await second.reattach("p1", "not-the-lease", engines.resize, PipelineReport())
-        await second.reattach("p1", leases["p1"], engines.resize,
-                              PipelineReport((), {}, (CallInFlight("k1", REQUEST, ACTOR_TRAIN, 20.0),)))
+        await second.reattach(
+            "p1",
+            leases["p1"],
+            engines.resize,
+            PipelineReport((), {}, (CallInFlight("k1", REQUEST, ACTOR_TRAIN, 20.0),)),
+        )
         await second.reattach("p2", leases["p2"], engines.resize, PipelineReport(awake_p2, {}, ()))
         assert second.recovering, "p3 has not reattached yet"
-        await second.reattach("p3", leases["p3"], engines.resize,
-                              PipelineReport((), {}, (CallInFlight("k3", REQUEST, ACTOR_TRAIN, 20.0),)))
+        await second.reattach(
+            "p3",
+            leases["p3"],
+            engines.resize,
+            PipelineReport((), {}, (CallInFlight("k3", REQUEST, ACTOR_TRAIN, 20.0),)),
+        )
         assert not second.recovering
         # p1's grant was made before the crash: its retry gets it, not "already held".
         again = await asyncio.wait_for(retry1, 5.0)
@@ -141,7 +151,8 @@ def test_the_local_backend_restores_from_its_state_file_and_reattaches_through_i
         assert done["reconciled"] is True
         snap = second.snapshot()
         assert snap["recovering"] == [] and snap["pipelines"]["p1"]["clusters"][ACTOR_INFER]["awake_dp_ranks"] == list(
-            grant.dp_ranks)
+            grant.dp_ranks
+        )
         train = port.request("p1", lease, ACTOR_TRAIN, 1, None, 5.0)
         assert train.gpus == (0, 1)
     finally:
@@ -162,4 +173,3 @@ def test_a_state_file_needs_a_pool_size(tmp_path):
     with pytest.raises(InvalidRequestError, match=r"state_path=.*needs num_gpus"):
         make_backend(lambda *_: None, state_path=str(tmp_path / "s.db"))
     assert not (tmp_path / "s.db").exists(), "nothing was created"
-

@@ -52,7 +52,9 @@ def test_a_state_with_no_move_in_flight_comes_back_exactly():
     # What the planner reads is there: the declared limits, costs and the measured wake.
     assert restored.limits["p1"].max_step_target == 64
     assert restored.estimates.wake_s("p1") == state.estimates.wake_s("p1") > 0
-    assert restored.estimates.sleep_s("p1") == 0.25 and restored.estimates.switches("p1") == state.estimates.switches("p1")
+    assert restored.estimates.sleep_s("p1") == 0.25 and restored.estimates.switches("p1") == state.estimates.switches(
+        "p1"
+    )
     assert restored.remaining("p1") == 20 and restored.open_demand == {"p1": 32, "p2": 32}
     # And it plans the same next move.
     assert plain(plan_cycle(restored, "gap_ratio")) == plain(plan_cycle(state, "gap_ratio"))
@@ -121,8 +123,12 @@ def test_a_record_of_another_format_or_pool_or_a_damaged_one_is_refused_by_name(
     damaged = {**record, "owner": record["owner"][:2]}
     with pytest.raises(StateFormatError, match="2 entries for 4 GPUs"):
         load_state(damaged, PoolTopology(4, 4), clock, SAVED_AT)
-    unknown = {**record, "fixed": {"ghost_actor_train": {"pipeline_id": "ghost", "cluster": ACTOR_TRAIN,
-                                                        "priority": 1, "gpus": [0], "age": 0}}}
+    unknown = {
+        **record,
+        "fixed": {
+            "ghost_actor_train": {"pipeline_id": "ghost", "cluster": ACTOR_TRAIN, "priority": 1, "gpus": [0], "age": 0}
+        },
+    }
     with pytest.raises(StateFormatError, match="'ghost'"):
         load_state(unknown, PoolTopology(4, 4), clock, SAVED_AT)
     missing = {k: v for k, v in record.items() if k != "pending"}

@@ -61,8 +61,11 @@ def crash(client) -> int:
 
 def recovered(client, epoch: int) -> dict:
     """Wait until a newer incarnation serves with every pipeline reattached."""
-    return wait_until(lambda: (d := client.describe())["epoch"] > epoch and not d["recovering"] and d, 60,
-                      "the scheduler restarted and reconciled")
+    return wait_until(
+        lambda: (d := client.describe())["epoch"] > epoch and not d["recovering"] and d,
+        60,
+        "the scheduler restarted and reconciled",
+    )
 
 
 def in_thread(call):
@@ -85,8 +88,9 @@ def test_a_blocked_request_rides_through_a_crash_and_gets_the_grant(rlix):
     waiter.register_pipeline(pipeline_id="w", clusters=seed_clusters(train=(0, 1)))
     try:
         assert holder.request_gpus(pipeline_id="h", cluster=ACTOR_TRAIN, priority=TRAIN, timeout_s=30).gpus == (0, 1)
-        thread, outcome = in_thread(lambda: waiter.request_gpus(pipeline_id="w", cluster=ACTOR_TRAIN, priority=TRAIN,
-                                                                timeout_s=60))
+        thread, outcome = in_thread(
+            lambda: waiter.request_gpus(pipeline_id="w", cluster=ACTOR_TRAIN, priority=TRAIN, timeout_s=60)
+        )
         wait_until(lambda: rlix.snapshot()["pending"].get(str(TRAIN)), 10, "w blocked behind h")
         epoch = crash(rlix)
         recovered(rlix, epoch)
@@ -109,8 +113,9 @@ def test_a_crash_in_the_middle_of_a_wake_is_settled_with_what_the_engines_did(rl
     hooks = hooks_for(engine, **POOL)
     hooks.register_pipeline(pipeline_id="slow", clusters=seed_clusters(train=(0, 1)))
     try:
-        thread, outcome = in_thread(lambda: hooks.signal_demand(pipeline_id="slow", rollout_id=0, step_target=8,
-                                                                timeout_s=60))
+        thread, outcome = in_thread(
+            lambda: hooks.signal_demand(pipeline_id="slow", rollout_id=0, step_target=8, timeout_s=60)
+        )
         wait_until(lambda: rlix.snapshot()["resizing"], 10, "the wake running in the pipeline's process")
         epoch = crash(rlix)
         time.sleep(0.5)  # the restarted scheduler waits for the wake; the engine takes its time
@@ -124,7 +129,9 @@ def test_a_crash_in_the_middle_of_a_wake_is_settled_with_what_the_engines_did(rl
         wakes = [add for _, add in engine.resizes if add]
         assert wakes[0] == tuple(sorted(grant.dp_ranks)), "the dead scheduler's wake was kept, not made twice"
         snap = rlix.snapshot()
-        held = {int(h.split("[dp")[1].rstrip("]")) for h in snap["gpu_holders"] if h and h.startswith("slow_actor_infer")}
+        held = {
+            int(h.split("[dp")[1].rstrip("]")) for h in snap["gpu_holders"] if h and h.startswith("slow_actor_infer")
+        }
         assert held == engine.awake, "the scheduler's view is the engines'"
         assert described["epoch"] == epoch + 1
     finally:
@@ -200,11 +207,14 @@ def test_a_deliberate_shutdown_clears_the_saved_state(rlix):
 
 
 def test_a_coordinator_refuses_the_resizes_of_a_superseded_scheduler(rlix):
-    coordinator = CoordinatorActor.options(name="c", namespace="rlix.test-epochs").remote("e", "rlix.test-epochs", "tok")
+    coordinator = CoordinatorActor.options(name="c", namespace="rlix.test-epochs").remote(
+        "e", "rlix.test-epochs", "tok"
+    )
     epoch = rlix.describe()["epoch"]  # the newest scheduler's
     try:
-        assert ray.get(coordinator.reconcile.remote(epoch + 1), timeout=10) is False, \
+        assert ray.get(coordinator.reconcile.remote(epoch + 1), timeout=10) is False, (
             "an epoch no scheduler claimed is refused"
+        )
         old_watch = coordinator.watch.remote(epoch - 1)
         assert ray.get(coordinator.reconcile.remote(epoch), timeout=10) is True
         assert ray.get(coordinator.reconcile.remote(epoch - 1), timeout=10) is False, "an older epoch changes nothing"

@@ -55,8 +55,12 @@ def test_sleeps_that_finished_free_their_gpus_and_the_stage_is_granted_after():
     train = {"p1": "t1"}
     for pid in ("p1", "p2"):
         calls = (CallInFlight(train[pid], REQUEST, ACTOR_TRAIN, 30.0),) if pid in train else ()
-        done = reconcile(state, pid, PipelineReport(awake_after(state, pid, sleeping.get(pid, ())), {}, calls),
-                         {"p1_actor_train": "t1"})
+        done = reconcile(
+            state,
+            pid,
+            PipelineReport(awake_after(state, pid, sleeping.get(pid, ())), {}, calls),
+            {"p1_actor_train": "t1"},
+        )
         assert not done.conflicts
         assert sorted(done.slept) == sorted(sleeping.get(pid, ()))
     check_state(state)
@@ -96,8 +100,9 @@ def test_a_stage_the_pipeline_holds_and_the_state_lost_is_adopted_when_idle_else
     assert adopted.adopted_stages == ["p1_actor_train"] and state.fixed["p1_actor_train"].gpus == (0, 1)
     state.request("p2", ACTOR_INFER, 6, 8)
     settle(state)  # p2's engines take GPUs 2 and 3
-    conflict = reconcile(state, "p2", PipelineReport(tuple(sorted(state.generation["p2"].active)),
-                                                     {ACTOR_TRAIN: 1}, ()), {})
+    conflict = reconcile(
+        state, "p2", PipelineReport(tuple(sorted(state.generation["p2"].active)), {ACTOR_TRAIN: 1}, ()), {}
+    )
     assert conflict.conflicts and "p2_actor_train" in conflict.conflicts[0]
     assert "p2_actor_train" not in state.fixed, "never two owners: the GPUs stay where they are"
     check_state(state)

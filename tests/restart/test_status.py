@@ -10,7 +10,8 @@ SNAPSHOT = {"pool": {"num_gpus": 4, "gpus_per_node": 4}, "pipelines": {}, "idle_
 def test_a_restarted_scheduler_says_so_and_who_it_still_waits_for():
     text = render({**SNAPSHOT, "recovering": ["p2"], "scheduler": {"restarted_at": 1.0, "epoch": 7}})
     assert text.splitlines()[1] == (
-        "restarted from its saved state (epoch 7); waiting for p2 to reattach: nothing is planned until then")
+        "restarted from its saved state (epoch 7); waiting for p2 to reattach: nothing is planned until then"
+    )
     done = render({**SNAPSHOT, "recovering": [], "scheduler": {"restarted_at": 1.0, "epoch": 7}})
     assert done.splitlines()[1] == "restarted from its saved state (epoch 7)"
 

@@ -59,7 +59,9 @@ def drain(state: SchedulerState, answer: Callable[[SchedulerState, ResizeAction]
             calls += 1
 
 
-def settle(state: SchedulerState, plan: Plan | None = None, policy: str = "gap_ratio") -> tuple[Plan, list[PendingRequest]]:
+def settle(
+    state: SchedulerState, plan: Plan | None = None, policy: str = "gap_ratio"
+) -> tuple[Plan, list[PendingRequest]]:
     """One planning pass whose moves all complete at once: (the plan, the requests satisfied)."""
     plan = plan if plan is not None else plan_cycle(state, policy)
     validate_plan(state, plan)
@@ -139,8 +141,18 @@ async def wait_until(predicate: Callable[[], Any], timeout_s: float = 5.0, what:
 
 
 #: Service methods that act for a pipeline and so take its lease right after the pipeline id.
-LEASED = ("signal_demand", "request_gpus", "release", "release_and_request", "planned_release",
-          "report_progress", "clear_progress", "report_preempt", "unregister_pipeline", "admit_pipeline")
+LEASED = (
+    "signal_demand",
+    "request_gpus",
+    "release",
+    "release_and_request",
+    "planned_release",
+    "report_progress",
+    "clear_progress",
+    "report_preempt",
+    "unregister_pipeline",
+    "admit_pipeline",
+)
 
 
 class AsOwners:

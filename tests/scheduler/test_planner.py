@@ -193,8 +193,12 @@ def test_plan_is_deterministic_across_processes(policy):
     plans = set()
     for seed in ("0", "1", "12345"):
         proc = subprocess.run(
-            [sys.executable, "-c", DETERMINISM_PROBE, policy], capture_output=True, text=True, timeout=60,
-            cwd=REPO, env={**os.environ, "PYTHONHASHSEED": seed},
+            [sys.executable, "-c", DETERMINISM_PROBE, policy],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+            env={**os.environ, "PYTHONHASHSEED": seed},
         )
         assert proc.returncode == 0, proc.stderr
         plans.add(proc.stdout)

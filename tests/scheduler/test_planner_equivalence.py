@@ -88,8 +88,13 @@ def plain_take_idle(cycle, pid, want, idle, stage_gpus, demand):
     candidates = []
     for gpu in idle:
         rank = rank_of_gpu.get(gpu)
-        if (rank is not None and cycle.owner[gpu] is None and rank not in candidates
-                and P._bundle_free(cycle, pid, rank) and P._idle_worth(cycle, pid, cycle.bundle(pid, rank), stage_gpus, demand)):
+        if (
+            rank is not None
+            and cycle.owner[gpu] is None
+            and rank not in candidates
+            and P._bundle_free(cycle, pid, rank)
+            and P._idle_worth(cycle, pid, cycle.bundle(pid, rank), stage_gpus, demand)
+        ):
             candidates.append(rank)
             if not stage_gpus and len(candidates) == want:
                 break
@@ -166,9 +171,18 @@ def plain_next_deadline(state, policy, now):
 
 
 def signature(plan):
-    return ([(m.reason, sorted((p, sorted(r)) for p, r in m.sleeps.items()),
-              sorted((p, sorted(r)) for p, r in m.wakes.items()), m.grant) for m in plan.moves],
-            sorted(plan.targets.items()))
+    return (
+        [
+            (
+                m.reason,
+                sorted((p, sorted(r)) for p, r in m.sleeps.items()),
+                sorted((p, sorted(r)) for p, r in m.wakes.items()),
+                m.grant,
+            )
+            for m in plan.moves
+        ],
+        sorted(plan.targets.items()),
+    )
 
 
 @pytest.mark.parametrize("policy", ["finish_first", "gap_ratio"])

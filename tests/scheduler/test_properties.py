@@ -13,8 +13,8 @@ async service with fake engines. After every step, once the scheduler settles:
 from __future__ import annotations
 
 import asyncio
-import os
 import contextlib
+import os
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -199,8 +199,9 @@ class SchedulerMachine(RuleBasedStateMachine):
                 continue
             for bundle in state.pipelines[pid].bundles:
                 holders = [state.owner[g] for g in bundle]
-                freeable = all(h is None or (type(h) is tuple and h[0] not in demand and h[0] not in state.fenced)
-                               for h in holders)
+                freeable = all(
+                    h is None or (type(h) is tuple and h[0] not in demand and h[0] not in state.fenced) for h in holders
+                )
                 assert not freeable, f"{pid} has demand, no worker, and bundle {bundle} could be freed: {holders}"
 
     @invariant()
@@ -209,7 +210,9 @@ class SchedulerMachine(RuleBasedStateMachine):
             return
         for (pid, cluster), task in self.tasks.items():
             if not task.done():
-                assert cluster_id(pid, cluster) in self.service.state.pending, f"{pid} {cluster} blocked with no request"
+                assert cluster_id(pid, cluster) in self.service.state.pending, (
+                    f"{pid} {cluster} blocked with no request"
+                )
             elif not task.cancelled() and task.exception() is not None:
                 assert isinstance(task.exception(), (RlixError, PipelineGoneError)), task.exception()
 
@@ -225,6 +228,9 @@ class SchedulerMachine(RuleBasedStateMachine):
 
 
 SchedulerMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("RLIX_PROPERTY_EXAMPLES", "60")), stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=int(os.environ.get("RLIX_PROPERTY_EXAMPLES", "60")),
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 TestScheduler = SchedulerMachine.TestCase

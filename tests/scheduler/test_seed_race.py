@@ -84,7 +84,7 @@ async def seed_run(durable_demand: bool, pre_signal: bool) -> dict[str, object]:
         return_exceptions=True,
     )
     await service.stop()
-    return dict(zip(("p1", "p2"), results))
+    return dict(zip(("p1", "p2"), results, strict=False))
 
 
 def test_fixed_semantics_both_pipelines_complete_five_rollouts():

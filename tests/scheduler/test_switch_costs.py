@@ -10,10 +10,10 @@ from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, Invalid
 from rlix_plugin.scheduler.estimates import Estimates
 from rlix_plugin.scheduler.plan import IDLE, SYNC_COSTS_MORE, Move, Plan
 from rlix_plugin.scheduler.planner import ANTICIPATION_S, RESIDENCY_FACTOR, plan_cycle
+from rlix_plugin.scheduler.policy import FINISH_FIRST, GAP_RATIO
 from rlix_plugin.scheduler.state import SchedulerState
 from rlix_plugin.scheduler.topology import PoolTopology
 from rlix_plugin.scheduler.trigger import next_deadline, wants_cycle
-from rlix_plugin.scheduler.policy import FINISH_FIRST, GAP_RATIO
 
 from .support import FakeClock, settle
 
@@ -56,8 +56,13 @@ def measure_sample_time(state, clock, pid, seconds_per_sample):
 
 
 def donations(plan):
-    return {(pid, rank) for m in plan.moves if m.reason.startswith("donated") for pid, ranks in m.sleeps.items()
-            for rank in ranks}
+    return {
+        (pid, rank)
+        for m in plan.moves
+        if m.reason.startswith("donated")
+        for pid, ranks in m.sleeps.items()
+        for rank in ranks
+    }
 
 
 def test_a_bundle_moves_only_when_the_move_pays():
@@ -72,10 +77,10 @@ def test_a_bundle_moves_only_when_the_move_pays():
     state.generation["b"].active.add(3)
     state.generation["b"].awake_since[3] = 0.0
     measure_sample_time(state, clock, "b", 2.0)
-    progress(state, "a", 2)        # a is in its tail: 2 samples on 3 bundles, 1 to spare
-    progress(state, "b", 40)       # (40 - 1) / 2 x 2.0 = 39 s of work > 1.5 x 8 s
+    progress(state, "a", 2)  # a is in its tail: 2 samples on 3 bundles, 1 to spare
+    progress(state, "b", 40)  # (40 - 1) / 2 x 2.0 = 39 s of work > 1.5 x 8 s
     assert donations(plan_cycle(state, FINISH_FIRST)) == {("a", 2)}
-    progress(state, "b", 9)        # (9 - 1) / 2 x 2.0 = 8 s of work < 1.5 x 8 s: not worth it
+    progress(state, "b", 9)  # (9 - 1) / 2 x 2.0 = 8 s of work < 1.5 x 8 s: not worth it
     assert donations(plan_cycle(state, FINISH_FIRST)) == set()
     assert donations(plan_cycle(state, GAP_RATIO)), "gap_ratio moves whatever a switch costs"
 
@@ -117,7 +122,7 @@ def test_the_gpus_of_a_stage_that_follows_a_rollout_are_kept_for_it():
     hold(state, "b", [2])
     progress(state, "b", 60)
     state.clear_progress("a")
-    state.demand.retire("a", clock.now)     # a's rollout ended: its training on 0-1 is due
+    state.demand.retire("a", clock.now)  # a's rollout ended: its training on 0-1 is due
     settle(state, policy="finish_first")
     assert state.generation["a"].active == {0, 1}, "a's idle engines stay where its stage will sleep them"
     assert state.generation["b"].active == {2, 3}, "b takes what is not kept"
@@ -156,7 +161,7 @@ def test_no_engine_is_woken_where_a_stage_is_expected_before_it_could_serve():
     measure_sample_time(state, clock, "a", 0.5)
     hold(state, "b", [3])
     measure_sample_time(state, clock, "b", 2.0)
-    progress(state, "a", 1)      # a's rollout ends in about 0.25 s; its training takes 0-1
+    progress(state, "a", 1)  # a's rollout ends in about 0.25 s; its training takes 0-1
     progress(state, "b", 60)
     plan = plan_cycle(state, FINISH_FIRST)
     woken = plan.expands.get("b", set())

@@ -11,7 +11,9 @@ POOL = PoolTopology(8, 4)
 
 
 def test_bundles_and_rank_map_are_precomputed():
-    spec = validate_pipeline(POOL, "p1", {"actor_infer": ClusterSpec(2, (4, 5, 6, 7)), "actor_train": ClusterSpec(1, (0,))})
+    spec = validate_pipeline(
+        POOL, "p1", {"actor_infer": ClusterSpec(2, (4, 5, 6, 7)), "actor_train": ClusterSpec(1, (0,))}
+    )
     assert spec.bundles == ((4, 5), (6, 7))
     assert spec.rank_of_gpu == {4: 0, 5: 0, 6: 1, 7: 1}
     assert spec.tp == 2 and spec.dp_size == 2
@@ -29,7 +31,10 @@ def test_bundles_and_rank_map_are_precomputed():
         ({"actor_infer": ClusterSpec(2, (0, 1, 2))}, "do not split into TP groups of 2"),
         ({"actor_infer": ClusterSpec(0, (0,))}, "tp_size must be a positive int, got 0"),
         ({"actor_infer": ClusterSpec(1, ())}, "no GPUs given"),
-        ({"actor_infer": ClusterSpec(1, (0,)), "critics": ClusterSpec(1, (1,))}, r"unknown cluster name\(s\) \['critics'\]"),
+        (
+            {"actor_infer": ClusterSpec(1, (0,)), "critics": ClusterSpec(1, (1,))},
+            r"unknown cluster name\(s\) \['critics'\]",
+        ),
         ({"actor_infer": (1, (0,))}, "expected a ClusterSpec"),
         ({}, "non-empty mapping"),
     ],

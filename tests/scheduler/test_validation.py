@@ -47,8 +47,10 @@ def grant(cid, gpus, sleeps=None):
         # A target may only land on GPUs its own move frees, never on another move's.
         ([Move("x", sleeps={"p1": {0}}), wake("p2", 0)], "only generation clusters shrink or expand"),
         ([Move("x", sleeps={"p1": {0}}), Move("y", wakes={"p1": {0}})], "no sleep and wake of one rank in one plan"),
-        ([Move("x", sleeps={"p1": {1}}), grant("p2_actor_train", (2, 3)), wake("p1", 1)],
-         "no sleep and wake of one rank in one plan"),
+        (
+            [Move("x", sleeps={"p1": {1}}), grant("p2_actor_train", (2, 3)), wake("p1", 1)],
+            "no sleep and wake of one rank in one plan",
+        ),
     ],
 )
 def test_each_invariant(moves, invariant):

@@ -90,10 +90,13 @@ def test_speedups_are_static_over_the_policy(comparison):
     static = data["policies"][STATIC]
     for policy in ("finish_first", "gap_ratio"):
         speed = data["speedup"][policy]
-        assert speed["makespan"] == pytest.approx(static["makespan_s"] / data["policies"][policy]["makespan_s"], rel=1e-3)
+        assert speed["makespan"] == pytest.approx(
+            static["makespan_s"] / data["policies"][policy]["makespan_s"], rel=1e-3
+        )
         worst = speed["worst_pipeline"]
         assert speed["worst_jct_ratio"] == pytest.approx(
-            data["policies"][policy]["jct_s"][worst] / static["jct_s"][worst], rel=1e-3)
+            data["policies"][policy]["jct_s"][worst] / static["jct_s"][worst], rel=1e-3
+        )
     assert data["best_policy"] in CHOICES
 
 
@@ -115,8 +118,24 @@ def test_simulate_command_json_policies_and_timeline(tmp_path, capsys):
     path = tmp_path / "small.toml"
     path.write_text(SMALL)
     picture = tmp_path / "t.png"
-    assert main(["simulate", str(path), "--json", "--policy", "static", "--policy", "finish_first",
-                 "--timeline", str(picture), "--seed", "2"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                str(path),
+                "--json",
+                "--policy",
+                "static",
+                "--policy",
+                "finish_first",
+                "--timeline",
+                str(picture),
+                "--seed",
+                "2",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert list(data["policies"]) == [STATIC, "finish_first"] and "finish_first" in data["speedup"]
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

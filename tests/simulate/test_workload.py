@@ -51,7 +51,11 @@ def test_model_size_classes_default_every_field_and_fields_override_them():
     scenario = parse_scenario(CLUSTER)
     math7b, moe = scenario.pipelines[0], scenario.pipelines[3]
     small, large = MODEL_SIZES["7b"], MODEL_SIZES["30b"]
-    assert (math7b.wake_seconds, math7b.sleep_seconds, math7b.sync_seconds) == (small.wake_s, small.sleep_s, small.sync_s)
+    assert (math7b.wake_seconds, math7b.sleep_seconds, math7b.sync_seconds) == (
+        small.wake_s,
+        small.sleep_s,
+        small.sync_s,
+    )
     assert math7b.decode is not None and math7b.decode.tokens_per_s == small.tokens_per_s
     assert math7b.decode.batch == DEFAULT_BATCH and math7b.response_tokens.cap == DEFAULT_RESPONSE_CAP
     assert math7b.train_gpu_seconds_per_ktoken == small.train_gpu_s_per_ktoken
@@ -74,17 +78,24 @@ def test_replicas_and_short_gpu_mappings():
     ("change", "expected"),
     [
         (('model = "30b"', 'model = "13b"'), "pipeline 'moe': field 'model': unknown model-size class '13b'"),
-        (('model = "30b"\n', ''), "pipeline 'moe': field 'decode'.tokens_per_s: missing, and no model-size"),
+        (('model = "30b"\n', ""), "pipeline 'moe': field 'decode'.tokens_per_s: missing, and no model-size"),
         (("replicas = 3", "replicas = 4"), "pipeline 'moe': field 'train_gpus': 8 GPUs after GPU 31 do not fit"),
         (("replicas = 3", "replicas = 0"), "pipeline 'math': field 'replicas': must be an integer >= 1"),
         (("cap = 8192", "cap = 0"), "field 'response_tokens'.cap: must be an integer >= 1"),
         (("decode = { batch = 64 }", "decode = { batch = 64, width = 2 }"), "unknown field(s) ['width']"),
-        (("stop_after_seconds = 500", "stop_after_seconds = 0"), "field 'stop_after_seconds': must be a finite number > 0"),
+        (
+            ("stop_after_seconds = 500", "stop_after_seconds = 0"),
+            "field 'stop_after_seconds': must be a finite number > 0",
+        ),
         (("prompts = 8\n", ""), "pipeline 'moe': missing field(s) ['prompts']"),
-        (("prompts = 8\n", "prompts = 8\nsample_seconds = { median = 1, sigma = 1 }\n"),
-         "pipeline 'moe': unknown field(s) ['sample_seconds']"),
-        (('infer_gpus = "all"\ninfer_tp = 2', 'infer_gpus = "most"\ninfer_tp = 2'),
-         "pipeline 'moe': field 'infer_gpus': must be a non-empty list of GPU ids"),
+        (
+            ("prompts = 8\n", "prompts = 8\nsample_seconds = { median = 1, sigma = 1 }\n"),
+            "pipeline 'moe': unknown field(s) ['sample_seconds']",
+        ),
+        (
+            ('infer_gpus = "all"\ninfer_tp = 2', 'infer_gpus = "most"\ninfer_tp = 2'),
+            "pipeline 'moe': field 'infer_gpus': must be a non-empty list of GPU ids",
+        ),
     ],
 )
 def test_invalid_token_workload_fields_are_named(change, expected):

@@ -39,8 +39,9 @@ def hooks_on(backend: str, options: dict[str, Any], engines: Engines | None = No
 def comparable(snapshot: dict[str, Any]) -> dict[str, Any]:
     """A snapshot without what changes by itself (waiting times, counters of the clock)."""
     snap = dict(snapshot)
-    snap["pending"] = {p: [{k: v for k, v in r.items() if k != "waiting_s"} for r in rs]
-                       for p, rs in snap.get("pending", {}).items()}
+    snap["pending"] = {
+        p: [{k: v for k, v in r.items() if k != "waiting_s"} for r in rs] for p, rs in snap.get("pending", {}).items()
+    }
     for volatile in ("scheduler", "progress_reports"):
         snap.pop(volatile, None)
     return snap

@@ -21,7 +21,6 @@ from rlix_plugin.hookspecs import (
     PipelineLimits,
     Priority,
 )
-
 from rlix_plugin.scheduler.validation import check_state
 
 from ..waiting import wait_until
@@ -38,15 +37,36 @@ BAD_STEPS = [0, -1, "8", 1.5, MAX_STEP + 1, 10**12, None]
 #: (hook, the good arguments, the argument to spoil, its bad values, the error expected).
 BLOCKING = [
     ("signal_demand", {"rollout_id": 50, "step_target": 8, "timeout_s": 5}, "pipeline_id", BAD_IDS, "pipeline_id"),
-    ("signal_demand", {"rollout_id": 50, "step_target": 8, "timeout_s": 5}, "rollout_id", [-1, "0", 1.5, None], "rollout_id"),
+    (
+        "signal_demand",
+        {"rollout_id": 50, "step_target": 8, "timeout_s": 5},
+        "rollout_id",
+        [-1, "0", 1.5, None],
+        "rollout_id",
+    ),
     ("signal_demand", {"rollout_id": 50, "step_target": 8, "timeout_s": 5}, "step_target", BAD_STEPS, "step_target"),
     ("signal_demand", {"rollout_id": 50, "step_target": 8, "timeout_s": 5}, "timeout_s", BAD_TIMEOUTS, "timeout_s"),
-    ("request_gpus", {"cluster": ACTOR_TRAIN, "priority": Priority.ACTOR_TRAINING, "timeout_s": 5}, "cluster",
-     BAD_CLUSTERS, "cluster"),
-    ("request_gpus", {"cluster": ACTOR_TRAIN, "priority": Priority.ACTOR_TRAINING, "timeout_s": 5}, "priority",
-     BAD_PRIORITIES, "priority"),
-    ("request_gpus", {"cluster": ACTOR_TRAIN, "priority": Priority.ACTOR_TRAINING, "timeout_s": 5}, "timeout_s",
-     BAD_TIMEOUTS, "timeout_s"),
+    (
+        "request_gpus",
+        {"cluster": ACTOR_TRAIN, "priority": Priority.ACTOR_TRAINING, "timeout_s": 5},
+        "cluster",
+        BAD_CLUSTERS,
+        "cluster",
+    ),
+    (
+        "request_gpus",
+        {"cluster": ACTOR_TRAIN, "priority": Priority.ACTOR_TRAINING, "timeout_s": 5},
+        "priority",
+        BAD_PRIORITIES,
+        "priority",
+    ),
+    (
+        "request_gpus",
+        {"cluster": ACTOR_TRAIN, "priority": Priority.ACTOR_TRAINING, "timeout_s": 5},
+        "timeout_s",
+        BAD_TIMEOUTS,
+        "timeout_s",
+    ),
     ("release", {"cluster": ACTOR_TRAIN}, "cluster", BAD_CLUSTERS, "cluster"),
     ("release", {"cluster": ACTOR_TRAIN}, "pipeline_id", BAD_IDS, "pipeline_id"),
     ("register_pipeline", {"clusters": {ACTOR_INFER: ClusterSpec(1, (0, 9))}}, "pipeline_id", ["q1"], "out of range"),
@@ -80,8 +100,9 @@ class BadInputMachine(RuleBasedStateMachine):
         self.scheduler = LocalScheduler(4, 4, policy="gap_ratio")
         self.hooks = {p: hooks_on("local", {"scheduler": self.scheduler}, Engines(p)) for p in ("p0", "p1")}
         for pid, train in (("p0", (0, 1)), ("p1", (2, 3))):
-            self.hooks[pid].register_pipeline(pipeline_id=pid, clusters=seed_clusters(train),
-                                              limits=PipelineLimits(max_step_target=MAX_STEP))
+            self.hooks[pid].register_pipeline(
+                pipeline_id=pid, clusters=seed_clusters(train), limits=PipelineLimits(max_step_target=MAX_STEP)
+            )
         self.phase = {"p0": "idle", "p1": "idle"}
         self.rollout = {"p0": 0, "p1": 0}
         self.rejections = 0
@@ -104,8 +125,9 @@ class BadInputMachine(RuleBasedStateMachine):
         elif phase == "rolling":
             hooks.bump_completed(pipeline_id=pid, count=8)
             hooks.end_progress_batch(pipeline_id=pid)
-            grant = hooks.request_gpus(pipeline_id=pid, cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING,
-                                       timeout_s=10)
+            grant = hooks.request_gpus(
+                pipeline_id=pid, cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=10
+            )
             assert grant.gpus == ((0, 1) if pid == "p0" else (2, 3))
             self.phase[pid] = "training"
         else:
@@ -146,8 +168,9 @@ class BadInputMachine(RuleBasedStateMachine):
     def second_request_for_a_held_stage(self, data):
         before = settled(self.scheduler)
         try:
-            self.hooks["p1"].request_gpus(pipeline_id="p1", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING,
-                                          timeout_s=1)
+            self.hooks["p1"].request_gpus(
+                pipeline_id="p1", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=1
+            )
         except InvalidRequestError as exc:
             assert "already" in str(exc), str(exc)
         else:
@@ -160,7 +183,9 @@ class BadInputMachine(RuleBasedStateMachine):
 
 
 BadInputMachine.TestCase.settings = settings(
-    max_examples=12, stateful_step_count=25, deadline=None,
+    max_examples=12,
+    stateful_step_count=25,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_bad_input_property = BadInputMachine.TestCase

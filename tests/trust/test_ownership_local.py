@@ -108,10 +108,15 @@ def test_declared_limits_bound_demand_and_bundles():
     try:
         greedy = hooks_on("local", {"scheduler": scheduler}, Engines("greedy"))
         honest = hooks_on("local", {"scheduler": scheduler}, Engines("honest"))
-        greedy.register_pipeline(pipeline_id="greedy", clusters=seed_clusters((0, 1)),
-                                 limits=PipelineLimits(max_step_target=64, max_bundles=2))
+        greedy.register_pipeline(
+            pipeline_id="greedy",
+            clusters=seed_clusters((0, 1)),
+            limits=PipelineLimits(max_step_target=64, max_bundles=2),
+        )
         honest.register_pipeline(pipeline_id="honest", clusters=seed_clusters((2, 3)))
-        with pytest.raises(InvalidRequestError, match="step_target of 'greedy_actor_infer' is 1000000000000, above the 64"):
+        with pytest.raises(
+            InvalidRequestError, match="step_target of 'greedy_actor_infer' is 1000000000000, above the 64"
+        ):
             greedy.signal_demand(pipeline_id="greedy", rollout_id=0, step_target=10**12, timeout_s=5)
         assert scheduler.snapshot()["open_demand"] == {}
         grant = greedy.signal_demand(pipeline_id="greedy", rollout_id=0, step_target=64, timeout_s=5)
@@ -120,7 +125,8 @@ def test_declared_limits_bound_demand_and_bundles():
         assert scheduler.snapshot()["pipelines"]["greedy"]["clusters"][ACTOR_INFER]["awake_dp_ranks"].__len__() <= 2
         with pytest.raises(InvalidRequestError, match="min_bundles 5 exceeds its 4 generation bundles"):
             hooks_on("local", {"scheduler": scheduler}, Engines("x")).register_pipeline(
-                pipeline_id="x", clusters=seed_clusters((0,)), limits=PipelineLimits(min_bundles=5))
+                pipeline_id="x", clusters=seed_clusters((0,)), limits=PipelineLimits(min_bundles=5)
+            )
         for hooks in (greedy, honest):
             hooks.plugin_manager.backend.close()
     finally:

@@ -56,8 +56,13 @@ def ray_cluster():
 @pytest.fixture
 def rlix():
     reset_rlix()
-    client = connect(resize_timeout_s=RESIZE_TIMEOUT_S, operator=OPERATOR, liveness_timeout_s=LIVENESS_S,
-                     fence_grace_s=GRACE_S, **POOL)
+    client = connect(
+        resize_timeout_s=RESIZE_TIMEOUT_S,
+        operator=OPERATOR,
+        liveness_timeout_s=LIVENESS_S,
+        fence_grace_s=GRACE_S,
+        **POOL,
+    )
     yield client
     reset_rlix()
 
@@ -94,8 +99,7 @@ def test_a_foreign_process_with_a_guessed_lease_is_refused_and_changes_nothing(r
     victim.register_pipeline(pipeline_id="victim", clusters=seed_clusters(train=(0, 1)))
     try:
         victim.signal_demand(pipeline_id="victim", rollout_id=0, step_target=8, timeout_s=30)
-        victim.request_gpus(pipeline_id="victim", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING,
-                            timeout_s=30)
+        victim.request_gpus(pipeline_id="victim", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=30)
         before = comparable(rlix.snapshot())
         for method, args in guessed_calls("victim"):
             kind, message = ray.get(forge.remote(SCHEDULER, method, *args), timeout=60)
@@ -118,8 +122,7 @@ def test_a_neighbour_cannot_act_for_the_victim_through_its_own_hooks(rlix):
     victim.register_pipeline(pipeline_id="victim", clusters=seed_clusters(train=(0, 1)))
     neighbour.register_pipeline(pipeline_id="neighbour", clusters=seed_clusters(train=(2, 3)))
     try:
-        victim.request_gpus(pipeline_id="victim", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING,
-                            timeout_s=30)
+        victim.request_gpus(pipeline_id="victim", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=30)
         before = comparable(rlix.snapshot())
         attacks = [
             ("request_gpus", {"cluster": ACTOR_TRAIN, "priority": Priority.ACTOR_TRAINING, "timeout_s": 1}),
@@ -170,7 +173,8 @@ def test_operator_actions_need_the_operator_credential(rlix):
         assert rlix.drain(OPERATOR) == ["victim"]
         with pytest.raises(Exception, match="draining"):
             hooks_for(EngineStandIn("late"), **POOL).register_pipeline(
-                pipeline_id="late", clusters=seed_clusters(train=(2, 3)))
+                pipeline_id="late", clusters=seed_clusters(train=(2, 3))
+            )
     finally:
         victim.unregister_pipeline(pipeline_id="victim")
 
@@ -178,7 +182,8 @@ def test_operator_actions_need_the_operator_credential(rlix):
 def test_a_stopped_pipeline_process_is_fenced_and_its_gpus_return_to_the_pool(rlix):
     namespace = pipeline_namespace("frozen")
     actor = PipelineActor.options(name="pipeline", namespace=namespace).remote(
-        "frozen", seed_clusters(train=(0, 1)), POOL)
+        "frozen", seed_clusters(train=(0, 1)), POOL
+    )
     actor.run.remote(10_000, 16, 0.01)
     wait_until(lambda: ray.get(actor.rollouts_done.remote(), timeout=10) >= 1, 60, "a first rollout")
     pid = ray.get(actor.process_id.remote(), timeout=10)
@@ -187,8 +192,9 @@ def test_a_stopped_pipeline_process_is_fenced_and_its_gpus_return_to_the_pool(rl
     os.kill(pid, signal.SIGSTOP)  # alive, holding its GPUs, answering nothing
     stopped_at = time.monotonic()
     try:
-        grant = neighbour.request_gpus(pipeline_id="neighbour", cluster=ACTOR_TRAIN,
-                                       priority=Priority.ACTOR_TRAINING, timeout_s=60)
+        grant = neighbour.request_gpus(
+            pipeline_id="neighbour", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=60
+        )
         waited = time.monotonic() - stopped_at
         assert grant.gpus == (2, 3)
         snap = rlix.snapshot()
@@ -209,7 +215,8 @@ def test_a_stopped_pipeline_process_is_fenced_and_its_gpus_return_to_the_pool(rl
 def test_a_long_pause_of_the_pipelines_own_work_does_not_fence_it(rlix):
     namespace = pipeline_namespace("pausing")
     actor = PipelineActor.options(name="pipeline", namespace=namespace).remote(
-        "pausing", seed_clusters(train=(0, 1)), POOL)
+        "pausing", seed_clusters(train=(0, 1)), POOL
+    )
     # Each generation tick takes 2.5 liveness timeouts (a checkpoint, a slow step): the resize
     # poll runs in a thread of its own, so the pipeline keeps answering.
     run = actor.run.remote(1, 2, 2.5 * LIVENESS_S)

@@ -42,10 +42,16 @@ def test_a_hung_pipeline_is_fenced_then_reclaimed_and_the_pool_moves_on():
     try:
         sick.register_pipeline(pipeline_id="stuck", clusters=seed_clusters((0, 1)))
         healthy.register_pipeline(pipeline_id="healthy", clusters=seed_clusters((2, 3)))
-        assert sick.signal_demand(pipeline_id="stuck", rollout_id=0, step_target=8, timeout_s=5).dp_ranks == (0, 1, 2, 3)
+        assert sick.signal_demand(pipeline_id="stuck", rollout_id=0, step_target=8, timeout_s=5).dp_ranks == (
+            0,
+            1,
+            2,
+            3,
+        )
         # healthy's training needs GPUs 2-3: stuck's engines there must sleep, and their sleep hangs.
-        grant = healthy.request_gpus(pipeline_id="healthy", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING,
-                                     timeout_s=30)
+        grant = healthy.request_gpus(
+            pipeline_id="healthy", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=30
+        )
         assert grant.gpus == (2, 3), "granted once the grace ran out and the GPUs were reclaimed"
         snap = scheduler.snapshot()
         assert "stuck" not in snap["pipelines"]
@@ -70,8 +76,12 @@ def test_a_pipeline_that_unregisters_within_its_grace_is_not_reclaimed():
         sick.register_pipeline(pipeline_id="stuck", clusters=seed_clusters((0, 1)))
         healthy.register_pipeline(pipeline_id="healthy", clusters=seed_clusters((2, 3)))
         sick.signal_demand(pipeline_id="stuck", rollout_id=0, step_target=8, timeout_s=5)
-        waiter = threading.Thread(target=lambda: healthy.request_gpus(
-            pipeline_id="healthy", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=30), daemon=True)
+        waiter = threading.Thread(
+            target=lambda: healthy.request_gpus(
+                pipeline_id="healthy", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=30
+            ),
+            daemon=True,
+        )
         waiter.start()
         wait_until(lambda: scheduler.snapshot()["pipelines"]["stuck"]["fenced"], 10, "stuck fenced")
         with pytest.raises(PipelineGoneError, match="fenced"):
@@ -138,8 +148,7 @@ def test_a_pipeline_whose_mapping_reaches_only_a_peers_engines_still_gets_one(po
     try:
         hooks["p4"].register_pipeline(pipeline_id="p4", clusters=seed_clusters((0, 1)))
         hooks["p4"].signal_demand(pipeline_id="p4", rollout_id=0, step_target=16, timeout_s=10)
-        hooks["p4"].request_gpus(pipeline_id="p4", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING,
-                                 timeout_s=10)
+        hooks["p4"].request_gpus(pipeline_id="p4", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=10)
         assert engines["p4"].awake == {2, 3}
         hooks["p5"].register_pipeline(pipeline_id="p5", clusters=seed_clusters((2, 3)))
         grant = hooks["p5"].signal_demand(pipeline_id="p5", rollout_id=0, step_target=4, timeout_s=10)

@@ -110,19 +110,19 @@ def build_dataset(path: Path, rows: int, split: str, tag: str | None = None) -> 
         question, answer = _prompt(index)
         if tag is not None:
             question = f"[{tag}] {question}"
-        records.append({
-            "data_source": "openai/gsm8k",
-            "prompt": [{"role": "user", "content": question}],
-            "ability": "math",
-            "reward_model": {"style": "rule", "ground_truth": str(answer)},
-            "extra_info": {"split": split, "index": index},
-        })
+        records.append(
+            {
+                "data_source": "openai/gsm8k",
+                "prompt": [{"role": "user", "content": question}],
+                "ability": "math",
+                "reward_model": {"style": "rule", "ground_truth": str(answer)},
+                "extra_info": {"split": split, "index": index},
+            }
+        )
     pd.DataFrame.from_records(records).to_parquet(path)
 
 
-def build(
-    directory: Path | str, train_rows: int = 16, val_rows: int = 4, tags: Sequence[str] = ()
-) -> TinyAssets:
+def build(directory: Path | str, train_rows: int = 16, val_rows: int = 4, tags: Sequence[str] = ()) -> TinyAssets:
     """Write under ``directory`` the model (``tiny-qwen2/``, with its tokenizer),
     ``train.parquet``, ``val.parquet`` and, per tag, ``<tag>.parquet`` (prompts marked ``[tag]``).
     """
@@ -132,7 +132,9 @@ def build(
     tokenizer = build_tokenizer(model_dir)
     build_model(model_dir, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     assets = TinyAssets(
-        model=model_dir, train=root / "train.parquet", val=root / "val.parquet",
+        model=model_dir,
+        train=root / "train.parquet",
+        val=root / "val.parquet",
         tagged={tag: root / f"{tag}.parquet" for tag in tags},
     )
     build_dataset(assets.train, train_rows, "train")

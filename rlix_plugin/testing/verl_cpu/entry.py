@@ -32,17 +32,19 @@ def load() -> bool:
     """Register the platform and the rollout; True on success. Idempotent."""
     global load_error
     try:
-        import rlix_plugin.testing.verl_cpu.platform  # noqa: F401  (registers on import)
         from verl.workers.rollout import base as rollout_base
         from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+        import rlix_plugin.testing.verl_cpu.platform  # noqa: F401  (registers on import)
 
         RolloutReplicaRegistry.register(ROLLOUT_NAME, _replica_class)
         # verl resolves a rollout's BaseRollout class from this table (module state, not a file).
         rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = ADAPTER_PATH
     except Exception as exc:
         load_error = exc
-        log.warning("rlix: the verl CPU kit failed to load; rollout %r is unavailable: %r", ROLLOUT_NAME, exc,
-                    exc_info=True)
+        log.warning(
+            "rlix: the verl CPU kit failed to load; rollout %r is unavailable: %r", ROLLOUT_NAME, exc, exc_info=True
+        )
         return False
     load_error = None
     return True

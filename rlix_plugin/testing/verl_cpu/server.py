@@ -248,7 +248,9 @@ class TransformersCpuServer:
         while self._gate_closed:
             if self._rejecting:
                 self._rejected += 1
-                return TokenOutput(token_ids=[], stop_reason="aborted", extra_fields={"global_steps": self.global_steps})
+                return TokenOutput(
+                    token_ids=[], stop_reason="aborted", extra_fields={"global_steps": self.global_steps}
+                )
             await self._reopened.wait()
         self._check_ready()
 

@@ -102,8 +102,13 @@ async def run_pipeline(
         await session.release_train_async()
 
     await run_async_train_loop(
-        args, train_group=train_group, rollout_manager=manager, before_step=before_step, after_step=after_step,
-        release_only=release_only, signal_demand=signal_demand,
+        args,
+        train_group=train_group,
+        rollout_manager=manager,
+        before_step=before_step,
+        after_step=after_step,
+        release_only=release_only,
+        signal_demand=signal_demand,
     )
     record.finished = time.monotonic()
     return record

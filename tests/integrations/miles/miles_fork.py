@@ -46,8 +46,11 @@ def load() -> SimpleNamespace:
     calling test, or the whole module when called at import, when the files are absent."""
     where = fork_dir()
     if not (where / "miles" / "utils" / "rlix_hooks.py").is_file():
-        pytest.skip(f"{SKIP_REASON} {where} (../shared/third_party/miles-rlix-fork of the checkout, or "
-                    f"${FORK_ENV}); CI has them", allow_module_level=True)
+        pytest.skip(
+            f"{SKIP_REASON} {where} (../shared/third_party/miles-rlix-fork of the checkout, or "
+            f"${FORK_ENV}); CI has them",
+            allow_module_level=True,
+        )
     if str(where) not in sys.path:
         sys.path.insert(0, str(where))
     return SimpleNamespace(dir=where, **{name: importlib.import_module(module) for name, module in MODULES.items()})

@@ -53,13 +53,25 @@ ROLLOUT_STRIDE = 1_000_000
 def miles_args(**overrides: Any) -> Namespace:
     """miles' args as this manager and the rollout functions read them (miles' names first)."""
     values: dict[str, Any] = dict(
-        rollout_batch_size=4, n_samples_per_prompt=2, rollout_num_gpus=4, rollout_num_gpus_per_engine=1,
+        rollout_batch_size=4,
+        n_samples_per_prompt=2,
+        rollout_num_gpus=4,
+        rollout_num_gpus_per_engine=1,
         rollout_function_path="examples.fully_async.fully_async_rollout.generate_rollout_fully_async",
-        rollout_global_dataset=True, sglang_server_concurrency=8, sglang_router_ip="127.0.0.1",
+        rollout_global_dataset=True,
+        sglang_server_concurrency=8,
+        sglang_router_ip="127.0.0.1",
         sglang_router_port=1,
         # test knobs
-        pipeline_id="p1", seed=1, infer_gpus=(0, 1, 2, 3), sample_seconds=0.004, collect_timeout_s=20.0,
-        generate=False, router=False, shell_engines=(), gate=None,
+        pipeline_id="p1",
+        seed=1,
+        infer_gpus=(0, 1, 2, 3),
+        sample_seconds=0.004,
+        collect_timeout_s=20.0,
+        generate=False,
+        router=False,
+        shell_engines=(),
+        gate=None,
     )
     values.update(overrides)
     return Namespace(**values)
@@ -83,9 +95,17 @@ class SGLangEngineStandIn:
     """One SGLang engine actor handle, with the call shape the pinned methods use
     (``handle.method.remote(**kwargs)``, answered through the pinned file's fake ``ray.get``)."""
 
-    METHODS = ("unregister_from_router", "abort_all_requests", "is_idle", "pause_generation",
-               "release_memory_occupation", "log_post_sleep_residual_diagnostics", "resume_memory_occupation",
-               "register_with_router", "update_weight_version")
+    METHODS = (
+        "unregister_from_router",
+        "abort_all_requests",
+        "is_idle",
+        "pause_generation",
+        "release_memory_occupation",
+        "log_post_sleep_residual_diagnostics",
+        "resume_memory_occupation",
+        "register_with_router",
+        "update_weight_version",
+    )
 
     def __init__(self, index: int, manager: MilesRolloutManager) -> None:
         self.index = index
@@ -191,8 +211,9 @@ class DataSourceStandIn(miles.data_source.DataSource):
 class MilesRolloutManager(miles.state_machine.RealRolloutManagerEngineTable):
     """miles' ``RolloutManager`` (use ``ray.remote`` on it for the actor, as miles does)."""
 
-    def __init__(self, args: Namespace, pg: Any = None, *, all_engine_placements: Any = None,
-                 active_engine_indices: Any = None) -> None:
+    def __init__(
+        self, args: Namespace, pg: Any = None, *, all_engine_placements: Any = None, active_engine_indices: Any = None
+    ) -> None:
         super().__init__(args.rollout_num_gpus // args.rollout_num_gpus_per_engine, shells=tuple(args.shell_engines))
         self.args = args
         self.pg = pg
@@ -219,7 +240,11 @@ class MilesRolloutManager(miles.state_machine.RealRolloutManagerEngineTable):
         if self.use_experimental_refactor:
             raise NotImplementedError("miles' experimental rollout path is not among the pinned files")
         output = miles.base_types.call_rollout_fn(
-            self.generate_rollout, self.args, rollout_id, self.data_source, evaluation=False,
+            self.generate_rollout,
+            self.args,
+            rollout_id,
+            self.data_source,
+            evaluation=False,
             rlix_hooks=self._rlix_hooks,
         )
         return output.samples
@@ -234,7 +259,7 @@ class MilesRolloutManager(miles.state_machine.RealRolloutManagerEngineTable):
         args = self.args
         tp = args.rollout_num_gpus_per_engine
         gpus = tuple(args.infer_gpus)
-        bundles = [gpus[i:i + tp] for i in range(0, len(gpus), tp)]
+        bundles = [gpus[i : i + tp] for i in range(0, len(gpus), tp)]
         self.store = WeightStore(Trainer(args.seed).model)  # version 0: the trainer's initial weights
         status = PipelineStatus(args.pipeline_id, 1, args.rollout_batch_size * args.n_samples_per_prompt, len(bundles))
         self.pool = EnginePool(args.pipeline_id, bundles, self.store, status, seed=args.seed, offset=1 + args.seed % 7)
@@ -244,15 +269,18 @@ class MilesRolloutManager(miles.state_machine.RealRolloutManagerEngineTable):
             self.pool.rlix_resize_infer(args.pipeline_id, (), active)
 
     def routed_weight_version(self) -> int | None:
-        versions = [info.handle.weight_version for info in self._engines.values()
-                    if info.state == "active" and info.handle is not None and info.handle.weight_version is not None]
+        versions = [
+            info.handle.weight_version
+            for info in self._engines.values()
+            if info.state == "active" and info.handle is not None and info.handle.weight_version is not None
+        ]
         return max(versions) if versions else None
 
     def _start_router(self) -> None:
         manager = self
 
         class ModelInfo(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 version = manager.routed_weight_version()
                 if self.path != "/model_info" or version is None:
                     self.send_error(404)

@@ -69,7 +69,7 @@ def generate_rollout_on_policy(args, rollout_id, data_buffer, evaluation=False, 
         data.append(sorted(partial.pop(key), key=lambda s: s.index))
         try:
             rlix_hooks.bump_completed(target_weight_version=int(sample.weight_version))
-        except Exception as exc:  # noqa: BLE001 - only logged, as miles does
+        except Exception as exc:
             logger.warning(f"rlix_hooks.bump_completed failed: {exc!r}")
     data = sorted(data, key=lambda g: g[0].index)
     rlix_hooks.end_progress_batch()

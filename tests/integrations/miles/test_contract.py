@@ -13,13 +13,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from rlix_plugin.integrations.miles import MilesRLixHooks
-from rlix_plugin.integrations.miles import rollout_path
+from rlix_plugin.integrations.miles import MilesRLixHooks, rollout_path
 
 #: miles/utils/rlix_hooks.py, RLixHooks (the four methods miles calls).
 PROTOCOL = {
     "begin_progress_batch": "(self, target_weight_version: int, step_target_groups: int, initial_completed: int, "
-                            "*, mode: str | None = None, adapter_id: str | None = None) -> None",
+    "*, mode: str | None = None, adapter_id: str | None = None) -> None",
     "bump_completed": "(self, *, target_weight_version: int) -> None",
     "end_progress_batch": "(self) -> None",
     "report_preempt": "(self, engine_index: int, worker_url: str) -> None",
@@ -46,8 +45,11 @@ ROLLOUT_FN = "(args, rollout_id, data_buffer, evaluation=False, *, rlix_hooks=No
 def _params(fn) -> str:
     """The parameter list without annotations, as written in MANAGER."""
     sig = inspect.signature(fn)
-    return str(sig.replace(parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()],
-                           return_annotation=sig.empty))
+    return str(
+        sig.replace(
+            parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()], return_annotation=sig.empty
+        )
+    )
 
 
 @pytest.mark.parametrize("name", sorted(PROTOCOL))
@@ -56,11 +58,19 @@ def test_hooks_methods_have_miles_signatures_exactly(name):
 
 
 def test_hooks_pickle_as_configuration_for_the_rollout_manager_process():
-    hooks = MilesRLixHooks("p1", 4, backend="ray", backend_options={"num_gpus": 4}, autoload=False,
-                           engine_to_rank={2: 0})
+    hooks = MilesRLixHooks(
+        "p1", 4, backend="ray", backend_options={"num_gpus": 4}, autoload=False, engine_to_rank={2: 0}
+    )
     copy = pickle.loads(pickle.dumps(hooks))
-    assert (copy.pipeline_id, copy.units.n_samples_per_prompt, copy.backend, copy.backend_options, copy.autoload,
-            copy.engine_to_rank, copy.token) == ("p1", 4, "ray", {"num_gpus": 4}, False, {2: 0}, hooks.token)
+    assert (
+        copy.pipeline_id,
+        copy.units.n_samples_per_prompt,
+        copy.backend,
+        copy.backend_options,
+        copy.autoload,
+        copy.engine_to_rank,
+        copy.token,
+    ) == ("p1", 4, "ray", {"num_gpus": 4}, False, {2: 0}, hooks.token)
     assert copy._hooks is None  # rebuilt on first use over there, not carried
 
 
@@ -87,8 +97,9 @@ def test_real_miles_protocol_accepts_the_hooks(miles):
     for name in PROTOCOL:
         ours = inspect.signature(getattr(MilesRLixHooks, name), eval_str=True)
         theirs = inspect.signature(getattr(miles.rlix_hooks.RLixHooks, name), eval_str=True)
-        assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == \
-               [(p.name, p.kind, p.default) for p in theirs.parameters.values()], name
+        assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
+            (p.name, p.kind, p.default) for p in theirs.parameters.values()
+        ], name
 
 
 def test_real_call_rollout_fn_hands_the_hooks_only_to_a_function_that_takes_them(miles):
@@ -111,9 +122,13 @@ def test_real_call_rollout_fn_hands_the_hooks_only_to_a_function_that_takes_them
 
 def test_the_rollout_path_check_reads_what_call_rollout_fn_reads(miles):
     """install's check (rollout_path) agrees with the real call_rollout_fn on miles' functions."""
+
     def manager(fn, experimental=False):
-        return SimpleNamespace(generate_rollout=fn, use_experimental_refactor=experimental,
-                               args=SimpleNamespace(rollout_function_path="pkg.fn"))
+        return SimpleNamespace(
+            generate_rollout=fn,
+            use_experimental_refactor=experimental,
+            args=SimpleNamespace(rollout_function_path="pkg.fn"),
+        )
 
     def without_hooks(args, rollout_id, data_buffer, evaluation=False):
         return []

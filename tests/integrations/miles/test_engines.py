@@ -48,7 +48,9 @@ def manager_in(states, **args):
 def make(states=("offloaded",) * 4, table=None, version=7, **options):
     manager = manager_in(states)
     sync = Sync(manager, version)
-    engines = MilesEngines(PIPELINE, ManagerProxy(manager, PIPELINE), table or tuple(range(len(states))), sync, **options)
+    engines = MilesEngines(
+        PIPELINE, ManagerProxy(manager, PIPELINE), table or tuple(range(len(states))), sync, **options
+    )
     return engines, manager, sync
 
 
@@ -84,8 +86,14 @@ def test_sleep_is_the_real_shrink_engines_abort_drain_then_release(miles, monkey
     assert engines.resize(remove=(0, 3)) == (1, 2)
     names = [op for op, _ in ops(manager)]
     # Routing closed, requests aborted and drained, generation paused (retract), then memory released.
-    assert names == ["unregister_from_router"] * 2 + ["abort_all_requests"] * 2 + ["is_idle"] * 2 + \
-        ["pause_generation"] * 2 + ["release_memory_occupation"] * 2
+    assert (
+        names
+        == ["unregister_from_router"] * 2
+        + ["abort_all_requests"] * 2
+        + ["is_idle"] * 2
+        + ["pause_generation"] * 2
+        + ["release_memory_occupation"] * 2
+    )
     assert {kw["mode"] for op, _, kw in manager.log if op == "pause_generation"} == {"retract"}
     assert manager.stats()["states"] == {0: "offloaded", 1: "active", 2: "active", 3: "offloaded"}
     assert manager.stats()["resident_gb"][0] == 0.0
@@ -214,8 +222,11 @@ def test_state_alone_passes_a_release_that_released_nothing_the_wake_check_catch
     assert engines.resize(remove=(1,)) == (0, 2, 3)  # miles reports 'offloaded' though 30 GiB stayed
     assert manager.stats()["states"][1] == "offloaded" and manager.stats()["resident_gb"][1] == 30.0
     manager.log.clear()
-    with pytest.raises(GpuMemoryError, match=r"cannot wake engines \[1\].*60\.00 GiB.*engine 1: 50\.00 GiB.*"
-                                             r"Nothing was changed"):
+    with pytest.raises(
+        GpuMemoryError,
+        match=r"cannot wake engines \[1\].*60\.00 GiB.*engine 1: 50\.00 GiB.*"
+        r"Nothing was changed",
+    ):
         engines.resize(add=(1,))
     assert manager.log == [] and sync.calls == [] and manager.stats()["states"][1] == "offloaded"
 
@@ -241,8 +252,9 @@ def test_a_malformed_free_memory_answer_fails_the_wake_and_changes_nothing(miles
     assert manager.log == []
 
 
-@pytest.mark.parametrize(("field", "value"), [("min_free_gb", -1), ("wait_s", float("nan")), ("poll_s", 0),
-                                              ("free_gb", "nvidia-smi")])
+@pytest.mark.parametrize(
+    ("field", "value"), [("min_free_gb", -1), ("wait_s", float("nan")), ("poll_s", 0), ("free_gb", "nvidia-smi")]
+)
 def test_bad_free_memory_options_name_the_value(field, value):
     options = {"free_gb": dict, "min_free_gb": 1.0, field: value}
     with pytest.raises(InvalidRequestError, match=f"FreeMemoryCheck.{field}"):

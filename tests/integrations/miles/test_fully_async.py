@@ -47,9 +47,18 @@ def pipeline(scheduler, fully_async):
     weight sync hands back VERSION, which the integration publishes with set_weight_version."""
     manager = MilesRolloutManager(miles_args(rollout_batch_size=GROUPS, n_samples_per_prompt=N, router=True))
     assert manager.generate_rollout is fully_async.generate_rollout_fully_async
-    session = install(manager, pipeline_id="p1", clusters=seed_clusters((0, 1)), n_samples_per_prompt=N,
-                      rollout_batch_size=GROUPS, sync_weights=lambda engines: VERSION, backend="local",
-                      backend_options={"scheduler": scheduler}, autoload=False, post_sleep_vram_threshold_gb=2.0)
+    session = install(
+        manager,
+        pipeline_id="p1",
+        clusters=seed_clusters((0, 1)),
+        n_samples_per_prompt=N,
+        rollout_batch_size=GROUPS,
+        sync_weights=lambda engines: VERSION,
+        backend="local",
+        backend_options={"scheduler": scheduler},
+        autoload=False,
+        post_sleep_vram_threshold_gb=2.0,
+    )
     recorder = HookRecorder(session.hooks.plugin_manager)
     yield session, manager, recorder
     recorder.close()

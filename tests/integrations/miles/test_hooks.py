@@ -33,12 +33,21 @@ def test_groups_become_samples_on_the_hooks(miles_hooks, rlix_recorder):
     miles_hooks.bump_completed(target_weight_version=4)
     miles_hooks.end_progress_batch()
     begin = rlix_recorder.getcall("begin_progress_batch")
-    assert begin.kwargs == {"pipeline_id": "p1", "mode": "full", "adapter_id": None, "target_weight_version": 3,
-                            "step_target": 32, "initial_completed": 8}
+    assert begin.kwargs == {
+        "pipeline_id": "p1",
+        "mode": "full",
+        "adapter_id": None,
+        "target_weight_version": 3,
+        "step_target": 32,
+        "initial_completed": 8,
+    }
     bumps = rlix_recorder.calls("bump_completed")
     assert [(c.count, c.target_weight_version, c.mode) for c in bumps] == [(N, 3, "full"), (N, 4, "full")]
-    assert rlix_recorder.getcall("end_progress_batch").kwargs == {"pipeline_id": "p1", "mode": "full",
-                                                                  "adapter_id": None}
+    assert rlix_recorder.getcall("end_progress_batch").kwargs == {
+        "pipeline_id": "p1",
+        "mode": "full",
+        "adapter_id": None,
+    }
 
 
 def test_lora_stream_is_carried_through_bump_and_end(miles_hooks, rlix_recorder):

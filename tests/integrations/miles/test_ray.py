@@ -44,10 +44,9 @@ from rlix_plugin.integrations.miles import (  # noqa: E402
 from rlix_plugin.integrations.miles.rollout_path import FULLY_ASYNC  # noqa: E402
 from rlix_plugin.ray.names import NAMESPACE, ORCHESTRATOR_NAME, SCHEDULER_NAME  # noqa: E402
 
-from . import driver, miles_fork, miles_manager, rollouts, train_loop  # noqa: E402  (skips without the pinned files)
-from .driver import GROUPS, N, ROLLOUTS, TRAIN, check_runs, run_pipeline, seed_clusters  # noqa: E402
-
 from ... import waiting  # noqa: E402
+from . import driver, miles_fork, miles_manager, rollouts, train_loop  # noqa: E402  (skips without the pinned files)
+from .driver import GROUPS, ROLLOUTS, TRAIN, N, check_runs, run_pipeline, seed_clusters  # noqa: E402
 
 POOL = {"num_gpus": 4, "gpus_per_node": 4}
 BACKEND = {"backend": "ray", "backend_options": POOL, "autoload": False}
@@ -63,8 +62,14 @@ BY_VALUE = (driver, miles_manager, rollouts, train_loop, sys.modules[__name__])
 def ray_cluster():
     for module in BY_VALUE:
         cloudpickle.register_pickle_by_value(module)
-    ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-             object_store_memory=80 * 1024 * 1024)
+    ray.init(
+        num_cpus=2,
+        num_gpus=4,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,
+        object_store_memory=80 * 1024 * 1024,
+    )
     try:
         yield
     finally:
@@ -150,8 +155,14 @@ def managers():
 
     def start(pid="p1", cls=miles_manager.MilesRolloutManager, generate=True, options=None, env=None, **extra):
         extra.setdefault("rollout_function_path", driver.ROLLOUT_FUNCTION)
-        args = miles_manager.miles_args(pipeline_id=pid, seed=driver.SEEDS.get(pid, 5), rollout_batch_size=GROUPS,
-                                        n_samples_per_prompt=N, generate=generate, **extra)
+        args = miles_manager.miles_args(
+            pipeline_id=pid,
+            seed=driver.SEEDS.get(pid, 5),
+            rollout_batch_size=GROUPS,
+            n_samples_per_prompt=N,
+            generate=generate,
+            **extra,
+        )
         actor_options = {**MANAGER_OPTIONS, **(options or {})}
         if env:
             actor_options["runtime_env"] = miles_fork.runtime_env({"RLIX_CONTROL_PLANE": "rlix", **env})
@@ -174,8 +185,10 @@ def service():
 
 def sync_through(service):
     def sync_weights(engines):
-        ray.get(service.sync_selected_workers.remote(sync_id=None, target_engine_indices=frozenset(engines),
-                                                     version=0), timeout=WAIT_S)
+        ray.get(
+            service.sync_selected_workers.remote(sync_id=None, target_engine_indices=frozenset(engines), version=0),
+            timeout=WAIT_S,
+        )
         return None  # the service published the version itself
 
     return sync_weights
@@ -183,9 +196,16 @@ def sync_through(service):
 
 def install_ray(manager, pid="p1", train=None, sync=None, **extra):
     extra.setdefault("post_sleep_vram_threshold_gb", 2.0)
-    return install(manager, pipeline_id=pid, clusters=seed_clusters(train or TRAIN.get(pid, (0, 1))),
-                   n_samples_per_prompt=N, rollout_batch_size=GROUPS, sync_weights=sync or (lambda engines: None),
-                   **BACKEND, **extra)
+    return install(
+        manager,
+        pipeline_id=pid,
+        clusters=seed_clusters(train or TRAIN.get(pid, (0, 1))),
+        n_samples_per_prompt=N,
+        rollout_batch_size=GROUPS,
+        sync_weights=sync or (lambda engines: None),
+        **BACKEND,
+        **extra,
+    )
 
 
 def stats(manager):
@@ -255,7 +275,9 @@ def test_the_rollout_path_is_judged_in_the_managers_process(rlix, managers):
     # The switch is set in the actor's environment only: a check made here would miss it.
     assert "MILES_EXPERIMENTAL_ROLLOUT_REFACTOR" not in os.environ
     manager = managers(generate=False, env={"MILES_EXPERIMENTAL_ROLLOUT_REFACTOR": "1"})
-    with pytest.raises(HooksNotPassedError, match="experimental rollout path.*Unset MILES_EXPERIMENTAL_ROLLOUT_REFACTOR"):
+    with pytest.raises(
+        HooksNotPassedError, match="experimental rollout path.*Unset MILES_EXPERIMENTAL_ROLLOUT_REFACTOR"
+    ):
         install_ray(manager)
     assert not rlix.is_registered("p1")
     with pytest.raises(HooksNotPassedError, match="generate_rollout_without_hooks.*no rlix_hooks parameter"):
@@ -266,8 +288,11 @@ def test_a_busy_rollout_manager_times_out_with_the_likely_cause(rlix, managers):
     manager = managers(generate=False)  # one call at a time, as rlix creates it
     manager.hold.remote(30)  # the fixture kills the actor at teardown
     started = time.monotonic()
-    with pytest.raises(TimeoutError, match=r"RolloutManager.serve_engine_calls did not answer within 1s.*one call at "
-                                           r"a time: is a rollout or a weight sync running"):
+    with pytest.raises(
+        TimeoutError,
+        match=r"RolloutManager.serve_engine_calls did not answer within 1s.*one call at "
+        r"a time: is a rollout or a weight sync running",
+    ):
         install_ray(manager, timeout_s=1.0)
     assert time.monotonic() - started < 10.0
     assert not rlix.is_registered("p1"), "a failed install leaves nothing registered"
@@ -275,9 +300,17 @@ def test_a_busy_rollout_manager_times_out_with_the_likely_cause(rlix, managers):
 
 def test_the_local_backend_cannot_serve_an_actor(rlix, managers):
     with pytest.raises(InvalidRequestError, match="Ray actor but the session uses the 'local' backend"):
-        install(managers(generate=False), pipeline_id="p1", clusters=seed_clusters((0, 1)), n_samples_per_prompt=N,
-                rollout_batch_size=GROUPS, sync_weights=lambda e: 0, backend="local",
-                backend_options={"num_gpus": 4, "gpus_per_node": 4}, autoload=False)
+        install(
+            managers(generate=False),
+            pipeline_id="p1",
+            clusters=seed_clusters((0, 1)),
+            n_samples_per_prompt=N,
+            rollout_batch_size=GROUPS,
+            sync_weights=lambda e: 0,
+            backend="local",
+            backend_options={"num_gpus": 4, "gpus_per_node": 4},
+            autoload=False,
+        )
 
 
 # -- miles' rollout function against the scheduler -------------------------------------------
@@ -303,8 +336,9 @@ def test_rollout_function_progress_reaches_the_scheduler_on_every_path(rlix, man
         session.signal_rollout_demand(1)
         with pytest.raises(ray.exceptions.RayTaskError, match="unexpected failure"):
             ray.get(manager.generate.remote(1), timeout=WAIT_S)
-        stream = wait_until(lambda: [s for s in progress_of(rlix, "p1") if s["completed"] == N], WAIT_S,
-                            "the accepted group reported")[0]
+        stream = wait_until(
+            lambda: [s for s in progress_of(rlix, "p1") if s["completed"] == N], WAIT_S, "the accepted group reported"
+        )[0]
         assert stream["step_target"] == GROUPS * N
         assert rlix.snapshot()["open_demand"] == {"p1": GROUPS * N}
 
@@ -313,8 +347,11 @@ def test_rollout_function_progress_reaches_the_scheduler_on_every_path(rlix, man
         session.signal_rollout_demand(2)
         with pytest.raises(ray.exceptions.RayTaskError, match="preempted for good"):
             ray.get(manager.generate.remote(2), timeout=WAIT_S)
-        wait_until(lambda: rlix.snapshot()["open_demand"] == {} and progress_of(rlix, "p1") == [], WAIT_S,
-                   "the fatal path's end retiring the demand")
+        wait_until(
+            lambda: rlix.snapshot()["open_demand"] == {} and progress_of(rlix, "p1") == [],
+            WAIT_S,
+            "the fatal path's end retiring the demand",
+        )
 
         session.signal_rollout_demand(3)
         assert len(ray.get(manager.generate.remote(3), timeout=WAIT_S)) == GROUPS
@@ -337,8 +374,11 @@ def test_the_real_fully_async_rollout_in_the_actor_reports_to_the_scheduler_acto
         gate.open()
         data = ray.get(rollout, timeout=WAIT_S)
         assert len(data) == GROUPS and all(len(group) == N for group in data)
-        wait_until(lambda: rlix.snapshot()["open_demand"] == {} and progress_of(rlix, "p1") == [], WAIT_S,
-                   "the end retiring the rollout")
+        wait_until(
+            lambda: rlix.snapshot()["open_demand"] == {} and progress_of(rlix, "p1") == [],
+            WAIT_S,
+            "the end retiring the rollout",
+        )
     finally:
         session.close()
 
@@ -352,15 +392,17 @@ def test_a_preemption_during_a_rollout_reaches_the_engines_at_concurrency_one(rl
     manager = managers(gate=gate, sample_seconds=0.05)
     session = install_ray(manager, train=(2, 3))
     hog = Hooks(get_plugin_manager("ray", backend_options=POOL, autoload=False))
-    hog.register_pipeline(pipeline_id="hog", clusters={ACTOR_INFER: ClusterSpec(1, (0, 1, 2, 3)),
-                                                       ACTOR_TRAIN: ClusterSpec(2, (0, 1))})
+    hog.register_pipeline(
+        pipeline_id="hog", clusters={ACTOR_INFER: ClusterSpec(1, (0, 1, 2, 3)), ACTOR_TRAIN: ClusterSpec(2, (0, 1))}
+    )
     try:
         grant = session.signal_rollout_demand(0)
         assert {0, 1} <= set(grant.dp_ranks), grant
         rollout = manager.generate.remote(0)
         wait_until(lambda: progress_of(rlix, "p1"), WAIT_S, "the rollout's begin at the scheduler")
-        train = hog.request_gpus(pipeline_id="hog", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING,
-                                 timeout_s=WAIT_S)
+        train = hog.request_gpus(
+            pipeline_id="hog", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=WAIT_S
+        )
         assert train.gpus == (0, 1)
         assert ray.wait([rollout], timeout=0)[0] == [], "granted while the rollout was still running"
         # Read through the engine thread too: the actor itself is still busy in generate.
@@ -373,8 +415,13 @@ def test_a_preemption_during_a_rollout_reaches_the_engines_at_concurrency_one(rl
         wait_until(lambda: rlix.snapshot()["open_demand"] == {}, WAIT_S, "the end retiring the open demand")
         # miles' own shrink ran on engine 0: routing closed, abort, drain, pause (retract), release, residual.
         assert [op for op, index in stats(manager)["ops"] if index == 0][-6:] == [
-            "unregister_from_router", "abort_all_requests", "is_idle", "pause_generation",
-            "release_memory_occupation", "log_post_sleep_residual_diagnostics"]
+            "unregister_from_router",
+            "abort_all_requests",
+            "is_idle",
+            "pause_generation",
+            "release_memory_occupation",
+            "log_post_sleep_residual_diagnostics",
+        ]
     finally:
         hog.release(pipeline_id="hog", cluster=ACTOR_TRAIN)
         hog.unregister_pipeline(pipeline_id="hog")
@@ -384,8 +431,7 @@ def test_a_preemption_during_a_rollout_reaches_the_engines_at_concurrency_one(rl
 def test_progress_calls_return_at_once_when_the_scheduler_is_gone(caplog):
     reset_rlix()  # no scheduler anywhere
     caplog.set_level(logging.WARNING)
-    hooks = MilesRLixHooks("p1", N, backend="ray", backend_options={**POOL, "create_if_missing": False},
-                           autoload=False)
+    hooks = MilesRLixHooks("p1", N, backend="ray", backend_options={**POOL, "create_if_missing": False}, autoload=False)
     started = time.monotonic()
     hooks.begin_progress_batch(0, 100, 0)
     for _ in range(100):
@@ -402,8 +448,10 @@ def test_progress_calls_return_at_once_when_the_scheduler_is_gone(caplog):
 
 def test_demand_timeout_names_who_holds_the_gpus(rlix, managers):
     hog = Hooks(get_plugin_manager("ray", backend_options=POOL, autoload=False))
-    hog.register_pipeline(pipeline_id="hog", clusters={ACTOR_INFER: ClusterSpec(1, (0, 1, 2, 3)),
-                                                       ACTOR_TRAIN: ClusterSpec(4, (0, 1, 2, 3))})
+    hog.register_pipeline(
+        pipeline_id="hog",
+        clusters={ACTOR_INFER: ClusterSpec(1, (0, 1, 2, 3)), ACTOR_TRAIN: ClusterSpec(4, (0, 1, 2, 3))},
+    )
     hog.request_gpus(pipeline_id="hog", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=WAIT_S)
     session = install_ray(managers(generate=False), demand_timeout_s=1.0)
     try:
@@ -426,24 +474,39 @@ def run_seed(rlix, managers, service, *, with_install):
             if with_install:
                 sessions[pid] = install_ray(handle, pid, sync=sync_through(service))
             else:
-                sessions[pid] = MilesSession(pipeline_id=pid, clusters=seed_clusters(TRAIN[pid]),
-                                             n_samples_per_prompt=N, rollout_batch_size=GROUPS, **BACKEND)
+                sessions[pid] = MilesSession(
+                    pipeline_id=pid,
+                    clusters=seed_clusters(TRAIN[pid]),
+                    n_samples_per_prompt=N,
+                    rollout_batch_size=GROUPS,
+                    **BACKEND,
+                )
                 sessions[pid].register()
 
         def publisher(handle):
             async def publish(state):
                 return await handle.publish_weights.remote(state)
+
             return publish
 
         def progress_count(pid):
             return lambda: rlix.snapshot()["progress_reports"].get(pid, 0)
 
         async def main():
-            return await asyncio.wait_for(asyncio.gather(*(
-                run_pipeline(sessions[pid], handles[pid], publish=publisher(handles[pid]),
-                             progress_count=progress_count(pid))
-                for pid in TRAIN
-            )), timeout=90)
+            return await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        run_pipeline(
+                            sessions[pid],
+                            handles[pid],
+                            publish=publisher(handles[pid]),
+                            progress_count=progress_count(pid),
+                        )
+                        for pid in TRAIN
+                    )
+                ),
+                timeout=90,
+            )
 
         return asyncio.run(main()), handles
     finally:

@@ -34,7 +34,7 @@ from rlix_plugin.integrations.miles import (
     install,
 )
 
-from .driver import GROUPS, N, ROLLOUT_FUNCTION, ROLLOUTS, TRAIN, LocalCalls, check_runs, run_pipeline, seed_clusters
+from .driver import GROUPS, ROLLOUT_FUNCTION, ROLLOUTS, TRAIN, LocalCalls, N, check_runs, run_pipeline, seed_clusters
 from .miles_manager import (
     ForgetfulManager,
     ManagerWithoutSeam,
@@ -63,15 +63,24 @@ def options(scheduler):
 
 
 def manager_for(pid="p1", generate=False, cls=MilesRolloutManager, rollout_function=ROLLOUT_FUNCTION, **extra):
-    args = miles_args(pipeline_id=pid, seed={"p1": 3, "p2": 4}.get(pid, 5), rollout_batch_size=GROUPS,
-                      n_samples_per_prompt=N, generate=generate, rollout_function_path=rollout_function, **extra)
+    args = miles_args(
+        pipeline_id=pid,
+        seed={"p1": 3, "p2": 4}.get(pid, 5),
+        rollout_batch_size=GROUPS,
+        n_samples_per_prompt=N,
+        generate=generate,
+        rollout_function_path=rollout_function,
+        **extra,
+    )
     return cls(args, None)
 
 
 #: GPU memory verified as a miles run should: threshold to miles, free memory before a wake.
 def memory_checks(manager):
-    return {"post_sleep_vram_threshold_gb": 2.0,
-            "free_memory_check": FreeMemoryCheck(free_gb=manager.free_gb, min_free_gb=60.0, wait_s=5.0)}
+    return {
+        "post_sleep_vram_threshold_gb": 2.0,
+        "free_memory_check": FreeMemoryCheck(free_gb=manager.free_gb, min_free_gb=60.0, wait_s=5.0),
+    }
 
 
 def install_local(manager, scheduler, pid="p1", service=None, **extra):
@@ -83,8 +92,16 @@ def install_local(manager, scheduler, pid="p1", service=None, **extra):
         return None
 
     extra = {**memory_checks(manager), **extra}
-    return install(manager, pipeline_id=pid, clusters=seed_clusters(TRAIN.get(pid, (0, 1))), n_samples_per_prompt=N,
-                   rollout_batch_size=GROUPS, sync_weights=sync_weights, **options(scheduler), **extra)
+    return install(
+        manager,
+        pipeline_id=pid,
+        clusters=seed_clusters(TRAIN.get(pid, (0, 1))),
+        n_samples_per_prompt=N,
+        rollout_batch_size=GROUPS,
+        sync_weights=sync_weights,
+        **options(scheduler),
+        **extra,
+    )
 
 
 def test_install_sets_hooks_once_reads_them_back_and_sleeps_awake_engines(scheduler, control_plane, caplog):
@@ -96,7 +113,10 @@ def test_install_sets_hooks_once_reads_them_back_and_sleeps_awake_engines(schedu
     assert session.installation.probe["registered"] is True
     rollout = session.installation.probe["rollout"]
     assert (rollout["function"], rollout["takes_hooks"], rollout["experimental"]) == (
-        f"{ROLLOUT_FUNCTION.__module__}.generate_rollout_on_policy", True, False)
+        f"{ROLLOUT_FUNCTION.__module__}.generate_rollout_on_policy",
+        True,
+        False,
+    )
     assert rollout["call_rollout_fn_takes_hooks"] is True, "the real call_rollout_fn, read in the manager's process"
     assert set(manager.stats()["states"].values()) == {"offloaded"}, "the scheduler starts with none awake"
     assert session.installation.manager.channel is None, "a plain object needs no engine channel"
@@ -109,16 +129,26 @@ def test_install_sets_hooks_once_reads_them_back_and_sleeps_awake_engines(schedu
 
 def test_upstream_miles_without_set_rlix_hooks_is_a_clear_error(scheduler):
     with pytest.raises(MilesSurfaceError, match="has no set_rlix_hooks.*predates the rlix hook seam"):
-        install(ManagerWithoutSeam(), pipeline_id="p1", clusters=seed_clusters((0, 1)), n_samples_per_prompt=N,
-                rollout_batch_size=GROUPS, sync_weights=lambda engines: None, **options(scheduler))
+        install(
+            ManagerWithoutSeam(),
+            pipeline_id="p1",
+            clusters=seed_clusters((0, 1)),
+            n_samples_per_prompt=N,
+            rollout_batch_size=GROUPS,
+            sync_weights=lambda engines: None,
+            **options(scheduler),
+        )
     assert scheduler.snapshot()["pipelines"] == {}, "nothing stays registered"
 
 
 def test_a_rollout_function_without_rlix_hooks_is_refused_with_the_fix(scheduler, control_plane):
     manager = manager_for(rollout_function=generate_rollout_without_hooks)
-    with pytest.raises(HooksNotPassedError, match=r"never hand the hooks to its rollout function.*"
-                                                  r"generate_rollout_without_hooks.*no rlix_hooks parameter.*"
-                                                  r"generate_rollout_fully_async"):
+    with pytest.raises(
+        HooksNotPassedError,
+        match=r"never hand the hooks to its rollout function.*"
+        r"generate_rollout_without_hooks.*no rlix_hooks parameter.*"
+        r"generate_rollout_fully_async",
+    ):
         install_local(manager, scheduler)
     assert scheduler.snapshot()["pipelines"] == {}
     assert manager._rlix_hooks is None and manager.set_hooks_calls == 0 and manager.log == [], "nothing changed"
@@ -129,7 +159,9 @@ def test_miles_experimental_rollout_path_is_refused_with_the_fix(scheduler, cont
     monkeypatch.setenv("MILES_EXPERIMENTAL_ROLLOUT_REFACTOR", "1")
     manager = manager_for()  # miles reads the switch once, at construction
     monkeypatch.delenv("MILES_EXPERIMENTAL_ROLLOUT_REFACTOR")
-    with pytest.raises(HooksNotPassedError, match="experimental rollout path.*Unset MILES_EXPERIMENTAL_ROLLOUT_REFACTOR"):
+    with pytest.raises(
+        HooksNotPassedError, match="experimental rollout path.*Unset MILES_EXPERIMENTAL_ROLLOUT_REFACTOR"
+    ):
         install_local(manager, scheduler)
     assert scheduler.snapshot()["pipelines"] == {} and manager.set_hooks_calls == 0 and manager.log == []
 
@@ -140,8 +172,11 @@ def test_a_threshold_miles_cannot_take_is_refused_before_anything_changes(schedu
             return super().shrink_engines(engine_indices)
 
     manager = manager_for(cls=OlderManager)
-    with pytest.raises(MilesSurfaceError, match=r"shrink_engines takes no post_sleep_vram_threshold_gb \(its "
-                                                r"parameters: \['engine_indices'\]\)"):
+    with pytest.raises(
+        MilesSurfaceError,
+        match=r"shrink_engines takes no post_sleep_vram_threshold_gb \(its "
+        r"parameters: \['engine_indices'\]\)",
+    ):
         install_local(manager, scheduler)
     assert set(manager.stats()["states"].values()) == {"active"} and manager.log == []
     install_local(manager, scheduler, post_sleep_vram_threshold_gb=None).close()  # without one it installs
@@ -183,8 +218,13 @@ def test_memory_judged_by_engine_state_alone_is_warned(scheduler, control_plane,
 
 
 def test_forgotten_install_refuses_demand_at_once(scheduler):
-    session = MilesSession(pipeline_id="p1", clusters=seed_clusters((0, 1)), n_samples_per_prompt=N,
-                           rollout_batch_size=GROUPS, **options(scheduler))
+    session = MilesSession(
+        pipeline_id="p1",
+        clusters=seed_clusters((0, 1)),
+        n_samples_per_prompt=N,
+        rollout_batch_size=GROUPS,
+        **options(scheduler),
+    )
     session.register()
     started = time.monotonic()
     with pytest.raises(HooksNotInstalledError, match="never installed on its miles RolloutManager.*install"):
@@ -212,8 +252,9 @@ def test_signal_rollout_demand_converts_groups_and_wakes_an_engine(scheduler, co
     awake = [i for i, s in manager.stats()["states"].items() if s == "active"]
     assert sorted(awake) == sorted(grant.dp_ranks)
     calls = manager.stats()["calls"]
-    assert [kw for op, _, kw in calls if op == "log_post_sleep_residual_diagnostics"][:1] == [{"threshold_gb": 2.0}], \
+    assert [kw for op, _, kw in calls if op == "log_post_sleep_residual_diagnostics"][:1] == [{"threshold_gb": 2.0}], (
         "the install-time sleep handed miles the threshold"
+    )
     session.signal_rollout_demand(1)  # default: rollout_batch_size groups
     assert scheduler.snapshot()["open_demand"] == {"p1": GROUPS * N}
     session.close()
@@ -222,8 +263,10 @@ def test_signal_rollout_demand_converts_groups_and_wakes_an_engine(scheduler, co
 def hog_all_gpus(scheduler):
     """Another pipeline whose training holds all four GPUs."""
     hog = Hooks(get_plugin_manager("local", backend_options={"scheduler": scheduler}, autoload=False))
-    hog.register_pipeline(pipeline_id="hog", clusters={ACTOR_INFER: ClusterSpec(1, (0, 1, 2, 3)),
-                                                       ACTOR_TRAIN: ClusterSpec(4, (0, 1, 2, 3))})
+    hog.register_pipeline(
+        pipeline_id="hog",
+        clusters={ACTOR_INFER: ClusterSpec(1, (0, 1, 2, 3)), ACTOR_TRAIN: ClusterSpec(4, (0, 1, 2, 3))},
+    )
     hog.request_gpus(pipeline_id="hog", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=5)
     return hog
 
@@ -275,7 +318,9 @@ def test_close_gives_everything_back_and_is_idempotent(scheduler, control_plane)
 def run_seed(scheduler, *, with_install: bool):
     """Two miles-shaped pipelines on the seed topology, 5 rollouts each, in one event loop."""
     progress_events = []
-    scheduler.service.add_listener(lambda event, _service: progress_events.append(event) if event == "progress" else None)
+    scheduler.service.add_listener(
+        lambda event, _service: progress_events.append(event) if event == "progress" else None
+    )
     managers = {pid: manager_for(pid, generate=True) for pid in TRAIN}
     services = {pid: ModelUpdateServiceStandIn() for pid in TRAIN}
     sessions = {}
@@ -284,20 +329,31 @@ def run_seed(scheduler, *, with_install: bool):
             if with_install:
                 sessions[pid] = install_local(manager, scheduler, pid, service=services[pid])
             else:
-                sessions[pid] = MilesSession(pipeline_id=pid, clusters=seed_clusters(TRAIN[pid]),
-                                             n_samples_per_prompt=N, rollout_batch_size=GROUPS, **options(scheduler))
+                sessions[pid] = MilesSession(
+                    pipeline_id=pid,
+                    clusters=seed_clusters(TRAIN[pid]),
+                    n_samples_per_prompt=N,
+                    rollout_batch_size=GROUPS,
+                    **options(scheduler),
+                )
                 sessions[pid].register()
 
         def publisher(manager):
             async def publish(state):
                 return await asyncio.to_thread(manager.publish_weights, state)
+
             return publish
 
         async def main():
-            return await asyncio.wait_for(asyncio.gather(*(
-                run_pipeline(sessions[pid], LocalCalls(managers[pid]), publish=publisher(managers[pid]))
-                for pid in TRAIN
-            )), timeout=60)
+            return await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        run_pipeline(sessions[pid], LocalCalls(managers[pid]), publish=publisher(managers[pid]))
+                        for pid in TRAIN
+                    )
+                ),
+                timeout=60,
+            )
 
         return asyncio.run(main()), managers, progress_events, services
     finally:

@@ -259,7 +259,7 @@ class FakeAgentLoopManager:
             for _ in range(now):
                 self.sink(self.group_size)
 
-    def rlix_attach(self, sink: Any) -> None:  # noqa: F811 - replaced per instance above
+    def rlix_attach(self, sink: Any) -> None:
         self.sink = sink
         self.attached += 1
 

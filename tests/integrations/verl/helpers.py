@@ -12,12 +12,12 @@ from typing import Any
 from .fakes import (
     FakeAgentLoopManager,
     FakeCheckpointManager,
-    FakeWorkerGroup,
     FakeLLMServerManager,
     FakeLoadBalancer,
     FakePromptBatch,
     FakeReplayBuffer,
     FakeReplica,
+    FakeWorkerGroup,
     Timeline,
 )
 
@@ -75,8 +75,7 @@ def build_trainer(
     """The real ``rlix_sync`` trainer over ``config`` for ``steps`` steps, its verl internals
     (workers, engines, TransferQueue, loggers) replaced by fakes; verl's own ``fit`` loop,
     ``step`` and lifecycle methods run unchanged."""
-    from verl.trainer.ppo.v1 import get_trainer_cls
-    from verl.trainer.ppo.v1 import trainer_base
+    from verl.trainer.ppo.v1 import get_trainer_cls, trainer_base
 
     timeline = Timeline()
 

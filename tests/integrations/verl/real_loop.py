@@ -44,18 +44,30 @@ def job_command(
 ) -> list[str]:
     """argv of one GRPO job on the CPU kit with rlix enabled on ``backend``."""
     argv = [
-        sys.executable, "-m", "verl.trainer.main_ppo",
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
         "algorithm.adv_estimator=grpo",
-        f"data.train_files={train}", f"data.val_files={val}",
-        f"data.train_batch_size={PROMPTS}", "data.max_prompt_length=32", "data.max_response_length=8",
+        f"data.train_files={train}",
+        f"data.val_files={val}",
+        f"data.train_batch_size={PROMPTS}",
+        "data.max_prompt_length=32",
+        "data.max_response_length=8",
         f"actor_rollout_ref.model.path={model}",
-        f"actor_rollout_ref.rollout.n={GROUP}", "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+        f"actor_rollout_ref.rollout.n={GROUP}",
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={PROMPTS}",
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={PROMPTS}",
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={PROMPTS}",
-        "trainer.nnodes=1", f"trainer.n_gpus_per_node={gpus}", f"trainer.total_training_steps={steps}",
-        "trainer.val_before_train=false", "trainer.logger=[console]", f"trainer.experiment_name={name}",
-        "trainer.v1.trainer_mode=rlix_sync", "+trainer.rlix.enable=true", f"+trainer.rlix.backend={backend}",
+        "trainer.nnodes=1",
+        f"trainer.n_gpus_per_node={gpus}",
+        f"trainer.total_training_steps={steps}",
+        "trainer.val_before_train=false",
+        "trainer.logger=[console]",
+        f"trainer.experiment_name={name}",
+        "trainer.v1.trainer_mode=rlix_sync",
+        "+trainer.rlix.enable=true",
+        f"+trainer.rlix.backend={backend}",
         *cpu_overrides(token_delay_s=token_delay_s),
     ]
     if rollout_dump is not None:
@@ -71,14 +83,35 @@ CLUSTER_GPUS, CLUSTER_CPUS, POOL_GPUS = 4, 32, 3
 SHARED_TOKEN_DELAY_S = 0.25
 
 
-def shared_job_command(*, model: Path, train: Path, val: Path, name: str, gpus: str, replicas: int,
-                       rollout_dump: Path, token_delay_s: float = SHARED_TOKEN_DELAY_S, steps: int = 2) -> list[str]:
+def shared_job_command(
+    *,
+    model: Path,
+    train: Path,
+    val: Path,
+    name: str,
+    gpus: str,
+    replicas: int,
+    rollout_dump: Path,
+    token_delay_s: float = SHARED_TOKEN_DELAY_S,
+    steps: int = 2,
+) -> list[str]:
     """argv of a job on the shared cluster (docs/verl.md shows it for the two-job layout): its
     name on the scheduler, its GPUs in the pool (``"[0,1]"``), its own Ray namespace."""
     return job_command(
-        model=model, train=train, val=val, name=name, steps=steps, gpus=replicas, backend="ray",
-        token_delay_s=token_delay_s, rollout_dump=rollout_dump,
-        extra=[f"+trainer.rlix.pipeline_id={name}", f"+trainer.rlix.gpus={gpus}", f"+ray_kwargs.ray_init.namespace={name}"],
+        model=model,
+        train=train,
+        val=val,
+        name=name,
+        steps=steps,
+        gpus=replicas,
+        backend="ray",
+        token_delay_s=token_delay_s,
+        rollout_dump=rollout_dump,
+        extra=[
+            f"+trainer.rlix.pipeline_id={name}",
+            f"+trainer.rlix.gpus={gpus}",
+            f"+ray_kwargs.ray_init.namespace={name}",
+        ],
     )
 
 
@@ -112,7 +145,7 @@ class Job:
 
     @classmethod
     def start(cls, name: str, argv: Sequence[str], env: Mapping[str, str], log: Path, cwd: Path) -> Job:
-        handle = open(log, "wb")  # noqa: SIM115 - the child owns it for its whole life
+        handle = open(log, "wb")
         try:
             process = subprocess.Popen(
                 list(argv), env=dict(env), cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
@@ -161,13 +194,25 @@ class RayCluster:
         # Ray's socket paths must stay short: keep the session directory near the root of /tmp.
         self.temp_dir = Path(f"/tmp/rlix-ray-{self.port}")
         self.log = root / "ray-start.log"
-        handle = open(self.log, "wb")  # noqa: SIM115
+        handle = open(self.log, "wb")
         try:
             self.process = subprocess.Popen(
-                ["ray", "start", "--head", "--block", f"--port={self.port}", f"--num-gpus={num_gpus}",
-                 f"--num-cpus={num_cpus}", "--include-dashboard=false", "--disable-usage-stats",
-                 f"--temp-dir={self.temp_dir}"],
-                env=dict(env), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    "ray",
+                    "start",
+                    "--head",
+                    "--block",
+                    f"--port={self.port}",
+                    f"--num-gpus={num_gpus}",
+                    f"--num-cpus={num_cpus}",
+                    "--include-dashboard=false",
+                    "--disable-usage-stats",
+                    f"--temp-dir={self.temp_dir}",
+                ],
+                env=dict(env),
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         finally:
             handle.close()
@@ -232,8 +277,14 @@ def hook_calls(text: str, pipeline_id: str, names: set[str] | None = None) -> li
 
 
 DEMAND_SIDE = {
-    "rlix_register_pipeline", "rlix_unregister_pipeline", "rlix_request_gpus", "rlix_release",
-    "rlix_signal_demand", "rlix_begin_progress_batch", "rlix_bump_completed", "rlix_end_progress_batch",
+    "rlix_register_pipeline",
+    "rlix_unregister_pipeline",
+    "rlix_request_gpus",
+    "rlix_release",
+    "rlix_signal_demand",
+    "rlix_begin_progress_batch",
+    "rlix_bump_completed",
+    "rlix_end_progress_batch",
 }
 
 
@@ -252,20 +303,37 @@ def demand_sequence(text: str, pipeline_id: str) -> list[str]:
 
 def expected_demand_sequence(steps: int, samples: int = SAMPLES) -> list[str]:
     """What docs/verl.md documents for a job of ``steps`` steps."""
-    init = ["register", "request_gpus(actor_train,0)", "release(actor_train)",
-            "release(actor_infer)", "release(actor_train)", "unregister(initialized)"]
+    init = [
+        "register",
+        "request_gpus(actor_train,0)",
+        "release(actor_train)",
+        "release(actor_infer)",
+        "release(actor_train)",
+        "unregister(initialized)",
+    ]
     fit = ["register", "signal_demand(1)"]
     for step in range(1, steps + 1):
-        fit += [f"begin({samples},v{step - 1})", "bump*", "end", "release(actor_infer)",
-                "request_gpus(actor_train,1)", "release(actor_train)", f"signal_demand({step + 1})"]
+        fit += [
+            f"begin({samples},v{step - 1})",
+            "bump*",
+            "end",
+            "release(actor_infer)",
+            "request_gpus(actor_train,1)",
+            "release(actor_train)",
+            f"signal_demand({step + 1})",
+        ]
     return init + fit + ["release(actor_infer)", "release(actor_train)", "unregister(finished)"]
 
 
 _DONE = re.compile(r"rlix: rollout of '([^']+)' done: (\d+) of (\d+) samples")
-_RESIZED = re.compile(r"rlix: pipeline '([^']+)' resized: slept \[([\d, ]*)\], woke \[([\d, ]*)\]; awake now \[([\d, ]*)\]")
-_HELD_BACK = re.compile(r"rlix: pipeline '([^']+)': weights v(\d+) went to replicas \[([\d, ]*)\] only; "
-                        r"replicas \[([\d, ]*)\] stayed asleep \(per training rank at most (\d+) tensors, (\d+) bytes, "
-                        r"largest (\d+) bytes, ([\d.]+)s")
+_RESIZED = re.compile(
+    r"rlix: pipeline '([^']+)' resized: slept \[([\d, ]*)\], woke \[([\d, ]*)\]; awake now \[([\d, ]*)\]"
+)
+_HELD_BACK = re.compile(
+    r"rlix: pipeline '([^']+)': weights v(\d+) went to replicas \[([\d, ]*)\] only; "
+    r"replicas \[([\d, ]*)\] stayed asleep \(per training rank at most (\d+) tensors, (\d+) bytes, "
+    r"largest (\d+) bytes, ([\d.]+)s"
+)
 _SERVER = re.compile(r"transformers_cpu replica (\d+): (\w[\w ]*?) (\{.*\}|\S.*)?$", re.M)
 _STALENESS = re.compile(r"training/off_policy/trajectory_staleness/(max|min):np\.int64\((-?\d+)\)")
 
@@ -297,8 +365,11 @@ class HeldBack:
 
 def held_back(text: str, pipeline_id: str) -> list[HeldBack]:
     """Partial wakes of ``pipeline_id`` and what its held-back training ranks did."""
-    return [HeldBack(int(v), _ranks(s), _ranks(a), int(t), int(b), int(lg), float(sec))
-            for pid, v, s, a, t, b, lg, sec in _HELD_BACK.findall(text) if pid == pipeline_id]
+    return [
+        HeldBack(int(v), _ranks(s), _ranks(a), int(t), int(b), int(lg), float(sec))
+        for pid, v, s, a, t, b, lg, sec in _HELD_BACK.findall(text)
+        if pid == pipeline_id
+    ]
 
 
 def server_events(text: str) -> list[tuple[int, str]]:
@@ -313,8 +384,26 @@ def staleness(text: str) -> list[int]:
 
 
 __all__ = [
-    "CLUSTER_CPUS", "CLUSTER_GPUS", "JOB_TIMEOUT_S", "POOL_GPUS", "SAMPLES", "SHARED_LAYOUT", "SHARED_TOKEN_DELAY_S",
-    "shared_job_command", "HeldBack", "HookCall", "Job", "RayCluster", "demand_sequence",
-    "expected_demand_sequence", "held_back", "hook_calls", "job_command", "job_env", "resizes",
-    "rollouts_done", "server_events", "staleness",
+    "CLUSTER_CPUS",
+    "CLUSTER_GPUS",
+    "JOB_TIMEOUT_S",
+    "POOL_GPUS",
+    "SAMPLES",
+    "SHARED_LAYOUT",
+    "SHARED_TOKEN_DELAY_S",
+    "shared_job_command",
+    "HeldBack",
+    "HookCall",
+    "Job",
+    "RayCluster",
+    "demand_sequence",
+    "expected_demand_sequence",
+    "held_back",
+    "hook_calls",
+    "job_command",
+    "job_env",
+    "resizes",
+    "rollouts_done",
+    "server_events",
+    "staleness",
 ]

@@ -13,11 +13,11 @@ import pytest
 
 pytest.importorskip("verl", reason="verl is not installed (the verl integration tests need rlix-plugin[verl])")
 
-import torch  # noqa: E402
+import torch
 
-from rlix_plugin.testing.verl_cpu import ROLLOUT_NAME, assets, cpu_overrides  # noqa: E402
-from rlix_plugin.testing.verl_cpu.platform import one_backend_per_device  # noqa: E402
-from rlix_plugin.testing.verl_cpu.server import EngineAsleepError, TransformersCpuServer  # noqa: E402
+from rlix_plugin.testing.verl_cpu import ROLLOUT_NAME, assets, cpu_overrides
+from rlix_plugin.testing.verl_cpu.platform import one_backend_per_device
+from rlix_plugin.testing.verl_cpu.server import EngineAsleepError, TransformersCpuServer
 
 PROBE = textwrap.dedent(
     """
@@ -51,8 +51,9 @@ def _probe(**env: str) -> dict[str, str]:
     result = subprocess.run(
         [sys.executable, "-c", PROBE], env={**os.environ, **env}, capture_output=True, text=True, timeout=300
     )
-    lines = dict(line.removeprefix("RESULT ").split(" ", 1) for line in result.stdout.splitlines()
-                 if line.startswith("RESULT "))
+    lines = dict(
+        line.removeprefix("RESULT ").split(" ", 1) for line in result.stdout.splitlines() if line.startswith("RESULT ")
+    )
     assert "platform" in lines, result.stdout[-2000:] + result.stderr[-4000:]
     return lines
 
@@ -99,8 +100,13 @@ def make_server(tiny, free_cache_engine=True, token_delay_s=0.0):
     from verl.workers.config import HFModelConfig, RolloutConfig
 
     config = RolloutConfig(
-        name=ROLLOUT_NAME, prompt_length=16, response_length=6, max_model_len=32, free_cache_engine=free_cache_engine,
-        dtype="float32", engine_kwargs={ROLLOUT_NAME: {"token_delay_s": token_delay_s}},
+        name=ROLLOUT_NAME,
+        prompt_length=16,
+        response_length=6,
+        max_model_len=32,
+        free_cache_engine=free_cache_engine,
+        dtype="float32",
+        engine_kwargs={ROLLOUT_NAME: {"token_delay_s": token_delay_s}},
     )
     return TransformersCpuServer(config, HFModelConfig(path=str(tiny.model)), replica_rank=0)
 

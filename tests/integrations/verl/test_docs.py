@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("verl", reason="verl is not installed (the verl integration tests need rlix-plugin[verl])")
 
-from . import real_loop as rl  # noqa: E402
+from . import real_loop as rl
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "verl.md"
 
@@ -17,7 +17,7 @@ DOC = Path(__file__).resolve().parents[3] / "docs" / "verl.md"
 def cpu_block() -> str:
     text = DOC.read_text()
     start = text.index("<!-- cpu-two-jobs -->")
-    body = text[text.index("```bash", start) + len("```bash"):]
+    body = text[text.index("```bash", start) + len("```bash") :]
     return body[: body.index("```")]
 
 
@@ -28,8 +28,13 @@ def words(block: str) -> set[str]:
 def test_the_documented_cpu_command_is_the_one_the_test_runs():
     block = words(cpu_block())
     argv = rl.shared_job_command(
-        model=Path("tiny/tiny-qwen2"), train=Path("tiny/$job.parquet"), val=Path("tiny/val.parquet"),
-        name="$job", gpus="$gpus", replicas=2, rollout_dump=Path("$job-rollouts"),
+        model=Path("tiny/tiny-qwen2"),
+        train=Path("tiny/$job.parquet"),
+        val=Path("tiny/val.parquet"),
+        name="$job",
+        gpus="$gpus",
+        replicas=2,
+        rollout_dump=Path("$job-rollouts"),
     )
     assert argv[1:3] == ["-m", "verl.trainer.main_ppo"]
     missing = [word for word in argv[3:] if word not in block]

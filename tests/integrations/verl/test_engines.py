@@ -8,10 +8,10 @@ import pytest
 
 pytest.importorskip("verl", reason="verl is not installed (the verl integration tests need rlix-plugin[verl])")
 
-from rlix_plugin.integrations.verl.engines import VerlEngines, VerlRollout, run_sync  # noqa: E402
-from rlix_plugin.integrations.verl.weight_sync import SyncFilter  # noqa: E402
+from rlix_plugin.integrations.verl.engines import VerlEngines, VerlRollout, run_sync
+from rlix_plugin.integrations.verl.weight_sync import SyncFilter
 
-from .fakes import FakeCheckpointManager, FakeLoadBalancer, FakeReplica, Timeline  # noqa: E402
+from .fakes import FakeCheckpointManager, FakeLoadBalancer, FakeReplica, Timeline
 
 PIPELINE = "p1"
 

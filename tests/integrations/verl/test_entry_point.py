@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("verl", reason="verl is not installed (the verl integration tests need rlix-plugin[verl])")
 
-from rlix_plugin.integrations.verl import entry  # noqa: E402
+from rlix_plugin.integrations.verl import entry
 
 PROBE = textwrap.dedent(
     """

@@ -11,11 +11,11 @@ import pytest
 
 pytest.importorskip("verl", reason="verl is not installed (the verl integration tests need rlix-plugin[verl])")
 
-from rlix_plugin import hookimpl  # noqa: E402
-from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, Grant, Priority  # noqa: E402
+from rlix_plugin import hookimpl
+from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, Grant, Priority
 
-from .fakes import TimelinePlugin  # noqa: E402
-from .helpers import RLIX_ON, SAMPLES_PER_STEP, SMALL_JOB, build_trainer, compose  # noqa: E402
+from .fakes import TimelinePlugin
+from .helpers import RLIX_ON, SAMPLES_PER_STEP, SMALL_JOB, build_trainer, compose
 
 PIPELINE = "job-a"
 
@@ -131,7 +131,6 @@ def test_engine_events_interleave_with_the_hooks_as_documented(monkeypatch, rlix
         "release",  # init's session closes: actor_infer, actor_train
         "release",
         "signal_demand",  # fit's session
-
         "update_weights",
         *step,
         "signal_demand",
@@ -235,16 +234,18 @@ def test_a_wake_in_the_middle_of_a_rollout_serves_the_weights_that_rollout_uses(
     ids=["exception", "keyboard-interrupt"],
 )
 def test_fit_releases_everything_when_training_raises(monkeypatch, rlix_hooks, rlix_recorder, error):
-    harness = build_trainer(
-        monkeypatch, compose(*SMALL_JOB, *RLIX_ON), hooks=rlix_hooks, update_actor_error={2: error}
-    )
+    harness = build_trainer(monkeypatch, compose(*SMALL_JOB, *RLIX_ON), hooks=rlix_hooks, update_actor_error={2: error})
     with pytest.raises(type(error)):
         _run(harness)
 
     tail = _hook_sequence(rlix_recorder)[-4:]
     # Raised while training step 2 (holding actor_train): both clusters go back, then unregister.
-    assert tail == [f"request_gpus(actor_train,{int(Priority.ACTOR_TRAINING)})", "release(actor_infer)",
-                    "release(actor_train)", "unregister_pipeline"]
+    assert tail == [
+        f"request_gpus(actor_train,{int(Priority.ACTOR_TRAINING)})",
+        "release(actor_infer)",
+        "release(actor_train)",
+        "unregister_pipeline",
+    ]
     assert type(error).__name__ in rlix_recorder.calls("unregister_pipeline")[-1].reason
     assert harness.manager.detached == 1
     # The engines plugin left the manager with the pipeline.
@@ -330,8 +331,14 @@ def test_disabled_calls_no_hook_and_behaves_like_verl_sync(monkeypatch, rlix_hoo
     # verl's PPOTrainerSync: wake everything at init end and each step end, sleep everything
     # after each sample; the load balancer is left alone.
     engine = [n for n in harness.timeline.names("engine") if n in {"sleep_replicas", "update_weights"}]
-    assert engine == ["sleep_replicas", "update_weights", "sleep_replicas", "update_weights",
-                      "sleep_replicas", "update_weights"]
+    assert engine == [
+        "sleep_replicas",
+        "update_weights",
+        "sleep_replicas",
+        "update_weights",
+        "sleep_replicas",
+        "update_weights",
+    ]
     assert harness.timeline.of("engine", "resume kv_cache") == [0, 1] * 3
     assert harness.timeline.names("lb") == []
     harness.trainer.get_llm_client()
@@ -341,8 +348,9 @@ def test_disabled_calls_no_hook_and_behaves_like_verl_sync(monkeypatch, rlix_hoo
 
 
 def test_disabled_explicitly_is_the_same(monkeypatch, rlix_hooks, rlix_recorder):
-    config = compose(*SMALL_JOB, "trainer.v1.trainer_mode=rlix_sync", "+trainer.rlix.enable=false",
-                     "+trainer.rlix.backend=ray")
+    config = compose(
+        *SMALL_JOB, "trainer.v1.trainer_mode=rlix_sync", "+trainer.rlix.enable=false", "+trainer.rlix.backend=ray"
+    )
     harness = build_trainer(monkeypatch, config, hooks=rlix_hooks)
     _run(harness)
     assert rlix_recorder.calls() == []

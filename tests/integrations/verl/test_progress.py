@@ -8,11 +8,11 @@ import pytest
 
 pytest.importorskip("verl", reason="verl is not installed (the verl integration tests need rlix-plugin[verl])")
 
-from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec  # noqa: E402
-from rlix_plugin.integrations.verl.progress import GroupProgressMixin  # noqa: E402
-from rlix_plugin.integrations.verl.session import VerlSession  # noqa: E402
+from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec
+from rlix_plugin.integrations.verl.progress import GroupProgressMixin
+from rlix_plugin.integrations.verl.session import VerlSession
 
-from .fakes import FakeWorkerBase  # noqa: E402
+from .fakes import FakeWorkerBase
 
 
 class Worker(GroupProgressMixin, FakeWorkerBase):
@@ -87,7 +87,10 @@ def test_close_runs_every_step_even_when_one_fails(rlix_hooks, rlix_register, rl
     error = session.close("finished")
     assert isinstance(error, ConnectionError)
     assert rlix_recorder.names()[-4:] == [
-        "rlix_end_progress_batch", "rlix_release", "rlix_release", "rlix_unregister_pipeline",
+        "rlix_end_progress_batch",
+        "rlix_release",
+        "rlix_release",
+        "rlix_unregister_pipeline",
     ]
     assert "could not release actor_infer" in caplog.text
     assert session.close("again") is None and not session.registered

@@ -14,12 +14,12 @@ import pytest
 
 pytest.importorskip("verl", reason="verl is not installed (the verl integration tests need rlix-plugin[verl])")
 
-import ray  # noqa: E402
-from ray import cloudpickle  # noqa: E402
+import ray
+from ray import cloudpickle
 
-from rlix_plugin.integrations.verl.progress import GroupProgressMixin, ProgressPump  # noqa: E402
+from rlix_plugin.integrations.verl.progress import GroupProgressMixin, ProgressPump
 
-from . import fakes  # noqa: E402
+from . import fakes
 
 WAIT_S = 60.0
 

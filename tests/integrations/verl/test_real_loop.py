@@ -17,10 +17,10 @@ import pytest
 
 pytest.importorskip("verl", reason="verl is not installed (the verl integration tests need rlix-plugin[verl])")
 
-from rlix_plugin.testing.verl_cpu import assets as tiny  # noqa: E402
+from rlix_plugin.testing.verl_cpu import assets as tiny
 
-from ... import waiting  # noqa: E402
-from . import real_loop as rl  # noqa: E402
+from ... import waiting
+from . import real_loop as rl
 
 STEPS = 2
 #: Parameters of the tiny model's state dict (what every weight update exports).
@@ -71,8 +71,16 @@ def cluster(workdir):
 
 def start(jobs, workdir, model, name, *, backend, gpus, token_delay_s=0.25, env, extra=()):
     argv = rl.job_command(
-        model=model.model, train=model.tagged[name], val=model.val, name=name, steps=STEPS, gpus=gpus,
-        backend=backend, token_delay_s=token_delay_s, rollout_dump=workdir / f"dump-{name}", extra=extra,
+        model=model.model,
+        train=model.tagged[name],
+        val=model.val,
+        name=name,
+        steps=STEPS,
+        gpus=gpus,
+        backend=backend,
+        token_delay_s=token_delay_s,
+        rollout_dump=workdir / f"dump-{name}",
+        extra=extra,
     )
     job = rl.Job.start(name, argv, env, workdir / f"{name}.log", workdir)
     jobs.append(job)
@@ -81,8 +89,15 @@ def start(jobs, workdir, model, name, *, backend, gpus, token_delay_s=0.25, env,
 
 def start_shared(jobs, workdir, model, name, *, gpus, replicas, token_delay_s=rl.SHARED_TOKEN_DELAY_S, env):
     argv = rl.shared_job_command(
-        model=model.model, train=model.tagged[name], val=model.val, name=name, gpus=gpus, replicas=replicas,
-        rollout_dump=workdir / f"dump-{name}", token_delay_s=token_delay_s, steps=STEPS,
+        model=model.model,
+        train=model.tagged[name],
+        val=model.val,
+        name=name,
+        gpus=gpus,
+        replicas=replicas,
+        rollout_dump=workdir / f"dump-{name}",
+        token_delay_s=token_delay_s,
+        steps=STEPS,
     )
     job = rl.Job.start(name, argv, env, workdir / f"{name}.log", workdir)
     jobs.append(job)
@@ -118,9 +133,18 @@ def test_one_job_on_the_local_backend(jobs, workdir, model):
     the weight update (weights first, then KV cache), and every rollout and wake is tagged with
     the weights verl trains on."""
     job = start(
-        jobs, workdir, model, "solo", backend="local", gpus=1, env=rl.job_env(),
-        extra=["+ray_kwargs.ray_init.num_cpus=8", "+ray_kwargs.ray_init.num_gpus=1",
-               "+ray_kwargs.ray_init.include_dashboard=false"],
+        jobs,
+        workdir,
+        model,
+        "solo",
+        backend="local",
+        gpus=1,
+        env=rl.job_env(),
+        extra=[
+            "+ray_kwargs.ray_init.num_cpus=8",
+            "+ray_kwargs.ray_init.num_gpus=1",
+            "+ray_kwargs.ray_init.include_dashboard=false",
+        ],
     )
     assert job.wait() == 0, job.tail()
     text = assert_job_ran_as_documented(job, workdir)
@@ -142,8 +166,10 @@ def test_two_jobs_share_three_gpus_through_the_ray_scheduler(jobs, workdir, mode
     update leaves the other replica asleep. Both finish every step with their own samples
     (one TransferQueue per job), and both exit 0."""
     _, client, env = cluster
-    a, b = (start_shared(jobs, workdir, model, name, gpus=gpus, replicas=2, env=env)
-            for name, gpus in rl.SHARED_LAYOUT.items())
+    a, b = (
+        start_shared(jobs, workdir, model, name, gpus=gpus, replicas=2, env=env)
+        for name, gpus in rl.SHARED_LAYOUT.items()
+    )
     assert a.wait() == 0, a.tail()
     assert b.wait() == 0, b.tail()
     texts = {job.name: assert_job_ran_as_documented(job, workdir) for job in (a, b)}
@@ -151,8 +177,12 @@ def test_two_jobs_share_three_gpus_through_the_ray_scheduler(jobs, workdir, mode
     import ray
 
     decisions = ray.get(client.scheduler.decisions.remote(), timeout=30)
-    partial = [d for d in decisions for pid, ranks in d["awake"].items()
-               if pid in d["open_demand"] and 0 < len(ranks) < d["dp_size"][pid]]
+    partial = [
+        d
+        for d in decisions
+        for pid, ranks in d["awake"].items()
+        if pid in d["open_demand"] and 0 < len(ranks) < d["dp_size"][pid]
+    ]
     assert partial, f"no partial grant among {len(decisions)} decisions: {decisions}"
 
     # A partial wake synced one replica and left the other asleep, on the GPU the other job held;

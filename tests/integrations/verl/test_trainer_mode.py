@@ -8,14 +8,14 @@ import pytest
 
 pytest.importorskip("verl", reason="verl is not installed (the verl integration tests need rlix-plugin[verl])")
 
-from verl.trainer.ppo.v1 import AgentLoopWorkerTQ, PPOTrainerSync, get_trainer_cls  # noqa: E402
-from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer  # noqa: E402
+from verl.trainer.ppo.v1 import AgentLoopWorkerTQ, PPOTrainerSync, get_trainer_cls
+from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
-from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, InvalidRequestError  # noqa: E402
-from rlix_plugin.integrations.verl import MANAGER_CLASS_PATH, TRAINER_MODE  # noqa: E402
-from rlix_plugin.integrations.verl.config import RlixVerlConfig, cluster_specs, samples_per_step  # noqa: E402
+from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, InvalidRequestError
+from rlix_plugin.integrations.verl import MANAGER_CLASS_PATH, TRAINER_MODE
+from rlix_plugin.integrations.verl.config import RlixVerlConfig, cluster_specs, samples_per_step
 
-from .helpers import RLIX_ON, SMALL_JOB, compose  # noqa: E402
+from .helpers import RLIX_ON, SMALL_JOB, compose
 
 
 def test_mode_is_registered_on_verl_sync():
@@ -109,7 +109,10 @@ def test_layout_errors_are_clear():
 
 @pytest.mark.parametrize(
     "override, message",
-    [("+trainer.rlix.gpus=[0]", "lists 1 GPUs"), ("actor_rollout_ref.rollout.free_cache_engine=false", "free_cache_engine")],
+    [
+        ("+trainer.rlix.gpus=[0]", "lists 1 GPUs"),
+        ("actor_rollout_ref.rollout.free_cache_engine=false", "free_cache_engine"),
+    ],
 )
 def test_bad_config_fails_at_construction_before_any_hook(rlix_hooks, rlix_recorder, override, message):
     config = compose(*SMALL_JOB, *RLIX_ON, override)
@@ -119,7 +122,9 @@ def test_bad_config_fails_at_construction_before_any_hook(rlix_hooks, rlix_recor
 
 
 def test_free_cache_engine_off_is_fine_without_rlix():
-    config = compose(*SMALL_JOB, "trainer.v1.trainer_mode=rlix_sync", "actor_rollout_ref.rollout.free_cache_engine=false")
+    config = compose(
+        *SMALL_JOB, "trainer.v1.trainer_mode=rlix_sync", "actor_rollout_ref.rollout.free_cache_engine=false"
+    )
     assert get_trainer_cls(TRAINER_MODE)(config=config).rlix_session is None
 
 
@@ -142,7 +147,11 @@ def test_verl_methods_the_integration_overrides_have_the_expected_shape():
     # Ray's tracing wrapper adds an optional _ray_trace_ctx to actor methods; not verl's.
     params = [p for p in inspect.signature(verl_worker._run_prompt).parameters if p != "_ray_trace_ctx"]
     assert params == [
-        "self", "prompt", "sampling_params", "trajectory", "trace",
+        "self",
+        "prompt",
+        "sampling_params",
+        "trajectory",
+        "trace",
     ]
     run_loop = inspect.signature(verl_worker._run_agent_loop).parameters
     assert "kwargs" in run_loop and run_loop["kwargs"].kind is inspect.Parameter.VAR_KEYWORD

@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("verl", reason="verl is not installed (the verl integration tests need rlix-plugin[verl])")
 
-import torch  # noqa: E402
+import torch
 
-from rlix_plugin.integrations.verl.weight_sync import SkippedSync, SyncFilter, restrict  # noqa: E402
+from rlix_plugin.integrations.verl.weight_sync import SkippedSync, SyncFilter, restrict
 
 
 class Adapter:
@@ -63,8 +63,11 @@ def test_a_held_back_rank_neither_resumes_nor_loads_but_drains_every_tensor():
     (report,) = restrict(rank, None)
     assert report == SkippedSync(1, tensors=3, bytes=(16 + 16 + 6) * 4, largest=64, seconds=report.seconds)
     naive_update(adapter, pulled, version=6)
-    assert adapter.calls == [("resume", ("weights",)), ("update_weights", ["t0", "t1", "t2"], 6),
-                             ("resume", ("kv_cache",))]
+    assert adapter.calls == [
+        ("resume", ("weights",)),
+        ("update_weights", ["t0", "t1", "t2"], 6),
+        ("resume", ("kv_cache",)),
+    ]
     assert restrict(rank, None) == []  # nothing held back since
 
 
