@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from _stats import emit
 
-from rlix_plugin.reference.runner import RunOptions, execute
-from rlix_plugin.reference.scenario import bundled_scenario, bundled_scenarios
+from rlix_plugin.reference.harness.runner import RunOptions, execute
+from rlix_plugin.scenario import bundled_scenario, bundled_scenarios
 from rlix_plugin.simulate.run import simulate
 
 

@@ -37,8 +37,8 @@ from _stats import emit, median, percentile
 
 from rlix_plugin import connect
 from rlix_plugin.hookspecs import RlixError
-from rlix_plugin.reference.runner import RunOptions, execute
-from rlix_plugin.reference.scenario import bundled_scenario
+from rlix_plugin.reference.harness.runner import RunOptions, execute
+from rlix_plugin.scenario import bundled_scenario
 from rlix_plugin.testing.chaos import Kill, SchedulerKiller
 
 #: Workers' logs stay in Ray's log files: stdout is the JSON.

@@ -34,10 +34,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from _stats import emit, median
 
-from rlix_plugin.reference.runner import RunOptions, execute
-from rlix_plugin.reference.scenario import Scenario, bundled_scenario, bundled_scenarios
-from rlix_plugin.reference.static import static_partition
-from rlix_plugin.reference.workload import lower_bound
+from rlix_plugin.reference.harness.runner import RunOptions, execute
+from rlix_plugin.scenario import Scenario, bundled_scenario, bundled_scenarios
+from rlix_plugin.scenario.static import static_partition
+from rlix_plugin.scenario.workload import lower_bound
 from rlix_plugin.scheduler.policy import POLICIES
 
 

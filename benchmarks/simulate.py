@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from _stats import emit
 
-from rlix_plugin.reference.scenario import parse_scenario
+from rlix_plugin.scenario import parse_scenario
 from rlix_plugin.scheduler.policy import DEFAULT_POLICY, POLICIES
 from rlix_plugin.simulate.run import simulate
 

@@ -58,8 +58,8 @@ def _execute(args: argparse.Namespace, scenario_ref: str) -> int:
     if args.timeline:
         _require("matplotlib", "--timeline")
         _writable(args.timeline, "--timeline")
-    from rlix_plugin.reference.runner import RunOptions, run_scenario
-    from rlix_plugin.reference.scenario import load_scenario
+    from rlix_plugin.reference.harness.runner import RunOptions, run_scenario
+    from rlix_plugin.scenario import load_scenario
 
     scenario = load_scenario(scenario_ref)
     options = RunOptions(
@@ -76,7 +76,7 @@ def _execute(args: argparse.Namespace, scenario_ref: str) -> int:
         _require("rich", "the progress display")
         from rich.console import Console
 
-        from rlix_plugin.reference.display import LiveProgress
+        from rlix_plugin.reference.output.display import LiveProgress
 
         console = Console(stderr=True)
         console.print(
@@ -99,7 +99,7 @@ def _execute(args: argparse.Namespace, scenario_ref: str) -> int:
     if not args.json:
         from rich.console import Console
 
-        from rlix_plugin.reference.display import result_table
+        from rlix_plugin.reference.output.display import result_table
 
         Console().print(result_table(result))
         for path, what in ((args.trace, "trace (open at ui.perfetto.dev)"), (args.timeline, "timeline")):
@@ -113,14 +113,14 @@ def _execute(args: argparse.Namespace, scenario_ref: str) -> int:
 
 
 def _write_trace(result: Any, path: str, scenario: Any, args: argparse.Namespace) -> None:
-    from rlix_plugin.reference.trace import write_trace
+    from rlix_plugin.reference.output.trace import write_trace
 
     del scenario, args  # same signature as _draw_timeline
     write_trace(result.recorder, path)
 
 
 def _draw_timeline(result: Any, path: str, scenario: Any, args: argparse.Namespace) -> None:
-    from rlix_plugin.reference.timeline import draw_timeline
+    from rlix_plugin.reference.output.timeline import draw_timeline
 
     draw_timeline(result.recorder, path, title=f"{scenario.name}: GPU ownership ({args.backend} backend)")
 

@@ -21,7 +21,7 @@ _LIST_PIPELINES = 24
 
 def run_simulate(args: argparse.Namespace) -> int:
     from rlix_plugin.hookspecs import InvalidRequestError
-    from rlix_plugin.reference.scenario import BUNDLED_PACKAGE, load_scenario
+    from rlix_plugin.scenario import BUNDLED_PACKAGE, load_scenario
     from rlix_plugin.simulate.compare import check_policies, compare
 
     from .demo import _require, _writable

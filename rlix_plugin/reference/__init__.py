@@ -1,20 +1,17 @@
-"""The reference RL framework: small torch pipelines that learn a toy task while sharing a
-logical GPU pool, integrated with the scheduler only through the rlix hooks.
+"""The reference RL framework and the demo built on it: small torch pipelines that learn a toy
+task while sharing a logical GPU pool, integrated with the scheduler only through the rlix hooks.
 
-It is the worked example a framework author copies. Modules, one job each:
+Three layers, each a subpackage; a lower one never imports a higher one
+(``tests/core/test_layers.py`` checks it, docs/design.md §2):
 
-* :mod:`.scenario` -- the scenario TOML format, loading and validation;
-* :mod:`.workload` -- the work a scenario asks for (deterministic draws) and its lower bound;
-* :mod:`.task` / :mod:`.policy` -- the toy task and reward; the torch policy, trainer, weight store;
-* :mod:`.engines` -- generation engines and the ``rlix_resize_infer`` plugin that sleeps/wakes them;
-* :mod:`.pipeline` -- the RL loop of one pipeline (the hook call order);
-* :mod:`.status` / :mod:`.watchdog` -- live pipeline state; stopping a stalled run;
-* :mod:`.shared_backend` -- the backend (local or ray) the pipelines share;
-* :mod:`.runner` / :mod:`.metrics` / :mod:`.static` -- running a scenario, its results, the
-  static-partition baseline;
-* :mod:`.recorder` / :mod:`.trace` / :mod:`.timeline` / :mod:`.display` -- what happened, as a
-  Perfetto trace, a picture and a live terminal view.
+* :mod:`.framework` -- the copyable framework: task, policy, engines (a
+  :class:`~rlix_plugin.supply.PipelineEngines`), the RL loop of one pipeline, and the
+  :class:`~.framework.observer.PipelineObserver` it reports through;
+* :mod:`.harness` -- the run harness behind ``rlix-plugin demo`` / ``run``: pipelines in threads
+  on one shared backend, their live status, the watchdog, the recording and the results;
+* :mod:`.output` -- what a run shows: the live terminal view, the Perfetto trace, the timeline.
 
-Importing this package is cheap; torch, rich, matplotlib and perfetto are imported by the modules
-that need them.
+The scenario format they run lives below them, in :mod:`rlix_plugin.scenario`, where the simulator
+reads it too. Importing these packages is cheap; torch, rich, matplotlib and perfetto are imported
+by the modules that need them.
 """

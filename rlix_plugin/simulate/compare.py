@@ -2,7 +2,7 @@
 
 ``static`` is the baseline every sharing policy is measured against: the pool split into one
 dedicated slice per pipeline, training and rollout colocated in it
-(:func:`~rlix_plugin.reference.static.static_partition`, the live runner's baseline too),
+(:func:`~rlix_plugin.scenario.static.static_partition`, the live runner's baseline too),
 simulated with the same work. The sharing policies (:mod:`rlix_plugin.scheduler.policy`) run
 the scenario as written. Every run draws the same samples (the workload is a pure function of
 the seeds), so differences come from scheduling alone.
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rlix_plugin.hookspecs import InvalidRequestError
-from rlix_plugin.reference.scenario import Scenario
-from rlix_plugin.reference.static import static_partition
-from rlix_plugin.reference.workload import LowerBound, lower_bound
+from rlix_plugin.scenario import Scenario
+from rlix_plugin.scenario.static import static_partition
+from rlix_plugin.scenario.workload import LowerBound, lower_bound
 from rlix_plugin.scheduler.policy import DEFAULT_POLICY, POLICIES
 
 from .run import SimRun, simulate

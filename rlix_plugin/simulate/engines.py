@@ -4,12 +4,12 @@ model.
 One engine per generation DP rank, in one of five states: asleep, waking, awake, falling asleep,
 syncing. Only an awake engine generates; one that is waking, falling asleep or syncing holds its
 GPUs for the pipeline's ``wake_seconds`` / ``sleep_seconds`` / ``sync_seconds`` and generates
-nothing, as the live reference engines do (:mod:`rlix_plugin.reference.engines`). A sleep or a
+nothing, as the live reference engines do (:mod:`rlix_plugin.reference.framework.engines`). A sleep or a
 sync first retracts the engine's sequences: each keeps what it generated and goes back to the
 front of the pipeline's queue, to resume on an awake engine.
 
 **Decode model.** An awake engine runs up to ``batch`` sequences at once; with ``n`` running,
-each advances ``rate(n)`` units of work a second (:class:`~rlix_plugin.reference.scenario.
+each advances ``rate(n)`` units of work a second (:class:`~rlix_plugin.scenario.
 DecodeModel`: tokens, falling with concurrency). The reference workload is the case ``batch = 1``
 and one unit (a second of generation) a second. Free slots take queued sequences, least-loaded
 engine first, so a rollout spreads over its engines; nothing migrates between awake engines, so
@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from rlix_plugin.reference.scenario import PipelineConfig
+from rlix_plugin.scenario import PipelineConfig
 from rlix_plugin.scheduler.state import ResizeAction, ResizeOutcome
 
 from .events import EventLoop, Timer

@@ -1,5 +1,5 @@
 """One RL pipeline's loop in virtual time: the reference framework's loop
-(:mod:`rlix_plugin.reference.pipeline`) with threads and waits replaced by events.
+(:mod:`rlix_plugin.reference.framework.pipeline`) with threads and waits replaced by events.
 
 Per rollout: ``signal_demand`` -> ``begin`` -> the rollout's sequences queued on the pipeline's
 awake engines (:mod:`.engines`) -> coalesced progress (at most one report per
@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, Priority
-from rlix_plugin.reference.scenario import PipelineConfig
-from rlix_plugin.reference.workload import sample_work
+from rlix_plugin.scenario import PipelineConfig
+from rlix_plugin.scenario.workload import sample_work
 
 from .driver import SimulatedScheduler
 from .engines import PipelineStats, SimEngines

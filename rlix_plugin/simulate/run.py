@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rlix_plugin.hookspecs import RlixError
-from rlix_plugin.reference.scenario import Scenario
+from rlix_plugin.scenario import Scenario
 from rlix_plugin.scheduler.topology import PoolTopology
 
 from .driver import SimulatedScheduler

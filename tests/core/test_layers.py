@@ -24,7 +24,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("transports", ("rlix_plugin.backends", "rlix_plugin.ray", "rlix_plugin.metrics")),
     ("front end", ("rlix_plugin", "rlix_plugin.manager", "rlix_plugin.frontend", "rlix_plugin.session")),
     ("integrations", ("rlix_plugin.integrations", "rlix_plugin.testing")),
-    ("applications", ("rlix_plugin.reference", "rlix_plugin.simulate", "rlix_plugin.dashboard")),
+    ("scenario format", ("rlix_plugin.scenario",)),
+    ("simulator", ("rlix_plugin.simulate",)),
+    ("reference framework", ("rlix_plugin.reference", "rlix_plugin.reference.framework")),
+    ("run harness", ("rlix_plugin.reference.harness",)),
+    ("output", ("rlix_plugin.reference.output", "rlix_plugin.dashboard")),
     ("commands", ("rlix_plugin.commands", "rlix_plugin.cli")),
 ]
 
@@ -141,3 +145,25 @@ def test_the_import_graph_has_no_cycle():
 def test_every_module_is_in_a_layer():
     for module in modules():
         layer_of(module)
+
+
+def test_the_reference_is_split_into_framework_below_harness_below_output():
+    order = [
+        layer_of(module)
+        for module in (
+            "rlix_plugin.scenario.format",
+            "rlix_plugin.reference.framework.pipeline",
+            "rlix_plugin.reference.harness.runner",
+            "rlix_plugin.reference.output.trace",
+            "rlix_plugin.commands.demo",
+        )
+    ]
+    assert order == sorted(set(order)), [LAYERS[i][0] for i in order]
+    assert layer_of("rlix_plugin.simulate.run") < layer_of("rlix_plugin.reference.framework.pipeline")
+    stray = [
+        module
+        for module in modules()
+        if module.startswith("rlix_plugin.reference.")
+        and module.split(".")[2] not in ("framework", "harness", "output")
+    ]
+    assert not stray, f"modules of rlix_plugin.reference outside its three layers: {stray}"

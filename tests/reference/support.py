@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlix_plugin.reference.scenario import Scenario, parse_scenario
+from rlix_plugin.scenario import Scenario, parse_scenario
 
 from ..waiting import wait_until  # noqa: F401  (used by the reference tests through this module)
 

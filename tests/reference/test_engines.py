@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from rlix_plugin import Hooks, get_plugin_manager, hookimpl
-from rlix_plugin.reference.engines import EnginePool, Job, PoolAborted
-from rlix_plugin.reference.policy import Trainer, WeightStore
-from rlix_plugin.reference.status import PipelineStatus
+from rlix_plugin.reference.framework.engines import EnginePool, Job, PoolAborted
+from rlix_plugin.reference.framework.policy import Trainer, WeightStore
+from rlix_plugin.reference.harness.status import PipelineStatus
 
 from .support import wait_until
 

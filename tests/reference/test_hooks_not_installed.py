@@ -8,10 +8,10 @@ import threading
 
 from rlix_plugin import Hooks, get_plugin_manager
 from rlix_plugin.backends.local import LocalScheduler
-from rlix_plugin.reference import status as st
-from rlix_plugin.reference.engines import EnginePool
-from rlix_plugin.reference.pipeline import ReferencePipeline
-from rlix_plugin.reference.policy import Trainer, WeightStore
+from rlix_plugin.reference.framework.engines import EnginePool
+from rlix_plugin.reference.framework.observer import FAILED
+from rlix_plugin.reference.framework.pipeline import ReferencePipeline
+from rlix_plugin.reference.framework.policy import Trainer, WeightStore
 
 from .support import tiny_scenario
 
@@ -19,23 +19,21 @@ from .support import tiny_scenario
 def test_a_pipeline_without_engine_hooks_fails_fast_with_the_cause():
     config = tiny_scenario().pipelines[0]
     scheduler = LocalScheduler(2, 2, resize_timeout_s=5.0)
-    status = st.PipelineStatus(config.name, config.rollouts, config.samples_per_rollout, config.dp_size)
     trainer = Trainer(config.seed)
     store = WeightStore(trainer.model)
-    pool = EnginePool(config.name, config.bundles(), store, status, seed=config.seed, offset=1)
+    pool = EnginePool(config.name, config.bundles(), store, seed=config.seed, offset=1)
     try:
         pm = get_plugin_manager("local", backend_options={"scheduler": scheduler}, autoload=False)
         hooks = Hooks(pm)  # the engine pool is *not* registered on the manager
         pipeline = ReferencePipeline(
-            config, hooks, pool, trainer, store, status, abort=threading.Event(), wait_timeout_s=10.0
-        )
+            config, hooks, pool, trainer, store, abort=threading.Event(), wait_timeout_s=10.0
+        )  # no observer: the framework runs on its own
         thread = threading.Thread(target=pipeline.run)
         thread.start()
         thread.join(15.0)
         assert not thread.is_alive()
-        view = status.view()
-        assert view.phase == st.FAILED and view.rollouts_completed == 0
-        assert "the framework's hooks were never installed" in view.error
+        assert pipeline.outcome == FAILED and not pipeline.samples
+        assert "the framework's hooks were never installed" in str(pipeline.error)
         assert config.name not in scheduler.snapshot()["pipelines"]  # unregistered in its finally
     finally:
         pool.close()

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from rlix_plugin.reference.runner import RunOptions, run_scenario
-from rlix_plugin.reference.scenario import Scenario, bundled_scenario
+from rlix_plugin.reference.harness.runner import RunOptions, run_scenario
+from rlix_plugin.scenario import Scenario, bundled_scenario
 
 from .support import TIME_SCALE
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rlix_plugin.reference.policy import Sample, Trainer, WeightStore, load_policy, sample_answer
-from rlix_plugin.reference.task import VOCAB, prompts, reward, task_offset
+from rlix_plugin.reference.framework.policy import Sample, Trainer, WeightStore, load_policy, sample_answer
+from rlix_plugin.reference.framework.task import VOCAB, prompts, reward, task_offset
 
 
 def test_reward_is_one_for_the_target_and_zero_for_the_opposite():

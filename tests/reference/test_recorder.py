@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rlix_plugin.reference.recorder import Recorder, holder_of
+from rlix_plugin.reference.harness.recorder import Recorder, holder_of
 
 
 class Clock:

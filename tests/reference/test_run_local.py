@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 
 from rlix_plugin.hookspecs import InvalidRequestError
-from rlix_plugin.reference.runner import RunOptions, run_scenario
-from rlix_plugin.reference.scenario import bundled_scenario
+from rlix_plugin.reference.harness.runner import RunOptions, run_scenario
+from rlix_plugin.scenario import bundled_scenario
 
 from .support import TIME_SCALE, check_learned_and_complete, tiny_scenario
 

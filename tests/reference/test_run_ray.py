@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from rlix_plugin.reference.runner import RunOptions, run_scenario
-from rlix_plugin.reference.scenario import bundled_scenario
+from rlix_plugin.reference.harness.runner import RunOptions, run_scenario
+from rlix_plugin.scenario import bundled_scenario
 
 from .support import TIME_SCALE, check_learned_and_complete
 

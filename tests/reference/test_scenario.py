@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from rlix_plugin.hookspecs import InvalidRequestError
-from rlix_plugin.reference.scenario import (
+from rlix_plugin.scenario import (
     ScenarioError,
     bundled_scenario,
     bundled_scenarios,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rlix_plugin.reference.runner import RunOptions, run_scenario
-from rlix_plugin.reference.trace import build_trace, write_trace
+from rlix_plugin.reference.harness.runner import RunOptions, run_scenario
+from rlix_plugin.reference.output.trace import build_trace, write_trace
 
 from .support import tiny_scenario
 
@@ -75,7 +75,7 @@ def test_trace_is_deterministic_for_a_recording(result):
 
 def test_timeline_png(result, tmp_path):
     pytest.importorskip("matplotlib")
-    from rlix_plugin.reference.timeline import draw_timeline
+    from rlix_plugin.reference.output.timeline import draw_timeline
 
     path = tmp_path / "timeline.png"
     draw_timeline(result.recorder, path, title="tiny")

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from rlix_plugin.reference.status import PipelineStatus
-from rlix_plugin.reference.watchdog import Watchdog
+from rlix_plugin.reference.harness.status import PipelineStatus
+from rlix_plugin.reference.harness.watchdog import Watchdog
 
 
 class Clock:
@@ -21,14 +21,14 @@ class Clock:
 def test_stall_accounting_follows_demand_and_awake_engines():
     clock = Clock()
     status = PipelineStatus("p", rollouts=1, samples_per_rollout=1, dp_size=2, clock=clock)
-    status.set_demand(True)
+    status.demand(True)
     clock.now = 2.0
     assert status.stall_seconds() == 2.0
-    status.set_awake(1)
+    status.engines((0,))
     assert status.stall_seconds() == 0.0 and status.view().max_stall_s == 2.0
-    status.set_awake(0)
+    status.engines(())
     clock.now = 2.5
-    status.set_demand(False)  # no demand: waiting without engines is no stall
+    status.demand(False)  # no demand: waiting without engines is no stall
     clock.now = 10.0
     assert status.stall_seconds() == 0.0 and status.view().max_stall_s == 2.0
 
@@ -37,9 +37,9 @@ def test_fires_once_naming_only_the_stalled_pipeline():
     clock = Clock()
     busy = PipelineStatus("busy", 1, 1, 1, clock=clock)
     stuck = PipelineStatus("stuck", 1, 1, 1, clock=clock)
-    busy.set_demand(True)
-    busy.set_awake(1)
-    stuck.set_demand(True)
+    busy.demand(True)
+    busy.engines((0,))
+    stuck.demand(True)
     fired = threading.Event()
     calls = []
 

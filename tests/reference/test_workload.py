@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from rlix_plugin.reference.scenario import parse_scenario
-from rlix_plugin.reference.static import static_partition
-from rlix_plugin.reference.workload import lower_bound, sample_durations
+from rlix_plugin.scenario import parse_scenario
+from rlix_plugin.scenario.static import static_partition
+from rlix_plugin.scenario.workload import lower_bound, sample_durations
 
 from .support import tiny_scenario
 

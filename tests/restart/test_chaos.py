@@ -14,8 +14,8 @@ ray = pytest.importorskip("ray")
 
 from rlix_plugin import connect  # noqa: E402
 from rlix_plugin.hookspecs import RlixError  # noqa: E402
-from rlix_plugin.reference.runner import RunOptions, execute  # noqa: E402
-from rlix_plugin.reference.scenario import bundled_scenario  # noqa: E402
+from rlix_plugin.reference.harness.runner import RunOptions, execute  # noqa: E402
+from rlix_plugin.scenario import bundled_scenario  # noqa: E402
 from rlix_plugin.testing.chaos import SchedulerKiller  # noqa: E402
 
 from ..ray.support import INIT_OPTIONS, reset_rlix  # noqa: E402

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlix_plugin.reference.scenario import bundled_scenario, parse_scenario
+from rlix_plugin.scenario import bundled_scenario, parse_scenario
 from rlix_plugin.scheduler import core as core_module
 from rlix_plugin.scheduler import planner as P
 from rlix_plugin.scheduler import trigger as T

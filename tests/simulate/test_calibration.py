@@ -8,8 +8,8 @@ wall clock. docs/simulate.md has the table for every bundled scenario.
 
 from __future__ import annotations
 
-from rlix_plugin.reference.runner import RunOptions, execute
-from rlix_plugin.reference.scenario import bundled_scenario
+from rlix_plugin.reference.harness.runner import RunOptions, execute
+from rlix_plugin.scenario import bundled_scenario
 from rlix_plugin.simulate.run import simulate
 
 #: long_tail: two pipelines, staggered, heavy-tailed samples; about 8 s live at this scale.

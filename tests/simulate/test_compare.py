@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rlix_plugin.cli import main
-from rlix_plugin.reference.scenario import parse_scenario
+from rlix_plugin.scenario import parse_scenario
 from rlix_plugin.simulate.compare import CHOICES, STATIC, check_policies, compare
 from rlix_plugin.simulate.run import simulate
 
@@ -158,7 +158,7 @@ def test_simulate_command_refuses_bad_input(argv, expected, capsys):
 
 
 def test_bundled_cluster_scenarios_load_and_mix_sizes_and_tp():
-    from rlix_plugin.reference.scenario import bundled_scenario, bundled_scenarios
+    from rlix_plugin.scenario import bundled_scenario, bundled_scenarios
 
     names = bundled_scenarios("rlix_plugin.simulate")
     assert {"cluster_16x128", "cluster_64x1024"} <= set(names)

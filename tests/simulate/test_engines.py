@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from rlix_plugin.reference.scenario import DecodeModel, parse_scenario
+from rlix_plugin.scenario import DecodeModel, parse_scenario
 from rlix_plugin.scheduler.state import ResizeAction
 from rlix_plugin.simulate.engines import AWAKE, PipelineStats, SimEngines
 from rlix_plugin.simulate.events import EventLoop

@@ -9,10 +9,10 @@ import statistics
 import pytest
 
 from rlix_plugin.cli import main
-from rlix_plugin.reference.model_sizes import DEFAULT_BATCH, DEFAULT_RESPONSE_CAP, MODEL_SIZES
-from rlix_plugin.reference.runner import RunOptions, run_scenario
-from rlix_plugin.reference.scenario import ScenarioError, bundled_scenario, bundled_scenarios, parse_scenario
-from rlix_plugin.reference.workload import lower_bound, response_lengths, sample_work
+from rlix_plugin.reference.harness.runner import RunOptions, run_scenario
+from rlix_plugin.scenario import ScenarioError, bundled_scenario, bundled_scenarios, parse_scenario
+from rlix_plugin.scenario.model_sizes import DEFAULT_BATCH, DEFAULT_RESPONSE_CAP, MODEL_SIZES
+from rlix_plugin.scenario.workload import lower_bound, response_lengths, sample_work
 
 CLUSTER = """
 [cluster]

@@ -49,7 +49,7 @@ class TrainGroupStandIn:
     """miles' train group: one policy-gradient step per rollout on the reference policy."""
 
     def __init__(self, seed: int, record: Record) -> None:
-        from rlix_plugin.reference.policy import Trainer
+        from rlix_plugin.reference.framework.policy import Trainer
 
         self.trainer = Trainer(seed)
         self.record = record

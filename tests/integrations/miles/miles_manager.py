@@ -194,8 +194,8 @@ class DataSourceStandIn(miles.data_source.DataSource):
     def jobs(self, rollout_id: int) -> list[Any]:
         """Rollout ``rollout_id``'s samples for the reference engines, ``n_samples_per_prompt`` per
         prompt group, with log-normal durations."""
-        from rlix_plugin.reference.engines import Job
-        from rlix_plugin.reference.task import prompts
+        from rlix_plugin.reference.framework.engines import Job
+        from rlix_plugin.reference.framework.task import prompts
 
         args = self.args
         rng = random.Random(f"miles-data/{args.seed}/{rollout_id}")
@@ -252,17 +252,15 @@ class MilesRolloutManager(miles.state_machine.RealRolloutManagerEngineTable):
     # -- engines and router ---------------------------------------------------------------------
 
     def _start_engines(self) -> None:
-        from rlix_plugin.reference.engines import EnginePool
-        from rlix_plugin.reference.policy import Trainer, WeightStore
-        from rlix_plugin.reference.status import PipelineStatus
+        from rlix_plugin.reference.framework.engines import EnginePool
+        from rlix_plugin.reference.framework.policy import Trainer, WeightStore
 
         args = self.args
         tp = args.rollout_num_gpus_per_engine
         gpus = tuple(args.infer_gpus)
         bundles = [gpus[i : i + tp] for i in range(0, len(gpus), tp)]
         self.store = WeightStore(Trainer(args.seed).model)  # version 0: the trainer's initial weights
-        status = PipelineStatus(args.pipeline_id, 1, args.rollout_batch_size * args.n_samples_per_prompt, len(bundles))
-        self.pool = EnginePool(args.pipeline_id, bundles, self.store, status, seed=args.seed, offset=1 + args.seed % 7)
+        self.pool = EnginePool(args.pipeline_id, bundles, self.store, seed=args.seed, offset=1 + args.seed % 7)
         self.data_source.router = self.pool
         active = tuple(i for i, info in self._engines.items() if info.state == "active")
         if active:  # routed from the start, as miles' standalone start leaves them
@@ -324,7 +322,7 @@ class MilesRolloutManager(miles.state_machine.RealRolloutManagerEngineTable):
     def publish_weights(self, state: Any) -> int:
         """After a training step: the new weights become the latest, and the engines still awake
         load them at once (the ``after_step`` sync to active engines)."""
-        from rlix_plugin.reference.policy import load_policy
+        from rlix_plugin.reference.framework.policy import load_policy
 
         version = self.store.publish(load_policy(state))
         self.pool.sync_weights()

@@ -30,7 +30,7 @@ def generate_rollout_on_policy(args, rollout_id, data_buffer, evaluation=False, 
     from miles.rollout.base_types import EnginePreemptedError
     from miles.utils.rlix_hooks import NoOpRLixHooks
 
-    from rlix_plugin.reference.engines import PoolAborted
+    from rlix_plugin.reference.framework.engines import PoolAborted
 
     if evaluation:
         raise ValueError("evaluation is not supported")

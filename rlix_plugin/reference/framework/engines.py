@@ -16,10 +16,13 @@ while awake, i.e. while the scheduler has granted it its TP bundle of GPUs:
   nothing. Engines change state in parallel -- within one call, and across concurrent calls for
   different ranks, which the scheduler makes when different moves involve one pipeline.
 
-:class:`EnginePool` is registered as a plugin on the pipeline's plugin manager and answers
-``rlix_resize_infer`` for its own pipeline (``None`` for any other), returning the DP ranks awake
+:class:`EnginePool` is the pipeline's supply side: a :class:`~rlix_plugin.supply.PipelineEngines`
+registered as a plugin on the pipeline's plugin manager, which answers ``rlix_resize_infer`` for its
+own pipeline (``None`` for any other) with :meth:`EnginePool.resize`, returning the DP ranks awake
 afterwards. One condition variable guards all engines of the pool; every state change notifies it,
-so waiting threads never poll.
+so waiting threads never poll, and resizes of different ranks run concurrently
+(``concurrent_resizes``). The pool reports to the pipeline's
+:class:`~.observer.PipelineObserver`: engines awake, switches, retracted and finished samples.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from rlix_plugin.hookspecs import SwitchCosts, hookimpl
+from rlix_plugin.hookspecs import SwitchCosts
 from rlix_plugin.metrics import report_weight_sync
+from rlix_plugin.supply import PipelineEngines
 
+from .observer import NullObserver, PipelineObserver
 from .policy import Sample, WeightStore, load_policy, sample_answer
-from .status import PipelineStatus
 from .task import reward
 
 if TYPE_CHECKING:
@@ -80,20 +84,22 @@ class Engine:
         self.sleeps = 0
 
 
-class EnginePool:
+class EnginePool(PipelineEngines):
     """The engines of one pipeline, their job queue and the ``rlix_resize_infer`` plugin."""
+
+    #: Thread-safe (one condition guards the engines), and engines switch in parallel.
+    concurrent_resizes = True
 
     def __init__(
         self,
         pipeline_id: str,
         bundles: Sequence[tuple[int, ...]],
         store: WeightStore,
-        status: PipelineStatus,
+        observer: PipelineObserver | None = None,
         *,
         seed: int,
         offset: int,
         clock: Callable[[], float] = time.monotonic,
-        on_resize: Callable[[str, tuple[int, ...]], None] | None = None,
         switch_costs: SwitchCosts = SwitchCosts(),
     ) -> None:
         self.pipeline_id = pipeline_id
@@ -101,11 +107,10 @@ class EnginePool:
         self.engines = [Engine(rank, tuple(gpus)) for rank, gpus in enumerate(bundles)]
         self.hooks: Hooks | None = None  # set once the pool's plugin manager exists
         self._store = store
-        self._status = status
+        self._observer = observer if observer is not None else NullObserver()
         self._seed = seed
         self._offset = offset
         self._clock = clock
-        self._on_resize = on_resize
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
         self._results: list[Sample] = []
@@ -120,20 +125,16 @@ class EnginePool:
 
     # -- supply side: the plugin ------------------------------------------------------------------
 
-    @hookimpl
-    def rlix_resize_infer(
-        self, pipeline_id: str, dp_ranks_to_remove: tuple[int, ...], dp_ranks_to_add: tuple[int, ...]
-    ) -> tuple[int, ...] | None:
-        if pipeline_id != self.pipeline_id:
-            return None
-        bad = sorted(r for r in (*dp_ranks_to_remove, *dp_ranks_to_add) if not 0 <= r < len(self.engines))
+    def resize(self, remove: Sequence[int] = (), add: Sequence[int] = ()) -> tuple[int, ...]:
+        pipeline_id = self.pipeline_id
+        bad = sorted(r for r in (*remove, *add) if not 0 <= r < len(self.engines))
         if bad:
             raise ValueError(f"pipeline {pipeline_id!r}: DP ranks {bad} out of range 0..{len(self.engines) - 1}")
         preempted: list[int] = []
         costs = self.switch_costs
         with self._cond:
             falling = []
-            for rank in dp_ranks_to_remove:
+            for rank in remove:
                 engine = self.engines[rank]
                 self._settle(engine)
                 if not engine.awake:
@@ -151,7 +152,7 @@ class EnginePool:
                 engine.weight_version = None
                 engine.sleeps += 1
             waking = []
-            for rank in dp_ranks_to_add:
+            for rank in add:
                 engine = self.engines[rank]
                 self._settle(engine)
                 if engine.awake:
@@ -173,16 +174,14 @@ class EnginePool:
                 raise RuntimeError(f"pipeline {pipeline_id!r}: engines {leaked} still hold weights after sleep")
             awake = tuple(e.rank for e in self.engines if e.awake)
             self._cond.notify_all()
-        self._status.set_awake(len(awake))
-        self._status.add_switches(
+        self._observer.switched(
             len(falling) + len(waking), costs.sleep_seconds * _gpus(falling) + costs.wake_seconds * _gpus(waking)
         )
         if preempted:
-            self._status.add_retracted(len(preempted))
+            self._observer.retracted(len(preempted))
         for rank in preempted:
             self._report_preempt(rank)
-        if self._on_resize is not None:
-            self._on_resize(pipeline_id, awake)
+        self._observer.engines(awake)
         return awake
 
     # -- framework side ---------------------------------------------------------------------------
@@ -237,9 +236,9 @@ class EnginePool:
                 engine.awake = True
             self._cond.notify_all()
         if retracted:
-            self._status.add_retracted(retracted)
+            self._observer.retracted(retracted)
         if syncing and self.switch_costs.sync_seconds:
-            self._status.add_switches(0, self.switch_costs.sync_seconds * _gpus(syncing))
+            self._observer.switched(0, self.switch_costs.sync_seconds * _gpus(syncing))
         if syncing:
             report_weight_sync(self.pipeline_id, max(0.0, self._clock() - started))
         return version
@@ -332,7 +331,7 @@ class EnginePool:
                     if left <= 0:
                         break
                     self._cond.wait(left)
-                self._status.add_busy((self._clock() - started) * len(engine.gpus))
+                self._observer.busy((self._clock() - started) * len(engine.gpus))
                 if engine.current is not job or self._closed:
                     continue  # retracted (re-queued by whoever paused us) or shutting down
                 engine.current = None
@@ -350,7 +349,7 @@ class EnginePool:
                 self.hooks.bump_completed(pipeline_id=self.pipeline_id, count=1, target_weight_version=version)
             except Exception as exc:  # hooks never break the framework
                 log.warning("pipeline %s: progress signal lost: %r", self.pipeline_id, exc)
-        self._status.sample_done()
+        self._observer.sample_done()
         self._results.append(sample)
 
 

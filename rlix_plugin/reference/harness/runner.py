@@ -6,7 +6,7 @@ every wait is bounded (``stall_timeout_s`` for a stalled pipeline, ``timeout_s``
 run); a stop aborts every pipeline (their blocked scheduler calls are woken by unregistering them),
 joins their threads, stops the engines and closes the shared backend, in ``finally`` blocks. It
 raises only for bad input (:class:`~rlix_plugin.hookspecs.InvalidRequestError`; a scenario that
-sets fields only the simulator honours is refused, :func:`~.scenario.check_live`) or an unavailable
+sets fields only the simulator honours is refused, :func:`~rlix_plugin.scenario.check_live`) or an unavailable
 backend (:class:`~rlix_plugin.hookspecs.BackendUnavailableError`), before any pipeline starts.
 """
 
@@ -20,19 +20,20 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from rlix_plugin.frontend import Hooks
+from rlix_plugin.reference.framework.engines import EnginePool
+from rlix_plugin.reference.framework.observer import DONE, FAILED, FINAL_PHASES, Observers
+from rlix_plugin.reference.framework.pipeline import ReferencePipeline
+from rlix_plugin.reference.framework.policy import Trainer, WeightStore
+from rlix_plugin.reference.framework.task import task_offset
+from rlix_plugin.scenario import Scenario, ScenarioError, check_live
+from rlix_plugin.scenario.static import static_partition
+from rlix_plugin.scenario.workload import lower_bound
 
-from . import status as st
-from .engines import EnginePool
 from .metrics import PipelineMetrics, RunResult
-from .pipeline import ReferencePipeline
-from .policy import Trainer, WeightStore
 from .recorder import Recorder
-from .scenario import Scenario, ScenarioError, check_live
 from .shared_backend import SharedBackend, open_shared_backend
-from .static import static_partition
-from .task import task_offset
+from .status import PipelineStatus
 from .watchdog import Watchdog
-from .workload import lower_bound
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,9 @@ class RunOptions:
 
 
 class ProgressView(Protocol):
-    """A live display of the pipelines' statuses (see :mod:`.display`)."""
+    """A live display of the pipelines' statuses (see :mod:`rlix_plugin.reference.output.display`)."""
 
-    def start(self, statuses: Mapping[str, st.PipelineStatus]) -> None: ...
+    def start(self, statuses: Mapping[str, PipelineStatus]) -> None: ...
 
     def stop(self) -> None: ...
 
@@ -120,6 +121,8 @@ class _Run:
         self.abort = threading.Event()
         self.recorder = Recorder(scenario.gpus)
         self.pipelines: list[ReferencePipeline] = []
+        #: Each pipeline's live status (what it reports, with the recorder, to its observer).
+        self.statuses: dict[str, PipelineStatus] = {}
         self.stalled: list[str] = []
         self.diagnostic: str | None = None
         self._stop_lock = threading.Lock()
@@ -132,7 +135,8 @@ class _Run:
         wait_timeout_s = self.options.timeout_s
         for config in self.scenario.pipelines:
             pm = self.backend.plugin_manager()  # raises BackendUnavailableError before any start
-            status = st.PipelineStatus(config.name, config.rollouts, config.samples_per_rollout, config.dp_size)
+            status = PipelineStatus(config.name, config.rollouts, config.samples_per_rollout, config.dp_size)
+            observer = Observers(status, self.recorder.observer(config.name, framework_feed=not observed))
             trainer = Trainer(config.seed)
             store = WeightStore(trainer.model)
             self.recorder.add_pipeline(config.name, config.bundles(), config.train_gpus, config.samples_per_rollout)
@@ -141,10 +145,9 @@ class _Run:
                 config.name,
                 config.bundles(),
                 store,
-                status,
+                observer,
                 seed=config.seed,
                 offset=task_offset(config.seed),
-                on_resize=None if observed else self.recorder.engines_changed,
                 switch_costs=costs,
             )
             try:
@@ -161,18 +164,18 @@ class _Run:
                     pool,
                     trainer,
                     store,
-                    status,
+                    observer,
                     abort=self.abort,
                     time_scale=self.options.time_scale,
                     wait_timeout_s=wait_timeout_s,
                     legacy_demand=self.options.legacy_demand,
-                    on_phase=lambda name, phase, rollout: self.recorder.phase(name, phase, rollout, not observed),
                 )
             )
+            self.statuses[config.name] = status
 
     def on_stall(self, names: list[str]) -> None:
         """Watchdog callback: capture the diagnostic first (the state at the stall), then stop."""
-        views = {p.name: p.status.view() for p in self.pipelines}
+        views = {name: status.view() for name, status in self.statuses.items()}
         worst = ", ".join(f"{n} ({views[n].stall_s:.1f}s)" for n in names)
         headline = (
             f"watchdog: pipeline(s) {worst} had open demand and no awake engine for longer than "
@@ -184,8 +187,8 @@ class _Run:
 
     def describe(self, headline: str) -> str:
         lines = [self.backend.diagnostic(headline), "framework view:"]
-        for pipeline in self.pipelines:
-            v = pipeline.status.view()
+        for status in self.statuses.values():
+            v = status.view()
             lines.append(
                 f"{v.name}: {v.phase}, rollout {min(v.rollout + 1, v.rollouts_total)}/{v.rollouts_total}, "
                 f"samples {v.samples_done}/{v.samples_per_rollout}, awake engines {v.awake}/{v.dp_size}, "
@@ -202,7 +205,7 @@ class _Run:
         for pipeline in self.pipelines:
             pipeline.pool.abort(reason)
         for pipeline in self.pipelines:
-            if pipeline.status.view().phase in st.FINAL_PHASES:
+            if self.statuses[pipeline.name].view().phase in FINAL_PHASES:
                 continue
             try:  # wakes its blocked scheduler calls with PipelineGoneError
                 pipeline.hooks.unregister_pipeline(pipeline_id=pipeline.name, reason=f"run stopped: {reason}")
@@ -241,7 +244,7 @@ def execute(scenario: Scenario, options: RunOptions = RunOptions(), progress: Pr
     run = _Run(scenario, options, backend)
     try:
         run.build()
-        statuses = {p.name: p.status for p in run.pipelines}
+        statuses = run.statuses
         watchdog = Watchdog(statuses, options.stall_timeout_s, run.on_stall)
         threads = [threading.Thread(target=p.run, name=f"pipeline-{p.name}", daemon=True) for p in run.pipelines]
         run.recorder.t0 = started = time.monotonic()
@@ -271,10 +274,10 @@ def execute(scenario: Scenario, options: RunOptions = RunOptions(), progress: Pr
 
 
 def _result(scenario: Scenario, options: RunOptions, run: _Run, wall_s: float, stuck: list[str]) -> RunResult:
-    views = {p.name: p.status.view() for p in run.pipelines}
-    errors = [f"{name}: {v.error}" for name, v in views.items() if v.phase == st.FAILED]
+    views = {name: status.view() for name, status in run.statuses.items()}
+    errors = [f"{name}: {v.error}" for name, v in views.items() if v.phase == FAILED]
     errors += [f"thread {name} did not stop" for name in stuck]
-    complete = all(v.phase == st.DONE and v.rollouts_completed == v.rollouts_total for v in views.values())
+    complete = all(v.phase == DONE and v.rollouts_completed == v.rollouts_total for v in views.values())
     ok = complete and not run.stalled and not errors
     if not ok and run.diagnostic is None:
         run.diagnostic = run.describe("run failed")

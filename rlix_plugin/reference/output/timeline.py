@@ -11,8 +11,7 @@ from __future__ import annotations
 import pathlib
 
 from rlix_plugin.hookspecs import Priority
-
-from .recorder import Recorder
+from rlix_plugin.reference.harness.recorder import Recorder
 
 
 def draw_timeline(recorder: Recorder, path: str | pathlib.Path, title: str = "") -> None:

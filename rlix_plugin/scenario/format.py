@@ -73,7 +73,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 #: Same rule the scheduler applies to pipeline ids; checked here to name the field.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-BUNDLED_PACKAGE = "rlix_plugin.reference"
+BUNDLED_PACKAGE = "rlix_plugin.scenario"
 BUNDLED_DIR = "scenarios"
 DEFAULT_SCENARIO = "seed"
 

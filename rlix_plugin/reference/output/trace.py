@@ -19,8 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from rlix_plugin.hookspecs import Priority
-
-from .recorder import Holder, Recorder
+from rlix_plugin.reference.harness.recorder import Holder, Recorder
 
 _SEQUENCE_ID = 1  # every packet comes from one writer, so one trusted sequence
 

@@ -11,14 +11,14 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from .metrics import RunResult
-from .status import PipelineStatus
+from rlix_plugin.reference.harness.metrics import RunResult
+from rlix_plugin.reference.harness.status import PipelineStatus
 
 _REFRESH_S = 0.1
 
 
 class LiveProgress:
-    """Implements :class:`~.runner.ProgressView`."""
+    """Implements :class:`~rlix_plugin.reference.harness.runner.ProgressView`."""
 
     def __init__(self, console: Any = None) -> None:
         from rich.console import Console

@@ -16,8 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rlix_plugin.manager import RlixPluginManager, get_plugin_manager
-
-from .scenario import Scenario
+from rlix_plugin.scenario import Scenario
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""The live state of one pipeline: written by its loop and its engines, read by the progress
+"""The live state of one pipeline: a :class:`~rlix_plugin.reference.framework.observer.
+PipelineObserver` that the pipeline's loop and its engines report to, read by the progress
 display, the watchdog and the final metrics. Every method takes the one lock; all are cheap.
 
 A pipeline *stalls* while it has open demand (from the moment it asks for generation GPUs until it
@@ -14,16 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-# Phases, in the order a rollout goes through them.
-STARTING = "starting"
-WAITING_ENGINES = "waiting for engines"
-GENERATING = "generating"
-WAITING_TRAIN = "waiting for train GPUs"
-TRAINING = "training"
-DONE = "done"
-FAILED = "failed"
-ABORTED = "aborted"
-FINAL_PHASES = (DONE, FAILED, ABORTED)
+from rlix_plugin.reference.framework.observer import STARTING, WAITING_ENGINES
 
 
 @dataclass
@@ -54,6 +46,9 @@ class StatusView:
 
 
 class PipelineStatus:
+    """Implements :class:`~rlix_plugin.reference.framework.observer.PipelineObserver`; its
+    readers give a consistent :class:`StatusView`."""
+
     def __init__(
         self,
         name: str,
@@ -88,40 +83,39 @@ class PipelineStatus:
         )
         self._stalled_since: float | None = None
 
-    # -- writers ------------------------------------------------------------------------------
+    # -- writers: the observer protocol ----------------------------------------------------------
 
-    def set_phase(self, phase: str, rollout: int | None = None) -> None:
+    def phase(self, phase: str, rollout: int) -> None:
         with self._lock:
             self._v["phase"] = phase
-            if rollout is not None:
-                self._v["rollout"] = rollout
+            self._v["rollout"] = rollout
+            if phase == WAITING_ENGINES:  # a new rollout: its sample count starts again
                 self._v["samples_done"] = 0
 
-    def set_demand(self, open_: bool) -> None:
+    def demand(self, open_: bool) -> None:
         with self._lock:
             self._v["demand_open"] = open_
             self._update_stall()
 
-    def set_awake(self, awake: int) -> None:
+    def engines(self, awake: tuple[int, ...]) -> None:
         with self._lock:
-            self._v["awake"] = awake
+            self._v["awake"] = len(awake)
             self._update_stall()
 
-    def add_wait(self, seconds: float) -> None:
+    def waited(self, seconds: float) -> None:
         with self._lock:
             self._v["gpu_wait_s"] += seconds
 
-    def add_busy(self, gpu_seconds: float) -> None:
+    def busy(self, gpu_seconds: float) -> None:
         with self._lock:
             self._v["busy_gpu_s"] += gpu_seconds
 
-    def add_switches(self, count: int, gpu_seconds: float) -> None:
-        """``count`` engine state changes that held their GPUs idle for ``gpu_seconds``."""
+    def switched(self, count: int, gpu_seconds: float) -> None:
         with self._lock:
             self._v["switches"] += count
             self._v["switch_gpu_s"] += gpu_seconds
 
-    def add_retracted(self, count: int) -> None:
+    def retracted(self, count: int) -> None:
         with self._lock:
             self._v["retracted"] += count
 
@@ -130,13 +124,13 @@ class PipelineStatus:
             self._v["samples_done"] += 1
             self._v["samples_completed"] += 1
 
-    def rollout_done(self, mean_reward: float, weight_version: int) -> None:
+    def rollout_done(self, rollout: int, mean_reward: float, weight_version: int) -> None:
         with self._lock:
             self._v["rollouts_completed"] += 1
             self._v["rewards"].append(mean_reward)
             self._v["weight_version"] = weight_version
 
-    def finish(self, phase: str, error: str | None = None) -> None:
+    def finished(self, phase: str, error: str | None) -> None:
         with self._lock:
             self._v["phase"] = phase
             self._v["error"] = error
@@ -170,16 +164,4 @@ class PipelineStatus:
             self._stalled_since = None
 
 
-__all__ = [
-    "ABORTED",
-    "DONE",
-    "FAILED",
-    "FINAL_PHASES",
-    "GENERATING",
-    "STARTING",
-    "TRAINING",
-    "WAITING_ENGINES",
-    "WAITING_TRAIN",
-    "PipelineStatus",
-    "StatusView",
-]
+__all__ = ["PipelineStatus", "StatusView"]

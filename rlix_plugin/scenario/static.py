@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .scenario import Scenario, ScenarioError
+from .format import Scenario, ScenarioError
 
 
 def static_partition(scenario: Scenario) -> Scenario:

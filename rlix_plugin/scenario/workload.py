@@ -12,7 +12,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from .scenario import PipelineConfig, Scenario
+from .format import PipelineConfig, Scenario
 
 
 def sample_durations(pipeline: PipelineConfig, rollout: int) -> list[float]:

@@ -28,14 +28,26 @@ from collections.abc import Callable
 
 from rlix_plugin.frontend import Hooks
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, Priority
+from rlix_plugin.scenario import PipelineConfig
+from rlix_plugin.scenario.workload import sample_durations
 from rlix_plugin.session import PipelineSession
 
-from . import status as st
 from .engines import EnginePool, Job, PoolAborted
+from .observer import (
+    ABORTED,
+    DONE,
+    FAILED,
+    GENERATING,
+    STARTING,
+    TRAINED,
+    TRAINING,
+    WAITING_ENGINES,
+    WAITING_TRAIN,
+    NullObserver,
+    PipelineObserver,
+)
 from .policy import Sample, Trainer, WeightStore
-from .scenario import PipelineConfig
 from .task import prompts
-from .workload import sample_durations
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +57,10 @@ class RunAborted(RuntimeError):
 
 
 class ReferencePipeline:
-    """One pipeline: its config, hooks, engines, trainer and live status.
+    """One pipeline: its config, hooks, engines and trainer; it reports to ``observer``.
 
+    :param observer: Receives the pipeline's phases and progress (the pool's engines report to
+        the same one); :class:`~.observer.NullObserver` when None.
     :param time_scale: Multiplies every scenario duration (tests run the same scenario faster).
     :param wait_timeout_s: Timeout of each blocking scheduler call and of collecting a rollout.
     :param abort: Set by the runner to stop the run; every wait here also watches it.
@@ -59,27 +73,25 @@ class ReferencePipeline:
         pool: EnginePool,
         trainer: Trainer,
         store: WeightStore,
-        status: st.PipelineStatus,
+        observer: PipelineObserver | None = None,
         *,
         abort: threading.Event,
         time_scale: float = 1.0,
         wait_timeout_s: float = 300.0,
         legacy_demand: bool = False,
         clock: Callable[[], float] = time.monotonic,
-        on_phase: Callable[[str, str, int], None] | None = None,
     ) -> None:
         self.config = config
         self.hooks = hooks
         self.pool = pool
         self.trainer = trainer
         self.store = store
-        self.status = status
+        self.observer = observer if observer is not None else NullObserver()
         self.abort = abort
         self.time_scale = time_scale
         self.wait_timeout_s = wait_timeout_s
         self.legacy_demand = legacy_demand
         self.clock = clock
-        self.on_phase = on_phase
         self.session = PipelineSession(
             hooks,
             pipeline_id=config.name,
@@ -88,6 +100,8 @@ class ReferencePipeline:
             switch_costs=pool.switch_costs,
         )
         self.error: BaseException | None = None
+        #: The phase the pipeline ended in (one of ``FINAL_PHASES``), once it has.
+        self.outcome = STARTING
         #: Samples of every finished rollout, for tests and metrics (rollout -> samples).
         self.samples: dict[int, list[Sample]] = {}
 
@@ -98,7 +112,7 @@ class ReferencePipeline:
     # -- the thread -------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Thread target. Never raises: the outcome is in ``status`` and ``error``."""
+        """Thread target. Never raises: the outcome is in ``outcome`` and ``error``."""
         try:
             if self.abort.wait(self.config.start_delay_seconds * self.time_scale):
                 raise RunAborted("aborted before start")
@@ -111,17 +125,16 @@ class ReferencePipeline:
                     self._train(rollout, samples)
             finally:
                 self._release(ACTOR_INFER)  # sleeps every engine and retires the open demand
-            self.status.finish(st.DONE)
+            self._finish(DONE)
         except (RunAborted, PoolAborted) as exc:
-            self.status.finish(st.ABORTED, str(exc))
+            self._finish(ABORTED, str(exc))
         except BaseException as exc:  # reported by the runner; the thread must not die silently
             self.error = exc
-            self.status.finish(st.ABORTED if self.abort.is_set() else st.FAILED, f"{type(exc).__name__}: {exc}")
+            self._finish(ABORTED if self.abort.is_set() else FAILED, f"{type(exc).__name__}: {exc}")
             if not self.abort.is_set():
                 log.error("pipeline %s failed: %r", self.name, exc)
         finally:
-            self.session.close(reason=self.status.view().phase)  # releases what is left, unregisters
-            self._phase("end", -1)
+            self.session.close(reason=self.outcome)  # releases what is left, unregisters
 
     # -- steps ------------------------------------------------------------------------------------
 
@@ -133,8 +146,8 @@ class ReferencePipeline:
 
     def _legacy_request(self) -> None:
         """Pre-fix behaviour: request the generation cluster once and keep it (tests only)."""
-        self.status.set_phase(st.WAITING_ENGINES, rollout=0)
-        self.status.set_demand(True)
+        self.observer.phase(WAITING_ENGINES, 0)
+        self.observer.demand(True)
         started = self.clock()
         try:
             self.hooks.request_gpus(
@@ -145,7 +158,7 @@ class ReferencePipeline:
                 timeout_s=self.wait_timeout_s,
             )
         finally:
-            self.status.add_wait(self.clock() - started)
+            self.observer.waited(self.clock() - started)
 
     def _rollout(self, rollout: int) -> list[Sample]:
         target = self.config.samples_per_rollout
@@ -156,40 +169,37 @@ class ReferencePipeline:
                 zip(prompts(self.config.seed, rollout, target), sample_durations(self.config, rollout), strict=False)
             )
         ]
-        self.status.set_phase(st.WAITING_ENGINES, rollout=rollout)
-        self.status.set_demand(True)
-        self._phase("rollout", rollout)
+        self.observer.phase(WAITING_ENGINES, rollout)
+        self.observer.demand(True)
         try:
             if not self.legacy_demand:
                 started = self.clock()
                 try:
                     self.session.signal_demand(rollout, target)
                 finally:
-                    self.status.add_wait(self.clock() - started)
+                    self.observer.waited(self.clock() - started)
             self._check_abort()
             self.hooks.begin_progress_batch(pipeline_id=self.name, step_target=target, target_weight_version=version)
             try:
-                self.status.set_phase(st.GENERATING)
+                self.observer.phase(GENERATING, rollout)
                 self.pool.submit(jobs)
                 samples = self.pool.collect(target, self.wait_timeout_s)
             finally:
                 self.hooks.end_progress_batch(pipeline_id=self.name)
         finally:
-            self.status.set_demand(False)
+            self.observer.demand(False)
         self.samples[rollout] = samples
         return samples
 
     def _train(self, rollout: int, samples: list[Sample]) -> None:
-        self.status.set_phase(st.WAITING_TRAIN)
-        self._phase("wait-train", rollout)
+        self.observer.phase(WAITING_TRAIN, rollout)
         started = self.clock()
         try:
             self.session.acquire(ACTOR_TRAIN, Priority.ACTOR_TRAINING)
         finally:
-            self.status.add_wait(self.clock() - started)
+            self.observer.waited(self.clock() - started)
         try:
-            self.status.set_phase(st.TRAINING)
-            self._phase("train", rollout)
+            self.observer.phase(TRAINING, rollout)
             began = self.clock()
             self.trainer.step(samples)
             # The tiny policy trains in milliseconds; hold the GPUs for the scenario's training
@@ -199,11 +209,11 @@ class ReferencePipeline:
                 raise RunAborted("aborted during training")
             version = self.store.publish(self.trainer.model)
             self.pool.sync_weights()
-            self.status.add_busy(held * len(self.config.train_gpus))
+            self.observer.busy(held * len(self.config.train_gpus))
         finally:
-            self._phase("idle", rollout)  # done with the training GPUs before they are given back
+            self.observer.phase(TRAINED, rollout)  # done with the training GPUs before they are given back
             self._release(ACTOR_TRAIN)
-        self.status.rollout_done(sum(s.reward for s in samples) / len(samples), version)
+        self.observer.rollout_done(rollout, sum(s.reward for s in samples) / len(samples), version)
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -219,9 +229,9 @@ class ReferencePipeline:
         if self.abort.is_set():
             raise RunAborted("run aborted")
 
-    def _phase(self, phase: str, rollout: int) -> None:
-        if self.on_phase is not None:
-            self.on_phase(self.name, phase, rollout)
+    def _finish(self, phase: str, error: str | None = None) -> None:
+        self.outcome = phase
+        self.observer.finished(phase, error)
 
 
 __all__ = ["ReferencePipeline", "RunAborted"]

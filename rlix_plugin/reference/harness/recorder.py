@@ -7,7 +7,8 @@ Two feeds, one format (:class:`Frame`):
   per change; the listener runs on the scheduler loop, so it only copies a few tuples and drops
   frames that change nothing;
 * the framework side, for backends whose scheduler lives elsewhere (ray): engines report the DP
-  ranks awake after each resize, pipelines report their phases; training holds its GPUs from
+  ranks awake after each resize, pipelines report their phases (both through the pipeline's
+  observer, :meth:`Recorder.observer`); training holds its GPUs from
   ``train`` to the next phase (``idle`` comes before its release), open demand (the rollout's
   step target) lasts from ``rollout`` to ``wait-train``; a pending generation request is a
   pipeline with open demand and no awake engine, a pending training request one between
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, CLUSTER_NAMES
+from rlix_plugin.reference.framework import observer as ob
 
 #: (pipeline, role, dp rank or None); role is "infer", "train" or another cluster name.
 Holder = tuple[str, str, Union[int, None]]
@@ -52,6 +54,10 @@ class PhaseEvent:
 
 #: Phases that are not a span of their own on the timeline (the pipeline holds nothing then).
 QUIET_PHASES = ("idle", "end")
+
+#: The pipeline's phases (:mod:`rlix_plugin.reference.framework.observer`) that begin a recorded
+#: one; the others (generating) continue the span they are in.
+_RECORDED = {ob.WAITING_ENGINES: "rollout", ob.WAITING_TRAIN: "wait-train", ob.TRAINING: "train", ob.TRAINED: "idle"}
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,11 @@ class Recorder:
     def finish(self) -> None:
         with self._lock:
             self.end = self.now()
+
+    def observer(self, pipeline: str, framework_feed: bool) -> ob.PipelineObserver:
+        """What ``pipeline`` reports, recorded: its phases, and with ``framework_feed`` (the
+        scheduler cannot be observed) its engines."""
+        return _PipelineFeed(self, pipeline, framework_feed)
 
     # -- feed 1: the scheduler --------------------------------------------------------------------
 
@@ -250,6 +261,31 @@ class Recorder:
             if event.phase not in QUIET_PHASES:
                 result.setdefault(name, []).append((event.t, end, _label(event)))
         return result
+
+
+class _PipelineFeed(ob.NullObserver):
+    """One pipeline's observer reports, turned into the recorder's phase events (a phase reported
+    again for the same rollout is one event) and, on the framework-side feed, engine changes."""
+
+    def __init__(self, recorder: Recorder, pipeline: str, framework_feed: bool) -> None:
+        self.recorder = recorder
+        self.pipeline = pipeline
+        self.framework_feed = framework_feed
+        self._last: tuple[str, int] | None = None
+
+    def phase(self, phase: str, rollout: int) -> None:
+        recorded = _RECORDED.get(phase)
+        if recorded is None or self._last == (recorded, rollout):
+            return
+        self._last = (recorded, rollout)
+        self.recorder.phase(self.pipeline, recorded, rollout, self.framework_feed)
+
+    def engines(self, awake: tuple[int, ...]) -> None:
+        if self.framework_feed:
+            self.recorder.engines_changed(self.pipeline, awake)
+
+    def finished(self, phase: str, error: str | None) -> None:
+        self.recorder.phase(self.pipeline, "end", -1, self.framework_feed)
 
 
 def _label(event: PhaseEvent) -> str:
