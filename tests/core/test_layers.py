@@ -9,6 +9,8 @@ import ast
 import pathlib
 from collections import defaultdict
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 #: Installed package -> source folder (pyproject.toml's package-dir).
 SOURCES = {
@@ -167,3 +169,31 @@ def test_the_reference_is_split_into_framework_below_harness_below_output():
         and module.split(".")[2] not in ("framework", "harness", "output")
     ]
     assert not stray, f"modules of rlix_plugin.reference outside its three layers: {stray}"
+
+
+#: Packages that promise, in their ``__init__`` docstring, to import no more than this.
+ALLOWED_IMPORTS = {
+    # The copyable framework reaches the scheduler only through the hooks.
+    "rlix_plugin.reference.framework": (
+        "rlix_plugin.hookspecs",
+        "rlix_plugin.frontend",
+        "rlix_plugin.session",
+        "rlix_plugin.supply",
+        "rlix_plugin.metrics",
+        "rlix_plugin.scenario",
+    ),
+    "rlix_plugin.scenario": ("rlix_plugin.hookspecs", "rlix_plugin.scheduler.policy"),
+}
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED_IMPORTS))
+def test_a_package_imports_only_what_its_docstring_allows(package):
+    allowed = (package, *ALLOWED_IMPORTS[package])
+    outside = sorted(
+        f"{module} imports {target}"
+        for module, targets in imports(modules()).items()
+        if module == package or module.startswith(package + ".")
+        for target in targets
+        if not any(target == prefix or target.startswith(prefix + ".") for prefix in allowed)
+    )
+    assert not outside, "\n".join(outside)
