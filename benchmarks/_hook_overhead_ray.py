@@ -92,7 +92,6 @@ def run_ray(
         for pid in pids:
             hooks.end_progress_batch(pipeline_id=pid)
             hooks.unregister_pipeline(pipeline_id=pid)
-        client.shutdown()
     finally:
         ray.shutdown()
     return {
