@@ -167,13 +167,15 @@ class ReferencePipeline:
                 finally:
                     self.status.add_wait(self.clock() - started)
             self._check_abort()
-            self.hooks.begin_progress_batch(pipeline_id=self.name, step_target=target, target_weight_version=version)
+            self.hooks.begin_progress_batch(
+                pipeline_id=self.name, rollout_id=rollout, step_target=target, target_weight_version=version
+            )
             try:
                 self.status.set_phase(st.GENERATING)
                 self.pool.submit(jobs)
                 samples = self.pool.collect(target, self.wait_timeout_s)
             finally:
-                self.hooks.end_progress_batch(pipeline_id=self.name)
+                self.hooks.end_progress_batch(pipeline_id=self.name, rollout_id=rollout)
         finally:
             self.status.set_demand(False)
         self.samples[rollout] = samples
