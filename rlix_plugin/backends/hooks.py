@@ -12,9 +12,12 @@ demand-side hooks by calling its port, and it is where the hooks meet the outsid
   else's GPUs.
 * **The hot path never raises or blocks.** Progress hooks only update a coalescer; a bad or
   unowned report is dropped and logged once per batch ("progress signal lost"); delivery happens
-  on the coalescer's thread through :meth:`SchedulerPort.send_progress`.
-* Before a new rollout's demand, earlier progress is flushed, so that the previous rollout's end
-  cannot arrive after it.
+  on the coalescer's thread through :meth:`SchedulerPort.send_progress`. A ``begin`` becomes the
+  batch's :class:`~rlix_plugin.progress.ProgressReport`, the one record every later report of
+  the batch is derived from.
+* Nothing waits for earlier progress before a new rollout's demand: every report carries its
+  rollout's epoch, so the previous rollout's late end is ignored by the scheduler whenever it
+  arrives (:mod:`rlix_plugin.scheduler.demand`).
 
 The supply side is given at construction (``resize``: runs ``rlix_resize_infer`` on the owning
 plugin manager); the port runs it where the engines are.

@@ -3,7 +3,7 @@
 :func:`dump_state` turns a :class:`~.state.SchedulerState` into a JSON-able dict holding
 everything a restart needs -- registrations (clusters, limits, switch costs and what was measured
 of them), admissions, who holds every GPU, fixed allocations, generation allocations (awake ranks
-and ranks in transition), pending requests, the open-demand registry and progress streams,
+and ranks in transition), pending requests, the open-demand registry, rollout epochs and progress streams,
 planned releases and fences. :func:`load_state` rebuilds the state from it. The stores that keep
 the dict (:mod:`.store`, :mod:`rlix_plugin.ray.kv_store`) never look inside it.
 
