@@ -39,7 +39,7 @@ def _paced_bumps(hooks: Hooks, pids: list[str], rate: float, duration: float) ->
             break
         due = int(elapsed * rate)
         while sent < due:
-            bump(pipeline_id=pids[sent % len(pids)], count=1)
+            bump(pipeline_id=pids[sent % len(pids)], rollout_id=0, count=1)
             sent += 1
         time.sleep(0.0005)  # pacing: the next bumps are not due yet
     return sent, time.perf_counter() - start
@@ -74,7 +74,7 @@ def run_ray(
         for i, pid in enumerate(pids):
             hooks.register_pipeline(pipeline_id=pid, clusters={ACTOR_INFER: ClusterSpec(1, (i,))})
             hooks.signal_demand(pipeline_id=pid, rollout_id=0, step_target=BIG, timeout_s=30)
-            hooks.begin_progress_batch(pipeline_id=pid, step_target=BIG)
+            hooks.begin_progress_batch(pipeline_id=pid, rollout_id=0, step_target=BIG)
 
         caller_ns = ns_per_call(hooks, calls, repeat)  # bumps go to "p0"
 
@@ -90,9 +90,8 @@ def run_ray(
         }
         completed = {pid: snap["pipelines"][pid]["progress"][0]["completed"] for pid in pids}
         for pid in pids:
-            hooks.end_progress_batch(pipeline_id=pid)
+            hooks.end_progress_batch(pipeline_id=pid, rollout_id=0)
             hooks.unregister_pipeline(pipeline_id=pid)
-        client.shutdown()
     finally:
         ray.shutdown()
     return {

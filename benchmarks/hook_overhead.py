@@ -37,7 +37,7 @@ class CountingPlugin:
 
 def ns_per_call(hooks: Hooks, calls: int, repeat: int) -> float:
     bump = hooks.bump_completed
-    timer = timeit.Timer("bump(pipeline_id='p0', count=1)", globals={"bump": bump})
+    timer = timeit.Timer("bump(pipeline_id='p0', rollout_id=0, count=1)", globals={"bump": bump})
     return median([t / calls * 1e9 for t in timer.repeat(repeat=repeat, number=calls)])
 
 
@@ -65,14 +65,16 @@ def main() -> None:
 
     # A plain method call with the same arguments, for scale.
     class Plain:
-        def bump_completed(self, *, pipeline_id: str, count: int = 1) -> None:
+        def bump_completed(self, *, pipeline_id: str, rollout_id: int, count: int = 1) -> None:
             return None
 
     plain = Plain().bump_completed
     plain_ns = median(
         [
             t / args.calls * 1e9
-            for t in timeit.Timer("f(pipeline_id='p0', count=1)", globals={"f": plain}).repeat(args.repeat, args.calls)
+            for t in timeit.Timer("f(pipeline_id='p0', rollout_id=0, count=1)", globals={"f": plain}).repeat(
+                args.repeat, args.calls
+            )
         ]
     )
     noop_ns = ns_per_call(noop, args.calls, args.repeat)

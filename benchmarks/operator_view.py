@@ -28,6 +28,7 @@ from _stats import emit, median
 
 from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec, Priority
 from rlix_plugin.metrics.values import Recorder, Tally, snapshot_gauges
+from rlix_plugin.progress import PROGRESS, ProgressReport
 from rlix_plugin.scheduler.journal import Journal
 from rlix_plugin.scheduler.plan import IDLE, Move, Plan
 from rlix_plugin.scheduler.planner import plan_cycle
@@ -52,7 +53,7 @@ def build_state(pipelines: int, gpus: int) -> SchedulerState:
         state.resized(action, ResizeOutcome(action.add))
     state.take_events()
     for i in range(pipelines):
-        state.report_progress(f"p{i}", "full", None, STEP, i % STEP)
+        state.apply_progress(ProgressReport(PROGRESS, f"p{i}", 0, "full", None, STEP, i % STEP, 0))
     return state
 
 

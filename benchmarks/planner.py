@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _stats import emit, median
 
 from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec, Priority
+from rlix_plugin.progress import END, PROGRESS, ProgressReport
 from rlix_plugin.scheduler.plan import IDLE, Move, Plan
 from rlix_plugin.scheduler.planner import plan_cycle
 from rlix_plugin.scheduler.policy import POLICIES
@@ -49,12 +50,12 @@ def build_state(pipelines: int, gpus: int, tp: int, seed: int = 0) -> SchedulerS
     state.start(Plan([Move(IDLE, wakes={"p0": set(range(gpus // tp))})]))
     for action in state.take_actions():
         state.resized(action, ResizeOutcome(action.add))
-    state.report_progress("p0", "full", None, STEP, STEP)
-    state.clear_progress("p0")
+    state.apply_progress(ProgressReport(PROGRESS, "p0", 0, "full", None, STEP, STEP, 0))
+    state.apply_progress(ProgressReport(END, "p0", 0, "full", None, STEP, STEP, 0))
     for i in range(1, pipelines):
         pid = f"p{i}"
         state.request(pid, ACTOR_INFER, Priority.GENERATION, STEP)
-        state.report_progress(pid, "full", None, STEP, STEP - rng.randint(1, STEP))
+        state.apply_progress(ProgressReport(PROGRESS, pid, 0, "full", None, STEP, STEP - rng.randint(1, STEP), 0))
     return state
 
 

@@ -24,14 +24,18 @@ if TYPE_CHECKING:
 def rlix_signal_demand(pipeline_id: str, rollout_id: int, step_target: int, timeout_s: float) -> Grant | None:
     """Pre-signal rollout demand and wait until the pipeline can generate.
 
-    Called before the rollout function dispatches anything, once per rollout. It writes the
-    pipeline into the scheduler's durable open-demand registry (``pipeline_id -> step_target``),
-    which stays until the generation cluster is released, all progress streams are cleared, or the
-    pipeline unregisters, and blocks until at least one generation DP worker of the pipeline is
-    awake. Returns at once if one already is.
+    Called before the rollout function dispatches anything, once per rollout. It starts the
+    rollout's epoch and writes the pipeline into the scheduler's durable open-demand registry
+    (``pipeline_id -> step_target``, of rollout ``rollout_id``), which stays until the generation
+    cluster is released, the rollout's progress streams all end, or the pipeline unregisters, and
+    blocks until at least one generation DP worker of the pipeline is awake. Returns at once if
+    one already is. From then on, progress of an older rollout is ignored: its late ``end`` cannot
+    retire this rollout's demand. Calling it again for the same ``rollout_id`` (a retry) keeps the
+    rollout's streams.
 
     :param pipeline_id: The registered pipeline.
-    :param rollout_id: Index of the rollout about to start (for logs and diagnostics).
+    :param rollout_id: The rollout about to start: its epoch (an int >= 0, never smaller than the
+        pipeline's previous one). The progress hooks of the rollout carry the same value.
     :param step_target: Samples this rollout must collect (> 0).
     :param timeout_s: Longest wait, in seconds (> 0).
     :returns: The generation :class:`~rlix_plugin.hookspecs.types.Grant` (awake DP ranks and their
@@ -39,7 +43,8 @@ def rlix_signal_demand(pipeline_id: str, rollout_id: int, step_target: int, time
     :raises SchedulerTimeoutError: no worker woke in ``timeout_s``; the message carries the
         scheduler's diagnostic (open demand, holders of each GPU, pending queue).
     :raises PipelineGoneError: the pipeline was unregistered while waiting.
-    :raises InvalidRequestError: unknown pipeline, ``step_target <= 0`` or ``timeout_s <= 0``.
+    :raises InvalidRequestError: unknown pipeline, ``step_target <= 0``, ``timeout_s <= 0``, or a
+        ``rollout_id`` older than the pipeline's current rollout; nothing is changed.
     """
 
 
@@ -51,6 +56,7 @@ def rlix_signal_demand(pipeline_id: str, rollout_id: int, step_target: int, time
 @hookspec
 def rlix_begin_progress_batch(
     pipeline_id: str,
+    rollout_id: int,
     mode: str,
     adapter_id: str | None,
     target_weight_version: int,
@@ -64,6 +70,9 @@ def rlix_begin_progress_batch(
     coalescing: the scheduler sees it at once.
 
     :param pipeline_id: The registered pipeline.
+    :param rollout_id: The rollout's epoch, as given to ``rlix_signal_demand``. A batch of a rollout
+        older than the pipeline's current one is ignored; a newer one starts its epoch (for a
+        framework that does not signal demand).
     :param mode: ``"full"`` (one stream per pipeline) or ``"lora"`` (one stream per adapter).
     :param adapter_id: LoRA adapter of the stream; ``None`` for ``"full"``.
     :param target_weight_version: Policy version the collected samples are for.
@@ -75,15 +84,17 @@ def rlix_begin_progress_batch(
 
 @hookspec
 def rlix_bump_completed(
-    pipeline_id: str, mode: str, adapter_id: str | None, target_weight_version: int, count: int
+    pipeline_id: str, rollout_id: int, mode: str, adapter_id: str | None, target_weight_version: int, count: int
 ) -> None:
     """Count samples accepted into the open batch.
 
     Called once per finished sample or group, from the rollout loop. Cheap: implementations
     coalesce (the ``ray`` backend sends at most ~20 reports a second per pipeline). Latest wins on
-    the scheduler side; completed is clamped to ``[0, step_target]``.
+    the scheduler side; completed is clamped to ``[0, step_target]``. A bump for another rollout
+    than the stream's open batch (a straggler) counts nothing.
 
     :param pipeline_id: The registered pipeline.
+    :param rollout_id: Rollout of the batch, as given to ``begin``.
     :param mode: Stream mode, as given to ``begin``.
     :param adapter_id: Stream adapter, as given to ``begin``.
     :param target_weight_version: Version of the policy that produced the samples.
@@ -93,13 +104,16 @@ def rlix_bump_completed(
 
 
 @hookspec
-def rlix_end_progress_batch(pipeline_id: str, mode: str, adapter_id: str | None) -> None:
+def rlix_end_progress_batch(pipeline_id: str, rollout_id: int, mode: str, adapter_id: str | None) -> None:
     """Close a progress stream: the rollout collected what it needed (or gave up).
 
     Called at normal completion and on the rollout's fatal-error path. The final count is
-    delivered before the end. When the pipeline's last stream closes, its open demand is retired.
+    delivered before the end. When the pipeline's last stream closes, its open demand is retired
+    -- only if the stream is of the pipeline's current rollout: the end of an older rollout, late
+    or not, changes nothing.
 
     :param pipeline_id: The registered pipeline.
+    :param rollout_id: Rollout of the batch, as given to ``begin``.
     :param mode: Stream mode, as given to ``begin``.
     :param adapter_id: Stream adapter, as given to ``begin``.
     :returns: Nothing; every implementation is called.

@@ -93,6 +93,7 @@ class Hooks:
         self,
         *,
         pipeline_id: str,
+        rollout_id: int,
         step_target: int,
         target_weight_version: int = 0,
         initial_completed: int = 0,
@@ -103,6 +104,7 @@ class Hooks:
         if call is not None:
             call(
                 pipeline_id=pipeline_id,
+                rollout_id=rollout_id,
                 mode=mode,
                 adapter_id=adapter_id,
                 target_weight_version=target_weight_version,
@@ -114,6 +116,7 @@ class Hooks:
         self,
         *,
         pipeline_id: str,
+        rollout_id: int,
         count: int = 1,
         target_weight_version: int = 0,
         mode: str = MODE_FULL,
@@ -123,16 +126,19 @@ class Hooks:
         if call is not None:
             call(
                 pipeline_id=pipeline_id,
+                rollout_id=rollout_id,
                 mode=mode,
                 adapter_id=adapter_id,
                 target_weight_version=target_weight_version,
                 count=count,
             )
 
-    def end_progress_batch(self, *, pipeline_id: str, mode: str = MODE_FULL, adapter_id: str | None = None) -> None:
+    def end_progress_batch(
+        self, *, pipeline_id: str, rollout_id: int, mode: str = MODE_FULL, adapter_id: str | None = None
+    ) -> None:
         call = self._end
         if call is not None:
-            call(pipeline_id=pipeline_id, mode=mode, adapter_id=adapter_id)
+            call(pipeline_id=pipeline_id, rollout_id=rollout_id, mode=mode, adapter_id=adapter_id)
 
     def report_preempt(
         self, *, pipeline_id: str, dp_rank: int, worker_url: str | None = None, retracted: int = 0

@@ -1,8 +1,14 @@
 """Pipeline-side progress streams and their coalescing: the hot path of the hooks.
 
 A backend feeds ``begin`` / ``bump`` / ``end`` here from the rollout loop and gets
-:class:`ProgressReport` values delivered to its ``send`` callable from one background thread:
+:class:`ProgressReport` values delivered to its ``send`` callable from one background thread.
+A report is the one record of the progress path: the hook layer builds the ``begin`` report, and
+every later report of the batch is derived from it, so it travels unchanged to the scheduler's
+demand ledger (:mod:`rlix_plugin.scheduler.demand`).
 
+* every report carries its rollout's epoch (``rollout_id``); a bump or end for another rollout
+  than the stream's open batch is a straggler and changes nothing (an end of rollout k never
+  closes rollout k+1's batch);
 * ``begin`` and ``end`` are delivered at once, in call order;
 * bumps only update a counter (a lock and an addition in the caller's thread); the latest count
   of each stream is delivered at most once per ``min_interval_s`` (about 20 reports a second per
@@ -28,10 +34,14 @@ BEGIN, PROGRESS, END = "begin", "progress", "end"
 
 @dataclass(frozen=True)
 class ProgressReport:
-    """One delivery to the scheduler. ``completed`` is absolute (latest wins), in samples."""
+    """One delivery to the scheduler: a batch began (``BEGIN``), its count (``PROGRESS``), or it
+    ended (``END``). ``completed`` is absolute (latest wins within a rollout), in samples;
+    ``rollout_id`` is the rollout's epoch: the scheduler ignores a report of a rollout older than
+    the pipeline's current one."""
 
     kind: str
     pipeline_id: str
+    rollout_id: int
     mode: str
     adapter_id: str | None
     step_target: int
@@ -40,12 +50,13 @@ class ProgressReport:
 
 
 class _Stream:
-    __slots__ = ("completed", "dirty", "step_target", "version")
+    __slots__ = ("completed", "dirty", "opened", "rollout_id", "version")
 
-    def __init__(self, step_target: int, completed: int, version: int) -> None:
-        self.step_target = step_target
-        self.completed = completed
-        self.version = version
+    def __init__(self, opened: ProgressReport) -> None:
+        self.opened = opened
+        self.rollout_id = opened.rollout_id
+        self.completed = opened.completed
+        self.version = opened.target_weight_version
         self.dirty = False
 
 
@@ -70,32 +81,32 @@ class ProgressCoalescer:
 
     # -- caller side (hot) ----------------------------------------------------------------------
 
-    def begin(
-        self,
-        pipeline_id: str,
-        mode: str,
-        adapter_id: str | None,
-        target_weight_version: int,
-        step_target: int,
-        initial_completed: int,
-    ) -> None:
-        key = (pipeline_id, mode, adapter_id)
+    def begin(self, report: ProgressReport) -> None:
+        """Open the batch ``report`` (a ``BEGIN``, checked by the caller) describes."""
+        key = (report.pipeline_id, report.mode, report.adapter_id)
         with self._lock:
             # A begin on a stream whose end never came replaces the stale batch.
-            stream = _Stream(step_target, initial_completed, target_weight_version)
-            self._streams[key] = stream
+            self._streams[key] = _Stream(report)
             self._dirty.pop(key, None)
             self._lost.discard(key)
-            self._events.append(self._report(BEGIN, key, stream))
+            self._events.append(report)
             self._ensure_thread()
             self._lock.notify()
 
-    def bump(self, pipeline_id: str, mode: str, adapter_id: str | None, target_weight_version: int, count: int) -> None:
+    def bump(
+        self,
+        pipeline_id: str,
+        rollout_id: int,
+        mode: str,
+        adapter_id: str | None,
+        target_weight_version: int,
+        count: int,
+    ) -> None:
         key = (pipeline_id, mode, adapter_id)
         with self._lock:
             stream = self._streams.get(key)
-            if stream is None:
-                return  # no open batch: nothing to count against (logged at end of batch by begin)
+            if stream is None or stream.rollout_id != rollout_id:
+                return  # no open batch of that rollout: a straggler counts nothing
             stream.completed += count
             stream.version = target_weight_version
             if not stream.dirty:
@@ -103,12 +114,13 @@ class ProgressCoalescer:
                 self._dirty[key] = None
                 self._lock.notify()
 
-    def end(self, pipeline_id: str, mode: str, adapter_id: str | None) -> None:
+    def end(self, pipeline_id: str, rollout_id: int, mode: str, adapter_id: str | None) -> None:
         key = (pipeline_id, mode, adapter_id)
         with self._lock:
-            stream = self._streams.pop(key, None)
-            if stream is None:
-                return
+            stream = self._streams.get(key)
+            if stream is None or stream.rollout_id != rollout_id:
+                return  # only its own rollout's end closes a batch
+            del self._streams[key]
             if stream.dirty:
                 self._dirty.pop(key, None)
                 self._events.append(self._report(PROGRESS, key, stream))
@@ -163,8 +175,16 @@ class ProgressCoalescer:
             self._thread.start()
 
     def _report(self, kind: str, key: tuple[str, str, str | None], stream: _Stream) -> ProgressReport:
+        opened = stream.opened
         return ProgressReport(
-            kind, key[0], key[1], key[2], stream.step_target, min(stream.completed, stream.step_target), stream.version
+            kind,
+            opened.pipeline_id,
+            opened.rollout_id,
+            opened.mode,
+            opened.adapter_id,
+            opened.step_target,
+            min(stream.completed, opened.step_target),
+            stream.version,
         )
 
     def _run(self) -> None:

@@ -42,6 +42,9 @@ CHANNEL_METHODS = frozenset(
         "activate_routing",
     }
 )
+#: Not a manager method: the channel's one other call, which tells the hooks the manager holds
+#: which rollout comes next (:func:`.hooks.set_rollout_in`), during a rollout too.
+SET_ROLLOUT = "rlix_set_rollout"
 #: Seconds one long poll of the manager's thread waits for a call. Idle cost: one small call per
 #: interval per pipeline.
 POLL_S = 2.0
@@ -135,9 +138,15 @@ def _serve(manager: Any, mailbox: Any, stop: threading.Event, pipeline_id: str) 
             continue
         call_id, name, args, kwargs = request
         try:
-            if name not in CHANNEL_METHODS:
+            if name == SET_ROLLOUT:
+                from .hooks import set_rollout_in
+
+                set_rollout_in(manager, *args, **kwargs)
+                ok, value = True, None
+            elif name not in CHANNEL_METHODS:
                 raise ValueError(f"{name!r} is not an engine call ({sorted(CHANNEL_METHODS)})")
-            ok, value = True, getattr(manager, name)(*args, **kwargs)
+            else:
+                ok, value = True, getattr(manager, name)(*args, **kwargs)
         except Exception as exc:
             ok, value = False, exc
         try:
@@ -211,4 +220,4 @@ class EngineChannel:
             log.debug("rlix: closing the engine channel of %r: %r", self.manager.pipeline_id, exc)
 
 
-__all__ = ["CHANNEL_METHODS", "EngineChannel", "EngineMailbox", "serve_engine_calls"]
+__all__ = ["CHANNEL_METHODS", "SET_ROLLOUT", "EngineChannel", "EngineMailbox", "serve_engine_calls"]

@@ -18,10 +18,16 @@ Contract of this implementation:
   is logged once per batch at WARNING ("progress signal lost") and the rollout continues. The
   ``local`` and ``ray`` backends coalesce progress in a background thread, so a call costs a lock
   and a counter, whatever the scheduler is doing.
+* **The rollout epoch.** miles' protocol passes no rollout id, so the hooks are told it:
+  :meth:`~.session.MilesSession.signal_rollout_demand` sets it in the manager's process
+  (:meth:`MilesRLixHooks.set_rollout`, through the engine channel, which does not wait behind a
+  running ``generate``) before the rollout is dispatched, and each batch takes it when it
+  begins: its bumps and its end carry that rollout even if the next rollout's id is set
+  meanwhile. A ``begin`` before any rollout id was set is a lost signal (logged), not a guess.
 * **Tolerant.** A ``begin`` while a batch is open replaces it (the backend closes the stale
   batch); an ``end`` with no open batch, or a second one, does nothing; a batch whose ``end``
-  never comes is closed by the next ``begin``, by the next ``signal_demand`` (which retires the
-  previous rollout's streams) or by releasing the generation cluster.
+  never comes is closed by the next ``begin``, by the next rollout's epoch (the scheduler
+  ignores an older rollout's reports) or by releasing the generation cluster.
 * **Crosses processes.** It is sent to the ``RolloutManager`` actor by ``set_rlix_hooks``, so it
   pickles as plain configuration (pipeline id, group size, backend name and options) and rebuilds
   its plugin manager and front end on first use on the far side. A hooks object for the
@@ -90,7 +96,10 @@ class MilesRLixHooks:
     def _init_runtime(self, hooks: Hooks | None) -> None:
         self._hooks = hooks
         self._lock = threading.Lock()
-        self._stream: tuple[str, str | None] | None = None  # (mode, adapter_id) of the open batch
+        #: (mode, adapter_id, rollout_id) of the open batch.
+        self._stream: tuple[str, str | None, int] | None = None
+        #: The rollout the next batch belongs to (set by :meth:`set_rollout`).
+        self._rollout_id: int | None = None
         self._version = 0
         self._lost_logged = False
 
@@ -139,6 +148,23 @@ class MilesRLixHooks:
                 hooks = self._hooks
         return hooks
 
+    # -- the rollout epoch ------------------------------------------------------------------------
+
+    def set_rollout(self, rollout_id: int) -> None:
+        """The next batch belongs to rollout ``rollout_id`` (an open batch keeps its own).
+
+        :raises InvalidRequestError: ``rollout_id`` is not an int >= 0 (nothing changed).
+        """
+        if isinstance(rollout_id, bool) or not isinstance(rollout_id, int) or rollout_id < 0:
+            raise InvalidRequestError(f"rollout_id must be an int >= 0, got {rollout_id!r}")
+        with self._lock:
+            self._rollout_id = rollout_id
+
+    @property
+    def rollout_id(self) -> int | None:
+        """The rollout the next batch belongs to (``None`` until :meth:`set_rollout`)."""
+        return self._rollout_id
+
     # -- miles' RLixHooks protocol ---------------------------------------------------------------
 
     def begin_progress_batch(
@@ -161,10 +187,17 @@ class MilesRLixHooks:
             if stream[0] not in (MODE_FULL, MODE_LORA):
                 raise InvalidRequestError(f"mode must be None, {MODE_FULL!r} or {MODE_LORA!r}, got {mode!r}")
             with self._lock:
-                self._stream = stream
+                rollout_id = self._rollout_id
+                if rollout_id is None:
+                    raise InvalidRequestError(
+                        "no rollout id: the batch's rollout was never signalled (call the session's "
+                        "signal_rollout_demand before each rollout is dispatched)"
+                    )
+                self._stream = (*stream, rollout_id)
                 self._version = int(target_weight_version)
             self.front_end.begin_progress_batch(
                 pipeline_id=self.pipeline_id,
+                rollout_id=rollout_id,
                 step_target=self.units.samples(groups),
                 target_weight_version=int(target_weight_version),
                 initial_completed=self.units.samples(done),
@@ -183,6 +216,7 @@ class MilesRLixHooks:
                 return
             self.front_end.bump_completed(
                 pipeline_id=self.pipeline_id,
+                rollout_id=stream[2],
                 count=self.units.n_samples_per_prompt,
                 target_weight_version=int(target_weight_version),
                 mode=stream[0],
@@ -199,7 +233,9 @@ class MilesRLixHooks:
                 stream, self._stream = self._stream, None
             if stream is None:
                 return
-            self.front_end.end_progress_batch(pipeline_id=self.pipeline_id, mode=stream[0], adapter_id=stream[1])
+            self.front_end.end_progress_batch(
+                pipeline_id=self.pipeline_id, rollout_id=stream[2], mode=stream[0], adapter_id=stream[1]
+            )
         except Exception as exc:
             self._signal_lost("end_progress_batch", exc)
 
@@ -265,6 +301,33 @@ class MilesRLixHooks:
         )
 
 
+def held_hooks(manager: Any) -> Any:
+    """Runs in the manager's process: the rlix hooks ``manager`` holds (``get_rlix_hooks()`` if it
+    has one, else the attribute miles stores them in, ``_rlix_hooks``); raises
+    :class:`AttributeError` when it has neither."""
+    getter = getattr(manager, "get_rlix_hooks", None)
+    if callable(getter):
+        return getter()
+    if hasattr(manager, "_rlix_hooks"):
+        return manager._rlix_hooks
+    raise AttributeError(f"no rlix hooks attribute on {type(manager).__qualname__}")
+
+
+def set_rollout_in(manager: Any, token: str, rollout_id: int) -> None:
+    """Runs in the manager's process: :meth:`MilesRLixHooks.set_rollout` on the hooks of
+    installation ``token``.
+
+    :raises InvalidRequestError: the manager holds other hooks (or none), or a bad ``rollout_id``.
+    """
+    held = held_hooks(manager)
+    if not isinstance(held, MilesRLixHooks) or held.token != token:
+        raise InvalidRequestError(
+            f"the RolloutManager no longer holds the hooks of this installation (it holds {held!r}); "
+            "was set_rlix_hooks called again?"
+        )
+    held.set_rollout(rollout_id)
+
+
 def _registered(pm: Any, pipeline_id: str) -> bool | None:
     """Whether the scheduler behind ``pm``'s backend knows ``pipeline_id``: one round trip that
     proves the far side reaches the right scheduler. ``None`` with no scheduler to ask (noop)."""
@@ -272,4 +335,4 @@ def _registered(pm: Any, pipeline_id: str) -> bool | None:
     return None if backend is None else bool(backend.is_registered(pipeline_id))
 
 
-__all__ = ["PROBE_TIMEOUT_S", "PROGRESS_HOOKS", "MilesRLixHooks"]
+__all__ = ["PROBE_TIMEOUT_S", "PROGRESS_HOOKS", "MilesRLixHooks", "held_hooks", "set_rollout_in"]

@@ -43,10 +43,10 @@ from typing import TYPE_CHECKING, Any
 from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec, InvalidRequestError
 
 from . import rollout_path
-from .engine_channel import EngineChannel
+from .engine_channel import SET_ROLLOUT, EngineChannel
 from .engines import MilesEngines, WeightSync, engine_table
 from .errors import HooksNotInstalledError, HooksNotPassedError, MilesSurfaceError
-from .hooks import PROBE_TIMEOUT_S, PROGRESS_HOOKS, MilesRLixHooks
+from .hooks import PROBE_TIMEOUT_S, PROGRESS_HOOKS, MilesRLixHooks, held_hooks, set_rollout_in
 from .memory import FreeMemoryCheck, check_threshold
 from .rollout_manager import CONTROL_TIMEOUT_S, ENGINE_METHODS, SET_HOOKS, ManagerProxy
 
@@ -79,6 +79,20 @@ class Installation:
         self.hooks = hooks
         self.plugin_name = plugin_name
         self.probe = probe
+
+    def set_rollout(self, rollout_id: int, timeout_s: float = CONTROL_TIMEOUT_S) -> None:
+        """Tell the hooks in the manager's process that the next batch is rollout ``rollout_id``
+        (through the engine channel when there is one: it does not wait behind a running
+        ``generate``).
+
+        :raises InvalidRequestError: a bad ``rollout_id``, or the manager holds other hooks now.
+        :raises TimeoutError: the manager did not answer within ``timeout_s``.
+        """
+        channel = self.manager.channel
+        if channel is not None:
+            channel.call(SET_ROLLOUT, self.hooks.token, rollout_id, timeout_s=timeout_s)
+        else:
+            self.manager.run_inside(set_rollout_in, self.hooks.token, rollout_id, timeout_s=timeout_s)
 
     def uninstall(self) -> None:
         """Unregister the supply plugin, clear the manager's hooks and close the engine channel
@@ -117,13 +131,10 @@ def read_back(manager: Any, token: str) -> dict[str, Any]:
     Reads ``get_rlix_hooks()`` if the manager has one, else the attribute miles stores them in
     (``_rlix_hooks``). Returns the hooks' probe, or ``{"found": ...}`` describing what is there.
     """
-    getter = getattr(manager, "get_rlix_hooks", None)
-    if callable(getter):
-        held = getter()
-    elif hasattr(manager, "_rlix_hooks"):
-        held = manager._rlix_hooks
-    else:
-        return {"found": f"no rlix hooks attribute on {type(manager).__qualname__}"}
+    try:
+        held = held_hooks(manager)
+    except AttributeError as exc:
+        return {"found": str(exc)}
     if not isinstance(held, MilesRLixHooks):
         return {"found": f"{type(held).__qualname__} object" if held is not None else "None"}
     if held.token != token:

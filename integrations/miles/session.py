@@ -122,9 +122,12 @@ class MilesSession(PipelineSession):
     # -- the train loop's step hooks --------------------------------------------------------------
 
     def signal_rollout_demand(self, rollout_id: int, step_target: int | None = None) -> Grant:
-        """Pre-signal rollout ``rollout_id`` and block until at least one engine is awake.
+        """Pre-signal rollout ``rollout_id`` and block until at least one engine is awake; then
+        tell the hooks in the ``RolloutManager``'s process that the next progress batch is rollout
+        ``rollout_id`` (its epoch: the scheduler ignores the late progress of older rollouts).
 
-        Call it before the rollout is dispatched (miles' ``signal_demand`` step hook).
+        Call it before the rollout is dispatched (miles' ``signal_demand`` step hook), with the
+        rollout id miles passes to the rollout (``generate(rollout_id)``).
 
         :param step_target: Groups the rollout must collect (default ``rollout_batch_size``).
         :returns: The grant (awake DP ranks and their GPUs).
@@ -132,6 +135,8 @@ class MilesSession(PipelineSession):
         :raises SchedulerTimeoutError: no engine woke within ``timeout_s``; the message carries the
             scheduler's diagnostic (open demand, who holds each GPU, pending requests).
         :raises PipelineGoneError: the pipeline was unregistered or fenced meanwhile.
+        :raises InvalidRequestError: ``rollout_id`` is not an int >= 0 or is older than the
+            pipeline's previous rollout (nothing changed).
         """
         if self._installation is None:
             raise HooksNotInstalledError(
@@ -143,7 +148,11 @@ class MilesSession(PipelineSession):
             )
         self.require_registered(f"demand for rollout {rollout_id}")
         groups = check_groups("step_target", self.rollout_batch_size if step_target is None else step_target)
-        return self.signal_demand(rollout_id, self.units.samples(groups))
+        grant = self.signal_demand(rollout_id, self.units.samples(groups))
+        # The scheduler took rollout_id as the pipeline's epoch: now the hooks in the manager's
+        # process tag the rollout's batch with it (before the train loop dispatches the rollout).
+        self._installation.set_rollout(rollout_id)
+        return grant
 
     async def signal_rollout_demand_async(self, rollout_id: int, step_target: int | None = None) -> Grant:
         """:meth:`signal_rollout_demand` for an async train loop: the wait runs in a worker thread,

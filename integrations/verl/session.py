@@ -8,6 +8,10 @@ that into hook calls, so its order and units can be tested without verl.
 Units: progress counts **samples**. A step's target is ``prompts × rollout.n``; every finished
 prompt group bumps by its group size.
 
+Rollout epoch: every progress batch carries the ``rollout_id`` of the latest
+:meth:`~VerlSession.signal_demand` (the step about to roll out), taken when the batch opens, so
+a straggler of a step that ended is ignored by the scheduler even if it arrives late.
+
 Thread-safety: progress calls (:meth:`rollout_submitted`, :meth:`groups_completed`,
 :meth:`end_rollout`) may come from the trainer thread and from the progress pump's thread at the
 same time; a lock keeps the open batch's counters and the begin / bump / end order consistent.
@@ -56,14 +60,20 @@ class VerlSession(PipelineSession):
         self._submitted = 0
         self._completed = 0
         self._weight_version = 0
+        #: The rollout the latest signal_demand named (0 before any), and the open batch's.
+        self._rollout_id = 0
+        self._batch_rollout = 0
 
     def closing_steps(self) -> list[CloseStep]:
         return [("end the progress batch", self.end_rollout)]
 
     def signal_demand(self, rollout_id: int, step_target: int | None = None) -> Grant:
         """Pre-signal the next rollout (``samples_per_step`` samples unless told otherwise) and
-        wait until at least one engine may run."""
-        return super().signal_demand(rollout_id, self.samples_per_step if step_target is None else step_target)
+        wait until at least one engine may run. Batches opened from now on belong to ``rollout_id``."""
+        grant = super().signal_demand(rollout_id, self.samples_per_step if step_target is None else step_target)
+        with self._lock:
+            self._rollout_id = rollout_id
+        return grant
 
     # -- progress (samples) -----------------------------------------------------------------------
 
@@ -80,12 +90,14 @@ class VerlSession(PipelineSession):
         with self._lock:
             if not self._batch_open:
                 self._batch_open = True
+                self._batch_rollout = self._rollout_id
                 self._submitted = 0
                 self._completed = 0
             self._submitted += samples
             self._weight_version = weight_version
             self.hooks.begin_progress_batch(
                 pipeline_id=self.pipeline_id,
+                rollout_id=self._batch_rollout,
                 step_target=self._submitted,
                 target_weight_version=weight_version,
                 initial_completed=min(self._completed, self._submitted),
@@ -101,7 +113,10 @@ class VerlSession(PipelineSession):
                 return
             self._completed += samples
             self.hooks.bump_completed(
-                pipeline_id=self.pipeline_id, count=samples, target_weight_version=self._weight_version
+                pipeline_id=self.pipeline_id,
+                rollout_id=self._batch_rollout,
+                count=samples,
+                target_weight_version=self._weight_version,
             )
 
     def end_rollout(self) -> None:
@@ -110,7 +125,7 @@ class VerlSession(PipelineSession):
             if not self._batch_open:
                 return
             self._batch_open = False
-            self.hooks.end_progress_batch(pipeline_id=self.pipeline_id)
+            self.hooks.end_progress_batch(pipeline_id=self.pipeline_id, rollout_id=self._batch_rollout)
             log.info("rlix: rollout of %r done: %d of %d samples", self.pipeline_id, self._completed, self._submitted)
 
     @property

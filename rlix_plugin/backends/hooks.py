@@ -12,9 +12,12 @@ demand-side hooks by calling its port, and it is where the hooks meet the outsid
   else's GPUs.
 * **The hot path never raises or blocks.** Progress hooks only update a coalescer; a bad or
   unowned report is dropped and logged once per batch ("progress signal lost"); delivery happens
-  on the coalescer's thread through :meth:`SchedulerPort.send_progress`.
-* Before a new rollout's demand, earlier progress is flushed, so that the previous rollout's end
-  cannot arrive after it.
+  on the coalescer's thread through :meth:`SchedulerPort.send_progress`. A ``begin`` becomes the
+  batch's :class:`~rlix_plugin.progress.ProgressReport`, the one record every later report of
+  the batch is derived from.
+* Nothing waits for earlier progress before a new rollout's demand: every report carries its
+  rollout's epoch, so the previous rollout's late end is ignored by the scheduler whenever it
+  arrives (:mod:`rlix_plugin.scheduler.demand`).
 
 The supply side is given at construction (``resize``: runs ``rlix_resize_infer`` on the owning
 plugin manager); the port runs it where the engines are.
@@ -38,14 +41,11 @@ from rlix_plugin.hookspecs import (
     SwitchCosts,
     hookimpl,
 )
-from rlix_plugin.progress import ProgressCoalescer, ProgressReport
+from rlix_plugin.progress import BEGIN, ProgressCoalescer, ProgressReport
 
 from .port import Registration, ResizeHook, SchedulerPort
 
 log = logging.getLogger(__name__)
-
-#: How long a new rollout's demand waits for earlier progress to land before going on anyway.
-SETTLE_TIMEOUT_S = 2.0
 
 
 class SchedulerHooks:
@@ -150,7 +150,6 @@ class SchedulerHooks:
         check.integer(step_target, "step_target", 1)
         timeout_s = check.timeout(timeout_s)
         lease = self._lease_of(pipeline_id)
-        self._settle_progress()
         return self.port.signal_demand(pipeline_id, lease, rollout_id, step_target, timeout_s)
 
     @hookimpl
@@ -163,8 +162,6 @@ class SchedulerHooks:
         check.optional_integer(step_target, "step_target", 1)
         timeout_s = check.timeout(timeout_s)
         lease = self._lease_of(pipeline_id)
-        if cluster == ACTOR_INFER:
-            self._settle_progress()
         return self.port.request(pipeline_id, lease, cluster, int(priority), step_target, timeout_s)
 
     @hookimpl
@@ -191,6 +188,7 @@ class SchedulerHooks:
     def rlix_begin_progress_batch(
         self,
         pipeline_id: str,
+        rollout_id: int,
         mode: str,
         adapter_id: str | None,
         target_weight_version: int,
@@ -199,6 +197,7 @@ class SchedulerHooks:
     ) -> None:
         try:
             check.pipeline_id(pipeline_id)
+            check.integer(rollout_id, "rollout_id", 0)
             check.text(mode, "mode", 16)
             check.optional_text(adapter_id, "adapter_id")
             check.integer(target_weight_version, "target_weight_version", -1)
@@ -208,41 +207,55 @@ class SchedulerHooks:
         except Exception as exc:
             self._progress.lose(pipeline_id, mode, adapter_id, "begin", exc)
             return
-        self._progress.begin(pipeline_id, mode, adapter_id, target_weight_version, step_target, initial_completed)
+        self._progress.begin(
+            ProgressReport(
+                BEGIN,
+                pipeline_id,
+                int(rollout_id),
+                mode,
+                adapter_id,
+                int(step_target),
+                int(initial_completed),
+                int(target_weight_version),
+            )
+        )
 
     @hookimpl
     def rlix_bump_completed(
-        self, pipeline_id: str, mode: str, adapter_id: str | None, target_weight_version: int, count: int
+        self,
+        pipeline_id: str,
+        rollout_id: int,
+        mode: str,
+        adapter_id: str | None,
+        target_weight_version: int,
+        count: int,
     ) -> None:
-        if type(count) is not int or count < 0 or type(target_weight_version) is not int:
+        if type(count) is not int or count < 0 or type(target_weight_version) is not int or type(rollout_id) is not int:
             self._progress.lose(
                 pipeline_id,
                 mode,
                 adapter_id,
                 "bump",
                 InvalidRequestError(
-                    f"bump_completed: count must be an int >= 0 and target_weight_version an int, got "
-                    f"count={count!r}, target_weight_version={target_weight_version!r}"
+                    f"bump_completed: count must be an int >= 0, rollout_id and target_weight_version ints, got "
+                    f"count={count!r}, rollout_id={rollout_id!r}, target_weight_version={target_weight_version!r}"
                 ),
             )
             return
-        self._progress.bump(pipeline_id, mode, adapter_id, target_weight_version, count)
+        self._progress.bump(pipeline_id, rollout_id, mode, adapter_id, target_weight_version, count)
 
     @hookimpl
-    def rlix_end_progress_batch(self, pipeline_id: str, mode: str, adapter_id: str | None) -> None:
-        self._progress.end(pipeline_id, mode, adapter_id)
+    def rlix_end_progress_batch(self, pipeline_id: str, rollout_id: int, mode: str, adapter_id: str | None) -> None:
+        self._progress.end(pipeline_id, rollout_id, mode, adapter_id)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
     def flush_progress(self, timeout_s: float = 5.0) -> bool:
-        """Wait until every progress call so far was applied by the scheduler (tests, shutdown)."""
+        """Wait until every progress call so far was applied by the scheduler (tests, tools).
+        No hook waits for it: the rollout epoch orders rollouts (see the module docstring)."""
         if not self._progress.flush(timeout_s):
             return False
         return self.port.flush(timeout_s)
-
-    def _settle_progress(self) -> None:
-        if not self.flush_progress(SETTLE_TIMEOUT_S):
-            log.warning("earlier progress reports did not land within %.1fs; going on", SETTLE_TIMEOUT_S)
 
     def _deliver(self, report: ProgressReport) -> None:
         """On the coalescer's thread: raises (logged there as "progress signal lost") for a
@@ -280,4 +293,4 @@ def manager_resize(pm: Any) -> ResizeHook:
     return resize
 
 
-__all__ = ["SETTLE_TIMEOUT_S", "SchedulerHooks", "manager_resize"]
+__all__ = ["SchedulerHooks", "manager_resize"]

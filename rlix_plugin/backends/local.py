@@ -38,7 +38,7 @@ from rlix_plugin.hookspecs import (
     SchedulerUnavailableError,
 )
 from rlix_plugin.metrics.catalog import REQUEST_GPUS, SIGNAL_DEMAND
-from rlix_plugin.progress import BEGIN, END, ProgressReport
+from rlix_plugin.progress import ProgressReport
 from rlix_plugin.scheduler.journal import Journal
 from rlix_plugin.scheduler.rehydrate import PipelineReport
 from rlix_plugin.scheduler.service import SchedulerService
@@ -268,24 +268,7 @@ class LocalPort:
         )
 
     def send_progress(self, lease: str, report: ProgressReport) -> None:
-        service = self.scheduler.service
-        if report.kind == END:
-            self.scheduler.call_soon(
-                _quietly, service.clear_progress, report.pipeline_id, lease, report.mode, report.adapter_id
-            )
-        else:
-            self.scheduler.call_soon(
-                _quietly,
-                service.report_progress,
-                report.pipeline_id,
-                lease,
-                report.mode,
-                report.adapter_id,
-                report.step_target,
-                report.completed,
-                report.target_weight_version,
-                report.kind == BEGIN,
-            )
+        self.scheduler.call_soon(_quietly, self.scheduler.service.apply_progress, lease, report)
 
     def flush(self, timeout_s: float) -> bool:
         try:

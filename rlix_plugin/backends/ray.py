@@ -29,7 +29,7 @@ pipeline, the DP ranks its engines last answered awake, the stages it holds and 
 in flight, and reports them (:class:`~rlix_plugin.scheduler.rehydrate.PipelineReport`) when the
 restarted scheduler asks, once the resizes it is running are over; then it re-sends each
 stream's latest progress report, which the restart may have lost (latest wins, so re-sending is
-safe).
+safe; a re-sent report of a rollout older than the pipeline's current one is ignored).
 """
 
 from __future__ import annotations
@@ -175,7 +175,6 @@ class RayPort:
     # -- demand -----------------------------------------------------------------------------------
 
     def signal_demand(self, pipeline_id: str, lease: str, rollout_id: int, step_target: int, timeout_s: float) -> Grant:
-        self._forget_progress(pipeline_id)  # the scheduler retires the previous rollout's streams
         key = self._calling(pipeline_id, REQUEST, ACTOR_INFER, timeout_s)
         try:
             return self.client.signal_demand(pipeline_id, lease, rollout_id, step_target, timeout_s, key)
@@ -185,8 +184,6 @@ class RayPort:
     def request(
         self, pipeline_id: str, lease: str, cluster: str, priority: int, step_target: int | None, timeout_s: float
     ) -> Grant:
-        if cluster == ACTOR_INFER:
-            self._forget_progress(pipeline_id)
         key = self._calling(pipeline_id, REQUEST, cluster, timeout_s)
         held = None
         try:

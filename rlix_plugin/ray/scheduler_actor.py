@@ -10,8 +10,10 @@ adds only what being remote needs:
   pipeline is unregistered and its GPUs go back to the pool, so a crashed run leaves nothing
   behind (docs/design.md, failure mode F10);
 * progress arrives fire-and-forget from many processes, and Ray does not promise that an async
-  actor runs one sender's calls in order; every report carries its sender's sequence number and
-  an older one than already applied is dropped (reports are absolute: latest wins);
+  actor runs one sender's calls in order. Across rollouts the report's own epoch (its
+  ``rollout_id``) orders them, in the demand ledger; within a rollout, each report carries its
+  sender's sequence number and an older one than already applied is dropped (reports are
+  absolute: latest wins);
 * persistence and restart: every committed change is saved to the cluster's GCS key-value store
   (:mod:`.kv_store`) before anyone hears of it. When the actor dies, Ray restarts it
   (``max_restarts``); the new incarnation claims a new epoch, loads the record, finds each
@@ -48,7 +50,7 @@ from rlix_plugin.hookspecs import Grant, InvalidRequestError, Priority, RlixErro
 from rlix_plugin.metrics import catalog as metric
 from rlix_plugin.metrics.ray import GAUGE_PERIOD_S, RaySink
 from rlix_plugin.metrics.values import Recorder, snapshot_gauges
-from rlix_plugin.progress import BEGIN, END, ProgressReport
+from rlix_plugin.progress import ProgressReport
 from rlix_plugin.scheduler.journal import Journal
 from rlix_plugin.scheduler.leases import lease_digest
 from rlix_plugin.scheduler.persist import StateFormatError
@@ -388,19 +390,7 @@ class SchedulerActor:
         if not self._in_order(sender, pipeline_id, seq):
             return None  # a newer report of this sender was applied already; latest wins
         try:
-            if report.kind == END:
-                self._service.clear_progress(pipeline_id, lease, report.mode, report.adapter_id)
-            else:
-                self._service.report_progress(
-                    pipeline_id,
-                    lease,
-                    report.mode,
-                    report.adapter_id,
-                    report.step_target,
-                    report.completed,
-                    report.target_weight_version,
-                    report.kind == BEGIN,
-                )
+            self._service.apply_progress(lease, report)
         except RlixError as exc:
             return f"{type(exc).__name__}: {exc}"
         self._progress_reports[pipeline_id] = self._progress_reports.get(pipeline_id, 0) + 1

@@ -9,10 +9,16 @@ changed in a way that matters.
   released, the pipeline's last progress stream ends, or it unregisters. This is what makes the
   seed race (two pipelines preempted to nothing at a rollout boundary, the first to report
   winning every engine) impossible: demand is visible for the whole rollout lifecycle.
-* ``progress``: latest report per (pipeline, mode, adapter) stream; completed is clamped to
-  ``[0, step_target]``.
-* ``retired_streams``: streams of a finished rollout. Their late reports, which may arrive from
-  another process after the next rollout's demand, are ignored until that stream's next begin.
+* ``epochs``: ``pipeline_id -> rollout_id``, the rollout the open demand and the streams belong
+  to. ``signal_demand`` of a newer rollout (or a progress report of one) starts a new epoch and
+  drops the older rollout's streams; a report of an older rollout is ignored, and so is a late
+  report of a rollout whose generation cluster was released (``closed``). So the late end of
+  rollout k, delivered from another process after rollout k+1 signalled its demand, cannot
+  retire k+1's demand: the race is impossible by construction. Within one epoch, reports are
+  applied in the order their transport delivers them (the local loop in call order; the Ray
+  actor by each sender's sequence numbers).
+* ``progress``: latest report per (pipeline, mode, adapter) stream of the current epoch;
+  completed is clamped to ``[0, step_target]``.
 """
 
 from __future__ import annotations
@@ -27,8 +33,14 @@ from rlix_plugin.hookspecs import (
     InvalidRequestError,
     StreamProgress,
 )
+from rlix_plugin.progress import BEGIN, END, PROGRESS, ProgressReport
 
 StreamKey = tuple[str, Union[str, None]]
+
+#: What :meth:`DemandLedger.apply` did with a report.
+IGNORED, APPLIED, RETIRED = "ignored", "applied", "retired"
+
+_KINDS = (BEGIN, PROGRESS, END)
 
 
 def require_int(name: str, value: object, minimum: int) -> int:
@@ -43,7 +55,10 @@ class DemandLedger:
     def __init__(self) -> None:
         self.open_demand: dict[str, int] = {}
         self.progress: dict[str, dict[StreamKey, StreamProgress]] = {}
-        self.retired_streams: dict[str, set[StreamKey]] = {}
+        #: The rollout (epoch) each pipeline is in: its open demand and streams are that rollout's.
+        self.epochs: dict[str, int] = {}
+        #: Pipelines whose current epoch ended with the release of their generation cluster.
+        self.closed: set[str] = set()
         #: When each pipeline's open demand last ended (its rollout finished), for the planner's
         #: anticipation of the stage that follows a rollout.
         self.retired_at: dict[str, float] = {}
@@ -67,8 +82,43 @@ class DemandLedger:
         return True
 
     def forget(self, pipeline_id: str) -> None:
-        for table in (self.open_demand, self.progress, self.retired_streams, self.retired_at, self.rollouts):
+        for table in (self.open_demand, self.progress, self.epochs, self.retired_at, self.rollouts):
             table.pop(pipeline_id, None)
+        self.closed.discard(pipeline_id)
+
+    # -- epochs ---------------------------------------------------------------------------------------
+
+    def check_rollout(self, pipeline_id: str, rollout_id: object) -> int:
+        """Validate the epoch a demand names, changing nothing.
+
+        :raises InvalidRequestError: not an int >= 0, or older than the pipeline's current rollout.
+        """
+        require_int("rollout_id", rollout_id, 0)
+        assert isinstance(rollout_id, int)
+        current = self.epochs.get(pipeline_id)
+        if current is not None and rollout_id < current:
+            raise InvalidRequestError(
+                f"rollout_id {rollout_id} of pipeline {pipeline_id!r} is older than its current rollout {current}; "
+                "rollout ids must not go back"
+            )
+        return rollout_id
+
+    def open_rollout(self, pipeline_id: str, rollout_id: int) -> None:
+        """Rollout ``rollout_id`` signals its demand: a newer one starts its epoch, which drops the
+        older rollout's streams; the same one again (a retried signal) keeps them."""
+        self.check_rollout(pipeline_id, rollout_id)
+        if self.epochs.get(pipeline_id) != rollout_id:
+            self.epochs[pipeline_id] = rollout_id
+            self.progress.pop(pipeline_id, None)
+        self.closed.discard(pipeline_id)
+
+    def close(self, pipeline_id: str, now: float) -> None:
+        """The generation cluster is released: the rollout is over. Its demand and any stream whose
+        end never came end with it, and its late reports are ignored from now on."""
+        self.retire(pipeline_id, now)
+        self.progress.pop(pipeline_id, None)
+        if pipeline_id in self.epochs:
+            self.closed.add(pipeline_id)
 
     # -- progress streams -----------------------------------------------------------------------------
 
@@ -79,67 +129,67 @@ class DemandLedger:
             raise InvalidRequestError(f"mode {MODE_FULL!r} takes no adapter_id, got {adapter_id!r}")
         if mode == MODE_LORA and not adapter_id:
             raise InvalidRequestError(f"mode {MODE_LORA!r} needs an adapter_id, got {adapter_id!r}")
-        existing = {m for m, _ in self.progress.get(pipeline_id, {})}
-        if existing and mode not in existing:
-            raise InvalidRequestError(
-                f"pipeline {pipeline_id!r} reports {sorted(existing)} progress; mixing in {mode!r} streams is not allowed"
-            )
         return (mode, adapter_id)
 
-    def report(
-        self,
-        pipeline_id: str,
-        mode: str,
-        adapter_id: str | None,
-        step_target: int,
-        completed: int,
-        target_weight_version: int = 0,
-        new_batch: bool = False,
-    ) -> bool:
-        """Latest wins per stream. ``new_batch`` marks a begin: it re-opens a retired stream; other
-        reports of a retired stream are late ones of the previous rollout and are ignored.
-        Returns True when the report was applied."""
-        key = self.check_stream(pipeline_id, mode, adapter_id)
-        require_int("step_target", step_target, 1)
-        if not isinstance(completed, int) or isinstance(completed, bool):
-            raise InvalidRequestError(f"completed must be an int, got {completed!r}")
-        retired = self.retired_streams.get(pipeline_id)
-        if retired and key in retired:
-            if not new_batch:
-                return False
-            retired.discard(key)
-        self.progress.setdefault(pipeline_id, {})[key] = StreamProgress(
-            mode=mode,
-            adapter_id=adapter_id,
-            step_target=step_target,
-            completed=min(max(completed, 0), step_target),
-            target_weight_version=target_weight_version,
+    def check_report(self, report: object) -> ProgressReport:
+        """Validate a report's own fields, changing nothing.
+
+        :raises InvalidRequestError: naming the bad value.
+        """
+        if not isinstance(report, ProgressReport):
+            raise InvalidRequestError(f"not a progress report: {report!r:.80}")
+        if report.kind not in _KINDS:
+            raise InvalidRequestError(f"progress report kind must be one of {list(_KINDS)}, got {report.kind!r}")
+        require_int("rollout_id", report.rollout_id, 0)
+        self.check_stream(report.pipeline_id, report.mode, report.adapter_id)
+        require_int("step_target", report.step_target, 1)
+        if not isinstance(report.completed, int) or isinstance(report.completed, bool):
+            raise InvalidRequestError(f"completed must be an int, got {report.completed!r}")
+        if not isinstance(report.target_weight_version, int) or isinstance(report.target_weight_version, bool):
+            raise InvalidRequestError(f"target_weight_version must be an int, got {report.target_weight_version!r}")
+        return report
+
+    def apply(self, report: ProgressReport, now: float) -> str:
+        """Apply one report of the progress path: :data:`IGNORED` (a rollout older than the
+        pipeline's current one, or one whose generation cluster was released), :data:`APPLIED`,
+        or :data:`RETIRED` (an end that closed the pipeline's last stream, retiring its open
+        demand). A report of a newer rollout starts its epoch (a framework that reports progress
+        without signalling demand first). Latest wins per stream within an epoch.
+
+        :raises InvalidRequestError: naming the bad value; nothing was changed.
+        """
+        self.check_report(report)
+        pid, rollout_id, key = report.pipeline_id, report.rollout_id, (report.mode, report.adapter_id)
+        current = self.epochs.get(pid)
+        if current is not None and (rollout_id < current or (rollout_id == current and pid in self.closed)):
+            return IGNORED
+        streams = self.progress.get(pid, {}) if current in (None, rollout_id) else {}
+        existing = {m for m, _ in streams}
+        if existing and report.mode not in existing:
+            raise InvalidRequestError(
+                f"pipeline {pid!r} reports {sorted(existing)} progress; mixing in {report.mode!r} streams is not allowed"
+            )
+        if rollout_id != current:
+            # A newer rollout (or the first this ledger hears of): its epoch starts here; a
+            # ledger restored from a record without epochs keeps the streams it restored.
+            if current is not None:
+                self.progress.pop(pid, None)
+            self.epochs[pid] = rollout_id
+            self.closed.discard(pid)
+        if report.kind == END:
+            streams = self.progress.get(pid, {})
+            if streams.pop(key, None) is None or streams:
+                return APPLIED
+            del self.progress[pid]
+            return RETIRED if self.retire(pid, now) else APPLIED
+        self.progress.setdefault(pid, {})[key] = StreamProgress(
+            mode=report.mode,
+            adapter_id=report.adapter_id,
+            step_target=report.step_target,
+            completed=min(max(report.completed, 0), report.step_target),
+            target_weight_version=report.target_weight_version,
         )
-        return True
-
-    def clear(self, pipeline_id: str, mode: str | None, adapter_id: str | None, now: float) -> bool:
-        """End one stream (or all with ``mode=None``). Ending the pipeline's last stream retires its
-        open demand; returns True if it did. The end of a retired stream changes nothing."""
-        if mode is not None and (mode, adapter_id) in self.retired_streams.get(pipeline_id, ()):
-            return False
-        streams = self.progress.get(pipeline_id)
-        if streams is None:
-            return False
-        if mode is None:
-            streams.clear()
-        else:
-            streams.pop((mode, adapter_id), None)
-        if streams:
-            return False
-        del self.progress[pipeline_id]
-        return self.retire(pipeline_id, now)
-
-    def retire_streams(self, pipeline_id: str) -> None:
-        """A rollout is over (the next one signals demand, or the generation cluster is released):
-        drop its streams and ignore their late reports until they begin again."""
-        streams = self.progress.pop(pipeline_id, None)
-        if streams:
-            self.retired_streams.setdefault(pipeline_id, set()).update(streams)
+        return APPLIED
 
     # -- reading --------------------------------------------------------------------------------------
 
@@ -165,4 +215,4 @@ class DemandLedger:
         return self.open_demand.keys()
 
 
-__all__ = ["DemandLedger", "StreamKey", "require_int"]
+__all__ = ["APPLIED", "IGNORED", "RETIRED", "DemandLedger", "StreamKey", "require_int"]

@@ -18,13 +18,12 @@ from .topology import cluster_id
 
 
 class RequestKeys:
-    """Keys of pending requests and of granted stages, by cluster id; and of each pipeline's last
-    ``signal_demand`` (whose retry must not retire the streams of the rollout it opened)."""
+    """Keys of pending requests and of granted stages, by cluster id. (A retried ``signal_demand``
+    needs no key of its own: it names the same rollout, whose epoch is already open.)"""
 
     def __init__(self) -> None:
         self.pending: dict[str, str] = {}
         self.granted: dict[str, str] = {}
-        self.demand: dict[str, str] = {}
 
     def enqueued(self, cid: str, key: str | None) -> None:
         if key is None:
@@ -51,15 +50,15 @@ class RequestKeys:
             cid = cluster_id(pipeline_id, cluster)
             self.pending.pop(cid, None)
             self.granted.pop(cid, None)
-        self.demand.pop(pipeline_id, None)
 
     def dump(self) -> dict[str, dict[str, str]]:
-        return {"pending": dict(self.pending), "granted": dict(self.granted), "demand": dict(self.demand)}
+        return {"pending": dict(self.pending), "granted": dict(self.granted)}
 
     def load(self, data: dict[str, dict[str, str]]) -> None:
+        """Take a dumped record (one written before rollout epochs also holds each pipeline's
+        last ``signal_demand`` key under ``demand``, which the epochs replaced: it is ignored)."""
         self.pending = {str(k): str(v) for k, v in data["pending"].items()}
         self.granted = {str(k): str(v) for k, v in data["granted"].items()}
-        self.demand = {str(k): str(v) for k, v in data["demand"].items()}
 
 
 __all__ = ["RequestKeys"]

@@ -3,7 +3,7 @@
 :func:`dump_state` turns a :class:`~.state.SchedulerState` into a JSON-able dict holding
 everything a restart needs -- registrations (clusters, limits, switch costs and what was measured
 of them), admissions, who holds every GPU, fixed allocations, generation allocations (awake ranks
-and ranks in transition), pending requests, the open-demand registry and progress streams,
+and ranks in transition), pending requests, the open-demand registry, rollout epochs and progress streams,
 planned releases and fences. :func:`load_state` rebuilds the state from it. The stores that keep
 the dict (:mod:`.store`, :mod:`rlix_plugin.ray.kv_store`) never look inside it.
 
@@ -37,8 +37,13 @@ from .ownership import Owner, Ownership
 from .state import FixedAllocation, GenerationAllocation, PendingRequest, PlannedRelease, SchedulerState
 from .topology import PoolTopology, validate_pipeline
 
-#: Version of the record's layout; a record of another version is refused.
-FORMAT = 1
+#: Version of the record's layout. 2: rollout epochs (``epochs``, ``closed``) instead of the
+#: retired streams of format 1. A format-1 record still loads: its pipelines have no epoch until
+#: their next ``signal_demand`` or progress report names one, and its retired streams are
+#: dropped (they only filtered late reports, which the epochs now ignore). Any other is refused.
+FORMAT = 2
+#: Formats :func:`load_state` reads.
+READABLE = (1, 2)
 
 #: Move id of a transition whose outcome is unknown after a restart (real move ids start at 1).
 IN_DOUBT = 0
@@ -108,9 +113,8 @@ def dump_state(state: SchedulerState, saved_at: float) -> dict[str, Any]:
             pid: [[s.mode, s.adapter_id, s.step_target, s.completed, s.target_weight_version] for s in streams.values()]
             for pid, streams in demand.progress.items()
         },
-        "retired_streams": {
-            pid: sorted([m, a] for m, a in keys) for pid, keys in demand.retired_streams.items() if keys
-        },
+        "epochs": dict(demand.epochs),
+        "closed": sorted(demand.closed),
         "retired_age": {pid: age(t) for pid, t in demand.retired_at.items()},
         "rollouts": dict(demand.rollouts),
         "planned_releases": {
@@ -137,9 +141,9 @@ def load_state(
     :raises StateFormatError: the record is of another format or pool, or damaged (the message
         says what is wrong; nothing is half-loaded: the caller gets no state).
     """
-    if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+    if not isinstance(data, Mapping) or data.get("format") not in READABLE:
         found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
-        raise StateFormatError(f"persisted scheduler state has format {found!r}; this version reads {FORMAT}")
+        raise StateFormatError(f"persisted scheduler state has format {found!r}; this version reads {list(READABLE)}")
     if list(data.get("pool", ())) != [pool.num_gpus, pool.gpus_per_node]:
         raise StateFormatError(
             f"persisted scheduler state is of a pool of {data.get('pool')!r} (GPUs, per node), not "
@@ -227,8 +231,11 @@ def _load(data: Mapping[str, Any], pool: PoolTopology, clock: Callable[[], float
             (mode, adapter): StreamProgress(mode, adapter, int(target), int(done), int(version))
             for mode, adapter, target, done, version in streams
         }
-    for pid, keys in data["retired_streams"].items():
-        demand.retired_streams[pid] = {(mode, adapter) for mode, adapter in keys}
+    if data["format"] >= 2:
+        for pid, rollout_id in data["epochs"].items():
+            _known(state, pid, "rollout epoch")
+            demand.epochs[pid] = int(rollout_id)
+        demand.closed.update(pid for pid in data["closed"] if pid in demand.epochs)
     demand.retired_at.update({pid: clock_of(t) for pid, t in data["retired_age"].items()})
     demand.rollouts.update({pid: int(n) for pid, n in data["rollouts"].items()})
     for pid, r in data["planned_releases"].items():
@@ -261,4 +268,4 @@ def _owner_in(value: Any) -> Owner:
     return (pid, rank)
 
 
-__all__ = ["FORMAT", "IN_DOUBT", "StateFormatError", "dump_state", "load_state"]
+__all__ = ["FORMAT", "IN_DOUBT", "READABLE", "StateFormatError", "dump_state", "load_state"]

@@ -58,8 +58,10 @@ from rlix_plugin.hookspecs import (
     SchedulerTimeoutError,
     SwitchCosts,
 )
+from rlix_plugin.progress import ProgressReport
 
 from .core import SchedulerCore
+from .demand import IGNORED, RETIRED
 from .durable import DurableLog
 from .executor import ResizeExecutor, Resizer
 from .keys import RequestKeys
@@ -340,20 +342,21 @@ class SchedulerService(Recovery):
         timeout_s: float,
         request_id: str | None = None,
     ) -> Grant:
-        """Pre-signal a rollout: retire the previous rollout's streams, write the open-demand
-        registry and block until at least one generation worker is awake. A retry with the same
-        ``request_id`` does not retire the streams again."""
+        """Pre-signal rollout ``rollout_id``: start its epoch (the older rollout's streams end,
+        and its late reports are ignored from now on), write the open-demand registry and block
+        until at least one generation worker is awake. A retry (the same ``rollout_id``) keeps the
+        streams its first attempt's rollout may already have opened.
+
+        :raises InvalidRequestError: a bad ``step_target``, or a ``rollout_id`` older than the
+            pipeline's current rollout; nothing was changed.
+        """
         timeout_s = _check_timeout(timeout_s)
         started = self.state.clock()
         self._owner(pipeline_id, lease)
         timeout_s = await self._until_reattached(pipeline_id, timeout_s)
-        retry = request_id is not None and self.keys.demand.get(pipeline_id) == request_id
-        if not (retry and self.keys.is_pending(cluster_id(pipeline_id, ACTOR_INFER), request_id)):
+        if not self.keys.is_pending(cluster_id(pipeline_id, ACTOR_INFER), request_id):
             self.state.check_request(pipeline_id, ACTOR_INFER, Priority.GENERATION, step_target)
-        if not retry:
-            self.state.retire_streams(pipeline_id)
-            if request_id is not None:
-                self.keys.demand[pipeline_id] = request_id
+        self.state.open_rollout(pipeline_id, rollout_id)
         log.debug("pipeline %s signals demand for rollout %s (%s samples)", pipeline_id, rollout_id, step_target)
         left = max(0.001, timeout_s - (self.state.clock() - started))
         return await self.request_gpus(
@@ -432,29 +435,19 @@ class SchedulerService(Recovery):
 
     # -- progress ---------------------------------------------------------------------------------
 
-    def report_progress(
-        self,
-        pipeline_id: str,
-        lease: str,
-        mode: str,
-        adapter_id: str | None,
-        step_target: int,
-        completed: int,
-        target_weight_version: int = 0,
-        new_batch: bool = False,
-    ) -> None:
-        self._owner(pipeline_id, lease)
-        self.state.report_progress(
-            pipeline_id, mode, adapter_id, step_target, completed, target_weight_version, new_batch
-        )
-        self._changed(PROGRESS, pipeline_id)
+    def apply_progress(self, lease: str, report: ProgressReport) -> None:
+        """Apply one progress report of a pipeline that ``lease`` owns (see
+        :meth:`~.state.SchedulerState.apply_progress`: a report of an older rollout changes
+        nothing).
 
-    def clear_progress(
-        self, pipeline_id: str, lease: str, mode: str | None = None, adapter_id: str | None = None
-    ) -> None:
-        self._owner(pipeline_id, lease)
-        retired = self.state.clear_progress(pipeline_id, mode, adapter_id)
-        self._changed("demand retired" if retired else PROGRESS, pipeline_id)
+        :raises InvalidRequestError: a malformed report; nothing was changed.
+        """
+        if not isinstance(report, ProgressReport):
+            raise InvalidRequestError(f"not a progress report: {report!r:.80}")
+        self._owner(report.pipeline_id, lease)
+        outcome = self.state.apply_progress(report)
+        if outcome != IGNORED:
+            self._changed("demand retired" if outcome == RETIRED else PROGRESS, report.pipeline_id)
 
     def report_preempt(self, pipeline_id: str, lease: str, dp_rank: int, retracted: int) -> None:
         if pipeline_id not in self.state.pipelines:

@@ -32,8 +32,9 @@ from rlix_plugin.hookspecs import (
     StreamProgress,
     SwitchCosts,
 )
+from rlix_plugin.progress import BEGIN, END, ProgressReport
 
-from .demand import DemandLedger, StreamKey, require_int
+from .demand import APPLIED, DemandLedger, StreamKey, require_int
 from .estimates import Estimates
 from .ownership import Owner, Ownership
 from .plan import Move, Plan
@@ -384,10 +385,9 @@ class SchedulerState:
             if cid in self.fixed:
                 self._free_fixed(cid)
             return False
-        # Releasing the generation cluster ends the rollout: its demand and any stream whose end
-        # never came are retired with it.
-        self.demand.retire(pipeline_id, self.clock())
-        self.demand.retire_streams(pipeline_id)
+        # Releasing the generation cluster ends the rollout: its demand, any stream whose end never
+        # came, and the late reports of its epoch.
+        self.demand.close(pipeline_id, self.clock())
         alloc = self.generation.get(pipeline_id)
         if alloc is None:
             return False
@@ -423,29 +423,37 @@ class SchedulerState:
 
     # -- progress -----------------------------------------------------------------------------------
 
-    def report_progress(
-        self,
-        pipeline_id: str,
-        mode: str,
-        adapter_id: str | None,
-        step_target: int,
-        completed: int,
-        target_weight_version: int = 0,
-        new_batch: bool = False,
-    ) -> None:
-        """Latest wins per (pipeline, mode, adapter); see :meth:`DemandLedger.report`. A
-        ``step_target`` above the pipeline's declared maximum is refused, as for a request."""
+    def open_rollout(self, pipeline_id: str, rollout_id: int) -> None:
+        """Rollout ``rollout_id`` signals its demand (see :meth:`DemandLedger.open_rollout`).
+
+        :raises InvalidRequestError: a bad or older ``rollout_id``; nothing was changed.
+        """
         self._spec(pipeline_id)
-        self._check_step_target(pipeline_id, f"step_target of {pipeline_id!r}'s progress", step_target)
-        if self.demand.report(pipeline_id, mode, adapter_id, step_target, completed, target_weight_version, new_batch):
+        self.demand.open_rollout(pipeline_id, rollout_id)
+
+    def apply_progress(self, report: ProgressReport) -> str:
+        """Apply one progress report (see :meth:`DemandLedger.apply`): ``IGNORED``, ``APPLIED`` or
+        ``RETIRED``. A ``step_target`` above the pipeline's declared maximum is refused, as for a
+        request.
+
+        :raises InvalidRequestError: naming the bad value; nothing was changed.
+        """
+        self.demand.check_report(report)
+        pipeline_id = report.pipeline_id
+        self._spec(pipeline_id)
+        if report.kind != END:
+            self._check_step_target(pipeline_id, f"step_target of {pipeline_id!r}'s progress", report.step_target)
+        outcome = self.demand.apply(report, self.clock())
+        if outcome == APPLIED and report.kind != END:
             alloc = self.generation.get(pipeline_id)
             self.estimates.observe_progress(
                 pipeline_id,
                 self.clock(),
                 self.demand.completed(pipeline_id),
                 len(alloc.active) if alloc is not None else 0,
-                new_batch,
+                report.kind == BEGIN,
             )
+        return outcome
 
     def _check_step_target(self, pipeline_id: str, what: str, step_target: object) -> None:
         require_int(what, step_target, 1)
@@ -454,13 +462,6 @@ class SchedulerState:
             raise InvalidRequestError(
                 f"{what} is {step_target}, above the {bound} the pipeline declared at registration"
             )
-
-    def clear_progress(self, pipeline_id: str, mode: str | None = None, adapter_id: str | None = None) -> bool:
-        """End one stream (or all); True if that retired the pipeline's open demand."""
-        return self.demand.clear(pipeline_id, mode, adapter_id, self.clock())
-
-    def retire_streams(self, pipeline_id: str) -> None:
-        self.demand.retire_streams(pipeline_id)
 
     def remaining(self, pipeline_id: str) -> int:
         return self.demand.remaining(pipeline_id)

@@ -13,8 +13,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Protocol
 
-from rlix_plugin.hookspecs import ACTOR_INFER, CLUSTER_NAMES, ClusterSpec, Priority, SwitchCosts
+from rlix_plugin.hookspecs import ACTOR_INFER, CLUSTER_NAMES, MODE_FULL, ClusterSpec, Priority, SwitchCosts
+from rlix_plugin.progress import BEGIN, END, ProgressReport
+from rlix_plugin.progress import PROGRESS as COUNT
 from rlix_plugin.scheduler.core import SchedulerCore
+from rlix_plugin.scheduler.demand import RETIRED
 from rlix_plugin.scheduler.policy import Policy
 from rlix_plugin.scheduler.state import Fenced, ReleaseDone, ResizeAction, ResizeOutcome, Satisfied
 from rlix_plugin.scheduler.topology import PoolTopology, cluster_id
@@ -42,6 +45,8 @@ class SimulatedScheduler:
         self._engines: dict[str, EngineModel] = {}
         self._waiters: dict[str, Callable[[], None]] = {}
         self._released: dict[str, Callable[[], None]] = {}
+        #: The latest rollout each pipeline signalled: the epoch of its progress reports.
+        self._rollouts: dict[str, int] = {}
         self._pass: Timer | None = None
         self._deadline: Timer | None = None
         #: Planning passes run, and their total wall-clock cost is the caller's to measure.
@@ -66,6 +71,7 @@ class SimulatedScheduler:
         self.state.unregister(pipeline_id)
         self._engines.pop(pipeline_id, None)
         self._released.pop(pipeline_id, None)
+        self._rollouts.pop(pipeline_id, None)
         prefix = cluster_id(pipeline_id, "")
         for key in [k for k in self._waiters if k.startswith(prefix) and k[len(prefix) :] in _CLUSTERS]:
             del self._waiters[key]
@@ -83,7 +89,10 @@ class SimulatedScheduler:
             self._waiters[cluster_id(pipeline_id, cluster)] = granted
 
     def signal_demand(self, pipeline_id: str, step_target: int, granted: Callable[[], None]) -> None:
-        self.state.retire_streams(pipeline_id)
+        """The pipeline's next rollout: its epoch (counted here, one per signal) carries its progress."""
+        rollout_id = self._rollouts.get(pipeline_id, -1) + 1
+        self.state.open_rollout(pipeline_id, rollout_id)
+        self._rollouts[pipeline_id] = rollout_id
         self.request(pipeline_id, ACTOR_INFER, Priority.GENERATION, step_target, granted)
 
     def release(self, pipeline_id: str, cluster: str, done: Callable[[], None] | None = None) -> None:
@@ -94,12 +103,16 @@ class SimulatedScheduler:
         self._changed("release")
 
     def report_progress(self, pipeline_id: str, step_target: int, completed: int, new_batch: bool) -> None:
-        self.state.report_progress(pipeline_id, "full", None, step_target, completed, 0, new_batch)
-        self._changed(PROGRESS, pipeline_id)
+        self._progress(BEGIN if new_batch else COUNT, pipeline_id, step_target, completed)
 
     def end_progress(self, pipeline_id: str) -> None:
-        retired = self.state.clear_progress(pipeline_id, "full", None)
-        self._changed("demand retired" if retired else PROGRESS, pipeline_id)
+        self._progress(END, pipeline_id, 1, 0)  # an end's count and target are not read
+
+    def _progress(self, kind: str, pipeline_id: str, step_target: int, completed: int) -> None:
+        rollout_id = self._rollouts.get(pipeline_id, 0)
+        report = ProgressReport(kind, pipeline_id, rollout_id, MODE_FULL, None, step_target, completed, 0)
+        outcome = self.state.apply_progress(report)
+        self._changed("demand retired" if outcome == RETIRED else PROGRESS, pipeline_id)
 
     # -- driving the core -----------------------------------------------------------------------------
 

@@ -68,16 +68,16 @@ def test_progress_reaches_the_scheduler_and_end_retires_demand(scheduler):
     hooks, _ = pipeline(scheduler, "p1", (0, 1))
     backend = hooks.plugin_manager.get_plugin("rlix-backend")
     hooks.signal_demand(pipeline_id="p1", rollout_id=0, step_target=10, timeout_s=5)
-    hooks.begin_progress_batch(pipeline_id="p1", step_target=10, target_weight_version=2)
+    hooks.begin_progress_batch(pipeline_id="p1", rollout_id=0, step_target=10, target_weight_version=2)
     for _ in range(4):
-        hooks.bump_completed(pipeline_id="p1", target_weight_version=2)
+        hooks.bump_completed(pipeline_id="p1", rollout_id=0, target_weight_version=2)
     assert backend.flush_progress()
     snap = scheduler.snapshot()
     assert snap["pipelines"]["p1"]["progress"] == [
         {"mode": "full", "adapter_id": None, "completed": 4, "step_target": 10, "target_weight_version": 2}
     ]
     assert snap["open_demand"] == {"p1": 10}
-    hooks.end_progress_batch(pipeline_id="p1")
+    hooks.end_progress_batch(pipeline_id="p1", rollout_id=0)
     assert backend.flush_progress()
     assert scheduler.snapshot()["open_demand"] == {}, "the last stream's end retires the demand"
 
@@ -91,11 +91,11 @@ def test_seed_scenario_through_the_hooks_in_threads(scheduler):
             for rollout in range(5):
                 grant = hooks.signal_demand(pipeline_id=pid, rollout_id=rollout, step_target=6, timeout_s=10)
                 assert grant.scheduled and grant.dp_ranks
-                hooks.begin_progress_batch(pipeline_id=pid, step_target=6)
+                hooks.begin_progress_batch(pipeline_id=pid, rollout_id=rollout, step_target=6)
                 for _ in range(6):
                     engines.wait_awake(5.0)
-                    hooks.bump_completed(pipeline_id=pid)
-                hooks.end_progress_batch(pipeline_id=pid)
+                    hooks.bump_completed(pipeline_id=pid, rollout_id=rollout)
+                hooks.end_progress_batch(pipeline_id=pid, rollout_id=rollout)
                 train_grant = hooks.request_gpus(
                     pipeline_id=pid, cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=10
                 )

@@ -32,19 +32,19 @@ def test_unknown_and_missing_arguments_are_rejected(rlix_hooks):
 
 def test_guard_follows_register_and_unregister(rlix_pm, rlix_hooks):
     counter = Counter()
-    rlix_hooks.bump_completed(pipeline_id="p", count=3)  # only the no-op: skipped
+    rlix_hooks.bump_completed(pipeline_id="p", rollout_id=0, count=3)  # only the no-op: skipped
     assert rlix_hooks._bump is None
     rlix_pm.register(counter, name="counter")
-    rlix_hooks.bump_completed(pipeline_id="p", count=3)
+    rlix_hooks.bump_completed(pipeline_id="p", rollout_id=0, count=3)
     assert counter.count == 3
     rlix_pm.unregister(name="counter")
-    rlix_hooks.bump_completed(pipeline_id="p", count=3)
+    rlix_hooks.bump_completed(pipeline_id="p", rollout_id=0, count=3)
     assert counter.count == 3
     assert rlix_hooks._bump is None
 
 
 def test_monitoring_disables_the_guard(rlix_pm, rlix_hooks, rlix_recorder):
-    rlix_hooks.bump_completed(pipeline_id="p", count=2)
+    rlix_hooks.bump_completed(pipeline_id="p", rollout_id=0, count=2)
     assert rlix_recorder.getcall("bump_completed").count == 2
     rlix_recorder.close()
     assert rlix_hooks._bump is None

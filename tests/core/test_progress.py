@@ -7,7 +7,12 @@ import logging
 import threading
 import time
 
-from rlix_plugin.progress import BEGIN, END, PROGRESS, ProgressCoalescer
+from rlix_plugin.progress import BEGIN, END, PROGRESS, ProgressCoalescer, ProgressReport
+
+
+def opened(pipeline_id, step_target, initial_completed=0, *, version=0, rollout_id=0):
+    """The ``BEGIN`` report the hook layer builds for a batch."""
+    return ProgressReport(BEGIN, pipeline_id, rollout_id, "full", None, step_target, initial_completed, version)
 
 
 class Sink:
@@ -38,12 +43,12 @@ class Sink:
 def test_begin_is_delivered_at_once_and_end_after_the_final_count():
     sink = Sink()
     progress = ProgressCoalescer(sink, min_interval_s=10.0)  # bumps alone would wait 10 s
-    progress.begin("p", "full", None, 3, 100, 5)
+    progress.begin(opened("p", 100, 5, version=3))
     sink.wait_for(lambda r: len(r) == 1)
     assert sink.reports[0].kind == BEGIN and sink.reports[0].completed == 5
     for _ in range(40):
-        progress.bump("p", "full", None, 3, 1)
-    progress.end("p", "full", None)
+        progress.bump("p", 0, "full", None, 3, 1)
+    progress.end("p", 0, "full", None)
     sink.wait_for(lambda r: r and r[-1].kind == END)
     assert [r.kind for r in sink.reports] == [BEGIN, PROGRESS, END]
     assert sink.reports[1].completed == 45, "the final count precedes the end"
@@ -53,11 +58,11 @@ def test_begin_is_delivered_at_once_and_end_after_the_final_count():
 def test_report_rate_is_bounded_whatever_the_bump_rate():
     sink = Sink()
     progress = ProgressCoalescer(sink, min_interval_s=0.05)
-    progress.begin("p", "full", None, 0, 10**9, 0)
+    progress.begin(opened("p", 10**9, 0, version=0))
     start = time.monotonic()
     bumps = 0
     while time.monotonic() - start < 0.5:
-        progress.bump("p", "full", None, 0, 1)
+        progress.bump("p", 0, "full", None, 0, 1)
         bumps += 1
     assert progress.flush(5.0)
     elapsed = time.monotonic() - start
@@ -72,11 +77,11 @@ def test_a_blocked_delivery_never_blocks_the_caller():
     release = threading.Event()
     sink = Sink(block=release)
     progress = ProgressCoalescer(sink, min_interval_s=0.0)
-    progress.begin("p", "full", None, 0, 100, 0)  # the delivery thread is now stuck in send
+    progress.begin(opened("p", 100, 0, version=0))  # the delivery thread is now stuck in send
     start = time.monotonic()
     for _ in range(1000):
-        progress.bump("p", "full", None, 0, 1)
-    progress.end("p", "full", None)
+        progress.bump("p", 0, "full", None, 0, 1)
+    progress.end("p", 0, "full", None)
     assert time.monotonic() - start < 1.0
     release.set()
     sink.wait_for(lambda r: r and r[-1].kind == END)
@@ -88,11 +93,11 @@ def test_failed_delivery_is_logged_once_per_batch(caplog):
     sink = Sink(fail=True)
     progress = ProgressCoalescer(sink, min_interval_s=0.0)
     with caplog.at_level(logging.WARNING, logger="rlix_plugin.progress"):
-        progress.begin("p", "full", None, 0, 100, 0)
+        progress.begin(opened("p", 100, 0, version=0))
         for _ in range(5):
-            progress.bump("p", "full", None, 0, 1)
+            progress.bump("p", 0, "full", None, 0, 1)
             assert progress.flush(5.0)
-        progress.end("p", "full", None)
+        progress.end("p", 0, "full", None)
         assert progress.flush(5.0)
     lost = [r for r in caplog.records if "progress signal lost" in r.getMessage()]
     assert len(lost) == 1 and "scheduler unreachable" in lost[0].getMessage()
@@ -102,14 +107,36 @@ def test_failed_delivery_is_logged_once_per_batch(caplog):
 def test_begin_without_end_replaces_the_stale_batch_and_bump_without_begin_is_ignored():
     sink = Sink()
     progress = ProgressCoalescer(sink, min_interval_s=0.0)
-    progress.bump("p", "full", None, 0, 7)  # no open batch
-    progress.begin("p", "full", None, 1, 10, 0)
-    progress.bump("p", "full", None, 1, 4)
-    progress.begin("p", "full", None, 2, 20, 0)  # previous batch never ended
-    progress.bump("p", "full", None, 2, 1)
-    progress.end("p", "full", None)
+    progress.bump("p", 0, "full", None, 0, 7)  # no open batch
+    progress.begin(opened("p", 10, 0, version=1))
+    progress.bump("p", 0, "full", None, 1, 4)
+    progress.begin(opened("p", 20, 0, version=2))  # previous batch never ended
+    progress.bump("p", 0, "full", None, 2, 1)
+    progress.end("p", 0, "full", None)
     sink.wait_for(lambda r: r and r[-1].kind == END)
     last_begin = max(i for i, r in enumerate(sink.reports) if r.kind == BEGIN)
     assert sink.reports[last_begin].step_target == 20
     assert [r.completed for r in sink.reports[last_begin + 1 :]] == [1, 1]
+    progress.close()
+
+
+def test_bumps_and_ends_of_another_rollout_never_touch_the_open_batch():
+    """Rollout 3's straggling bump and late end, called after rollout 4 began on the same stream,
+    neither count towards rollout 4 nor close its batch; every report carries its rollout."""
+    sink = Sink()
+    progress = ProgressCoalescer(sink, min_interval_s=0.0)
+    progress.begin(opened("p", 10, rollout_id=3))
+    progress.bump("p", 3, "full", None, 0, 2)
+    progress.begin(opened("p", 10, rollout_id=4))  # rollout 3 never ended: replaced
+    progress.bump("p", 3, "full", None, 0, 5)  # a straggler of rollout 3
+    progress.end("p", 3, "full", None)  # rollout 3's late end
+    progress.bump("p", 4, "full", None, 0, 1)
+    assert progress.flush(5.0)
+    assert [r.kind for r in sink.reports if r.rollout_id == 4 and r.kind == END] == [], "rollout 4 is still open"
+    progress.end("p", 4, "full", None)
+    sink.wait_for(lambda r: r and r[-1].kind == END)
+    fours = [r for r in sink.reports if r.rollout_id == 4]
+    assert [r.kind for r in fours] == [BEGIN, PROGRESS, END]
+    assert fours[1].completed == 1, "only rollout 4's own bump counts"
+    assert all(r.kind != END for r in sink.reports if r.rollout_id == 3), "rollout 3's end changed nothing"
     progress.close()

@@ -24,9 +24,9 @@ def test_next_test_gets_a_fresh_manager(rlix_pm):
     assert [n for n, _ in rlix_pm.list_name_plugin()] == ["rlix-noop"]
 
 def test_recorder_sees_noop_calls_in_order(rlix_hooks, rlix_recorder):
-    rlix_hooks.begin_progress_batch(pipeline_id="p", step_target=4)
-    rlix_hooks.bump_completed(pipeline_id="p")
-    rlix_hooks.end_progress_batch(pipeline_id="p")
+    rlix_hooks.begin_progress_batch(pipeline_id="p", rollout_id=0, step_target=4)
+    rlix_hooks.bump_completed(pipeline_id="p", rollout_id=0)
+    rlix_hooks.end_progress_batch(pipeline_id="p", rollout_id=0)
     rlix_recorder.assert_order("begin_progress_batch", "bump_completed", "end_progress_batch")
 """
 
@@ -39,8 +39,8 @@ def test_fixtures_work_in_a_framework_suite(pytester):
 
 
 def test_recorder_order_assertion_names_the_missing_hook(rlix_hooks, rlix_recorder):
-    rlix_hooks.end_progress_batch(pipeline_id="p")
-    rlix_hooks.begin_progress_batch(pipeline_id="p", step_target=4)
+    rlix_hooks.end_progress_batch(pipeline_id="p", rollout_id=0)
+    rlix_hooks.begin_progress_batch(pipeline_id="p", rollout_id=0, step_target=4)
     try:
         rlix_recorder.assert_order("end_progress_batch", "begin_progress_batch", "end_progress_batch")
     except AssertionError as exc:

@@ -41,7 +41,9 @@ def test_a_plugin_marked_with_the_bare_project_name_is_called():
     pm = get_plugin_manager("noop", autoload=False)
     assert pm.project_name == PROJECT_NAME
     pm.register(Counter())
-    pm.hook.rlix_bump_completed(pipeline_id="p", mode="full", adapter_id=None, target_weight_version=0, count=3)
+    pm.hook.rlix_bump_completed(
+        pipeline_id="p", rollout_id=0, mode="full", adapter_id=None, target_weight_version=0, count=3
+    )
     assert Counter.calls == 3
 
 

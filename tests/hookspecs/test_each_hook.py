@@ -28,7 +28,7 @@ class Capture:
         return Grant(pipeline_id, ACTOR_INFER, gpus=(0,), dp_ranks=(0,), scheduled=True)
 
     @hookimpl
-    def rlix_begin_progress_batch(
+    def rlix_begin_progress_batch(  # written before rollout_id was added: a subset still works
         self, pipeline_id, mode, adapter_id, target_weight_version, step_target, initial_completed
     ):
         self.seen.append(
@@ -36,12 +36,12 @@ class Capture:
         )
 
     @hookimpl
-    def rlix_bump_completed(self, pipeline_id, mode, adapter_id, target_weight_version, count):
-        self.seen.append(("bump", pipeline_id, mode, adapter_id, target_weight_version, count))
+    def rlix_bump_completed(self, pipeline_id, rollout_id, mode, adapter_id, target_weight_version, count):
+        self.seen.append(("bump", pipeline_id, rollout_id, mode, adapter_id, target_weight_version, count))
 
     @hookimpl
-    def rlix_end_progress_batch(self, pipeline_id, mode, adapter_id):
-        self.seen.append(("end", pipeline_id, mode, adapter_id))
+    def rlix_end_progress_batch(self, pipeline_id, rollout_id, mode, adapter_id):
+        self.seen.append(("end", pipeline_id, rollout_id, mode, adapter_id))
 
     @hookimpl
     def rlix_report_preempt(self, pipeline_id, dp_rank, worker_url, retracted):
@@ -93,7 +93,13 @@ def test_rlix_begin_progress_batch(rlix_hooks, rlix_register):
     capture = Capture()
     rlix_register(capture)
     rlix_hooks.begin_progress_batch(
-        pipeline_id="p1", step_target=32, target_weight_version=4, initial_completed=2, mode="lora", adapter_id="a"
+        pipeline_id="p1",
+        rollout_id=7,
+        step_target=32,
+        target_weight_version=4,
+        initial_completed=2,
+        mode="lora",
+        adapter_id="a",
     )
     assert capture.seen == [("begin", "p1", "lora", "a", 4, 32, 2)]
 
@@ -101,15 +107,15 @@ def test_rlix_begin_progress_batch(rlix_hooks, rlix_register):
 def test_rlix_bump_completed(rlix_hooks, rlix_register):
     capture = Capture()
     rlix_register(capture)
-    rlix_hooks.bump_completed(pipeline_id="p1", count=8, target_weight_version=4)
-    assert capture.seen == [("bump", "p1", "full", None, 4, 8)]
+    rlix_hooks.bump_completed(pipeline_id="p1", rollout_id=7, count=8, target_weight_version=4)
+    assert capture.seen == [("bump", "p1", 7, "full", None, 4, 8)]
 
 
 def test_rlix_end_progress_batch(rlix_hooks, rlix_register):
     capture = Capture()
     rlix_register(capture)
-    rlix_hooks.end_progress_batch(pipeline_id="p1", mode="lora", adapter_id="a")
-    assert capture.seen == [("end", "p1", "lora", "a")]
+    rlix_hooks.end_progress_batch(pipeline_id="p1", rollout_id=7, mode="lora", adapter_id="a")
+    assert capture.seen == [("end", "p1", 7, "lora", "a")]
 
 
 def test_rlix_report_preempt(rlix_hooks, rlix_register):

@@ -100,13 +100,13 @@ class Pipeline(threading.Thread):
                 while not self.stop.is_set() and (self.rollouts is None or rollout < self.rollouts):
                     hooks.signal_demand(pipeline_id=pid, rollout_id=rollout, step_target=self.step_target, timeout_s=30)
                     self.signals += 1
-                    hooks.begin_progress_batch(pipeline_id=pid, step_target=self.step_target)
+                    hooks.begin_progress_batch(pipeline_id=pid, rollout_id=rollout, step_target=self.step_target)
                     done = 0
                     while done < self.step_target:
                         made = self.engines.generate(self.step_target - done, self.tick_s)
-                        hooks.bump_completed(pipeline_id=pid, count=made)
+                        hooks.bump_completed(pipeline_id=pid, rollout_id=rollout, count=made)
                         done += made
-                    hooks.end_progress_batch(pipeline_id=pid)
+                    hooks.end_progress_batch(pipeline_id=pid, rollout_id=rollout)
                     hooks.request_gpus(
                         pipeline_id=pid, cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=30
                     )

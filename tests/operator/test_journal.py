@@ -115,9 +115,9 @@ def test_every_engine_decision_is_confirmed_and_the_log_explains_the_state(sched
 def test_demand_releases_and_unregistering_are_recorded_with_their_cause(scheduler):
     hooks, _ = pipeline(scheduler, "p1", (0, 1))
     hooks.signal_demand(pipeline_id="p1", rollout_id=0, step_target=4, timeout_s=10)
-    hooks.begin_progress_batch(pipeline_id="p1", step_target=4)
-    hooks.bump_completed(pipeline_id="p1", count=4)
-    hooks.end_progress_batch(pipeline_id="p1")
+    hooks.begin_progress_batch(pipeline_id="p1", rollout_id=0, step_target=4)
+    hooks.bump_completed(pipeline_id="p1", rollout_id=0, count=4)
+    hooks.end_progress_batch(pipeline_id="p1", rollout_id=0)
     wait_until(lambda: of(scheduler.decisions(), "demand_retire"), 10, "the end of the stream retiring the demand")
     hooks.request_gpus(pipeline_id="p1", cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=10)
     hooks.release(pipeline_id="p1", cluster=ACTOR_TRAIN)

@@ -140,13 +140,13 @@ def run_rollouts(
         for rollout in range(rollouts):
             grant = hooks.signal_demand(pipeline_id=pid, rollout_id=rollout, step_target=step_target, timeout_s=60)
             report["grants"].append(list(grant.dp_ranks))
-            hooks.begin_progress_batch(pipeline_id=pid, step_target=step_target)
+            hooks.begin_progress_batch(pipeline_id=pid, rollout_id=rollout, step_target=step_target)
             done = 0
             while done < step_target:
                 made = engine.generate(step_target - done, tick_s)
-                hooks.bump_completed(pipeline_id=pid, count=made)
+                hooks.bump_completed(pipeline_id=pid, rollout_id=rollout, count=made)
                 done += made
-            hooks.end_progress_batch(pipeline_id=pid)
+            hooks.end_progress_batch(pipeline_id=pid, rollout_id=rollout)
             report["samples"] += done
             if ACTOR_TRAIN in clusters:
                 train = hooks.request_gpus(

@@ -125,9 +125,9 @@ def test_a_scheduler_stopped_for_good_fails_blocked_callers_within_two_seconds(r
     # Progress never raises into the rollout: it is logged as lost.
     with caplog.at_level(logging.WARNING, logger="rlix_plugin"):
         started = time.perf_counter()
-        holder.begin_progress_batch(pipeline_id="h", step_target=10)
-        holder.bump_completed(pipeline_id="h", count=3)
-        holder.end_progress_batch(pipeline_id="h")
+        holder.begin_progress_batch(pipeline_id="h", rollout_id=0, step_target=10)
+        holder.bump_completed(pipeline_id="h", rollout_id=0, count=3)
+        holder.end_progress_batch(pipeline_id="h", rollout_id=0)
         assert time.perf_counter() - started < 0.1
         holder.plugin_manager.get_plugin("rlix-backend").flush_progress()
     assert "progress signal lost" in caplog.text
@@ -161,8 +161,8 @@ def test_failing_or_hanging_coordinator_fences_that_pipeline_and_others_keep_run
     # mode 12: nothing queues behind a long resize).
     good = pipelines["good"][1]
     asked = time.monotonic()
-    good.begin_progress_batch(pipeline_id="good", step_target=8)
-    good.bump_completed(pipeline_id="good", count=3)
+    good.begin_progress_batch(pipeline_id="good", rollout_id=0, step_target=8)
+    good.bump_completed(pipeline_id="good", rollout_id=0, count=3)
     assert good.plugin_manager.get_plugin("rlix-backend").flush_progress(1.0)
     snap = rlix.snapshot()
     assert time.monotonic() - asked < 1.0

@@ -108,8 +108,8 @@ def test_status_shows_allocations_demand_progress_and_queue(rlix, capsys):
     other.register_pipeline(pipeline_id="s2", clusters=seed_clusters(train=(0, 1), infer=(2, 3)))
     try:
         hooks.signal_demand(pipeline_id="s1", rollout_id=0, step_target=100, timeout_s=30)
-        hooks.begin_progress_batch(pipeline_id="s1", step_target=100)
-        hooks.bump_completed(pipeline_id="s1", count=40)
+        hooks.begin_progress_batch(pipeline_id="s1", rollout_id=0, step_target=100)
+        hooks.bump_completed(pipeline_id="s1", rollout_id=0, count=40)
         assert hooks.plugin_manager.get_plugin("rlix-backend").flush_progress()
         other.request_gpus(pipeline_id="s2", cluster="actor_train", priority=1, timeout_s=30)
         # s1's training now waits behind s2's; run it in a thread and wait until it is queued.
@@ -160,11 +160,11 @@ def test_progress_is_coalesced_and_the_final_count_arrives(rlix):
     hooks.register_pipeline(pipeline_id="c1", clusters=seed_clusters(train=(0, 1)))
     try:
         hooks.signal_demand(pipeline_id="c1", rollout_id=0, step_target=10**9, timeout_s=30)
-        hooks.begin_progress_batch(pipeline_id="c1", step_target=10**9)
+        hooks.begin_progress_batch(pipeline_id="c1", rollout_id=0, step_target=10**9)
         bumps = 0
         started = time.perf_counter()
         while time.perf_counter() - started < 0.5:
-            hooks.bump_completed(pipeline_id="c1", count=1)
+            hooks.bump_completed(pipeline_id="c1", rollout_id=0, count=1)
             bumps += 1
         elapsed = time.perf_counter() - started
         assert backend.flush_progress()
@@ -173,7 +173,7 @@ def test_progress_is_coalesced_and_the_final_count_arrives(rlix):
         assert snap["pipelines"]["c1"]["progress"][0]["completed"] == bumps
         # begin + at most one report per 0.05 s + the flush; never one per bump.
         assert bumps > 1000 and reports <= 2 + elapsed / 0.05 + 2, (bumps, reports)
-        hooks.end_progress_batch(pipeline_id="c1")
+        hooks.end_progress_batch(pipeline_id="c1", rollout_id=0)
         assert backend.flush_progress()
         assert rlix.snapshot()["pipelines"]["c1"]["progress"] == []
         assert rlix.snapshot()["open_demand"] == {}, "closing the last stream retires the open demand"

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, MODE_FULL, PipelineLimits, SwitchCosts
+from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, PipelineLimits, SwitchCosts
 from rlix_plugin.scheduler.persist import FORMAT, IN_DOUBT, StateFormatError, dump_state, load_state
 from rlix_plugin.scheduler.planner import plan_cycle
 from rlix_plugin.scheduler.state import ResizeOutcome, SchedulerState
 from rlix_plugin.scheduler.topology import PoolTopology
 from rlix_plugin.scheduler.validation import check_state, validate_plan
 
-from ..scheduler.support import FakeClock, plain, seed_clusters, settle
+from ..scheduler.support import FakeClock, plain, progress, seed_clusters, settle
 
 SAVED_AT = 1_000_000.0
 
@@ -30,7 +30,7 @@ def busy_state(clock: FakeClock) -> SchedulerState:
         state.request(pid, ACTOR_INFER, 6, 32)
     settle(state)
     clock.now = 3.0
-    state.report_progress("p1", MODE_FULL, None, 32, 12, 4, True)
+    state.apply_progress(progress("p1", 32, 12, version=4, begin=True))
     state.estimates.observe_resize("p1", True, 0.75, 2, 1)
     clock.now = 4.0
     state.request("p2", ACTOR_TRAIN, 1, None)

@@ -145,12 +145,12 @@ def test_progress_lost_in_the_gap_is_re_sent(rlix):
     backend = hooks.plugin_manager.get_plugin("rlix-backend")
     try:
         hooks.signal_demand(pipeline_id="p", rollout_id=0, step_target=64, timeout_s=30)
-        hooks.begin_progress_batch(pipeline_id="p", step_target=64)
-        hooks.bump_completed(pipeline_id="p", count=10)
+        hooks.begin_progress_batch(pipeline_id="p", rollout_id=0, step_target=64)
+        hooks.bump_completed(pipeline_id="p", rollout_id=0, count=10)
         assert backend.flush_progress(10)
         epoch = crash(rlix)
         for _ in range(7):  # reports sent while the scheduler is down: some are lost
-            hooks.bump_completed(pipeline_id="p", count=3)
+            hooks.bump_completed(pipeline_id="p", rollout_id=0, count=3)
         recovered(rlix, epoch)
 
         def completed():

@@ -6,7 +6,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec
+from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, MODE_FULL, ClusterSpec
+from rlix_plugin.progress import BEGIN, END, PROGRESS, ProgressReport
+from rlix_plugin.scheduler.demand import RETIRED
 from rlix_plugin.scheduler.plan import Plan
 from rlix_plugin.scheduler.planner import plan_cycle
 from rlix_plugin.scheduler.state import PendingRequest, ResizeAction, ResizeOutcome, Satisfied, SchedulerState
@@ -147,8 +149,6 @@ LEASED = (
     "release",
     "release_and_request",
     "planned_release",
-    "report_progress",
-    "clear_progress",
     "report_preempt",
     "unregister_pipeline",
     "admit_pipeline",
@@ -177,3 +177,42 @@ class AsOwners:
             return target(pipeline_id, self.leases.get(pipeline_id, "no lease"), *args, **kwargs)
 
         return call
+
+    def apply_progress(self, report: ProgressReport) -> None:
+        self.service.apply_progress(self.leases.get(report.pipeline_id, "no lease"), report)
+
+
+# -- progress reports -------------------------------------------------------------------------------
+
+
+def progress(
+    pipeline_id: str,
+    step_target: int,
+    completed: int,
+    *,
+    rollout_id: int = 0,
+    mode: str = MODE_FULL,
+    adapter_id: str | None = None,
+    version: int = 0,
+    begin: bool = False,
+) -> ProgressReport:
+    """A ``PROGRESS`` report (a ``BEGIN`` with ``begin=True``) of one stream."""
+    kind = BEGIN if begin else PROGRESS
+    return ProgressReport(kind, pipeline_id, rollout_id, mode, adapter_id, step_target, completed, version)
+
+
+def end(
+    pipeline_id: str, *, rollout_id: int = 0, mode: str = MODE_FULL, adapter_id: str | None = None
+) -> ProgressReport:
+    """The ``END`` report of one stream."""
+    return ProgressReport(END, pipeline_id, rollout_id, mode, adapter_id, 1, 0, 0)
+
+
+def end_all(state: SchedulerState, pipeline_id: str) -> bool:
+    """End every open stream of the pipeline's current rollout; True if that retired its demand."""
+    rollout_id = state.demand.epochs.get(pipeline_id, 0)
+    outcomes = [
+        state.apply_progress(end(pipeline_id, rollout_id=rollout_id, mode=mode, adapter_id=adapter))
+        for mode, adapter in list(state.progress.get(pipeline_id, {}))
+    ]
+    return RETIRED in outcomes

@@ -15,7 +15,7 @@ from rlix_plugin.scheduler.planner import plan_cycle
 from rlix_plugin.scheduler.state import SchedulerState
 from rlix_plugin.scheduler.topology import PoolTopology
 
-from .support import FakeClock, seed_state, settle
+from .support import FakeClock, end_all, progress, seed_state, settle
 
 GEN = Priority.GENERATION
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -47,7 +47,7 @@ def hold(state, pid, ranks, step_target=8):
 
 def demand(state, pid, remaining, step_target=512):
     state.demand.open(pid, step_target)
-    state.report_progress(pid, "full", None, step_target, step_target - remaining)
+    state.apply_progress(progress(pid, step_target, step_target - remaining))
 
 
 def awake(state, pid):
@@ -246,7 +246,7 @@ def test_seed_race_both_preempted_pipelines_are_rewoken():
         state.request(pid, ACTOR_INFER, GEN, 8)
     commit(state)
     for pid in ("p1", "p2"):
-        state.clear_progress(pid)
+        end_all(state, pid)
         state.demand.retire(pid, 0.0)
         state.request(pid, ACTOR_TRAIN, Priority.ACTOR_TRAINING, None)
     commit(state)

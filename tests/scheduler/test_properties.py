@@ -27,7 +27,7 @@ from rlix_plugin.scheduler.service import SchedulerService
 from rlix_plugin.scheduler.topology import PoolTopology, cluster_id
 from rlix_plugin.scheduler.validation import check_state, validate_plan
 
-from .support import AsOwners, FakeEngines
+from .support import AsOwners, FakeEngines, end, progress
 
 PIDS = [f"p{i}" for i in range(6)]
 
@@ -134,14 +134,14 @@ class SchedulerMachine(RuleBasedStateMachine):
     def progress(self, data, step_target, done):
         pid = self.pid(data)
         with contextlib.suppress(RlixError):
-            self.service.report_progress(pid, "full", None, step_target, int(step_target * done))
+            self.service.apply_progress(progress(pid, step_target, int(step_target * done)))
         self.step()
 
     @precondition(lambda self: self.registered)
     @rule(data=st.data())
     def end_batch(self, data):
         pid = self.pid(data)
-        self.service.clear_progress(pid, "full", None)
+        self.service.apply_progress(end(pid))
         self.step()
 
     @precondition(lambda self: self.registered)

@@ -22,7 +22,7 @@ from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, Priority
 from rlix_plugin.scheduler.service import SchedulerService
 from rlix_plugin.scheduler.topology import PoolTopology
 
-from .support import AsOwners, FakeEngines, run, seed_clusters
+from .support import AsOwners, FakeEngines, end, progress, run, seed_clusters
 
 ROLLOUTS, SAMPLES = 5, 6
 STALL_S = 1.5  # no awake engine for this long = the pipeline is stalled ("No progress for 30.0s")
@@ -46,7 +46,7 @@ async def _rollouts(service, engines, pid, barrier, pre_signal: bool) -> int:
     for rollout in range(ROLLOUTS):
         if pre_signal:
             await service.signal_demand(pid, rollout, SAMPLES, timeout_s=STALL_S)
-        service.report_progress(pid, "full", None, SAMPLES, 0)  # begin
+        service.apply_progress(progress(pid, SAMPLES, 0, rollout_id=rollout, begin=True))
         for sample in range(SAMPLES):
             deadline = asyncio.get_running_loop().time() + STALL_S
             while not engines.awake.get(pid):  # dispatch needs an awake engine
@@ -58,8 +58,8 @@ async def _rollouts(service, engines, pid, barrier, pre_signal: bool) -> int:
                 except asyncio.TimeoutError:
                     pass
             await asyncio.sleep(0)
-            service.report_progress(pid, "full", None, SAMPLES, sample + 1)
-        service.clear_progress(pid, "full", None)  # end
+            service.apply_progress(progress(pid, SAMPLES, sample + 1, rollout_id=rollout))
+        service.apply_progress(end(pid, rollout_id=rollout))
         completed += 1
         # Both pipelines train together: every rollout worker of both is preempted.
         await barrier.wait()

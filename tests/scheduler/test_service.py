@@ -20,7 +20,7 @@ from rlix_plugin.scheduler.service import SchedulerService
 from rlix_plugin.scheduler.topology import PoolTopology
 from rlix_plugin.scheduler.trigger import needs_rebalance
 
-from .support import AsOwners, FakeEngines, run, seed_clusters, wait_until
+from .support import AsOwners, FakeEngines, end, progress, run, seed_clusters, wait_until
 
 GEN, TRAIN = Priority.GENERATION, Priority.ACTOR_TRAINING
 
@@ -129,8 +129,8 @@ def test_planned_release_waits_until_workers_sleep():
         engines = FakeEngines()
         service = await started(engines)
         await service.signal_demand("p1", 0, 8, timeout_s=5)
-        service.report_progress("p1", "full", None, 8, 8)
-        service.clear_progress("p1", "full", None)  # rollout over: no demand to re-wake them for
+        service.apply_progress(progress("p1", 8, 8))
+        service.apply_progress(end("p1"))  # rollout over: no demand to re-wake them for
         await service.planned_release("p1", [1, 2], timeout_s=5)
         assert engines.awake["p1"] == {0, 3} and service.state.generation["p1"].active == {0, 3}
         await service.release("p1", ACTOR_INFER, timeout_s=5)
@@ -190,17 +190,17 @@ def test_gap_ratio_rebalances_in_the_background_on_progress():
         engines = FakeEngines()
         service = await started(engines, policy="gap_ratio")
         await service.signal_demand("p1", 0, 100, timeout_s=5)
-        service.state.report_progress("p1", "full", None, 100, 0)
+        service.state.apply_progress(progress("p1", 100, 0))
         assert not needs_rebalance(service.state), "one pipeline, all GPUs: nothing to do"
         service.state.demand.open("p2", 100)  # p2 holds nothing: a suspended cluster with demand
         service.state.generation["p2"] = type(service.state.generation["p1"])("p2")
         assert needs_rebalance(service.state)
-        service.report_progress("p2", "full", None, 100, 0)
+        service.apply_progress(progress("p2", 100, 0))
         await wait_until(lambda: engines.awake.get("p2"), what="rebalance to p2")
         await wait_until(lambda: not needs_rebalance(service.state) and not service.state.moves, what="settled")
         assert len(engines.awake["p2"]) == 2 and len(engines.awake["p1"]) == 2
         # p1 almost done, p2 barely started: the least-complete half (p2) is far below its share.
-        service.report_progress("p1", "full", None, 100, 95)
+        service.apply_progress(progress("p1", 100, 95))
         await wait_until(lambda: len(engines.awake["p2"]) == 3, what="p2 grows to 3")
         await service.stop()
 

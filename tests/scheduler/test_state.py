@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 
 from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, InvalidRequestError, PipelineGoneError, Priority
+from rlix_plugin.scheduler.demand import APPLIED, IGNORED, RETIRED
 from rlix_plugin.scheduler.plan import Plan
 from rlix_plugin.scheduler.validation import check_state
 
-from .support import plain, seed_clusters, seed_state, settle
+from .support import end, end_all, plain, progress, seed_clusters, seed_state, settle
 
 GEN = Priority.GENERATION
 TRAIN = Priority.ACTOR_TRAINING
@@ -31,7 +32,7 @@ def test_generation_request_enqueues_writes_registry_then_short_circuits():
     assert "p1_actor_infer" in state.pending
     _, satisfied = cycle(state)
     assert [r.cluster_id for r in satisfied] == ["p1_actor_infer"]
-    state.clear_progress("p1")
+    end_all(state, "p1")
     state.demand.retire("p1", 0.0)
     outcome = state.request("p1", ACTOR_INFER, GEN, 32)
     assert outcome.granted and outcome.dp_ranks == (0, 1, 2, 3)
@@ -105,7 +106,7 @@ def test_release_generation_retires_demand_and_sleeps_workers():
     state = seed_state()
     state.request("p1", ACTOR_INFER, GEN, 8)
     cycle(state)
-    state.report_progress("p1", "full", None, 8, 3)
+    state.apply_progress(progress("p1", 8, 3))
     assert state.release("p1", ACTOR_INFER) is True
     assert "p1" not in state.open_demand and "p1" not in state.progress
     plan, _ = cycle(state)
@@ -128,11 +129,11 @@ def test_release_of_stage_frees_at_once_and_of_nothing_is_a_noop():
 def test_clearing_the_last_stream_retires_open_demand():
     state = seed_state()
     state.request("p1", ACTOR_INFER, GEN, 8)
-    state.report_progress("p1", "lora", "a", 4, 1)
-    state.report_progress("p1", "lora", "b", 4, 1)
-    assert state.clear_progress("p1", "lora", "a") is False
+    state.apply_progress(progress("p1", 4, 1, mode="lora", adapter_id="a"))
+    state.apply_progress(progress("p1", 4, 1, mode="lora", adapter_id="b"))
+    assert state.apply_progress(end("p1", mode="lora", adapter_id="a")) == APPLIED
     assert state.open_demand == {"p1": 8}
-    assert state.clear_progress("p1", "lora", "b") is True
+    assert state.apply_progress(end("p1", mode="lora", adapter_id="b")) == RETIRED
     assert state.open_demand == {}
 
 
@@ -152,12 +153,12 @@ def test_unregister_frees_everything_and_returns_cancelled_requests():
 
 def test_progress_latest_wins_and_is_clamped():
     state = seed_state()
-    state.report_progress("p1", "full", None, 10, 4)
-    state.report_progress("p1", "full", None, 10, 2)
+    state.apply_progress(progress("p1", 10, 4))
+    state.apply_progress(progress("p1", 10, 2))
     assert state.remaining("p1") == 8, "latest wins, even if lower"
-    state.report_progress("p1", "full", None, 10, 99)
+    state.apply_progress(progress("p1", 10, 99))
     assert state.progress["p1"][("full", None)].completed == 10
-    state.report_progress("p1", "full", None, 10, -5)
+    state.apply_progress(progress("p1", 10, -5))
     assert state.progress["p1"][("full", None)].completed == 0
 
 
@@ -171,24 +172,24 @@ def test_progress_latest_wins_and_is_clamped():
 )
 def test_bad_progress_is_refused(mode, adapter, message):
     state = seed_state()
-    state.report_progress("p1", "full", None, 10, 1)
+    state.apply_progress(progress("p1", 10, 1))
     before = frozen(state)
     with pytest.raises(InvalidRequestError, match=message):
-        state.report_progress("p1", mode, adapter, 10, 1)
+        state.apply_progress(progress("p1", 10, 1, mode=mode, adapter_id=adapter))
     assert frozen(state) == before
 
 
 def test_lora_needs_adapter():
     state = seed_state()
     with pytest.raises(InvalidRequestError, match="needs an adapter_id"):
-        state.report_progress("p1", "lora", None, 10, 1)
+        state.apply_progress(progress("p1", 10, 1, mode="lora"))
 
 
 def test_registry_inflates_remaining_before_any_progress():
     state = seed_state()
     state.request("p1", ACTOR_INFER, GEN, 48)
     assert state.remaining("p1") == 48
-    state.report_progress("p1", "full", None, 48, 40)
+    state.apply_progress(progress("p1", 48, 40))
     assert state.remaining("p1") == 8
 
 
@@ -215,17 +216,21 @@ def test_start_of_empty_plan_changes_nothing():
     assert frozen(state) == before and state.take_actions() == []
 
 
-def test_late_reports_of_a_retired_rollout_cannot_clear_the_next_rollouts_demand():
+def test_late_reports_of_an_older_rollout_cannot_clear_the_next_rollouts_demand():
     """Progress may come from another process than the demand (miles' RolloutManager vs. its
-    driver): rollout N's last count and end can arrive after rollout N+1 signalled demand."""
+    driver): rollout N's last count and end can arrive after rollout N+1 signalled demand. They
+    carry rollout N's epoch, so they are ignored, whatever else happened in between."""
     state = seed_state()
+    state.open_rollout("p1", 4)
     state.request("p1", ACTOR_INFER, GEN, 8)
-    state.report_progress("p1", "full", None, 8, 5, new_batch=True)
-    state.retire_streams("p1")  # rollout N+1 signals demand (its request is still pending)
-    state.report_progress("p1", "full", None, 8, 8)  # rollout N's final count, late
-    assert state.clear_progress("p1", "full", None) is False  # rollout N's end, late
+    state.apply_progress(progress("p1", 8, 5, rollout_id=4, begin=True))
+    state.open_rollout("p1", 5)  # rollout N+1 signals demand: its epoch starts, N's streams end
+    assert state.apply_progress(progress("p1", 8, 8, rollout_id=4)) == IGNORED  # N's final count, late
+    assert state.apply_progress(end("p1", rollout_id=4)) == IGNORED  # N's end, late
     assert state.open_demand == {"p1": 8} and state.remaining("p1") == 8
-    state.report_progress("p1", "full", None, 8, 0, new_batch=True)  # rollout N+1 begins
-    state.report_progress("p1", "full", None, 8, 3)
+    state.apply_progress(progress("p1", 8, 0, rollout_id=5, begin=True))  # rollout N+1 begins
+    state.apply_progress(progress("p1", 8, 3, rollout_id=5))
     assert state.remaining("p1") == 5
-    assert state.clear_progress("p1", "full", None) is True, "its own end retires the demand"
+    assert state.apply_progress(end("p1", rollout_id=4)) == IGNORED, "still N's: changes nothing"
+    assert state.remaining("p1") == 5
+    assert state.apply_progress(end("p1", rollout_id=5)) == RETIRED, "its own end retires the demand"

@@ -15,7 +15,8 @@ from rlix_plugin.scheduler.state import SchedulerState
 from rlix_plugin.scheduler.topology import PoolTopology
 from rlix_plugin.scheduler.trigger import next_deadline, wants_cycle
 
-from .support import FakeClock, settle
+from .support import FakeClock, end_all, settle
+from .support import progress as report
 
 GEN, TRAIN = Priority.GENERATION, Priority.ACTOR_TRAINING
 COSTS = SwitchCosts(wake_seconds=5.0, sleep_seconds=3.0)
@@ -42,16 +43,16 @@ def hold(state, pid, ranks, step_target=64):
 def progress(state, pid, remaining, step_target=64):
     """Set ``pid``'s remaining samples (as a begin, so that no throughput is measured)."""
     state.demand.open(pid, step_target)
-    state.report_progress(pid, "full", None, step_target, step_target - remaining, new_batch=True)
+    state.apply_progress(report(pid, step_target, step_target - remaining, begin=True))
 
 
 def measure_sample_time(state, clock, pid, seconds_per_sample):
     """Feed progress so that the estimate of ``pid``'s engine-seconds per sample is as given."""
     alloc = state.generation[pid]
     engines = len(alloc.active)
-    state.report_progress(pid, "full", None, 64, 0, new_batch=True)
+    state.apply_progress(report(pid, 64, 0, begin=True))
     clock.now += seconds_per_sample * 4 / engines
-    state.report_progress(pid, "full", None, 64, 4)
+    state.apply_progress(report(pid, 64, 4))
     assert state.estimates.sample_s(pid) == pytest.approx(seconds_per_sample)
 
 
@@ -121,7 +122,7 @@ def test_the_gpus_of_a_stage_that_follows_a_rollout_are_kept_for_it():
     hold(state, "a", [0, 1])
     hold(state, "b", [2])
     progress(state, "b", 60)
-    state.clear_progress("a")
+    end_all(state, "a")
     state.demand.retire("a", clock.now)  # a's rollout ended: its training on 0-1 is due
     settle(state, policy="finish_first")
     assert state.generation["a"].active == {0, 1}, "a's idle engines stay where its stage will sleep them"
@@ -136,7 +137,7 @@ def test_kept_gpus_are_not_kept_when_switching_costs_nothing():
     hold(state, "a", [0, 1])
     hold(state, "b", [2])
     progress(state, "b", 60)
-    state.clear_progress("a")
+    end_all(state, "a")
     state.demand.retire("a", clock.now)
     settle(state, policy="finish_first")
     assert state.generation["b"].active == {0, 1, 2, 3}
@@ -171,7 +172,7 @@ def test_no_engine_is_woken_where_a_stage_is_expected_before_it_could_serve():
 def test_engines_that_would_need_a_costly_weight_sync_sleep_at_rollout_end():
     state, clock = pool(costs=SwitchCosts(wake_seconds=0.1, sleep_seconds=0.1, sync_seconds=2.0), a=(0, 1))
     hold(state, "a", [0, 1, 2, 3])
-    state.clear_progress("a")
+    end_all(state, "a")
     state.demand.retire("a", clock.now)
     plan = plan_cycle(state, FINISH_FIRST)
     assert [m.reason for m in plan.moves] == [SYNC_COSTS_MORE] and plan.shrinks == {"a": {0, 1, 2, 3}}

@@ -74,10 +74,12 @@ BLOCKING = [
 ]
 #: Hot-path hooks: bad arguments are dropped with a log line, never raised.
 HOT = [
-    ("bump_completed", {"count": 1}, "count", BAD_COUNTS),
-    ("bump_completed", {"count": 1}, "pipeline_id", BAD_IDS + ["ghost"]),
-    ("begin_progress_batch", {"step_target": 8}, "step_target", BAD_STEPS),
-    ("begin_progress_batch", {"step_target": 8}, "initial_completed", [9, -1, "0"]),
+    ("bump_completed", {"rollout_id": 0, "count": 1}, "count", BAD_COUNTS),
+    ("bump_completed", {"rollout_id": 0, "count": 1}, "pipeline_id", BAD_IDS + ["ghost"]),
+    ("bump_completed", {"rollout_id": 0, "count": 1}, "rollout_id", [-1, "0", None, 1.5]),
+    ("begin_progress_batch", {"rollout_id": 0, "step_target": 8}, "step_target", BAD_STEPS),
+    ("begin_progress_batch", {"rollout_id": 0, "step_target": 8}, "initial_completed", [9, -1, "0"]),
+    ("begin_progress_batch", {"rollout_id": 0, "step_target": 8}, "rollout_id", [-1, "0", None, True]),
     ("report_preempt", {"dp_rank": 0, "retracted": 1}, "retracted", BAD_COUNTS),
 ]
 
@@ -120,11 +122,11 @@ class BadInputMachine(RuleBasedStateMachine):
         if phase == "idle":
             grant = hooks.signal_demand(pipeline_id=pid, rollout_id=self.rollout[pid], step_target=8, timeout_s=10)
             assert grant.dp_ranks
-            hooks.begin_progress_batch(pipeline_id=pid, step_target=8)
+            hooks.begin_progress_batch(pipeline_id=pid, rollout_id=self.rollout[pid], step_target=8)
             self.phase[pid] = "rolling"
         elif phase == "rolling":
-            hooks.bump_completed(pipeline_id=pid, count=8)
-            hooks.end_progress_batch(pipeline_id=pid)
+            hooks.bump_completed(pipeline_id=pid, rollout_id=self.rollout[pid], count=8)
+            hooks.end_progress_batch(pipeline_id=pid, rollout_id=self.rollout[pid])
             grant = hooks.request_gpus(
                 pipeline_id=pid, cluster=ACTOR_TRAIN, priority=Priority.ACTOR_TRAINING, timeout_s=10
             )
@@ -162,6 +164,21 @@ class BadInputMachine(RuleBasedStateMachine):
         getattr(hooks, hook)(**{"pipeline_id": "p0", **good, spoiled: value})  # must not raise
         assert hooks.plugin_manager.backend.flush_progress(5)
         assert settled(self.scheduler) == before, f"{hook}({spoiled}={value!r}) changed the state"
+
+    @rule()
+    @precondition(lambda self: self.rollout["p0"] >= 2)
+    def demand_of_an_older_rollout(self):
+        """Rollout ids never go back: demand for rollout 0 once p0 signalled rollout 1 or later is
+        refused, naming the value, and changes nothing."""
+        before = settled(self.scheduler)
+        try:
+            self.hooks["p0"].signal_demand(pipeline_id="p0", rollout_id=0, step_target=8, timeout_s=5)
+        except InvalidRequestError as exc:
+            assert "rollout_id 0" in str(exc) and "older than its current rollout" in str(exc), str(exc)
+        else:
+            raise AssertionError("demand of an older rollout was accepted")
+        assert settled(self.scheduler) == before, "demand of an older rollout changed the state"
+        self.rejections += 1
 
     @rule(data=st.data())
     @precondition(lambda self: self.phase["p1"] == "training")

@@ -32,8 +32,8 @@ def world():
     victim.register_pipeline(pipeline_id="victim", clusters=seed_clusters((0, 1)))
     neighbour.register_pipeline(pipeline_id="neighbour", clusters=seed_clusters((2, 3)))
     victim.signal_demand(pipeline_id="victim", rollout_id=0, step_target=8, timeout_s=10)
-    victim.begin_progress_batch(pipeline_id="victim", step_target=8)
-    victim.bump_completed(pipeline_id="victim", count=3)
+    victim.begin_progress_batch(pipeline_id="victim", rollout_id=0, step_target=8)
+    victim.bump_completed(pipeline_id="victim", rollout_id=0, count=3)
     assert victim.plugin_manager.backend.flush_progress(5)
     try:
         yield scheduler, victim, neighbour, foreign
@@ -68,9 +68,9 @@ def test_forged_progress_and_unregister_are_dropped(world, who, caplog):
     attacker = {"neighbour": neighbour, "foreign": foreign}[who]
     before = comparable(scheduler.snapshot())
     # "Nothing left": the forgery would take the victim's engines if it were believed.
-    attacker.begin_progress_batch(pipeline_id="victim", step_target=8, initial_completed=8)
-    attacker.bump_completed(pipeline_id="victim", count=8)
-    attacker.end_progress_batch(pipeline_id="victim")
+    attacker.begin_progress_batch(pipeline_id="victim", rollout_id=0, step_target=8, initial_completed=8)
+    attacker.bump_completed(pipeline_id="victim", rollout_id=0, count=8)
+    attacker.end_progress_batch(pipeline_id="victim", rollout_id=0)
     attacker.unregister_pipeline(pipeline_id="victim", reason="forged")
     attacker.plugin_manager.backend.flush_progress(5)
     assert comparable(scheduler.snapshot()) == before

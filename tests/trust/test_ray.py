@@ -133,7 +133,7 @@ def test_a_neighbour_cannot_act_for_the_victim_through_its_own_hooks(rlix):
             with pytest.raises(NotPipelineOwnerError, match="'victim'"):
                 getattr(neighbour, call)(pipeline_id="victim", **kwargs)
         neighbour.unregister_pipeline(pipeline_id="victim")  # not its own: dropped with a log line
-        neighbour.bump_completed(pipeline_id="victim", count=100)  # the hot path never raises
+        neighbour.bump_completed(pipeline_id="victim", rollout_id=0, count=100)  # the hot path never raises
         assert comparable(rlix.snapshot()) == before
         assert "victim" in rlix.describe()["pipelines"]
     finally:

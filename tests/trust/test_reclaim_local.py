@@ -106,15 +106,15 @@ def test_idle_engines_of_a_finished_rollout_go_to_a_pipeline_that_still_has_work
         for pid, train in (("done", (0, 1)), ("busy", (2, 3))):
             hooks[pid].register_pipeline(pipeline_id=pid, clusters=seed_clusters(train))
             hooks[pid].signal_demand(pipeline_id=pid, rollout_id=0, step_target=64, timeout_s=10)
-            hooks[pid].begin_progress_batch(pipeline_id=pid, step_target=64)
+            hooks[pid].begin_progress_batch(pipeline_id=pid, rollout_id=0, step_target=64)
         wait_until(lambda: engines["done"].awake and engines["busy"].awake, 10, "both generating")
-        hooks["done"].bump_completed(pipeline_id="done", count=64)
-        hooks["done"].end_progress_batch(pipeline_id="done")  # its rollout is over; it keeps its engines
+        hooks["done"].bump_completed(pipeline_id="done", rollout_id=0, count=64)
+        hooks["done"].end_progress_batch(pipeline_id="done", rollout_id=0)  # its rollout is over; it keeps its engines
         # No request, no release: only busy's progress. A first sample at once (the rate looks
         # high: moving engines would not pay), then nothing while done's anticipation window runs
         # out (the pass at its end keeps the engines where they are), then a sample every 50 ms:
         # the rate is measured again and the idle engines must move, long before busy's rollout ends.
-        hooks["busy"].bump_completed(pipeline_id="busy", count=1)
+        hooks["busy"].bump_completed(pipeline_id="busy", rollout_id=0, count=1)
         ended = time.monotonic()
         completed = 1
 
@@ -126,7 +126,7 @@ def test_idle_engines_of_a_finished_rollout_go_to_a_pipeline_that_still_has_work
                 return False
             assert completed < 60, "busy's rollout nearly ended on part of the pool"
             completed += 1
-            hooks["busy"].bump_completed(pipeline_id="busy", count=1)
+            hooks["busy"].bump_completed(pipeline_id="busy", rollout_id=0, count=1)
             return False
 
         wait_until(busy_progresses_and_has_every_gpu, 10, "busy woken on every GPU", interval_s=0.05)

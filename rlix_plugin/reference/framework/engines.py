@@ -346,7 +346,9 @@ class EnginePool(PipelineEngines):
         sample = Sample(job.index, job.prompt, answer, reward(job.prompt, answer, self._offset), version, engine.rank)
         if self.hooks is not None:
             try:
-                self.hooks.bump_completed(pipeline_id=self.pipeline_id, count=1, target_weight_version=version)
+                self.hooks.bump_completed(
+                    pipeline_id=self.pipeline_id, rollout_id=job.rollout, count=1, target_weight_version=version
+                )
             except Exception as exc:  # hooks never break the framework
                 log.warning("pipeline %s: progress signal lost: %r", self.pipeline_id, exc)
         self._observer.sample_done()

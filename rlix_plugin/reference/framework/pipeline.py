@@ -179,13 +179,15 @@ class ReferencePipeline:
                 finally:
                     self.observer.waited(self.clock() - started)
             self._check_abort()
-            self.hooks.begin_progress_batch(pipeline_id=self.name, step_target=target, target_weight_version=version)
+            self.hooks.begin_progress_batch(
+                pipeline_id=self.name, rollout_id=rollout, step_target=target, target_weight_version=version
+            )
             try:
                 self.observer.phase(GENERATING, rollout)
                 self.pool.submit(jobs)
                 samples = self.pool.collect(target, self.wait_timeout_s)
             finally:
-                self.hooks.end_progress_batch(pipeline_id=self.name)
+                self.hooks.end_progress_batch(pipeline_id=self.name, rollout_id=rollout)
         finally:
             self.observer.demand(False)
         self.samples[rollout] = samples

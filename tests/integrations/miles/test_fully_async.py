@@ -9,10 +9,13 @@ test starts and stops its own.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from rlix_plugin.backends.local import LocalScheduler
 from rlix_plugin.integrations.miles import install
+from rlix_plugin.integrations.miles.hooks import held_hooks
 from rlix_plugin.testing import HookRecorder
 
 from ...waiting import wait_until
@@ -110,3 +113,44 @@ def test_the_fatal_path_of_the_real_fully_async_rollout_ends_the_batch(scheduler
     session.signal_rollout_demand(1)
     assert len(manager.generate(1)) == GROUPS, "the next rollout recovers"
     assert [c.name for c in progress(recorder)][-1] == PROGRESS[2]
+
+
+def test_late_progress_of_the_real_rollout_cannot_retire_the_next_rollouts_demand(scheduler, pipeline, monkeypatch):
+    """The race the rollout epoch closes, with the real fully-async rollout function: rollout 0's
+    reports are held in delivery (a slow link from the RolloutManager's process) until rollout 1
+    has signalled its demand. The signal does not wait for them, the session has told the hooks
+    in the manager's process that rollout 1 is next, and when rollout 0's begin, count and end
+    land they are ignored: rollout 1's demand stays open until rollout 1's own end."""
+    session, manager, recorder = pipeline
+    backend = session.hooks.plugin_manager.get_plugin("rlix-backend")
+    gate, delivered = threading.Event(), []
+    send = backend.port.send_progress
+
+    def slow_link(lease, report):
+        gate.wait(30)
+        delivered.append(report)
+        send(lease, report)
+
+    monkeypatch.setattr(backend.port, "send_progress", slow_link)
+    session.signal_rollout_demand(0)
+    assert held_hooks(manager).rollout_id == 0
+    assert len(manager.generate(0)) == GROUPS
+    assert [c.rollout_id for c in progress(recorder)] == [0] * (GROUPS + 2), "every call of rollout 0 carries 0"
+    assert progress(recorder)[-1].name == PROGRESS[2]
+
+    session.signal_rollout_demand(1)  # returns while rollout 0's reports are still held back
+    assert delivered == [] and not gate.is_set()
+    assert held_hooks(manager).rollout_id == 1, "the session told the manager's hooks"
+    assert scheduler.snapshot()["open_demand"] == {"p1": GROUPS * N}
+
+    gate.set()
+    wait_until(lambda: any(r.kind == "end" for r in delivered), 10.0, "rollout 0's late end to be delivered")
+    snap = settled(scheduler, session)
+    assert {r.rollout_id for r in delivered} == {0}
+    assert snap["open_demand"] == {"p1": GROUPS * N}, "rollout 0's late end did not retire rollout 1's demand"
+    assert snap["pipelines"]["p1"]["progress"] == [], "nor did its late begin open a stream"
+
+    recorder.clear()
+    assert len(manager.generate(1)) == GROUPS
+    assert {c.rollout_id for c in progress(recorder)} == {1}
+    assert settled(scheduler, session)["open_demand"] == {}, "rollout 1's own end retires it"

@@ -12,7 +12,7 @@ import pytest
 
 from rlix_plugin import Hooks, get_plugin_manager, hookimpl
 from rlix_plugin.backends.local import LocalScheduler
-from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec
+from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec, InvalidRequestError
 from rlix_plugin.integrations.miles import LOGGER_NAME, MilesRLixHooks
 
 N = 4  # samples per group
@@ -24,7 +24,9 @@ def lost_warnings(caplog):
 
 @pytest.fixture
 def miles_hooks(rlix_hooks):
-    return MilesRLixHooks("p1", N, backend="noop", hooks=rlix_hooks, engine_to_rank={5: 1, 7: 0})
+    hooks = MilesRLixHooks("p1", N, backend="noop", hooks=rlix_hooks, engine_to_rank={5: 1, 7: 0})
+    hooks.set_rollout(0)  # what the session's signal_rollout_demand does before each rollout
+    return hooks
 
 
 def test_groups_become_samples_on_the_hooks(miles_hooks, rlix_recorder):
@@ -35,6 +37,7 @@ def test_groups_become_samples_on_the_hooks(miles_hooks, rlix_recorder):
     begin = rlix_recorder.getcall("begin_progress_batch")
     assert begin.kwargs == {
         "pipeline_id": "p1",
+        "rollout_id": 0,
         "mode": "full",
         "adapter_id": None,
         "target_weight_version": 3,
@@ -45,9 +48,47 @@ def test_groups_become_samples_on_the_hooks(miles_hooks, rlix_recorder):
     assert [(c.count, c.target_weight_version, c.mode) for c in bumps] == [(N, 3, "full"), (N, 4, "full")]
     assert rlix_recorder.getcall("end_progress_batch").kwargs == {
         "pipeline_id": "p1",
+        "rollout_id": 0,
         "mode": "full",
         "adapter_id": None,
     }
+
+
+def test_each_batch_keeps_the_rollout_it_began_with(miles_hooks, rlix_recorder):
+    """The next rollout's id may be set while a batch is open (its demand is signalled before
+    the batch ends, e.g. on the engine thread): the open batch's bumps and end keep its own."""
+    miles_hooks.set_rollout(4)
+    miles_hooks.begin_progress_batch(0, 2, 0)
+    miles_hooks.set_rollout(5)
+    miles_hooks.bump_completed(target_weight_version=0)
+    miles_hooks.end_progress_batch()
+    miles_hooks.begin_progress_batch(0, 2, 0)
+    miles_hooks.end_progress_batch()
+    assert [(c.name, c.rollout_id) for c in rlix_recorder.calls()] == [
+        ("rlix_begin_progress_batch", 4),
+        ("rlix_bump_completed", 4),
+        ("rlix_end_progress_batch", 4),
+        ("rlix_begin_progress_batch", 5),
+        ("rlix_end_progress_batch", 5),
+    ]
+
+
+def test_a_batch_with_no_rollout_id_is_a_lost_signal_not_a_guess(rlix_hooks, rlix_recorder, caplog):
+    hooks = MilesRLixHooks("p1", N, backend="noop", hooks=rlix_hooks)
+    with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):
+        hooks.begin_progress_batch(0, 2, 0)  # must not raise into the rollout function
+        hooks.bump_completed(target_weight_version=0)
+        hooks.end_progress_batch()
+    assert rlix_recorder.calls() == [], "nothing reaches the scheduler under a made-up rollout id"
+    (warning,) = lost_warnings(caplog)
+    assert "no rollout id" in warning.getMessage() and "signal_rollout_demand" in warning.getMessage()
+
+
+@pytest.mark.parametrize("bad", [-1, "3", None, True, 2.0])
+def test_set_rollout_refuses_bad_ids_and_keeps_the_last_good_one(miles_hooks, bad):
+    with pytest.raises(InvalidRequestError, match="rollout_id must be an int >= 0"):
+        miles_hooks.set_rollout(bad)
+    assert miles_hooks.rollout_id == 0
 
 
 def test_lora_stream_is_carried_through_bump_and_end(miles_hooks, rlix_recorder):
@@ -115,6 +156,7 @@ def test_bad_input_from_miles_is_a_lost_signal_not_an_exception(miles_hooks, rli
 def test_a_backend_that_cannot_be_built_is_a_lost_signal(caplog):
     caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
     hooks = pickle.loads(pickle.dumps(MilesRLixHooks("p1", N, backend="no-such-backend")))
+    hooks.set_rollout(0)
     hooks.begin_progress_batch(0, 2, 0)
     hooks.bump_completed(target_weight_version=0)
     hooks.end_progress_batch()
@@ -124,6 +166,7 @@ def test_a_backend_that_cannot_be_built_is_a_lost_signal(caplog):
 
 def test_rebuilt_on_first_use_from_the_backend_name():
     hooks = pickle.loads(pickle.dumps(MilesRLixHooks("p1", N, backend="noop", autoload=False)))
+    hooks.set_rollout(0)
     probe = hooks.probe()
     assert (probe["backend"], probe["live"], probe["registered"], probe["error"]) == ("noop", [], None, None)
     assert probe["token"] == hooks.token
@@ -147,6 +190,7 @@ def local_front_end(scheduler):
 def test_a_begin_before_any_end_replaces_the_stale_batch_on_the_scheduler(scheduler):
     front, backend = local_front_end(scheduler)
     hooks = MilesRLixHooks("p1", N, backend="local", hooks=front)
+    hooks.set_rollout(0)
     hooks.begin_progress_batch(0, 8, 0)
     for _ in range(3):
         hooks.bump_completed(target_weight_version=0)
@@ -168,6 +212,7 @@ def test_probe_sees_the_pipeline_on_the_scheduler(scheduler):
 def test_progress_calls_do_not_wait_for_a_stalled_scheduler(scheduler):
     front, backend = local_front_end(scheduler)
     hooks = MilesRLixHooks("p1", N, backend="local", hooks=front)
+    hooks.set_rollout(0)
     released = threading.Event()
     scheduler.call_soon(released.wait, 10.0)  # the scheduler's loop is stuck until released
     try:

@@ -432,6 +432,7 @@ def test_progress_calls_return_at_once_when_the_scheduler_is_gone(caplog):
     reset_rlix()  # no scheduler anywhere
     caplog.set_level(logging.WARNING)
     hooks = MilesRLixHooks("p1", N, backend="ray", backend_options={**POOL, "create_if_missing": False}, autoload=False)
+    hooks.set_rollout(0)
     started = time.monotonic()
     hooks.begin_progress_batch(0, 100, 0)
     for _ in range(100):
