@@ -129,11 +129,11 @@ def test_status_text_of_an_empty_scheduler():
 
 
 def test_coalescer_flush_waits_for_a_delivery_in_progress():
-    # The ray backend's flush (and its settle before signal_demand) relies on this: a report the
-    # delivery thread has taken but not sent yet still counts as not flushed.
+    # The ray backend's flush_progress relies on this: a report the delivery thread has taken but
+    # not sent yet still counts as not flushed.
     import threading
 
-    from rlix_plugin.progress import ProgressCoalescer
+    from rlix_plugin.progress import BEGIN, ProgressCoalescer, ProgressReport
 
     sending = threading.Event()
     release = threading.Event()
@@ -145,7 +145,7 @@ def test_coalescer_flush_waits_for_a_delivery_in_progress():
         sent.append(report.kind)
 
     coalescer = ProgressCoalescer(slow_send, min_interval_s=0.05)
-    coalescer.begin("p", "full", None, 0, 10, 0)
+    coalescer.begin(ProgressReport(BEGIN, "p", 0, "full", None, 10, 0, 0))
     assert sending.wait(5)
     assert coalescer.flush(0.2) is False, "flush returned while the begin was still being sent"
     release.set()
