@@ -106,7 +106,9 @@ def test_a_foreign_process_with_a_guessed_lease_is_refused_and_changes_nothing(r
             assert kind == "NotPipelineOwnerError", (method, kind, message)
             assert "'victim'" in message, message
         # Progress is fire-and-forget: a forged report is dropped, and the answer says why.
-        report = ProgressReport(BEGIN, "victim", MODE_FULL, None, step_target=8, completed=8, target_weight_version=0)
+        report = ProgressReport(
+            BEGIN, "victim", 0, MODE_FULL, None, step_target=8, completed=8, target_weight_version=0
+        )
         kind, dropped = ray.get(forge.remote(SCHEDULER, "apply_progress", "intruder", 1, "0" * 43, report))
         assert kind == "ok" and dropped.startswith("NotPipelineOwnerError"), dropped
         # So is a preemption report (it is on the engines' hot path).
