@@ -9,7 +9,8 @@ policy says the allocation may now be wrong:
   could use, or the least-complete half of the pipelines off its share by more than
   ``REBALANCE_DEVIATION`` (rlix's rule);
 * switch-aware policies: the reporting pipeline now holds more bundles than samples it has left
-  (its surplus can go to a pipeline with work queued), or no pass ran for ``REVIEW_INTERVAL_S``:
+  (its surplus can go to a pipeline with work queued), or none while it has samples left (the
+  starvation rule may give it one), or no pass ran for ``REVIEW_INTERVAL_S``:
   the payoff rule judges moves by measured rates, which change as progress arrives, so a move it
   turned down on an early estimate (engines left idle by a finished rollout, say) is reconsidered
   within that interval while anyone makes progress. O(1) per report; at most one such pass per
@@ -53,7 +54,12 @@ def wants_cycle(
         if since_last_pass_s >= REVIEW_INTERVAL_S:
             return True
         alloc = state.generation.get(pipeline_id)
-        return alloc is not None and alloc.held > state.remaining(pipeline_id)
+        if alloc is None:
+            return False
+        remaining = state.remaining(pipeline_id)
+        # Work left and no engine (a stage took them, or its count went back up): the starvation
+        # rule may give it one now. Rare: a pipeline with no engine seldom makes progress.
+        return alloc.held > remaining or (not alloc.held and remaining > 0)
     return needs_rebalance(state, durable_demand)
 
 

@@ -189,6 +189,19 @@ def test_progress_triggers_a_pass_only_when_a_pipeline_holds_more_than_it_can_us
     assert wants_cycle(state, FINISH_FIRST, "request", "a")
 
 
+def test_progress_of_a_pipeline_with_work_left_and_no_engine_triggers_a_pass():
+    # A stage took every engine of "a" and its count went back up: the starvation rule may give
+    # it an engine now, not a review interval later.
+    state, _ = pool()
+    state.request("a", ACTOR_INFER, GEN, 64)
+    progress(state, "a", 0)
+    assert not state.generation["a"].held
+    assert not wants_cycle(state, FINISH_FIRST, "progress", "a"), "nothing left to generate: nothing to wake"
+    progress(state, "a", 1)
+    assert wants_cycle(state, FINISH_FIRST, "progress", "a")
+    assert plan_cycle(state, FINISH_FIRST).activations >= 1, "an idle GPU and work left: a wake is planned"
+
+
 def test_estimates_use_the_median_of_measured_switches_and_the_declaration_before():
     estimates = Estimates(window=3)
     estimates.register("p", SwitchCosts(wake_seconds=4.0, sleep_seconds=1.0, sync_seconds=0.5))
