@@ -42,6 +42,9 @@ def snapshot(state: SchedulerState, extra: dict[str, Any] | None = None) -> dict
             "admitted": pid in state.admitted,
             "clusters": clusters,
             "open_demand": state.open_demand.get(pid),
+            # The rollout (epoch) the open demand and the progress below belong to; None before
+            # the pipeline's first signal_demand or progress report.
+            "rollout": state.demand.epochs.get(pid),
             "remaining": state.remaining(pid),
             "progress": [
                 {
@@ -156,8 +159,9 @@ def diagnostic(state: SchedulerState, headline: str = "") -> str:
         )
         infer = info["clusters"][ACTOR_INFER]
         extra = f" FENCED: {info['fenced']}" if info["fenced"] else ""
+        rollout = "" if info["rollout"] is None else f"rollout {info['rollout']} "
         lines.append(
-            f"{pid}: awake dp {infer['awake_dp_ranks']} of {infer['dp_size']}, {progress}, "
+            f"{pid}: awake dp {infer['awake_dp_ranks']} of {infer['dp_size']}, {rollout}{progress}, "
             f"remaining {info['remaining']}{extra}"
         )
     return "\n".join(lines)

@@ -104,3 +104,18 @@ def test_epochs_survive_a_restart_and_a_format_1_record_still_loads():
     assert restored.demand.epochs == {} and restored.remaining("p1") == 5, "its streams and demand are kept"
     assert restored.apply_progress(progress("p1", 8, 4, rollout_id=4)) == APPLIED, "the first report names the epoch"
     assert restored.demand.epochs == {"p1": 4} and restored.remaining("p1") == 4
+
+
+def test_the_snapshot_and_the_diagnostic_name_each_pipelines_rollout():
+    from rlix_plugin.scheduler.report import diagnostic, snapshot
+
+    state = seed_state()
+    assert snapshot(state)["pipelines"]["p1"]["rollout"] is None
+    state.open_rollout("p1", 4)
+    state.request("p1", ACTOR_INFER, GEN, 8)
+    state.apply_progress(progress("p1", 8, 3, rollout_id=4, begin=True))
+    assert snapshot(state)["pipelines"]["p1"]["rollout"] == 4
+    assert snapshot(state)["pipelines"]["p2"]["rollout"] is None
+    text = diagnostic(state)
+    assert "p1: awake dp [] of 4, rollout 4 full 3/8, remaining 5" in text, text
+    assert "p2: awake dp [] of 4, no progress" in text, text
