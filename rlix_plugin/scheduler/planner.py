@@ -339,7 +339,7 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
         key=lambda p: (p in demand, -demand.get(p, 0), p),
     )
     surplus = {p: held[p] - target[p] for p in donors}
-    queues = _GiveQueues(cycle, stage_gpus)
+    queues = _GiveQueues(cycle, stage_gpus, demand)
     idle = [g for g, h in enumerate(cycle.owner) if h is None and g not in cycle.blocked]
 
     receivers = sorted(
@@ -418,16 +418,52 @@ def _reclaim_before_sync(cycle: _Cycle, demand: dict[str, int]) -> None:
 class _GiveQueues(dict):
     """donor -> its give order (:func:`_give_order`), built the first time a receiver asks. The
     order depends only on the donor's ranks still movable, which a lazy build sees as an eager
-    one would after skipping the ranks taken meanwhile."""
+    one would after skipping the ranks taken meanwhile.
 
-    def __init__(self, cycle: _Cycle, stage_gpus: dict[int, set[str]]) -> None:
+    Beside it, :meth:`open_queue`: the same order without the ranks in their minimum residency,
+    which :func:`_eligible` refuses to every receiver that has a bundle. Residency depends on the
+    donor, the rank and the pass's clock alone, so it is fixed for the pass; a receiver with a
+    bundle scans only the open queue and skips exactly the workers the full queue would have made
+    it skip one by one. Both queues are the give order filtered by the ranks still movable (taken
+    ranks are dropped lazily, skipped ones put back in order), so they never disagree."""
+
+    def __init__(self, cycle: _Cycle, stage_gpus: dict[int, set[str]], demand: dict[str, int]) -> None:
         super().__init__()
         self.cycle = cycle
         self.stage_gpus = stage_gpus
+        self.demand = demand
+        self._open: dict[str, list[int]] = {}
 
     def __missing__(self, donor: str) -> list[int]:
         queue = self[donor] = _give_order(self.cycle, donor, self.stage_gpus)
         return queue
+
+    def open_queue(self, donor: str) -> list[int]:
+        """The queue a receiver with a bundle scans (the full one when no rank is resident)."""
+        queue = self._open.get(donor)
+        if queue is None:
+            full = self[donor]
+            resident = _resident_ranks(self.cycle, donor, self.demand)
+            queue = self._open[donor] = [r for r in full if r not in resident] if resident else full
+        return queue
+
+    def for_receiver(self, donor: str, receiver: str) -> list[int]:
+        """The queue ``receiver`` scans: the open one unless it has no bundle (starvation
+        overrides residency), or the policy is not switch-aware (no residency then)."""
+        if self.cycle.policy.switch_aware and self.cycle.held[receiver] > 0:
+            return self.open_queue(donor)
+        return self[donor]
+
+
+def _resident_ranks(cycle: _Cycle, donor: str, demand: dict[str, int]) -> set[int]:
+    """Movable ranks of ``donor`` still in their minimum residency: :func:`_eligible` is False
+    for them and any receiver that has a bundle."""
+    if donor not in demand:
+        return set()
+    residency = RESIDENCY_FACTOR * cycle.state.estimates.switch_s(donor)
+    since = cycle.state.generation[donor].awake_since
+    now = cycle.now
+    return {r for r in cycle.active[donor] if (woke := since.get(r)) is not None and now - woke < residency}
 
 
 def _give_order(cycle: _Cycle, donor: str, stage_gpus: dict[int, set[str]]) -> list[int]:
@@ -578,7 +614,7 @@ def _take_from_donors(
     want: int,
     donors: list[str],
     surplus: dict[str, int],
-    queues: dict[str, list[int]],
+    queues: _GiveQueues,
     demand: dict[str, int],
 ) -> int:
     spec = cycle.state.pipelines[pid]
@@ -589,7 +625,7 @@ def _take_from_donors(
             continue
         if _donor_hopeless(cycle, donor, pid, demand):
             continue  # every rank would be skipped
-        queue = queues[donor]
+        queue = queues.for_receiver(donor, pid)
         donor_active = cycle.active[donor]
         skipped: list[int] = []
         if cycle.state.pipelines[donor].bundles is bundles:
