@@ -204,7 +204,9 @@ def test_every_pass_plans_as_the_plain_rules_do(monkeypatch, policy, scenario):
             compared["moves"] += len(fast.moves)
         plan = original_plan(core)
         now = core.state.clock()
-        assert T.next_deadline(core.state, core.policy, now) == plain_next_deadline(core.state, core.policy, now)
+        plain_deadline = plain_next_deadline(core.state, core.policy, now)
+        assert T.next_deadline(core.state, core.policy, now) == plain_deadline
+        assert core.deadline(now) == plain_deadline  # with the core's residency memo
         compared["deadlines"] += 1
         return plan
 
