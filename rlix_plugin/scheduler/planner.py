@@ -54,7 +54,7 @@ could use, until one releases them).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TypeGuard
 
 from rlix_plugin.hookspecs import ACTOR_INFER, Priority
@@ -148,6 +148,11 @@ class _Cycle:
         #: it stays the same.
         self.version = 0
         self._victims: dict[tuple[str, int], tuple[int, list[tuple[str, int]] | None]] = {}
+        #: (id of a generation mapping's bundles, rank) -> (version, :func:`_blocked_for_all`).
+        self._blocked: dict[tuple[int, int], tuple[int, bool]] = {}
+        #: (id of a generation mapping's bundles, id of a donor's queue) -> the version at which
+        #: no worker in that queue could be given to any receiver with that mapping.
+        self.dead: dict[tuple[int, int], int] = {}
 
     def bundle(self, pid: str, rank: int) -> tuple[int, ...]:
         return self.state.pipelines[pid].bundles[rank]
@@ -634,24 +639,39 @@ def _take_from_donors(
             if got == want:
                 break
             continue
+        # Receivers with this mapping found no worker of this queue they could take, for reasons
+        # that hold for all of them, and nothing moved since: this one would skip each in turn.
+        dead_key = (id(bundles), id(queue))
+        if cycle.dead.get(dead_key) == cycle.version:
+            continue
+        all_blocked = True  # so far, every worker popped is blocked for any receiver like this one
         while got < want and surplus[donor] > 0 and queue:
             worker = queue.pop()
             if worker not in donor_active:
                 continue  # already taken this pass
             worker_gpus = cycle.bundle(donor, worker)
+            rank = rank_of_gpu.get(worker_gpus[0])
+            aligned = rank is not None and bundles[rank] == worker_gpus
             # A worker moves when its GPUs are open to the receiver, they form (or free) one of
             # its bundles, and the switch-cost rules allow it: tested cheapest first.
             if cycle.closed_to(pid, worker_gpus):
+                if all_blocked and (
+                    aligned or not _overlaps_blocked(cycle, bundles, rank_of_gpu, worker_gpus, surplus)
+                ):
+                    all_blocked = False
                 skipped.append(worker)
                 continue
-            rank = rank_of_gpu.get(worker_gpus[0])
-            same = rank is not None and bundles[rank] == worker_gpus and _rank_open(cycle, pid, rank)
+            same = aligned and _rank_open(cycle, pid, rank)  # type: ignore[arg-type]
             victims = None
+            if aligned:
+                all_blocked = False
             if not same:
-                # The receiver's bundles that overlap this worker (TP sizes or offsets differ).
+                # The receiver's bundles that overlap this worker (TP sizes or offsets differ);
+                # one that no receiver with this mapping can free is passed over at once.
                 for gpu in worker_gpus:
                     overlap = rank_of_gpu.get(gpu)
-                    if overlap is not None:
+                    if overlap is not None and not _blocked_for_all(cycle, bundles, overlap, surplus):
+                        all_blocked = False
                         victims = cycle.victims(pid, overlap, surplus, demand)
                         if victims is not None:
                             rank = overlap
@@ -676,9 +696,59 @@ def _take_from_donors(
             if _donor_hopeless(cycle, donor, pid, demand):
                 break  # its gain fell with the bundle it got: every later rank would be skipped
         queue.extend(reversed(skipped))
+        if all_blocked:
+            # Nothing was taken (a worker taken is not blocked), so the whole queue was seen and
+            # nothing changed meanwhile.
+            cycle.dead[dead_key] = cycle.version
         if got == want:
             break
     return got
+
+
+def _blocked_for_all(cycle: _Cycle, bundles: tuple[tuple[int, ...], ...], rank: int, surplus: dict[str, int]) -> bool:
+    """True when :func:`_victims` is None for bundle ``rank`` of the mapping ``bundles`` whatever
+    the receiver with that mapping: one of its GPUs is held by a stage, an engine in transition
+    or fenced, or an engine of a pipeline that is not a donor, or its engines' donors lack the
+    surplus to give them all. Remembered until the next sleep or wake is planned."""
+    key = (id(bundles), rank)
+    known = cycle._blocked.get(key)
+    if known is not None and known[0] == cycle.version:
+        return known[1]
+    owner = cycle.owner
+    holders: dict[tuple[str, int], None] = {}
+    blocked = False
+    for gpu in bundles[rank]:
+        holder = owner[gpu]
+        if holder is None:
+            continue
+        if cycle.movable(holder) and holder[0] in surplus:
+            holders[holder] = None
+        else:
+            blocked = True
+            break
+    if not blocked:
+        need: dict[str, int] = {}
+        for victim_pid, _ in holders:
+            need[victim_pid] = need.get(victim_pid, 0) + 1
+        blocked = any(surplus[p] < n for p, n in need.items())
+    cycle._blocked[key] = (cycle.version, blocked)
+    return blocked
+
+
+def _overlaps_blocked(
+    cycle: _Cycle,
+    bundles: tuple[tuple[int, ...], ...],
+    rank_of_gpu: Mapping[int, int],
+    gpus: tuple[int, ...],
+    surplus: dict[str, int],
+) -> bool:
+    """True when every bundle of the mapping ``bundles`` that overlaps ``gpus`` is
+    :func:`_blocked_for_all` (or none does)."""
+    for gpu in gpus:
+        overlap = rank_of_gpu.get(gpu)
+        if overlap is not None and not _blocked_for_all(cycle, bundles, overlap, surplus):
+            return False
+    return True
 
 
 def _take_same_layout(
