@@ -61,7 +61,10 @@ class Ownership:
     # -- reading ------------------------------------------------------------------------------------
 
     def idle(self) -> list[int]:
-        return [gpu for gpu, owner in enumerate(self._owner) if owner is None]
+        owner = self._owner
+        if None not in owner:  # the common case on a busy pool, at C speed
+            return []
+        return [gpu for gpu, holder in enumerate(owner) if holder is None]
 
     def all_idle(self, gpus: Iterable[int]) -> bool:
         owner = self._owner
@@ -105,6 +108,14 @@ class Ownership:
         """
         owner = self._owner
         count = 0
+        if bundles and len(bundles[0]) == 1:  # TP 1: one GPU per bundle
+            for rank in ranks:
+                gpus = bundles[rank]
+                if owner[gpus[0]] != (pid, rank):
+                    self.hand_over(gpus, (pid, rank), marker)  # type: ignore[arg-type]  # raises, naming the GPU
+                owner[gpus[0]] = marker  # type: ignore[call-overload]
+                count += 1
+            return count
         for rank in ranks:
             holder = (pid, rank)
             gpus = bundles[rank]
@@ -123,6 +134,17 @@ class Ownership:
         was neither as (gpu, wanted by, held by), or None); stops at that GPU."""
         owner = self._owner
         taken = from_allowed = 0
+        if bundles and len(bundles[0]) == 1:  # TP 1: one GPU per bundle
+            for rank in ranks:
+                gpu = bundles[rank][0]
+                current = owner[gpu]
+                if current is not None:
+                    if current is not allowed:
+                        return taken, from_allowed, (gpu, (pid, rank), current)
+                    from_allowed += 1
+                owner[gpu] = (pid, rank)
+                taken += 1
+            return taken, from_allowed, None
         for rank in ranks:
             holder = (pid, rank)
             for gpu in bundles[rank]:

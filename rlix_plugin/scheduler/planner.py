@@ -345,7 +345,8 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
     )
     surplus = {p: held[p] - target[p] for p in donors}
     queues = _GiveQueues(cycle, stage_gpus, demand)
-    idle = [g for g, h in enumerate(cycle.owner) if h is None and g not in cycle.blocked]
+    blocked = cycle.blocked
+    idle = [g for g in cycle.owner.idle() if g not in blocked]
 
     receivers = sorted(
         (p for p in target if held.get(p, 0) < target[p]),
@@ -356,7 +357,7 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
             want = (1 if held[pid] == 0 else 0) if first_round else target[pid] - held[pid]
             if want <= 0:
                 continue
-            got = _take_idle(cycle, pid, want, idle, stage_gpus, demand)
+            got = _take_idle(cycle, pid, want, idle, stage_gpus, demand) if idle else 0
             if got < want:
                 _take_from_donors(cycle, pid, want - got, donors, surplus, queues, demand)
         idle = [g for g in idle if cycle.owner[g] is None]
