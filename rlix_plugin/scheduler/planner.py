@@ -107,10 +107,12 @@ def anticipated_gpus(state: SchedulerState, now: float) -> tuple[set[int], float
     earliest of those reservations runs out (None if there is none)."""
     gpus: set[int] = set()
     expires: float | None = None
+    open_demand, fenced, generation = state.open_demand, state.fenced, state.generation
+    retired_at, stage_seen_at = state.demand.retired_at, state.stage_seen_at
     for pid, spec in state.pipelines.items():
-        if pid in state.open_demand or pid in state.fenced or pid not in state.generation:
+        if pid in open_demand or pid in fenced or pid not in generation:
             continue
-        since = max(state.demand.retired_at.get(pid, -1e18), state.stage_seen_at.get(pid, -1e18))
+        since = max(retired_at.get(pid, -1e18), stage_seen_at.get(pid, -1e18))
         end = since + ANTICIPATION_S
         if end <= now:
             continue

@@ -96,10 +96,12 @@ def next_deadline(state: SchedulerState, policy: Policy, now: float, memo: Resid
         return None
     _, deadline = anticipated_gpus(state, now)
     found = memo.found if memo is not None else None
-    for pid, alloc in state.generation.items():
-        if pid not in state.open_demand or not alloc.awake_since:
+    generation, estimates = state.generation, state.estimates
+    for pid in state.open_demand:  # the earliest end is the same in any order
+        alloc = generation.get(pid)
+        if alloc is None or not alloc.awake_since:
             continue
-        residency = RESIDENCY_FACTOR * state.estimates.switch_s(pid)
+        residency = RESIDENCY_FACTOR * estimates.switch_s(pid)
         if residency <= 0:
             continue
         # The earliest residency still running: ends grow with wake times, so take the earliest
