@@ -83,11 +83,12 @@ def generation_demand(state: SchedulerState, durable_demand: bool = True) -> dic
     that still has an awake worker). It exists for tests that show the old race; never use it.
     """
     demand: dict[str, int] = {}
+    fenced, releases, ledger = state.fenced, state.planned_releases, state.demand
     for pid, alloc in state.generation.items():
-        if pid in state.fenced or pid in state.planned_releases:
+        if pid in fenced or pid in releases:
             continue
         if durable_demand:
-            remaining = state.remaining(pid)
+            remaining = ledger.remaining(pid)
         else:
             pending = state.pending.get(cluster_id(pid, ACTOR_INFER))
             if pending is not None:
@@ -370,7 +371,10 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
     # with no worker, the engines of pipelines without demand. Targets are raised to match, so
     # they stay the allocation this plan moves toward.
     idle_donors = [p for p in donors if p not in demand]
-    for pid in sorted(demand, key=lambda p: (held.get(p, 0) > 0, -demand[p], p)):
+    # With no idle GPU and a worker for every pipeline with demand, the loop below changes nothing
+    # (the common case on a busy pool): skip it.
+    busy = not idle and all(held.get(p, 0) > 0 for p in demand)
+    for pid in () if busy else sorted(demand, key=lambda p: (held.get(p, 0) > 0, -demand[p], p)):
         if pid not in held:
             continue
         limit = min(max_bundles[pid], demand[pid]) if policy.capped else max_bundles[pid]
@@ -628,11 +632,21 @@ def _take_from_donors(
     spec = cycle.state.pipelines[pid]
     rank_of_gpu, bundles = spec.rank_of_gpu, spec.bundles
     got = 0
+    # _donor_hopeless(cycle, donor, pid, demand) written out: the receiver's part once, again
+    # after each bundle it gets.
+    payoff = cycle.policy.switch_aware
+    estimates, held = cycle.state.estimates, cycle.held
+    wake_s = estimates.wake_s(pid)
+    drain, drain_held = 0.0, -1  # the receiver's queue drain, for this many bundles
     for donor in donors:
         if donor == pid or surplus[donor] <= 0:
             continue
-        if _donor_hopeless(cycle, donor, pid, demand):
-            continue  # every rank would be skipped
+        if payoff and held[pid] != 0:
+            if drain_held != held[pid]:
+                drain, drain_held = _queue_drain_s(cycle, pid, demand), held[pid]
+            cost = estimates.sleep_s(donor) + wake_s
+            if cost > 0 and not drain > PAYOFF_MARGIN * cost:
+                continue  # every rank would be skipped
         queue = queues.for_receiver(donor, pid)
         donor_active = cycle.active[donor]
         skipped: list[int] = []
