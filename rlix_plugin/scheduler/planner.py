@@ -135,7 +135,8 @@ class _Cycle:
         self.now = now
         self.owner: Ownership = state.owner.copy()
         self.active = {pid: set(alloc.active) for pid, alloc in state.generation.items()}
-        self.held = {pid: alloc.held for pid, alloc in state.generation.items()}
+        # alloc.held (awake and waking) for each, without a property call per pipeline
+        self.held = {pid: len(alloc.active) + len(alloc.waking) for pid, alloc in state.generation.items()}
         self.lost: dict[str, set[int]] = {}
         #: GPUs no engine may be woken on in this pass: claimed by a waiting stage.
         self.blocked: set[int] = set()
@@ -486,7 +487,9 @@ def _give_order(cycle: _Cycle, donor: str, stage_gpus: dict[int, set[str]]) -> l
         return sorted(cycle.active[donor])
     since = cycle.state.generation[donor].awake_since
     place = cycle.state.placements(donor)
-    return sorted(cycle.active[donor], key=lambda r: (place[r], -since.get(r, 0.0), r))
+    # Sorted by (place, -woke, rank), keys built by one comprehension rather than a call per rank.
+    keyed = sorted([(place[r], -since.get(r, 0.0), r) for r in cycle.active[donor]])
+    return [r for _, _, r in keyed]
 
 
 def _bundle_free(cycle: _Cycle, pid: str, rank: int) -> bool:

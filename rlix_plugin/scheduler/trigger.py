@@ -21,6 +21,8 @@ runs out, so that the driver plans again then.
 
 from __future__ import annotations
 
+import math
+
 from .planner import ANTICIPATION_S, RESIDENCY_FACTOR, anticipated_gpus, generation_demand
 from .policy import Policy
 from .state import SchedulerState
@@ -78,12 +80,17 @@ class ResidencyMemo:
     A remembered wake ``w`` (of rank ``r``, found at ``t`` for residency length ``L``) is still
     the answer at ``now >= t`` when ``r`` is still awake since ``w``, ``L`` is unchanged and
     ``w + L > now``: every wake recorded since is at or after ``t`` (wakes are stamped with the
-    clock), hence not earlier than ``w``, and wakes that ended only leave the candidates."""
+    clock), hence not earlier than ``w``, and wakes that ended only leave the candidates.
+
+    That no residency was running at ``t`` still holds at ``now >= t`` (same ``L``) when no wake
+    was recorded since: the table keeps insertion order, so a wake recorded since would be its
+    last entry, stamped at or after ``t``; a last entry stamped before ``t`` means there is none."""
 
     __slots__ = ("found",)
 
     def __init__(self) -> None:
-        #: pipeline -> (its awake_since table, rank, wake, residency length, found at)
+        #: pipeline -> (its awake_since table, rank, wake, residency length, found at); rank -1 and
+        #: wake -inf when no residency was running.
         self.found: dict[str, tuple[dict[int, float], int, float, float, float]] = {}
 
 
@@ -109,22 +116,20 @@ def next_deadline(state: SchedulerState, policy: Policy, now: float, memo: Resid
         since = alloc.awake_since
         woke: float | None = None
         known = found.get(pid) if found is not None else None
-        if (
-            known is not None
-            and known[0] is since
-            and known[3] == residency
-            and known[4] <= now
-            and known[2] + residency > now
-            and since.get(known[1]) == known[2]
-        ):
-            woke = known[2]
-        else:
+        if known is not None and known[0] is since and known[3] == residency and known[4] <= now:
+            if known[1] < 0:
+                # None was running; still none unless a wake was recorded since.
+                if since[next(reversed(since))] < known[4]:
+                    continue
+            elif known[2] + residency > now and since.get(known[1]) == known[2]:
+                woke = known[2]
+        if woke is None:
             rank = -1
             for r, w in since.items():
                 if w + residency > now and (woke is None or w < woke):
                     rank, woke = r, w
-            if found is not None and woke is not None:
-                found[pid] = (since, rank, woke, residency, now)
+            if found is not None:
+                found[pid] = (since, rank, -math.inf if woke is None else woke, residency, now)
         if woke is not None:
             end = woke + residency
             if deadline is None or end < deadline:
