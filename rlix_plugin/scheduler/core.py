@@ -23,7 +23,7 @@ from .planner import plan_cycle
 from .policy import DEFAULT_POLICY, Policy, get_policy
 from .state import Event, ResizeAction, ResizeOutcome, SchedulerState
 from .topology import PoolTopology
-from .trigger import next_deadline, wants_cycle
+from .trigger import ResidencyMemo, next_deadline, wants_cycle
 from .validation import validate_plan
 
 
@@ -52,6 +52,7 @@ class SchedulerCore:
         self.last_pass_at = clock()
         #: Generation bundles per pipeline the last planning pass aimed at (its entitlement).
         self.targets: dict[str, int] = {}
+        self._residency = ResidencyMemo()
 
     def note(self, event: str, pipeline_id: str | None = None) -> bool:
         """Record a change; True when it makes a planning pass due."""
@@ -64,7 +65,7 @@ class SchedulerCore:
 
     def deadline(self, now: float) -> float | None:
         """When a switch-cost rule stops holding a bundle back (a pass is due then), or None."""
-        return next_deadline(self.state, self.policy, now)
+        return next_deadline(self.state, self.policy, now, self._residency)
 
     def plan(self) -> Plan | None:
         """Run a due planning pass: plan, validate (:class:`PlanInvariantError` on a broken

@@ -17,9 +17,12 @@ import statistics
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from rlix_plugin.hookspecs import SwitchCosts
+
+_first, _second = itemgetter(0), itemgetter(1)
 
 #: Resizes (and progress intervals) remembered per pipeline.
 DEFAULT_WINDOW = 8
@@ -50,8 +53,8 @@ class _Pipeline:
         self.switch_s = self.wake_s + self.sleep_s
 
     def update_sample(self) -> None:
-        engine_s = sum(e for e, _ in self.intervals)
-        samples = sum(n for _, n in self.intervals)
+        engine_s = sum(map(_first, self.intervals))  # the same additions, in the same order
+        samples = sum(map(_second, self.intervals))
         self.sample_s = engine_s / samples if samples and engine_s > 0 else None
 
 

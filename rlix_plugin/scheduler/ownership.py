@@ -31,13 +31,31 @@ def is_engine(owner: Owner) -> bool:
 class Ownership:
     """The holder of every GPU of the pool, by global GPU id."""
 
-    __slots__ = ("_owner",)
+    __slots__ = ("_owner", "_holders")
 
     def __init__(self, num_gpus: int = 0, entries: Iterable[Owner] | None = None) -> None:
         self._owner: list[Owner] = list(entries) if entries is not None else [None] * num_gpus
+        #: pipeline -> rank -> its ``(pipeline, rank)`` entry, shared by a table and its copies:
+        #: the planner and the validator write thousands of entries a pass, and reusing them
+        #: spares the allocations (and the garbage collections they trigger). Bounded by
+        #: :meth:`_holder_cache`.
+        self._holders: dict[str, dict[int, tuple[str, int]]] = {}
 
     def copy(self) -> Ownership:
-        return Ownership(entries=self._owner)
+        table = Ownership(entries=self._owner)
+        table._holders = self._holders
+        return table
+
+    def _holder_cache(self, pid: str) -> dict[int, tuple[str, int]]:
+        """``pid``'s entries, reused across passes; all are dropped once more pipelines than
+        GPUs have entries (pipelines come and go), so the cache stays small."""
+        holders = self._holders
+        cache = holders.get(pid)
+        if cache is None:
+            if len(holders) > len(self._owner):
+                holders.clear()
+            cache = holders[pid] = {}
+        return cache
 
     def __getitem__(self, gpu: int) -> Owner:
         return self._owner[gpu]
@@ -61,7 +79,10 @@ class Ownership:
     # -- reading ------------------------------------------------------------------------------------
 
     def idle(self) -> list[int]:
-        return [gpu for gpu, owner in enumerate(self._owner) if owner is None]
+        owner = self._owner
+        if None not in owner:  # the common case on a busy pool, at C speed
+            return []
+        return [gpu for gpu, holder in enumerate(owner) if holder is None]
 
     def all_idle(self, gpus: Iterable[int]) -> bool:
         owner = self._owner
@@ -105,6 +126,14 @@ class Ownership:
         """
         owner = self._owner
         count = 0
+        if bundles and len(bundles[0]) == 1:  # TP 1: one GPU per bundle
+            for rank in ranks:
+                gpus = bundles[rank]
+                if owner[gpus[0]] != (pid, rank):
+                    self.hand_over(gpus, (pid, rank), marker)  # type: ignore[arg-type]  # raises, naming the GPU
+                owner[gpus[0]] = marker  # type: ignore[call-overload]
+                count += 1
+            return count
         for rank in ranks:
             holder = (pid, rank)
             gpus = bundles[rank]
@@ -123,6 +152,18 @@ class Ownership:
         was neither as (gpu, wanted by, held by), or None); stops at that GPU."""
         owner = self._owner
         taken = from_allowed = 0
+        if bundles and len(bundles[0]) == 1:  # TP 1: one GPU per bundle
+            cache = self._holder_cache(pid)
+            for rank in ranks:
+                gpu = bundles[rank][0]
+                current = owner[gpu]
+                if current is not None:
+                    if current is not allowed:
+                        return taken, from_allowed, (gpu, (pid, rank), current)
+                    from_allowed += 1
+                owner[gpu] = cache.get(rank) or cache.setdefault(rank, (pid, rank))
+                taken += 1
+            return taken, from_allowed, None
         for rank in ranks:
             holder = (pid, rank)
             for gpu in bundles[rank]:
@@ -142,8 +183,9 @@ class Ownership:
         """Unchecked: give ``pid``'s engines ``ranks`` their GPUs (scratch copies only)."""
         owner = self._owner
         if bundles and len(bundles[0]) == 1:  # TP 1: one GPU per bundle
+            cache = self._holder_cache(pid)
             for rank in ranks:
-                owner[bundles[rank][0]] = (pid, rank)
+                owner[bundles[rank][0]] = cache.get(rank) or cache.setdefault(rank, (pid, rank))
             return
         for rank in ranks:
             holder = (pid, rank)

@@ -54,7 +54,7 @@ could use, until one releases them).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TypeGuard
 
 from rlix_plugin.hookspecs import ACTOR_INFER, Priority
@@ -83,11 +83,12 @@ def generation_demand(state: SchedulerState, durable_demand: bool = True) -> dic
     that still has an awake worker). It exists for tests that show the old race; never use it.
     """
     demand: dict[str, int] = {}
+    fenced, releases, ledger = state.fenced, state.planned_releases, state.demand
     for pid, alloc in state.generation.items():
-        if pid in state.fenced or pid in state.planned_releases:
+        if pid in fenced or pid in releases:
             continue
         if durable_demand:
-            remaining = state.remaining(pid)
+            remaining = ledger.remaining(pid)
         else:
             pending = state.pending.get(cluster_id(pid, ACTOR_INFER))
             if pending is not None:
@@ -107,10 +108,12 @@ def anticipated_gpus(state: SchedulerState, now: float) -> tuple[set[int], float
     earliest of those reservations runs out (None if there is none)."""
     gpus: set[int] = set()
     expires: float | None = None
+    open_demand, fenced, generation = state.open_demand, state.fenced, state.generation
+    retired_at, stage_seen_at = state.demand.retired_at, state.stage_seen_at
     for pid, spec in state.pipelines.items():
-        if pid in state.open_demand or pid in state.fenced or pid not in state.generation:
+        if pid in open_demand or pid in fenced or pid not in generation:
             continue
-        since = max(state.demand.retired_at.get(pid, -1e18), state.stage_seen_at.get(pid, -1e18))
+        since = max(retired_at.get(pid, -1e18), stage_seen_at.get(pid, -1e18))
         end = since + ANTICIPATION_S
         if end <= now:
             continue
@@ -132,7 +135,8 @@ class _Cycle:
         self.now = now
         self.owner: Ownership = state.owner.copy()
         self.active = {pid: set(alloc.active) for pid, alloc in state.generation.items()}
-        self.held = {pid: alloc.held for pid, alloc in state.generation.items()}
+        # alloc.held (awake and waking) for each, without a property call per pipeline
+        self.held = {pid: len(alloc.active) + len(alloc.waking) for pid, alloc in state.generation.items()}
         self.lost: dict[str, set[int]] = {}
         #: GPUs no engine may be woken on in this pass: claimed by a waiting stage.
         self.blocked: set[int] = set()
@@ -148,6 +152,11 @@ class _Cycle:
         #: it stays the same.
         self.version = 0
         self._victims: dict[tuple[str, int], tuple[int, list[tuple[str, int]] | None]] = {}
+        #: (id of a generation mapping's bundles, rank) -> (version, :func:`_blocked_for_all`).
+        self._blocked: dict[tuple[int, int], tuple[int, bool]] = {}
+        #: (id of a generation mapping's bundles, id of a donor's queue) -> the version at which
+        #: no worker in that queue could be given to any receiver with that mapping.
+        self.dead: dict[tuple[int, int], int] = {}
 
     def bundle(self, pid: str, rank: int) -> tuple[int, ...]:
         return self.state.pipelines[pid].bundles[rank]
@@ -339,8 +348,9 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
         key=lambda p: (p in demand, -demand.get(p, 0), p),
     )
     surplus = {p: held[p] - target[p] for p in donors}
-    queues = _GiveQueues(cycle, stage_gpus)
-    idle = [g for g, h in enumerate(cycle.owner) if h is None and g not in cycle.blocked]
+    queues = _GiveQueues(cycle, stage_gpus, demand)
+    blocked = cycle.blocked
+    idle = [g for g in cycle.owner.idle() if g not in blocked]
 
     receivers = sorted(
         (p for p in target if held.get(p, 0) < target[p]),
@@ -351,7 +361,7 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
             want = (1 if held[pid] == 0 else 0) if first_round else target[pid] - held[pid]
             if want <= 0:
                 continue
-            got = _take_idle(cycle, pid, want, idle, stage_gpus, demand)
+            got = _take_idle(cycle, pid, want, idle, stage_gpus, demand) if idle else 0
             if got < want:
                 _take_from_donors(cycle, pid, want - got, donors, surplus, queues, demand)
         idle = [g for g in idle if cycle.owner[g] is None]
@@ -362,7 +372,10 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
     # with no worker, the engines of pipelines without demand. Targets are raised to match, so
     # they stay the allocation this plan moves toward.
     idle_donors = [p for p in donors if p not in demand]
-    for pid in sorted(demand, key=lambda p: (held.get(p, 0) > 0, -demand[p], p)):
+    # With no idle GPU and a worker for every pipeline with demand, the loop below changes nothing
+    # (the common case on a busy pool): skip it.
+    busy = not idle and all(held.get(p, 0) > 0 for p in demand)
+    for pid in () if busy else sorted(demand, key=lambda p: (held.get(p, 0) > 0, -demand[p], p)):
         if pid not in held:
             continue
         limit = min(max_bundles[pid], demand[pid]) if policy.capped else max_bundles[pid]
@@ -418,16 +431,52 @@ def _reclaim_before_sync(cycle: _Cycle, demand: dict[str, int]) -> None:
 class _GiveQueues(dict):
     """donor -> its give order (:func:`_give_order`), built the first time a receiver asks. The
     order depends only on the donor's ranks still movable, which a lazy build sees as an eager
-    one would after skipping the ranks taken meanwhile."""
+    one would after skipping the ranks taken meanwhile.
 
-    def __init__(self, cycle: _Cycle, stage_gpus: dict[int, set[str]]) -> None:
+    Beside it, :meth:`open_queue`: the same order without the ranks in their minimum residency,
+    which :func:`_eligible` refuses to every receiver that has a bundle. Residency depends on the
+    donor, the rank and the pass's clock alone, so it is fixed for the pass; a receiver with a
+    bundle scans only the open queue and skips exactly the workers the full queue would have made
+    it skip one by one. Both queues are the give order filtered by the ranks still movable (taken
+    ranks are dropped lazily, skipped ones put back in order), so they never disagree."""
+
+    def __init__(self, cycle: _Cycle, stage_gpus: dict[int, set[str]], demand: dict[str, int]) -> None:
         super().__init__()
         self.cycle = cycle
         self.stage_gpus = stage_gpus
+        self.demand = demand
+        self._open: dict[str, list[int]] = {}
 
     def __missing__(self, donor: str) -> list[int]:
         queue = self[donor] = _give_order(self.cycle, donor, self.stage_gpus)
         return queue
+
+    def open_queue(self, donor: str) -> list[int]:
+        """The queue a receiver with a bundle scans (the full one when no rank is resident)."""
+        queue = self._open.get(donor)
+        if queue is None:
+            full = self[donor]
+            resident = _resident_ranks(self.cycle, donor, self.demand)
+            queue = self._open[donor] = [r for r in full if r not in resident] if resident else full
+        return queue
+
+    def for_receiver(self, donor: str, receiver: str) -> list[int]:
+        """The queue ``receiver`` scans: the open one unless it has no bundle (starvation
+        overrides residency), or the policy is not switch-aware (no residency then)."""
+        if self.cycle.policy.switch_aware and self.cycle.held[receiver] > 0:
+            return self.open_queue(donor)
+        return self[donor]
+
+
+def _resident_ranks(cycle: _Cycle, donor: str, demand: dict[str, int]) -> set[int]:
+    """Movable ranks of ``donor`` still in their minimum residency: :func:`_eligible` is False
+    for them and any receiver that has a bundle."""
+    if donor not in demand:
+        return set()
+    residency = RESIDENCY_FACTOR * cycle.state.estimates.switch_s(donor)
+    since = cycle.state.generation[donor].awake_since
+    now = cycle.now
+    return {r for r in cycle.active[donor] if (woke := since.get(r)) is not None and now - woke < residency}
 
 
 def _give_order(cycle: _Cycle, donor: str, stage_gpus: dict[int, set[str]]) -> list[int]:
@@ -438,7 +487,9 @@ def _give_order(cycle: _Cycle, donor: str, stage_gpus: dict[int, set[str]]) -> l
         return sorted(cycle.active[donor])
     since = cycle.state.generation[donor].awake_since
     place = cycle.state.placements(donor)
-    return sorted(cycle.active[donor], key=lambda r: (place[r], -since.get(r, 0.0), r))
+    # Sorted by (place, -woke, rank), keys built by one comprehension rather than a call per rank.
+    keyed = sorted([(place[r], -since.get(r, 0.0), r) for r in cycle.active[donor]])
+    return [r for _, _, r in keyed]
 
 
 def _bundle_free(cycle: _Cycle, pid: str, rank: int) -> bool:
@@ -578,18 +629,28 @@ def _take_from_donors(
     want: int,
     donors: list[str],
     surplus: dict[str, int],
-    queues: dict[str, list[int]],
+    queues: _GiveQueues,
     demand: dict[str, int],
 ) -> int:
     spec = cycle.state.pipelines[pid]
     rank_of_gpu, bundles = spec.rank_of_gpu, spec.bundles
     got = 0
+    # _donor_hopeless(cycle, donor, pid, demand) written out: the receiver's part once, again
+    # after each bundle it gets.
+    payoff = cycle.policy.switch_aware
+    estimates, held = cycle.state.estimates, cycle.held
+    wake_s = estimates.wake_s(pid)
+    drain, drain_held = 0.0, -1  # the receiver's queue drain, for this many bundles
     for donor in donors:
         if donor == pid or surplus[donor] <= 0:
             continue
-        if _donor_hopeless(cycle, donor, pid, demand):
-            continue  # every rank would be skipped
-        queue = queues[donor]
+        if payoff and held[pid] != 0:
+            if drain_held != held[pid]:
+                drain, drain_held = _queue_drain_s(cycle, pid, demand), held[pid]
+            cost = estimates.sleep_s(donor) + wake_s
+            if cost > 0 and not drain > PAYOFF_MARGIN * cost:
+                continue  # every rank would be skipped
+        queue = queues.for_receiver(donor, pid)
         donor_active = cycle.active[donor]
         skipped: list[int] = []
         if cycle.state.pipelines[donor].bundles is bundles:
@@ -598,24 +659,39 @@ def _take_from_donors(
             if got == want:
                 break
             continue
+        # Receivers with this mapping found no worker of this queue they could take, for reasons
+        # that hold for all of them, and nothing moved since: this one would skip each in turn.
+        dead_key = (id(bundles), id(queue))
+        if cycle.dead.get(dead_key) == cycle.version:
+            continue
+        all_blocked = True  # so far, every worker popped is blocked for any receiver like this one
         while got < want and surplus[donor] > 0 and queue:
             worker = queue.pop()
             if worker not in donor_active:
                 continue  # already taken this pass
             worker_gpus = cycle.bundle(donor, worker)
+            rank = rank_of_gpu.get(worker_gpus[0])
+            aligned = rank is not None and bundles[rank] == worker_gpus
             # A worker moves when its GPUs are open to the receiver, they form (or free) one of
             # its bundles, and the switch-cost rules allow it: tested cheapest first.
             if cycle.closed_to(pid, worker_gpus):
+                if all_blocked and (
+                    aligned or not _overlaps_blocked(cycle, bundles, rank_of_gpu, worker_gpus, surplus)
+                ):
+                    all_blocked = False
                 skipped.append(worker)
                 continue
-            rank = rank_of_gpu.get(worker_gpus[0])
-            same = rank is not None and bundles[rank] == worker_gpus and _rank_open(cycle, pid, rank)
+            same = aligned and _rank_open(cycle, pid, rank)  # type: ignore[arg-type]
             victims = None
+            if aligned:
+                all_blocked = False
             if not same:
-                # The receiver's bundles that overlap this worker (TP sizes or offsets differ).
+                # The receiver's bundles that overlap this worker (TP sizes or offsets differ);
+                # one that no receiver with this mapping can free is passed over at once.
                 for gpu in worker_gpus:
                     overlap = rank_of_gpu.get(gpu)
-                    if overlap is not None:
+                    if overlap is not None and not _blocked_for_all(cycle, bundles, overlap, surplus):
+                        all_blocked = False
                         victims = cycle.victims(pid, overlap, surplus, demand)
                         if victims is not None:
                             rank = overlap
@@ -640,9 +716,59 @@ def _take_from_donors(
             if _donor_hopeless(cycle, donor, pid, demand):
                 break  # its gain fell with the bundle it got: every later rank would be skipped
         queue.extend(reversed(skipped))
+        if all_blocked:
+            # Nothing was taken (a worker taken is not blocked), so the whole queue was seen and
+            # nothing changed meanwhile.
+            cycle.dead[dead_key] = cycle.version
         if got == want:
             break
     return got
+
+
+def _blocked_for_all(cycle: _Cycle, bundles: tuple[tuple[int, ...], ...], rank: int, surplus: dict[str, int]) -> bool:
+    """True when :func:`_victims` is None for bundle ``rank`` of the mapping ``bundles`` whatever
+    the receiver with that mapping: one of its GPUs is held by a stage, an engine in transition
+    or fenced, or an engine of a pipeline that is not a donor, or its engines' donors lack the
+    surplus to give them all. Remembered until the next sleep or wake is planned."""
+    key = (id(bundles), rank)
+    known = cycle._blocked.get(key)
+    if known is not None and known[0] == cycle.version:
+        return known[1]
+    owner = cycle.owner
+    holders: dict[tuple[str, int], None] = {}
+    blocked = False
+    for gpu in bundles[rank]:
+        holder = owner[gpu]
+        if holder is None:
+            continue
+        if cycle.movable(holder) and holder[0] in surplus:
+            holders[holder] = None
+        else:
+            blocked = True
+            break
+    if not blocked:
+        need: dict[str, int] = {}
+        for victim_pid, _ in holders:
+            need[victim_pid] = need.get(victim_pid, 0) + 1
+        blocked = any(surplus[p] < n for p, n in need.items())
+    cycle._blocked[key] = (cycle.version, blocked)
+    return blocked
+
+
+def _overlaps_blocked(
+    cycle: _Cycle,
+    bundles: tuple[tuple[int, ...], ...],
+    rank_of_gpu: Mapping[int, int],
+    gpus: tuple[int, ...],
+    surplus: dict[str, int],
+) -> bool:
+    """True when every bundle of the mapping ``bundles`` that overlaps ``gpus`` is
+    :func:`_blocked_for_all` (or none does)."""
+    for gpu in gpus:
+        overlap = rank_of_gpu.get(gpu)
+        if overlap is not None and not _blocked_for_all(cycle, bundles, overlap, surplus):
+            return False
+    return True
 
 
 def _take_same_layout(

@@ -102,8 +102,7 @@ def _targets(policy: Policy, inputs: TargetInputs) -> tuple[dict[str, int], dict
         quota = inputs.max_bundles_quota.get(pid)
         if quota is not None:
             cap[pid] = min(cap[pid], quota)
-    ideal = {pid: capacity * weight[pid] / total_weight / tp[pid] for pid in demand}
-    target = {pid: 0 for pid in demand}
+    target = dict.fromkeys(demand, 0)
     budget = capacity
 
     def give(pid: str, bundles: int) -> int:
@@ -130,6 +129,33 @@ def _targets(policy: Policy, inputs: TargetInputs) -> tuple[dict[str, int], dict
         order = sorted(demand, key=lambda p: (-weight[p], p))
     # Its guaranteed bundles (one, unless its quota says otherwise) for every pipeline with
     # demand, in order when there are not enough.
+    if policy.leftover != "proportional":
+        # give() written out, one round per loop: this runs in every planning pass.
+        min_bundles = inputs.min_bundles
+        for pid in order:
+            size, held = tp[pid], target[pid]
+            bundles = min(min_bundles.get(pid, 1), cap[pid] - held, budget // size)
+            if bundles > 0:
+                target[pid] = held + bundles
+                budget -= bundles * size
+        if policy.entitled:
+            share = inputs.num_gpus // max(1, inputs.sharing)
+            for pid in order:
+                size, held = tp[pid], target[pid]
+                bundles = min(share // size - held, cap[pid] - held, budget // size)
+                if bundles > 0:
+                    target[pid] = held + bundles
+                    budget -= bundles * size
+        for pid in order:
+            if budget <= 0:
+                break
+            size, held = tp[pid], target[pid]
+            bundles = min(cap[pid] - held, budget // size)
+            if bundles > 0:
+                target[pid] = held + bundles
+                budget -= bundles * size
+        return target, {pid: float(target[pid]) for pid in demand}
+    ideal = {pid: capacity * weight[pid] / total_weight / tp[pid] for pid in demand}
     for pid in order:
         give(pid, inputs.min_bundles.get(pid, 1))
     if policy.entitled:
@@ -137,12 +163,6 @@ def _targets(policy: Policy, inputs: TargetInputs) -> tuple[dict[str, int], dict
         share = inputs.num_gpus // max(1, inputs.sharing)
         for pid in order:
             give(pid, share // tp[pid] - target[pid])
-    if policy.leftover != "proportional":
-        for pid in order:
-            give(pid, cap[pid])
-        for pid in demand:
-            ideal[pid] = float(target[pid])
-        return target, ideal
     for pid in order:
         give(pid, max(0, math.floor(ideal[pid]) - target[pid]) if target[pid] > 0 else 0)
     # Leftover capacity by largest remainder, round after round, so no GPU idles while a

@@ -22,6 +22,8 @@ runs out, so that the driver plans again then.
 
 from __future__ import annotations
 
+import math
+
 from .planner import ANTICIPATION_S, RESIDENCY_FACTOR, anticipated_gpus, generation_demand
 from .policy import Policy
 from .state import SchedulerState
@@ -77,20 +79,63 @@ def needs_rebalance(state: SchedulerState, durable_demand: bool = True) -> bool:
     return _share_deviation(state, demand) > REBALANCE_DEVIATION
 
 
-def next_deadline(state: SchedulerState, policy: Policy, now: float) -> float | None:
-    """The next moment a switch-aware rule stops holding a bundle back, or None."""
+class ResidencyMemo:
+    """What :func:`next_deadline` found per pipeline -- the earliest wake whose residency is still
+    running -- kept between calls so that it is not searched for again while it stands.
+
+    A remembered wake ``w`` (of rank ``r``, found at ``t`` for residency length ``L``) is still
+    the answer at ``now >= t`` when ``r`` is still awake since ``w``, ``L`` is unchanged and
+    ``w + L > now``: every wake recorded since is at or after ``t`` (wakes are stamped with the
+    clock), hence not earlier than ``w``, and wakes that ended only leave the candidates.
+
+    That no residency was running at ``t`` still holds at ``now >= t`` (same ``L``) when no wake
+    was recorded since: the table keeps insertion order, so a wake recorded since would be its
+    last entry, stamped at or after ``t``; a last entry stamped before ``t`` means there is none."""
+
+    __slots__ = ("found",)
+
+    def __init__(self) -> None:
+        #: pipeline -> (its awake_since table, rank, wake, residency length, found at); rank -1 and
+        #: wake -inf when no residency was running.
+        self.found: dict[str, tuple[dict[int, float], int, float, float, float]] = {}
+
+
+def next_deadline(state: SchedulerState, policy: Policy, now: float, memo: ResidencyMemo | None = None) -> float | None:
+    """The next moment a switch-aware rule stops holding a bundle back, or None.
+
+    ``memo``: a :class:`ResidencyMemo` the caller keeps across calls on one state (the result is
+    the same with or without)."""
     if not policy.switch_aware:
         return None
     _, deadline = anticipated_gpus(state, now)
-    for pid, alloc in state.generation.items():
-        if pid not in state.open_demand or not alloc.awake_since:
+    found = memo.found if memo is not None else None
+    generation, estimates = state.generation, state.estimates
+    for pid in state.open_demand:  # the earliest end is the same in any order
+        alloc = generation.get(pid)
+        if alloc is None or not alloc.awake_since:
             continue
-        residency = RESIDENCY_FACTOR * state.estimates.switch_s(pid)
+        residency = RESIDENCY_FACTOR * estimates.switch_s(pid)
         if residency <= 0:
             continue
         # The earliest residency still running: ends grow with wake times, so take the earliest
         # wake whose end is still ahead.
-        woke = min((w for w in alloc.awake_since.values() if w + residency > now), default=None)
+        since = alloc.awake_since
+        woke: float | None = None
+        known = found.get(pid) if found is not None else None
+        if known is not None and known[0] is since and known[3] == residency and known[4] <= now:
+            if known[1] < 0:
+                # None was running; still none unless a wake was recorded since.
+                if since[next(reversed(since))] < known[4]:
+                    continue
+            elif known[2] + residency > now and since.get(known[1]) == known[2]:
+                woke = known[2]
+        if woke is None:
+            rank = -1
+            for r, w in since.items():
+                if w + residency > now and (woke is None or w < woke):
+                    rank, woke = r, w
+            if found is not None:
+                found[pid] = (since, rank, -math.inf if woke is None else woke, residency, now)
         if woke is not None:
             end = woke + residency
             if deadline is None or end < deadline:
@@ -130,6 +175,7 @@ def _share_deviation(state: SchedulerState, demand: dict[str, int]) -> float:
 
 __all__ = [
     "ANTICIPATION_S",
+    "ResidencyMemo",
     "PROGRESS",
     "REBALANCE_DEVIATION",
     "REVIEW_INTERVAL_S",

@@ -37,6 +37,7 @@ from .events import EventLoop, Timer
 
 ASLEEP, WAKING, AWAKE, FALLING_ASLEEP, SYNCING = "asleep", "waking", "awake", "falling asleep", "syncing"
 _SWITCHING = (WAKING, FALLING_ASLEEP, SYNCING)
+_SERVING = (AWAKE, SYNCING)
 
 
 @dataclass
@@ -118,6 +119,8 @@ class SimEngines:
         for engine in self.engines:
             engine.fire = partial(self._finish, engine)
         self.awake: set[int] = set()
+        #: Ranks a resize outcome reports awake: awake or syncing.
+        self.serving: set[int] = set()
         self.queue: deque[Job] = deque()
         self.stopped = False
         #: GPUs generating, their throughput-weighted sum, and GPUs switching, right now.
@@ -137,7 +140,7 @@ class SimEngines:
             self._wake(list(action.add), done)
 
     def _outcome(self) -> ResizeOutcome:
-        return ResizeOutcome(tuple(e.rank for e in self.engines if e.state in (AWAKE, SYNCING)))
+        return ResizeOutcome(tuple(sorted(self.serving)))
 
     def _set(self, engine: _Engine, state: str) -> None:
         before = engine.state
@@ -150,6 +153,10 @@ class SimEngines:
             self.awake.add(engine.rank)
         elif state in _SWITCHING:
             self.switching_gpus += self.tp
+        if state in _SERVING:
+            self.serving.add(engine.rank)
+        else:
+            self.serving.discard(engine.rank)
 
     def _sleep(self, ranks: list[int], done: Callable[[ResizeOutcome], None]) -> None:
         engines = self.engines

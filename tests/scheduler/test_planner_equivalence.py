@@ -1,8 +1,9 @@
 """The planner's shortcuts decide exactly what the plain rules decide.
 
 Capacity read from the allocations, shared layouts, batched moves between same-layout pipelines,
-receiver-level payoff checks, cached victims and the one-pass residency deadline exist for speed
-only. Here every planning pass of simulated runs (mixed TP, switch costs, stages, both policies)
+receiver-level payoff checks, cached victims, donor queues without the ranks in minimum residency,
+bundles and donors found blocked for every receiver of a mapping, and the residency deadline
+(one pass, remembered between calls) exist for speed only. Here every planning pass of simulated runs (mixed TP, switch costs, stages, both policies)
 is planned twice on the same state -- once as it is, once with the plain rules the shortcuts
 replace (written out below, one GPU and one worker at a time) -- and the plans must be equal.
 """
@@ -57,6 +58,53 @@ infer_gpus = "all"
 infer_tp = 4
 rollouts = 2
 prompts = 6
+samples_per_prompt = 4
+response_tokens = { cap = 2048 }
+start_delay_seconds = 20
+"""
+
+# Several receivers per generation mapping, so that what one finds blocked for its mapping is
+# reused by the next (donor queues skipped whole).
+CLUSTER = """
+[cluster]
+gpus = 32
+gpus_per_node = 8
+
+[[pipeline]]
+name = "one"
+replicas = 6
+model = "7b"
+train_gpus = 2
+infer_gpus = "all"
+infer_tp = 1
+rollouts = 2
+prompts = 8
+samples_per_prompt = 4
+response_tokens = { cap = 2048 }
+decode = { batch = 8 }
+
+[[pipeline]]
+name = "two"
+replicas = 5
+model = "30b"
+train_gpus = 2
+infer_gpus = "all"
+infer_tp = 2
+rollouts = 2
+prompts = 8
+samples_per_prompt = 4
+response_tokens = { cap = 2048 }
+decode = { batch = 8 }
+
+[[pipeline]]
+name = "four"
+replicas = 2
+model = "7b"
+train_gpus = 4
+infer_gpus = "all"
+infer_tp = 4
+rollouts = 2
+prompts = 8
 samples_per_prompt = 4
 response_tokens = { cap = 2048 }
 start_delay_seconds = 20
@@ -186,7 +234,7 @@ def signature(plan):
 
 
 @pytest.mark.parametrize("policy", ["finish_first", "gap_ratio"])
-@pytest.mark.parametrize("scenario", ["mixed", "three_tp2"])
+@pytest.mark.parametrize("scenario", ["mixed", "cluster", "three_tp2"])
 def test_every_pass_plans_as_the_plain_rules_do(monkeypatch, policy, scenario):
     compared = {"passes": 0, "moves": 0, "deadlines": 0}
     original_plan = core_module.SchedulerCore.plan
@@ -204,12 +252,15 @@ def test_every_pass_plans_as_the_plain_rules_do(monkeypatch, policy, scenario):
             compared["moves"] += len(fast.moves)
         plan = original_plan(core)
         now = core.state.clock()
-        assert T.next_deadline(core.state, core.policy, now) == plain_next_deadline(core.state, core.policy, now)
+        plain_deadline = plain_next_deadline(core.state, core.policy, now)
+        assert T.next_deadline(core.state, core.policy, now) == plain_deadline
+        assert core.deadline(now) == plain_deadline  # with the core's residency memo
         compared["deadlines"] += 1
         return plan
 
     monkeypatch.setattr(core_module.SchedulerCore, "plan", checked_plan)
-    chosen = parse_scenario(MIXED) if scenario == "mixed" else bundled_scenario(scenario)
+    texts = {"mixed": MIXED, "cluster": CLUSTER}
+    chosen = parse_scenario(texts[scenario]) if scenario in texts else bundled_scenario(scenario)
     run = simulate(chosen, policy)
     assert run.rollouts == sum(p.rollouts for p in chosen.pipelines)
     assert compared["passes"] > 50 and compared["moves"] > 20, compared
