@@ -149,16 +149,18 @@ class DemandLedger:
             raise InvalidRequestError(f"target_weight_version must be an int, got {report.target_weight_version!r}")
         return report
 
-    def apply(self, report: ProgressReport, now: float) -> str:
+    def apply(self, report: ProgressReport, now: float, *, checked: bool = False) -> str:
         """Apply one report of the progress path: :data:`IGNORED` (a rollout older than the
         pipeline's current one, or one whose generation cluster was released), :data:`APPLIED`,
         or :data:`RETIRED` (an end that closed the pipeline's last stream, retiring its open
         demand). A report of a newer rollout starts its epoch (a framework that reports progress
-        without signalling demand first). Latest wins per stream within an epoch.
+        without signalling demand first). Latest wins per stream within an epoch. ``checked``: the
+        caller already passed ``report`` through :meth:`check_report` (it is not checked twice).
 
         :raises InvalidRequestError: naming the bad value; nothing was changed.
         """
-        self.check_report(report)
+        if not checked:
+            self.check_report(report)
         pid, rollout_id, key = report.pipeline_id, report.rollout_id, (report.mode, report.adapter_id)
         current = self.epochs.get(pid)
         if current is not None and (rollout_id < current or (rollout_id == current and pid in self.closed)):

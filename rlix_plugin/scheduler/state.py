@@ -443,12 +443,13 @@ class SchedulerState:
         self._spec(pipeline_id)
         if report.kind != END:
             self._check_step_target(pipeline_id, f"step_target of {pipeline_id!r}'s progress", report.step_target)
-        outcome = self.demand.apply(report, self.clock())
+        now = self.clock()
+        outcome = self.demand.apply(report, now, checked=True)
         if outcome == APPLIED and report.kind != END:
             alloc = self.generation.get(pipeline_id)
             self.estimates.observe_progress(
                 pipeline_id,
-                self.clock(),
+                now,
                 self.demand.completed(pipeline_id),
                 len(alloc.active) if alloc is not None else 0,
                 report.kind == BEGIN,
