@@ -43,7 +43,7 @@ class SharedBackend:
         return pm
 
     def close_backends(self) -> None:
-        """Stop the threads of every backend plugin this session built (progress, resizes)."""
+        """Stop the threads of every backend plugin this shared backend built (progress, resizes)."""
         for pm in self._managers:
             backend = pm.backend
             if backend is not None:
@@ -61,7 +61,7 @@ class SharedBackend:
         return f"{headline}\n(the {self.name} backend gives no in-process diagnostic)"
 
     def close(self) -> None:
-        """Release what the session started (idempotent)."""
+        """Release what this shared backend started (idempotent)."""
 
     def _options(self) -> dict[str, Any]:
         return dict(self.backend_options)
@@ -183,7 +183,7 @@ def open_shared_backend(
     resize_timeout_s: float = 60.0,
     policy: str | None = None,
 ) -> SharedBackend:
-    """The session for ``backend`` (``local`` or ``ray``).
+    """The shared backend for ``backend`` (``local`` or ``ray``).
 
     :raises InvalidRequestError: an unknown backend name.
     """
