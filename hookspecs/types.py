@@ -110,17 +110,29 @@ class PipelineLimits:
     ``step_target`` is refused. ``min_bundles`` / ``max_bundles``: a quota of generation bundles
     (DP workers): the planner gives the pipeline at least ``min_bundles`` while it has demand
     (when they can be freed) and never more than ``max_bundles``.
+
+    ``samples_per_engine``: how many samples of a rollout one generation engine (DP worker) runs
+    at once -- its batch: vLLM's ``max_num_seqs``, SGLang's ``max_running_requests``, in the
+    units of ``step_target`` (divide by the group size when a step counts GRPO groups). The
+    switch-aware planner counts a pipeline's *queued* samples as its remaining samples minus its
+    bundles times this: a bundle moved to a pipeline whose samples all run already on its own
+    engines would have nothing to do. Default 1, one sample per engine. Overstating it makes the
+    planner move fewer bundles; understating it makes it move bundles that sit idle.
     """
 
     max_step_target: int | None = None
     min_bundles: int = 1
     max_bundles: int | None = None
+    samples_per_engine: int = 1
 
     def __post_init__(self) -> None:
         for name in ("max_step_target", "max_bundles"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise InvalidRequestError(f"PipelineLimits.{name} must be an int >= 1 or None, got {value!r}")
+        spe = self.samples_per_engine
+        if isinstance(spe, bool) or not isinstance(spe, int) or spe < 1:
+            raise InvalidRequestError(f"PipelineLimits.samples_per_engine must be an int >= 1, got {spe!r}")
         if isinstance(self.min_bundles, bool) or not isinstance(self.min_bundles, int) or self.min_bundles < 0:
             raise InvalidRequestError(f"PipelineLimits.min_bundles must be an int >= 0, got {self.min_bundles!r}")
         if self.max_bundles is not None and self.min_bundles > self.max_bundles:

@@ -66,7 +66,7 @@ def dump_state(state: SchedulerState, saved_at: float) -> dict[str, Any]:
         limits = state.limits.get(pid, PipelineLimits())
         pipelines[pid] = {
             "clusters": {name: [c.tp_size, list(c.gpus)] for name, c in spec.clusters.items()},
-            "limits": [limits.max_step_target, limits.min_bundles, limits.max_bundles],
+            "limits": [limits.max_step_target, limits.min_bundles, limits.max_bundles, limits.samples_per_engine],
             "estimates": state.estimates.dump(pid, age),
             "admitted": pid in state.admitted,
         }
@@ -179,8 +179,9 @@ def _load(data: Mapping[str, Any], pool: PoolTopology, clock: Callable[[], float
             for name, (tp, gpus) in entry["clusters"].items()
         }
         state.pipelines[pid] = validate_pipeline(pool, pid, clusters)
-        max_step, min_bundles, max_bundles = entry["limits"]
-        state.limits[pid] = PipelineLimits(max_step, min_bundles, max_bundles)
+        # Records saved before samples_per_engine existed have three fields (it was 1 then).
+        max_step, min_bundles, max_bundles, samples_per_engine = [*entry["limits"], 1][:4]
+        state.limits[pid] = PipelineLimits(max_step, min_bundles, max_bundles, samples_per_engine)
         if entry["estimates"] is not None:
             state.estimates.load(pid, entry["estimates"], clock_of)
         else:

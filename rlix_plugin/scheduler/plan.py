@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 RELEASED = "released"
 IDLE = "idle GPUs"
 SYNC_COSTS_MORE = "a weight sync would cost more than a sleep and a wake"
+BATCHED_BETWEEN_ROLLOUTS = "batched engines sleep between rollouts (a few kept awake would take the next whole batch)"
 
 
 def preempted_by(cluster_id: str) -> str:
@@ -93,4 +94,13 @@ class Plan:
         return sum(len(r) for m in self.moves for r in m.sleeps.values())
 
 
-__all__ = ["IDLE", "RELEASED", "SYNC_COSTS_MORE", "Move", "Plan", "donated_to", "preempted_by"]
+__all__ = [
+    "BATCHED_BETWEEN_ROLLOUTS",
+    "IDLE",
+    "RELEASED",
+    "SYNC_COSTS_MORE",
+    "Move",
+    "Plan",
+    "donated_to",
+    "preempted_by",
+]

@@ -25,7 +25,8 @@ figures a framework may declare and the scheduler then measures; see docs/switch
 
       min(queued_R / (held_R + 1) x sample_s_R, stage_horizon)  >  1.5 x (sleep_s_D + wake_s_R)
 
-  ``queued_R`` = remaining samples of R not already running on one of its ``held_R`` bundles,
+  ``queued_R`` = remaining samples of R not already running on its ``held_R`` bundles (each
+  runs ``samples_per_engine`` at once, declared in :class:`~rlix_plugin.hookspecs.PipelineLimits`),
   ``sample_s_R`` its measured engine-seconds per sample, ``stage_horizon`` how soon another
   pipeline's stage is expected to take those GPUs (a pipeline rolling out asks for its stages when
   its rollout ends: in about its remaining samples / its bundles x its sample time).
@@ -42,8 +43,10 @@ figures a framework may declare and the scheduler then measures; see docs/switch
 * *placement*: a receiver takes bundles on its own stages' GPUs first, then bundles outside every
   stage mapping; a donor gives bundles on other pipelines' stage GPUs first. A pipeline's stage
   then preempts its own engines, idle once its rollout is done, instead of a neighbour's busy ones;
-* *reclaim before a costly sync*: a pipeline between rollouts whose declared weight sync costs
-  more than a sleep and a wake has its engines put to sleep instead of re-synced after training.
+* *reclaim between rollouts*: a pipeline between rollouts has its engines put to sleep when its
+  declared weight sync costs more than a sleep and a wake (instead of re-syncing them after
+  training), or when its engines are batched (``samples_per_engine`` > 1): a few engines kept
+  awake would be granted the next rollout alone and take its whole batch.
 
 None of these ever delays a stage (priorities 0-5). Idle GPUs are used whenever a pipeline has
 samples left for them and the wake pays. The starvation rule overrides residency, payoff and
@@ -60,7 +63,7 @@ from typing import TypeGuard
 from rlix_plugin.hookspecs import ACTOR_INFER, Priority
 
 from .ownership import Owner, Ownership
-from .plan import IDLE, RELEASED, SYNC_COSTS_MORE, Move, Plan, donated_to, preempted_by
+from .plan import BATCHED_BETWEEN_ROLLOUTS, IDLE, RELEASED, SYNC_COSTS_MORE, Move, Plan, donated_to, preempted_by
 from .policy import DEFAULT_POLICY, Policy, TargetInputs, get_policy
 from .state import SchedulerState
 from .topology import cluster_id
@@ -408,21 +411,32 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
             idle = [g for g in idle if cycle.owner[g] is None]
 
     if aware:
-        _reclaim_before_sync(cycle, demand)
+        _reclaim_between_rollouts(cycle, demand)
 
 
-def _reclaim_before_sync(cycle: _Cycle, demand: dict[str, int]) -> None:
-    """A pipeline between rollouts must re-sync every engine still awake after its training step.
-    Where that costs more than putting the engine to sleep and waking it again, it sleeps now
-    (and its GPUs are free for others meanwhile)."""
+def _reclaim_between_rollouts(cycle: _Cycle, demand: dict[str, int]) -> None:
+    """Engines of a pipeline between rollouts sleep now (their GPUs free for others meanwhile)
+    when keeping them awake costs more than a sleep and a wake:
+
+    * its declared weight sync costs more than a sleep and a wake (every engine still awake after
+      its training step must be re-synced);
+    * its engines run several samples at once (``samples_per_engine`` > 1): the next rollout is
+      granted as soon as one engine is awake, and a framework then dispatches its whole batch over
+      the engines it has, so a few kept awake would take every sample before the planner could
+      wake the rest of its share (nothing migrates between awake engines). Asleep, all of them
+      are woken by one planning pass and the batch is spread over the whole share."""
     state = cycle.state
-    estimates = state.estimates
+    estimates, limits = state.estimates, state.limits
     for pid in sorted(cycle.active):
         if pid in demand or pid in state.fenced or pid in state.planned_releases or not cycle.active[pid]:
             continue
-        if estimates.sync_s(pid) <= estimates.switch_s(pid):
+        if estimates.sync_s(pid) > estimates.switch_s(pid):
+            reason = SYNC_COSTS_MORE
+        elif limits[pid].samples_per_engine > 1:
+            reason = BATCHED_BETWEEN_ROLLOUTS
+        else:
             continue
-        move = Move(SYNC_COSTS_MORE)
+        move = Move(reason)
         for rank in sorted(cycle.active[pid]):
             cycle.sleep(pid, rank, move)
         cycle.plan.moves.append(move)
@@ -595,13 +609,18 @@ def _donor_hopeless(cycle: _Cycle, donor: str, receiver: str, demand: dict[str, 
 
 def _queue_drain_s(cycle: _Cycle, pid: str, demand: dict[str, int]) -> float:
     """How long one more bundle would be busy before ``pid``'s queued samples run out: its
-    samples not yet running, over its bundles plus one, times its engine-seconds per sample
-    (infinite before anything was measured: as if switching were free)."""
+    samples not yet running (remaining minus what its bundles run at once, ``samples_per_engine``
+    each), over its bundles plus one, times its engine-seconds per sample (infinite before
+    anything was measured: as if switching were free)."""
     held = cycle.held.get(pid, 0)
-    queued = demand.get(pid, 0) - held
+    state = cycle.state
+    # Until its rollout begins generating (no progress stream yet), its engines run nothing: the
+    # samples are dispatched over whatever it holds then, so each bundle counts for one.
+    per_engine = state.limits[pid].samples_per_engine if state.progress.get(pid) else 1
+    queued = demand.get(pid, 0) - held * per_engine
     if queued <= 0:
         return 0.0
-    sample_s = cycle.state.estimates.sample_s(pid)
+    sample_s = state.estimates.sample_s(pid)
     return float("inf") if sample_s is None else queued / (held + 1) * sample_s
 
 

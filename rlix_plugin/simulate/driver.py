@@ -13,7 +13,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Protocol
 
-from rlix_plugin.hookspecs import ACTOR_INFER, CLUSTER_NAMES, MODE_FULL, ClusterSpec, Priority, SwitchCosts
+from rlix_plugin.hookspecs import (
+    ACTOR_INFER,
+    CLUSTER_NAMES,
+    MODE_FULL,
+    ClusterSpec,
+    PipelineLimits,
+    Priority,
+    SwitchCosts,
+)
 from rlix_plugin.progress import BEGIN, END, ProgressReport
 from rlix_plugin.progress import PROGRESS as COUNT
 from rlix_plugin.scheduler.core import SchedulerCore
@@ -60,8 +68,9 @@ class SimulatedScheduler:
         clusters: Mapping[str, ClusterSpec],
         engines: EngineModel,
         switch_costs: SwitchCosts | None = None,
+        limits: PipelineLimits | None = None,
     ) -> None:
-        self.state.register(pipeline_id, clusters, switch_costs)
+        self.state.register(pipeline_id, clusters, switch_costs, limits)
         self.state.admit(pipeline_id)
         self._engines[pipeline_id] = engines
         self._changed("register")

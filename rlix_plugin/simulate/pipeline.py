@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, Priority
+from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, PipelineLimits, Priority
 from rlix_plugin.scenario import PipelineConfig
 from rlix_plugin.scenario.workload import sample_work
 
@@ -77,7 +77,9 @@ class SimPipeline:
             ACTOR_TRAIN: ClusterSpec(1, config.train_gpus),
         }
         self.stats.started_at = self.loop.now()
-        self.scheduler.register(self.name, clusters, self.engines, config.switch_costs)
+        # As a framework integration would: each engine runs up to its batch of samples at once.
+        limits = PipelineLimits(samples_per_engine=self.engines.batch)
+        self.scheduler.register(self.name, clusters, self.engines, config.switch_costs, limits)
         if config.stop_after_seconds is not None:
             self.loop.after(config.stop_after_seconds, self._stop)
         self._next_rollout()

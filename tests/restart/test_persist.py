@@ -23,7 +23,12 @@ def busy_state(clock: FakeClock) -> SchedulerState:
     """Two pipelines sharing 4 GPUs: both rolling out, p1 with progress, p2 fenced-free, a stage
     request pending, declared limits and switch costs, a measured wake."""
     state = SchedulerState(PoolTopology(4, 4), clock)
-    state.register("p1", seed_clusters((0, 1)), SwitchCosts(0.5, 0.25, 0.1), PipelineLimits(max_step_target=64))
+    state.register(
+        "p1",
+        seed_clusters((0, 1)),
+        SwitchCosts(0.5, 0.25, 0.1),
+        PipelineLimits(max_step_target=64, samples_per_engine=8),
+    )
     state.register("p2", seed_clusters((2, 3)))
     for pid in ("p1", "p2"):
         state.admit(pid)
@@ -50,7 +55,7 @@ def test_a_state_with_no_move_in_flight_comes_back_exactly():
     check_state(restored)
     assert plain(restored) == plain(state)
     # What the planner reads is there: the declared limits, costs and the measured wake.
-    assert restored.limits["p1"].max_step_target == 64
+    assert restored.limits["p1"].max_step_target == 64 and restored.limits["p1"].samples_per_engine == 8
     assert restored.estimates.wake_s("p1") == state.estimates.wake_s("p1") > 0
     assert restored.estimates.sleep_s("p1") == 0.25 and restored.estimates.switches("p1") == state.estimates.switches(
         "p1"
@@ -149,3 +154,12 @@ def test_a_resize_outcome_after_loading_finds_no_move_and_changes_nothing():
     # The dead incarnation's call answering late must not move anything in the new state.
     restored.resized(action, ResizeOutcome(()))
     assert plain(restored) == before
+
+
+def test_limits_saved_before_samples_per_engine_existed_load_as_one_sample_per_engine():
+    clock = FakeClock()
+    record = json.loads(json.dumps(dump_state(busy_state(clock), SAVED_AT)))
+    assert record["pipelines"]["p1"]["limits"] == [64, 1, None, 8]
+    record["pipelines"]["p1"]["limits"] = [64, 1, None]
+    restored = load_state(record, PoolTopology(4, 4), clock, SAVED_AT)
+    assert restored.limits["p1"] == PipelineLimits(max_step_target=64, samples_per_engine=1)

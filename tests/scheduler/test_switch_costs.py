@@ -1,14 +1,23 @@
-"""Switch-cost-aware planning (the ``finish_first`` policy): payoff, minimum residency,
-anticipation of a stage, placement, the stage horizon, reclaim before a costly weight sync, the
-starvation rule that overrides them, and the estimates they read. ``gap_ratio`` ignores costs."""
+"""Switch-cost-aware planning (the ``finish_first`` policy): payoff (with batched engines),
+minimum residency, anticipation of a stage, placement, the stage horizon, reclaim between rollouts
+(a costly weight sync, batched engines), the starvation rule that overrides them, and the
+estimates they read. ``gap_ratio`` ignores costs."""
 
 from __future__ import annotations
 
 import pytest
 
-from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, ClusterSpec, InvalidRequestError, Priority, SwitchCosts
+from rlix_plugin.hookspecs import (
+    ACTOR_INFER,
+    ACTOR_TRAIN,
+    ClusterSpec,
+    InvalidRequestError,
+    PipelineLimits,
+    Priority,
+    SwitchCosts,
+)
 from rlix_plugin.scheduler.estimates import Estimates
-from rlix_plugin.scheduler.plan import IDLE, SYNC_COSTS_MORE, Move, Plan
+from rlix_plugin.scheduler.plan import BATCHED_BETWEEN_ROLLOUTS, IDLE, SYNC_COSTS_MORE, Move, Plan
 from rlix_plugin.scheduler.planner import ANTICIPATION_S, RESIDENCY_FACTOR, plan_cycle
 from rlix_plugin.scheduler.policy import FINISH_FIRST, GAP_RATIO
 from rlix_plugin.scheduler.state import SchedulerState
@@ -22,15 +31,16 @@ GEN, TRAIN = Priority.GENERATION, Priority.ACTOR_TRAINING
 COSTS = SwitchCosts(wake_seconds=5.0, sleep_seconds=3.0)
 
 
-def pool(gpus=4, costs=COSTS, **trains):
-    """Pipelines a and b generate on every GPU (TP 1); ``trains`` gives their training GPUs."""
+def pool(gpus=4, costs=COSTS, limits=None, **trains):
+    """Pipelines a and b generate on every GPU (TP 1); ``trains`` gives their training GPUs,
+    ``limits`` what both declare."""
     clock = FakeClock()
     state = SchedulerState(PoolTopology(gpus, gpus), clock)
     for pid in ("a", "b"):
         clusters = {ACTOR_INFER: ClusterSpec(1, tuple(range(gpus)))}
         if pid in trains:
             clusters[ACTOR_TRAIN] = ClusterSpec(len(trains[pid]), tuple(trains[pid]))
-        state.register(pid, clusters, costs)
+        state.register(pid, clusters, costs, limits)
         state.admit(pid)
     return state, clock
 
@@ -179,6 +189,48 @@ def test_engines_that_would_need_a_costly_weight_sync_sleep_at_rollout_end():
     assert plan_cycle(state, GAP_RATIO).is_empty()
 
 
+@pytest.mark.parametrize("samples_per_engine, woken", [(1, {0, 1, 2}), (8, set())])
+def test_batched_engines_count_their_running_samples_as_not_queued(samples_per_engine, woken):
+    # b has 8 samples left on one engine, at 8 engine-seconds per sample. One sample per engine:
+    # 7 are queued, and each idle bundle pays for its 5 s wake (7 / 2 x 8 s = 28 s, then 16 s,
+    # then 10 s > 1.5 x 5 s). Eight per engine: all 8 run already; a woken engine would idle.
+    state, clock = pool(limits=PipelineLimits(samples_per_engine=samples_per_engine))
+    hold(state, "b", [3])
+    measure_sample_time(state, clock, "b", 8.0)
+    progress(state, "b", 8)
+    plan = plan_cycle(state, FINISH_FIRST)
+    assert plan.expands.get("b", set()) == woken, plan
+
+
+def test_a_batched_pipeline_gets_its_share_in_one_pass_before_its_rollout_begins():
+    # No progress stream yet: none of its samples runs, so each bundle it is getting counts for
+    # one sample, not for a batch, and the one pass before its first grant wakes all of them.
+    state, clock = pool(limits=PipelineLimits(samples_per_engine=64))
+    hold(state, "b", [3])
+    measure_sample_time(state, clock, "b", 8.0)
+    end_all(state, "b")
+    state.demand.retire("b", clock.now)
+    state.open_rollout("b", 1)
+    state.request("b", ACTOR_INFER, GEN, 64)
+    assert state.remaining("b") == 64 and not state.demand.progress.get("b")
+    plan = plan_cycle(state, FINISH_FIRST)
+    assert plan.expands.get("b") == {0, 1, 2}, plan
+
+
+def test_batched_engines_sleep_between_rollouts():
+    state, clock = pool(limits=PipelineLimits(samples_per_engine=16), a=(0, 1))
+    hold(state, "a", [2, 3])
+    end_all(state, "a")
+    state.demand.retire("a", clock.now)
+    plan = plan_cycle(state, FINISH_FIRST)
+    assert [m.reason for m in plan.moves] == [BATCHED_BETWEEN_ROLLOUTS] and plan.shrinks == {"a": {2, 3}}
+    one_each, _ = pool(a=(0, 1))
+    hold(one_each, "a", [2, 3])
+    end_all(one_each, "a")
+    one_each.demand.retire("a", 0.0)
+    assert plan_cycle(one_each, FINISH_FIRST).is_empty(), "one sample per engine: kept awake for the next rollout"
+
+
 def test_progress_triggers_a_pass_only_when_a_pipeline_holds_more_than_it_can_use():
     state, _ = pool()
     hold(state, "a", [0, 1, 2, 3])
@@ -225,3 +277,11 @@ def test_bad_switch_costs_are_refused_naming_the_field():
     with pytest.raises(InvalidRequestError, match="switch_costs must be a SwitchCosts"):
         state.register("c", {ACTOR_INFER: ClusterSpec(1, (0,))}, {"wake_seconds": 1})
     assert "c" not in state.pipelines
+
+
+@pytest.mark.parametrize("value", [0, -2, 2.0, True, "8"])
+def test_a_bad_samples_per_engine_is_refused_naming_it(value):
+    with pytest.raises(
+        InvalidRequestError, match=rf"PipelineLimits.samples_per_engine must be an int >= 1, got {value!r}"
+    ):
+        PipelineLimits(samples_per_engine=value)
