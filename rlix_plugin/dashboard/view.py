@@ -163,6 +163,7 @@ def _pipelines(snap: Mapping[str, Any]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "pipeline": pid,
+                "rollout": info.get("rollout"),
                 "open_demand": info.get("open_demand"),
                 "remaining": info.get("remaining"),
                 "completed": sum(p["completed"] for p in progress),

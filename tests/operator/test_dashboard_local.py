@@ -53,6 +53,7 @@ def test_the_state_the_page_draws_matches_the_scheduler(scheduler):
         assert state["pipelines"] == [
             {
                 "pipeline": "p1",
+                "rollout": 0,
                 "open_demand": 8,
                 "remaining": 8,
                 "completed": 0,

@@ -288,6 +288,9 @@ def test_the_dashboard_page_shows_the_pool_in_a_real_browser(cluster, tmp_path):
         assert {"training", "awake", "waking"} <= states
         assert 'data-cluster-id="late_actor_infer"' in dom.stdout, "the pending request is listed"
         assert re.search(r'<tr data-pipeline="late">', dom.stdout) and 'data-kind="wake"' in dom.stdout
+        assert re.search(r'<tr data-pipeline="roll">(?:(?!</tr>).)*<td class="rollout">0</td>', dom.stdout), (
+            "each pipeline's rollout (epoch) is shown"
+        )
         shot = tmp_path / "dashboard.png"
         taken = subprocess.run(
             [

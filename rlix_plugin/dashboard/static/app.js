@@ -53,6 +53,7 @@ function drawGrid(state) {
 function drawDemand(state) {
   const rows = state.pipelines.map((p) => el("tr", {"data-pipeline": p.pipeline},
     el("td", {}, el("span", {class: "dot", style: `background: ${color(state, p.pipeline)}`}), p.pipeline),
+    el("td", {class: "rollout"}, p.rollout === null ? "" : String(p.rollout)),
     el("td", {}, p.open_demand === null ? "none" : `${p.open_demand} samples`),
     el("td", {}, String(p.remaining)),
     el("td", {}, `${p.awake} of ${p.dp_size}`),
