@@ -40,7 +40,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec, InvalidRequestError
+from rlix_plugin.hookspecs import ACTOR_INFER, ClusterSpec, InvalidRequestError, PipelineLimits
 
 from . import rollout_path
 from .engine_channel import SET_ROLLOUT, EngineChannel
@@ -349,15 +349,17 @@ def install(
     demand_timeout_s: float | None = None,
     post_sleep_vram_threshold_gb: float | None = None,
     free_memory_check: FreeMemoryCheck | None = None,
+    samples_per_engine: int | None = None,
 ) -> MilesSession:
     """Register a miles pipeline and install its hooks, at pipeline init, once the
     ``RolloutManager`` exists and before the first rollout: the one way in.
 
     Builds a :class:`~.session.MilesSession` (``pipeline_id``, ``clusters``,
     ``n_samples_per_prompt``, ``rollout_batch_size``, ``backend``, ``backend_options``,
-    ``autoload``, ``hooks`` -- your own front end -- and ``demand_timeout_s`` as its
-    ``timeout_s``), registers the pipeline and runs the steps of the module docstring. On failure
-    the session is closed (the pipeline unregistered) and the error raised.
+    ``autoload``, ``hooks`` -- your own front end -- ``demand_timeout_s`` as its ``timeout_s``,
+    and ``samples_per_engine`` as its :class:`~rlix_plugin.hookspecs.PipelineLimits`), registers
+    the pipeline and runs the steps of the module docstring. On failure the session is closed (the
+    pipeline unregistered) and the error raised.
 
     :param rollout_manager: miles' ``RolloutManager``: a Ray actor handle or the object.
     :param sync_weights: Loads the latest weights into woken engines (:data:`.engines.WeightSync`).
@@ -366,13 +368,23 @@ def install(
         engine operations).
     :param post_sleep_vram_threshold_gb: Handed to every ``shrink_engines`` (:mod:`.memory`).
     :param free_memory_check: Checked before every wake (:class:`~.memory.FreeMemoryCheck`).
+    :param samples_per_engine: Samples one engine (one ``actor_infer`` DP rank) runs at once,
+        declared as ``PipelineLimits.samples_per_engine``. Counted in **samples**, the unit of the
+        scheduler's ``step_target`` for a miles pipeline (:mod:`.units`), not groups: an engine
+        serves one request per sample. ``None`` declares 1 (the default of ``PipelineLimits``),
+        because no miles arg bounds one engine's batch: ``args.sglang_server_concurrency`` is one
+        engine's share of a client-side limit that miles sizes for all its engines, so the engines
+        left awake while rlix puts others to sleep are sent more than it; an engine's own bound is
+        SGLang's ``max_running_requests``, which SGLang sizes from its KV cache unless it is set.
+        Pass the batch your engines run, e.g. the ``max_running_requests`` they were launched with.
     :returns: The session: bind ``session.signal_rollout_demand_async`` to the train loop's
         ``signal_demand`` step hook, and call ``session.close()`` in the driver's ``finally``.
     :raises MilesSurfaceError: the manager lacks ``set_rlix_hooks`` or an engine method, or a
         threshold is configured and its ``shrink_engines`` does not take one.
     :raises InvalidRequestError: the engine table does not fit ``actor_infer``, the pipeline
-        already has an installation, a ``local``-backend session meets a Ray actor, or a memory
-        option is malformed.
+        already has an installation, a ``local``-backend session meets a Ray actor, a memory
+        option is malformed, or ``samples_per_engine`` is not an int >= 1 (refused before
+        anything is registered).
     :raises EngineStateError: an engine is ``shell`` or mid-transition.
     :raises HooksNotPassedError: miles would not hand the hooks to its rollout function.
     :raises HooksNotInstalledError: the read-back did not find working hooks.
@@ -382,6 +394,7 @@ def install(
     options: dict[str, Any] = {}
     if demand_timeout_s is not None:
         options["timeout_s"] = demand_timeout_s
+    limits = PipelineLimits(samples_per_engine=1 if samples_per_engine is None else samples_per_engine)
     session = MilesSession(
         pipeline_id=pipeline_id,
         clusters=clusters,
@@ -391,6 +404,7 @@ def install(
         backend=backend,
         backend_options=backend_options,
         autoload=autoload,
+        limits=limits,
         **options,
     )
     session.register()

@@ -32,6 +32,7 @@ from rlix_plugin.hookspecs import (
     ClusterSpec,
     Grant,
     InvalidRequestError,
+    PipelineLimits,
     Priority,
 )
 from rlix_plugin.session import CloseStep, PipelineSession
@@ -61,6 +62,8 @@ class MilesSession(PipelineSession):
     :param backend_options: Options of the backend (for ``ray``: those of ``rlix_plugin.connect``).
     :param autoload: Load ``rlix_plugin`` entry points (default: the environment decides).
     :param timeout_s: Longest wait of every blocking call (demand, training GPUs).
+    :param limits: What the pipeline declares at registration (``samples_per_engine`` in samples,
+        the unit of the hooks; see :func:`~.install.install`).
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class MilesSession(PipelineSession):
         backend_options: Mapping[str, Any] | None = None,
         autoload: bool | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        limits: PipelineLimits | None = None,
     ) -> None:
         if ACTOR_INFER not in clusters:
             raise InvalidRequestError(
@@ -87,7 +91,7 @@ class MilesSession(PipelineSession):
             from rlix_plugin import get_plugin_manager
 
             hooks = Hooks(get_plugin_manager(backend, backend_options=dict(options), autoload=autoload))
-        super().__init__(hooks, pipeline_id=pipeline_id, clusters=clusters, timeout_s=timeout_s)
+        super().__init__(hooks, pipeline_id=pipeline_id, clusters=clusters, timeout_s=timeout_s, limits=limits)
         self.units = units
         self.rollout_batch_size = batch
         self.backend_options = options

@@ -8,7 +8,9 @@ unit (see :mod:`rlix_plugin.hookspecs.types`).
 
 Everything on the miles side of this integration (the hooks object miles holds, the driver's
 ``signal_rollout_demand(rollout_id, step_target)``) takes groups; everything that crosses the rlix
-hooks is samples; :meth:`GroupUnits.samples` is the only conversion.
+hooks is samples; :meth:`GroupUnits.samples` is the only conversion. One keyword on the miles
+side counts samples and says so in its name: ``install(..., samples_per_engine=...)``, an engine's
+batch, which holds one request per sample whatever its group; it crosses unconverted.
 """
 
 from __future__ import annotations

@@ -155,14 +155,63 @@ def rollout_group_size(config: Any) -> int:
     return int(config.actor_rollout_ref.rollout.n)
 
 
+def _rollout_dp(rollout: Any) -> int:
+    """Engines per replica: ``rollout.data_parallel_size`` (absent or null: 1, as verl's default)."""
+    return int(_get(rollout, "data_parallel_size", 1) or 1)
+
+
 def replica_world_size(config: Any) -> int:
     """GPUs per rollout replica: verl sizes a replica as TP × DP × PP of the rollout config."""
     rollout = config.actor_rollout_ref.rollout
     return (
         int(rollout.tensor_model_parallel_size)
-        * int(_get(rollout, "data_parallel_size", 1) or 1)
+        * _rollout_dp(rollout)
         * int(_get(rollout, "pipeline_model_parallel_size", 1) or 1)
     )
+
+
+#: verl 0.9.1's ``RolloutConfig.max_num_seqs``: what a rollout config without the key gets (the
+#: shipped ``rollout.yaml`` sets 256, so only a hand-built config falls back to this).
+VERL_DEFAULT_MAX_NUM_SEQS = 1024
+
+#: The engine's own name for its batch under ``rollout.engine_kwargs.<name>``: verl passes those
+#: keyword arguments after its own, so one given there replaces ``max_num_seqs``.
+ENGINE_BATCH_KEYS = {"vllm": "max_num_seqs", "sglang": "max_running_requests", "trtllm": "max_batch_size"}
+
+
+def _engine_batch(rollout: Any) -> tuple[str, Any]:
+    """The key that sets one engine's batch, and its raw value: the engine's own keyword in
+    ``engine_kwargs`` when the job set one, else ``rollout.max_num_seqs`` (absent: verl's default)."""
+    # The shipped config leaves the name as the ``???`` placeholder (every job sets it), which a
+    # DictConfig raises on when read; ``in`` is False for it, as for an absent key.
+    name = str(_get(rollout, "name", "") or "") if "name" in rollout else ""
+    engine_key = ENGINE_BATCH_KEYS.get(name)
+    if engine_key is not None:
+        value = _get(_get(_get(rollout, "engine_kwargs"), name), engine_key)
+        if value is not None:
+            return f"actor_rollout_ref.rollout.engine_kwargs.{name}.{engine_key}", value
+    key = "actor_rollout_ref.rollout.max_num_seqs"
+    return key, _get(rollout, "max_num_seqs", VERL_DEFAULT_MAX_NUM_SEQS)
+
+
+def samples_per_engine(config: Any) -> int:
+    """Samples one scheduler bundle (one rollout replica, ``actor_infer`` DP rank) runs at once,
+    declared as :attr:`~rlix_plugin.hookspecs.PipelineLimits.samples_per_engine`.
+
+    verl hands ``rollout.max_num_seqs`` to each server as its batch (vLLM's ``max_num_seqs``,
+    SGLang's ``max_running_requests``, TensorRT-LLM's ``max_batch_size``), and a replica with
+    ``data_parallel_size`` d runs d engines, so one bundle runs ``max_num_seqs × d`` samples (the
+    unit of every progress hook) at once. A batch keyword the job set for its engine under
+    ``rollout.engine_kwargs.<name>`` replaces ``max_num_seqs``, as it does in verl.
+
+    :raises InvalidRequestError: the batch is not an int >= 1 (``null`` included: verl 0.9.1 adds
+        to it when it launches every rollout server, and fails there); the message names the key.
+    """
+    rollout = config.actor_rollout_ref.rollout
+    key, value = _engine_batch(rollout)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequestError(f"{key} must be an int >= 1 (samples one rollout engine runs at once), got {value!r}")
+    return value * _rollout_dp(rollout)
 
 
 def check_sleep_frees_memory(config: Any) -> None:
@@ -210,11 +259,14 @@ def cluster_specs(config: Any, rlix: RlixVerlConfig) -> dict[str, ClusterSpec]:
 
 
 __all__ = [
+    "ENGINE_BATCH_KEYS",
     "KNOWN_KEYS",
     "RlixVerlConfig",
+    "VERL_DEFAULT_MAX_NUM_SEQS",
     "check_sleep_frees_memory",
     "cluster_specs",
     "replica_world_size",
     "rollout_group_size",
+    "samples_per_engine",
     "samples_per_step",
 ]

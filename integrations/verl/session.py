@@ -29,7 +29,7 @@ from rlix_plugin.session import CloseStep, PipelineSession
 
 if TYPE_CHECKING:
     from rlix_plugin import Hooks
-    from rlix_plugin.hookspecs import ClusterSpec
+    from rlix_plugin.hookspecs import ClusterSpec, PipelineLimits
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ class VerlSession(PipelineSession):
     of the current step; closing ends that batch before the releases.
 
     :param samples_per_step: ``step_target`` of :meth:`signal_demand` (prompts × ``rollout.n``).
+    :param limits: What the job declares at registration; the trainer sets ``samples_per_engine``
+        from the rollout config (:func:`~.config.samples_per_engine`).
     Other parameters: those of :class:`~rlix_plugin.session.PipelineSession`.
     """
 
@@ -50,10 +52,11 @@ class VerlSession(PipelineSession):
         clusters: Mapping[str, ClusterSpec],
         timeout_s: float,
         samples_per_step: int,
+        limits: PipelineLimits | None = None,
     ) -> None:
         if isinstance(samples_per_step, bool) or not isinstance(samples_per_step, int) or samples_per_step <= 0:
             raise InvalidRequestError(f"samples_per_step must be an int > 0, got {samples_per_step!r}")
-        super().__init__(hooks, pipeline_id=pipeline_id, clusters=clusters, timeout_s=timeout_s)
+        super().__init__(hooks, pipeline_id=pipeline_id, clusters=clusters, timeout_s=timeout_s, limits=limits)
         self.samples_per_step = samples_per_step
         self._lock = threading.Lock()
         self._batch_open = False

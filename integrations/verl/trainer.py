@@ -34,6 +34,11 @@ through ``rlix_resize_infer`` (:class:`~.engines.VerlEngines`), so the trainer d
 an unscheduled grant (no scheduler answers, e.g. the ``noop`` backend) means the job owns its
 GPUs, and the trainer wakes every replica through verl's weight update, as verl does.
 
+Between rollouts: the job registers how many samples a replica runs at once
+(:func:`~.config.samples_per_engine`, 256 with verl's shipped config); with more than one, the
+scheduler puts the replicas to sleep as soon as a rollout's last sample is counted, through
+``rlix_resize_infer``, and the trainer's sleep in ``on_sample_end`` sleeps only those still awake.
+
 Weights are tagged as verl tags them: :attr:`RlixPPOTrainerSync.rlix_weight_version` is the
 version of the trainer's current weights (the checkpoint's step after ``init``, step ``s`` after
 training step ``s``), so every wake during step ``s + 1``'s rollout serves version ``s``.
@@ -55,13 +60,14 @@ from verl.utils.debug import marked_timer
 from verl.workers.rollout.llm_server import FullyAsyncLLMServerClient
 
 from rlix_plugin import session as pipeline_session
-from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, Grant, Priority
+from rlix_plugin.hookspecs import ACTOR_INFER, ACTOR_TRAIN, Grant, PipelineLimits, Priority
 from rlix_plugin.integrations.verl import LOGGER_NAME, MANAGER_CLASS_PATH, TRAINER_MODE
 from rlix_plugin.integrations.verl.config import (
     RlixVerlConfig,
     check_sleep_frees_memory,
     cluster_specs,
     rollout_group_size,
+    samples_per_engine,
     samples_per_step,
 )
 from rlix_plugin.integrations.verl.engines import VerlEngines, VerlRollout
@@ -117,7 +123,8 @@ class RlixPPOTrainerSync(PPOTrainerSync):
     :param rlix_hooks: A ready :class:`rlix_plugin.Hooks` to call instead of building one
         from ``trainer.rlix`` (tests, embedding). Ignored when rlix is disabled.
     :raises InvalidRequestError: a bad ``trainer.rlix`` block, a GPU layout rlix cannot
-        register, or ``free_cache_engine`` off (the message names the key).
+        register, ``free_cache_engine`` off, or a rollout batch (``max_num_seqs``) that is not a
+        positive int (the message names the key).
     """
 
     def __init__(self, config: Any, rlix_hooks: Any = None) -> None:
@@ -136,6 +143,7 @@ class RlixPPOTrainerSync(PPOTrainerSync):
             check_sleep_frees_memory(config)
             _use_progress_manager(config)
             clusters = cluster_specs(config, self.rlix_config)
+            limits = PipelineLimits(samples_per_engine=samples_per_engine(config))
         super().__init__(config=config)
         if not self.rlix_config.enable:
             return
@@ -147,6 +155,7 @@ class RlixPPOTrainerSync(PPOTrainerSync):
             clusters=clusters,
             timeout_s=self.rlix_config.timeout_s,
             samples_per_step=samples_per_step(config),
+            limits=limits,
         )
         self._rlix_engines = VerlEngines(pipeline_id, hooks)
 

@@ -19,6 +19,7 @@ from rlix_plugin.hookspecs import (
     ClusterSpec,
     InvalidRequestError,
     PipelineGoneError,
+    PipelineLimits,
     Priority,
     SchedulerTimeoutError,
 )
@@ -33,6 +34,7 @@ from rlix_plugin.integrations.miles import (
     MilesSurfaceError,
     install,
 )
+from rlix_plugin.scheduler.plan import BATCHED_BETWEEN_ROLLOUTS
 
 from .driver import GROUPS, ROLLOUT_FUNCTION, ROLLOUTS, TRAIN, LocalCalls, N, check_runs, run_pipeline, seed_clusters
 from .miles_manager import (
@@ -197,6 +199,34 @@ def test_engine_count_must_match_the_dp_ranks(scheduler):
     assert manager._rlix_hooks is None and manager.log == []
 
 
+def registered_limits(scheduler, pid="p1"):
+    return scheduler.read(lambda: scheduler.service.state.limits[pid])
+
+
+def test_install_declares_the_engines_batch_in_samples(scheduler, control_plane):
+    # 8 samples per engine: with groups of N samples that is 8 // N groups, but the scheduler's
+    # step_target is in samples (the session multiplies groups by N), so 8 crosses unconverted.
+    session = install_local(manager_for(), scheduler, samples_per_engine=8)
+    assert session.limits == PipelineLimits(samples_per_engine=8)
+    assert registered_limits(scheduler) == PipelineLimits(samples_per_engine=8)
+    session.close()
+
+
+def test_without_samples_per_engine_install_declares_one_sample_per_engine(scheduler, control_plane):
+    session = install_local(manager_for(), scheduler)
+    assert registered_limits(scheduler) == PipelineLimits(samples_per_engine=1)
+    session.close()
+
+
+@pytest.mark.parametrize("value", [0, -2, True, 2.0, "8"])
+def test_a_bad_samples_per_engine_is_refused_before_anything_is_registered(scheduler, value):
+    manager = manager_for()
+    with pytest.raises(InvalidRequestError, match=rf"samples_per_engine must be an int >= 1, got {value!r}"):
+        install_local(manager, scheduler, samples_per_engine=value)
+    assert scheduler.snapshot()["pipelines"] == {}
+    assert manager._rlix_hooks is None and manager.log == [], "the manager was not touched"
+
+
 def test_a_shell_engine_fails_the_install(scheduler):
     with pytest.raises(EngineStateError, match="'shell'.*finish_init_offload"):
         install_local(manager_for(shell_engines=[2]), scheduler)
@@ -315,8 +345,9 @@ def test_close_gives_everything_back_and_is_idempotent(scheduler, control_plane)
     assert not session.hooks.plugin_manager.has_plugin("rlix-miles-engines-p1")
 
 
-def run_seed(scheduler, *, with_install: bool):
-    """Two miles-shaped pipelines on the seed topology, 5 rollouts each, in one event loop."""
+def run_seed(scheduler, *, with_install: bool, **install_extra):
+    """Two miles-shaped pipelines on the seed topology, 5 rollouts each, in one event loop
+    (``install_extra``: more keywords of ``install``)."""
     progress_events = []
     scheduler.service.add_listener(
         lambda event, _service: progress_events.append(event) if event == "progress" else None
@@ -327,7 +358,7 @@ def run_seed(scheduler, *, with_install: bool):
     try:
         for pid, manager in managers.items():
             if with_install:
-                sessions[pid] = install_local(manager, scheduler, pid, service=services[pid])
+                sessions[pid] = install_local(manager, scheduler, pid, service=services[pid], **install_extra)
             else:
                 sessions[pid] = MilesSession(
                     pipeline_id=pid,
@@ -377,6 +408,16 @@ def test_two_miles_pipelines_complete_the_seed_scenario(scheduler, control_plane
         assert "update_weight_version" not in ops
     snap = scheduler.snapshot()
     assert snap["pipelines"] == {} and snap["open_demand"] == {} and snap["idle_gpus"] == [0, 1, 2, 3]
+
+
+def test_batched_miles_pipelines_complete_the_seed_scenario(scheduler, control_plane):
+    # Engines declared batched: the scheduler counts their running samples as not queued and
+    # puts them to sleep between rollouts; both pipelines still finish every rollout.
+    records, _, _, _ = run_seed(scheduler, with_install=True, samples_per_engine=4)
+    check_runs(records)
+    reasons = {decision["reason"] for decision in scheduler.decisions()}
+    assert BATCHED_BETWEEN_ROLLOUTS in reasons, "the declared batch reached the planner"
+    assert scheduler.snapshot()["pipelines"] == {}
 
 
 def test_the_same_run_without_install_fails_loudly_at_the_first_rollout(scheduler):

@@ -152,11 +152,34 @@ def test_one_job_on_the_local_backend(jobs, workdir, model):
     # The engine is asleep after set-up, woken for each rollout (fit start, after each step),
     # and put to sleep after each.
     assert rl.resizes(text, "solo") == [((), (0,), (0,)), ((0,), (), ())] * (STEPS + 1)
-    # The server saw vLLM's order each time: weights allocated, loaded, then the KV cache; the
-    # trainer's own sleep after a rollout does not abort, the final release does.
-    wake = ["wake_up", "update_weights", "wake_up"]
+    # The batch of verl's shipped rollout config was declared: max_num_seqs 256, one engine.
+    assert "samples_per_engine=256)" in text
+    # The server saw vLLM's order each time: weights allocated, loaded, then the KV cache.
     events = [event for rank, event in rl.server_events(text) if rank == 0]
-    assert events == ["launch", "sleep", *(wake + ["sleep"]) * STEPS, *wake, "abort", "sleep"], events
+    assert events == expected_server_events(events, STEPS), events
+
+
+#: A wake through the weight update: weights allocated, loaded, then the KV cache.
+WAKE = ["wake_up", "update_weights", "wake_up"]
+
+
+def expected_server_events(events: list[str], rollouts: int) -> list[str]:
+    """What a solo job's one server sees over ``rollouts`` rollouts and the final release.
+
+    The job declares its engine batched (``max_num_seqs`` > 1), so the scheduler puts the engine
+    to sleep as soon as a rollout's last sample is counted: a resize, which aborts first (nothing
+    is in flight by then) and closes the submission gate that the next wake reopens
+    (``resume_generation``). The trainer's own sleep in ``on_sample_end`` neither aborts nor
+    closes the gate; it puts the engine to sleep only when it gets there first, which ``events``
+    tells. The final release aborts either way.
+    """
+    expected = ["launch", "sleep"]
+    gate_closed = False
+    for _ in range(rollouts):
+        expected += [*WAKE, *(["resume_generation"] if gate_closed else [])]
+        gate_closed = events[len(expected) : len(expected) + 1] == ["abort"]
+        expected += ["abort", "sleep"] if gate_closed else ["sleep"]
+    return [*expected, *WAKE, *(["resume_generation"] if gate_closed else []), "abort", "sleep"]
 
 
 def test_two_jobs_share_three_gpus_through_the_ray_scheduler(jobs, workdir, model, cluster):
