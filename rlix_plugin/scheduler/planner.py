@@ -432,7 +432,9 @@ def _reclaim_between_rollouts(cycle: _Cycle, demand: dict[str, int]) -> None:
             continue
         if estimates.sync_s(pid) > estimates.switch_s(pid):
             reason = SYNC_COSTS_MORE
-        elif limits[pid].samples_per_engine > 1:
+        elif limits[pid].samples_per_engine > 1 and pid not in state.open_demand:
+            # Only once the rollout is over (its last stream ended): a count that reached its
+            # target may still grow (a framework refilling filtered groups).
             reason = BATCHED_BETWEEN_ROLLOUTS
         else:
             continue

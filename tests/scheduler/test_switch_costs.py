@@ -220,6 +220,8 @@ def test_a_batched_pipeline_gets_its_share_in_one_pass_before_its_rollout_begins
 def test_batched_engines_sleep_between_rollouts():
     state, clock = pool(limits=PipelineLimits(samples_per_engine=16), a=(0, 1))
     hold(state, "a", [2, 3])
+    progress(state, "a", 0)
+    assert plan_cycle(state, FINISH_FIRST).is_empty(), "every sample counted, the rollout not over: a refill may come"
     end_all(state, "a")
     state.demand.retire("a", clock.now)
     plan = plan_cycle(state, FINISH_FIRST)
