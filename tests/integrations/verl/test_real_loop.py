@@ -167,11 +167,11 @@ def expected_server_events(events: list[str], rollouts: int) -> list[str]:
     """What a solo job's one server sees over ``rollouts`` rollouts and the final release.
 
     The job declares its engine batched (``max_num_seqs`` > 1), so the scheduler puts the engine
-    to sleep as soon as a rollout's last sample is counted: a resize, which aborts first (nothing
-    is in flight by then) and closes the submission gate that the next wake reopens
+    to sleep once a rollout's progress batch has ended: a resize, which aborts first (nothing is
+    in flight by then) and closes the submission gate that the next wake reopens
     (``resume_generation``). The trainer's own sleep in ``on_sample_end`` neither aborts nor
-    closes the gate; it puts the engine to sleep only when it gets there first, which ``events``
-    tells. The final release aborts either way.
+    closes the gate; which of the two reaches the engine first is a race, which ``events`` tells.
+    The final release aborts either way.
     """
     expected = ["launch", "sleep"]
     gate_closed = False
