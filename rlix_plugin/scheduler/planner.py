@@ -415,8 +415,8 @@ def _plan_generation(cycle: _Cycle, demand: dict[str, int]) -> None:
 
 
 def _reclaim_between_rollouts(cycle: _Cycle, demand: dict[str, int]) -> None:
-    """Engines of a pipeline between rollouts sleep now (their GPUs free for others meanwhile)
-    when keeping them awake costs more than a sleep and a wake:
+    """Engines of a pipeline between rollouts (its open demand retired) sleep now, their GPUs
+    free for others meanwhile, when keeping them awake costs more than a sleep and a wake:
 
     * its declared weight sync costs more than a sleep and a wake (every engine still awake after
       its training step must be re-synced);
@@ -426,15 +426,17 @@ def _reclaim_between_rollouts(cycle: _Cycle, demand: dict[str, int]) -> None:
       wake the rest of its share (nothing migrates between awake engines). Asleep, all of them
       are woken by one planning pass and the batch is spread over the whole share."""
     state = cycle.state
-    estimates, limits = state.estimates, state.limits
+    estimates, limits, open_demand = state.estimates, state.limits, state.open_demand
     for pid in sorted(cycle.active):
-        if pid in demand or pid in state.fenced or pid in state.planned_releases or not cycle.active[pid]:
+        # Between rollouts means the rollout is over (its last stream ended), not merely that its
+        # count reached the target: a framework refilling filtered groups may still grow it.
+        if pid in demand or pid in open_demand or pid in state.fenced or pid in state.planned_releases:
+            continue
+        if not cycle.active[pid]:
             continue
         if estimates.sync_s(pid) > estimates.switch_s(pid):
             reason = SYNC_COSTS_MORE
-        elif limits[pid].samples_per_engine > 1 and pid not in state.open_demand:
-            # Only once the rollout is over (its last stream ended): a count that reached its
-            # target may still grow (a framework refilling filtered groups).
+        elif limits[pid].samples_per_engine > 1:
             reason = BATCHED_BETWEEN_ROLLOUTS
         else:
             continue

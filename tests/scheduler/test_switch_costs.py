@@ -182,6 +182,8 @@ def test_no_engine_is_woken_where_a_stage_is_expected_before_it_could_serve():
 def test_engines_that_would_need_a_costly_weight_sync_sleep_at_rollout_end():
     state, clock = pool(costs=SwitchCosts(wake_seconds=0.1, sleep_seconds=0.1, sync_seconds=2.0), a=(0, 1))
     hold(state, "a", [0, 1, 2, 3])
+    progress(state, "a", 0)
+    assert plan_cycle(state, FINISH_FIRST).is_empty(), "every sample counted, the rollout not over: a refill may come"
     end_all(state, "a")
     state.demand.retire("a", clock.now)
     plan = plan_cycle(state, FINISH_FIRST)
