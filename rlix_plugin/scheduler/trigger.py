@@ -9,12 +9,13 @@ policy says the allocation may now be wrong:
   could use, or the least-complete half of the pipelines off its share by more than
   ``REBALANCE_DEVIATION`` (rlix's rule);
 * switch-aware policies: the reporting pipeline now holds more bundles than samples it has left
-  (its surplus can go to a pipeline with work queued), or none while it has samples left (the
-  starvation rule may give it one), or no pass ran for ``REVIEW_INTERVAL_S``:
+  and another pipeline could take one (it has none, it has samples queued beyond what its bundles
+  run, or the move costs nothing; O(pipelines), and a pass planned when none can gives nothing of
+  the surplus), or it holds none while it has samples left (the starvation rule may give it one),
+  or no pass ran for ``REVIEW_INTERVAL_S``:
   the payoff rule judges moves by measured rates, which change as progress arrives, so a move it
   turned down on an early estimate (engines left idle by a finished rollout, say) is reconsidered
-  within that interval while anyone makes progress. O(1) per report; at most one such pass per
-  interval.
+  within that interval while anyone makes progress; at most one such pass per interval.
 
 Time passing matters too: :func:`next_deadline` is when a minimum residency or an anticipation
 runs out, so that the driver plans again then.
@@ -59,10 +60,35 @@ def wants_cycle(
         if alloc is None:
             return False
         remaining = state.remaining(pipeline_id)
+        if alloc.held > remaining:
+            return _could_take_from(state, pipeline_id)
         # Work left and no engine (a stage took them, or its count went back up): the starvation
         # rule may give it one now. Rare: a pipeline with no engine seldom makes progress.
-        return alloc.held > remaining or (not alloc.held and remaining > 0)
+        return not alloc.held and remaining > 0
     return needs_rebalance(state, durable_demand)
+
+
+def _could_take_from(state: SchedulerState, donor: str) -> bool:
+    """Whether any other pipeline with demand could be given a bundle of ``donor`` by a planning
+    pass now: one with no bundle (the starvation rule), one with samples queued beyond what its
+    bundles run (the payoff rule's gain), or one for which the move costs nothing. When none can,
+    a pass would plan nothing for the donor's surplus, however large it grows. O(pipelines)."""
+    limits, estimates, generation, progress = state.limits, state.estimates, state.generation, state.progress
+    fenced, releases = state.fenced, state.planned_releases
+    sleep_s = estimates.sleep_s(donor)
+    for pid, alloc in generation.items():  # the pipelines generation_demand() reads
+        if pid == donor or pid in fenced or pid in releases:
+            continue
+        remaining = state.remaining(pid)
+        if remaining <= 0:
+            continue
+        held = alloc.held
+        if not held:
+            return True
+        per_engine = limits[pid].samples_per_engine if progress.get(pid) else 1
+        if remaining > held * per_engine or sleep_s + estimates.wake_s(pid) <= 0:
+            return True
+    return False
 
 
 def needs_rebalance(state: SchedulerState, durable_demand: bool = True) -> bool:

@@ -10,6 +10,8 @@ replace (written out below, one GPU and one worker at a time) -- and the plans m
 
 from __future__ import annotations
 
+from importlib import resources
+
 import pytest
 
 from rlix_plugin.scenario import bundled_scenario, parse_scenario
@@ -264,3 +266,37 @@ def test_every_pass_plans_as_the_plain_rules_do(monkeypatch, policy, scenario):
     run = simulate(chosen, policy)
     assert run.rollouts == sum(p.rollouts for p in chosen.pipelines)
     assert compared["passes"] > 50 and compared["moves"] > 20, compared
+
+
+@pytest.mark.parametrize("scenario", ["mixed", "cluster", "cluster_16x128"])
+def test_a_surplus_the_trigger_passes_over_would_not_have_moved(monkeypatch, scenario):
+    # The trigger skips the pass a pipeline's surplus would call for when no other pipeline could
+    # take one of its bundles. Whenever it does, in whole simulated runs, a pass planned there and
+    # then gives nothing of that pipeline's.
+    seen = {"skipped": 0, "surplus": 0}
+    original = T.wants_cycle
+
+    def checked(state, policy, event, pipeline_id=None, **kwargs):
+        wanted = original(state, policy, event, pipeline_id, **kwargs)
+        alloc = state.generation.get(pipeline_id) if pipeline_id is not None else None
+        if (
+            event == T.PROGRESS
+            and policy.switch_aware
+            and alloc is not None
+            and alloc.held > state.remaining(pipeline_id)
+        ):
+            seen["surplus"] += 1
+            if not wanted:
+                seen["skipped"] += 1
+                plan = P.plan_cycle(state, policy)
+                assert not any(pipeline_id in m.sleeps and m.reason.startswith("donated") for m in plan.moves), plan
+        return wanted
+
+    monkeypatch.setattr(core_module, "wants_cycle", checked)
+    texts = {"mixed": MIXED, "cluster": CLUSTER}
+    if scenario not in texts:
+        texts[scenario] = resources.files("rlix_plugin.simulate").joinpath(f"scenarios/{scenario}.toml").read_text()
+    chosen = parse_scenario(texts[scenario])
+    run = simulate(chosen, "finish_first")
+    assert all(stats.finished_at is not None for stats in run.pipelines.values())
+    assert seen["skipped"] >= 5 and seen["surplus"] > seen["skipped"], seen

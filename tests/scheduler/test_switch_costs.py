@@ -241,8 +241,27 @@ def test_progress_triggers_a_pass_only_when_a_pipeline_holds_more_than_it_can_us
     progress(state, "a", 10)
     assert not wants_cycle(state, FINISH_FIRST, "progress", "a")
     progress(state, "a", 3)
-    assert wants_cycle(state, FINISH_FIRST, "progress", "a"), "4 bundles, 3 samples left: one to give"
+    assert not wants_cycle(state, FINISH_FIRST, "progress", "a"), "one to give, but nobody else has demand"
+    state.request("b", ACTOR_INFER, GEN, 64)
+    assert wants_cycle(state, FINISH_FIRST, "progress", "a"), "4 bundles, 3 samples left: one for b, which has none"
     assert wants_cycle(state, FINISH_FIRST, "request", "a")
+
+
+def test_a_surplus_triggers_a_pass_only_when_another_pipeline_could_take_a_bundle():
+    state, _ = pool(gpus=8, limits=PipelineLimits(samples_per_engine=4))
+    hold(state, "a", [0, 1, 2, 3])
+    hold(state, "b", [4, 5])
+    progress(state, "b", 12)  # 8 of them run on its two engines, 4 are queued
+    progress(state, "a", 2)
+    assert wants_cycle(state, FINISH_FIRST, "progress", "a"), "b has samples queued: a bundle of a pays"
+    progress(state, "b", 8)
+    assert not wants_cycle(state, FINISH_FIRST, "progress", "a"), "b's samples all run: a pass would move nothing"
+    free, _ = pool(gpus=8, costs=SwitchCosts(), limits=PipelineLimits(samples_per_engine=4))
+    hold(free, "a", [0, 1, 2, 3])
+    hold(free, "b", [4, 5])
+    progress(free, "b", 8)
+    progress(free, "a", 2)
+    assert wants_cycle(free, FINISH_FIRST, "progress", "a"), "a move that costs nothing needs no queued sample"
 
 
 def test_progress_of_a_pipeline_with_work_left_and_no_engine_triggers_a_pass():
