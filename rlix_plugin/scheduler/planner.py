@@ -617,15 +617,20 @@ def _queue_drain_s(cycle: _Cycle, pid: str, demand: dict[str, int]) -> float:
     each), over its bundles plus one, times its engine-seconds per sample (infinite before
     anything was measured: as if switching were free)."""
     held = cycle.held.get(pid, 0)
-    state = cycle.state
-    # Until its rollout begins generating (no progress stream yet), its engines run nothing: the
-    # samples are dispatched over whatever it holds then, so each bundle counts for one.
-    per_engine = state.limits[pid].samples_per_engine if state.progress.get(pid) else 1
-    queued = demand.get(pid, 0) - held * per_engine
+    queued = queued_samples(cycle.state, pid, demand.get(pid, 0), held)
     if queued <= 0:
         return 0.0
-    sample_s = state.estimates.sample_s(pid)
+    sample_s = cycle.state.estimates.sample_s(pid)
     return float("inf") if sample_s is None else queued / (held + 1) * sample_s
+
+
+def queued_samples(state: SchedulerState, pid: str, remaining: int, held: int) -> int:
+    """Of ``remaining`` samples, those not running on the pipeline's ``held`` bundles (each runs
+    ``samples_per_engine`` at once); negative when its bundles could run more. Until its rollout
+    begins generating (no progress stream yet) its engines run nothing: the samples are dispatched
+    over whatever it holds then, so each bundle counts for one."""
+    per_engine = state.limits[pid].samples_per_engine if state.progress.get(pid) else 1
+    return remaining - held * per_engine
 
 
 def _stage_horizon_s(cycle: _Cycle, pid: str, gpus: tuple[int, ...], demand: dict[str, int]) -> float:
@@ -932,4 +937,11 @@ def _victims(
     return list(victims)
 
 
-__all__ = ["ANTICIPATION_S", "RESIDENCY_FACTOR", "anticipated_gpus", "generation_demand", "plan_cycle"]
+__all__ = [
+    "ANTICIPATION_S",
+    "RESIDENCY_FACTOR",
+    "anticipated_gpus",
+    "generation_demand",
+    "plan_cycle",
+    "queued_samples",
+]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 
-from .planner import ANTICIPATION_S, RESIDENCY_FACTOR, anticipated_gpus, generation_demand
+from .planner import ANTICIPATION_S, RESIDENCY_FACTOR, anticipated_gpus, generation_demand, queued_samples
 from .policy import Policy
 from .state import SchedulerState
 
@@ -73,7 +73,7 @@ def _could_take_from(state: SchedulerState, donor: str) -> bool:
     pass now: one with no bundle (the starvation rule), one with samples queued beyond what its
     bundles run (the payoff rule's gain), or one for which the move costs nothing. When none can,
     a pass would plan nothing for the donor's surplus, however large it grows. O(pipelines)."""
-    limits, estimates, generation, progress = state.limits, state.estimates, state.generation, state.progress
+    estimates, generation = state.estimates, state.generation
     fenced, releases = state.fenced, state.planned_releases
     sleep_s = estimates.sleep_s(donor)
     for pid, alloc in generation.items():  # the pipelines generation_demand() reads
@@ -85,8 +85,7 @@ def _could_take_from(state: SchedulerState, donor: str) -> bool:
         held = alloc.held
         if not held:
             return True
-        per_engine = limits[pid].samples_per_engine if progress.get(pid) else 1
-        if remaining > held * per_engine or sleep_s + estimates.wake_s(pid) <= 0:
+        if queued_samples(state, pid, remaining, held) > 0 or sleep_s + estimates.wake_s(pid) <= 0:
             return True
     return False
 
