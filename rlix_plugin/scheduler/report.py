@@ -3,6 +3,7 @@ the diagnostic text a timeout or the watchdog prints. Pure."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from rlix_plugin.hookspecs import ACTOR_INFER
@@ -58,6 +59,9 @@ def snapshot(state: SchedulerState, extra: dict[str, Any] | None = None) -> dict
             ],
             "fenced": state.fenced.get(pid),
             "releasing": sorted(state.planned_releases[pid].ranks) if pid in state.planned_releases else None,
+            # What it declared at registration (PipelineLimits): why its engines are planned as
+            # they are (a quota, or a batch that makes them sleep between rollouts).
+            "limits": dataclasses.asdict(state.limits[pid]) if pid in state.limits else None,
         }
     pending: dict[str, list[dict[str, Any]]] = {}
     for request in sorted(state.pending.values(), key=lambda r: (r.priority, r.seq)):

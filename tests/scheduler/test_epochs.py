@@ -10,7 +10,7 @@ from rlix_plugin.progress import ProgressReport
 from rlix_plugin.scheduler.demand import APPLIED, IGNORED, RETIRED
 from rlix_plugin.scheduler.persist import dump_state, load_state
 
-from .support import FakeClock, end, plain, progress, seed_state, settle
+from .support import FakeClock, end, plain, progress, seed_clusters, seed_state, settle
 
 GEN = Priority.GENERATION
 
@@ -119,3 +119,19 @@ def test_the_snapshot_and_the_diagnostic_name_each_pipelines_rollout():
     text = diagnostic(state)
     assert "p1: awake dp [] of 4, rollout 4 full 3/8, remaining 5" in text, text
     assert "p2: awake dp [] of 4, no progress" in text, text
+
+
+def test_the_snapshot_shows_what_each_pipeline_declared():
+    from rlix_plugin.hookspecs import PipelineLimits
+    from rlix_plugin.scheduler.report import snapshot
+
+    state = seed_state()
+    state.register("p3", seed_clusters((0,)), None, PipelineLimits(max_bundles=2, samples_per_engine=64))
+    pipelines = snapshot(state)["pipelines"]
+    assert pipelines["p3"]["limits"] == {
+        "max_step_target": None,
+        "min_bundles": 1,
+        "max_bundles": 2,
+        "samples_per_engine": 64,
+    }
+    assert pipelines["p1"]["limits"]["samples_per_engine"] == 1
