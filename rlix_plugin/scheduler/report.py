@@ -61,7 +61,7 @@ def snapshot(state: SchedulerState, extra: dict[str, Any] | None = None) -> dict
             "releasing": sorted(state.planned_releases[pid].ranks) if pid in state.planned_releases else None,
             # What it declared at registration (PipelineLimits): why its engines are planned as
             # they are (a quota, or a batch that makes them sleep between rollouts).
-            "limits": dataclasses.asdict(state.limits[pid]) if pid in state.limits else None,
+            "limits": dataclasses.asdict(state.limits[pid]),
         }
     pending: dict[str, list[dict[str, Any]]] = {}
     for request in sorted(state.pending.values(), key=lambda r: (r.priority, r.seq)):

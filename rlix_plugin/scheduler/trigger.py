@@ -61,28 +61,24 @@ def wants_cycle(
             return False
         remaining = state.remaining(pipeline_id)
         if alloc.held > remaining:
-            return _could_take_from(state, pipeline_id)
+            return _could_take_from(state, pipeline_id, durable_demand)
         # Work left and no engine (a stage took them, or its count went back up): the starvation
         # rule may give it one now. Rare: a pipeline with no engine seldom makes progress.
         return not alloc.held and remaining > 0
     return needs_rebalance(state, durable_demand)
 
 
-def _could_take_from(state: SchedulerState, donor: str) -> bool:
+def _could_take_from(state: SchedulerState, donor: str, durable_demand: bool) -> bool:
     """Whether any other pipeline with demand could be given a bundle of ``donor`` by a planning
     pass now: one with no bundle (the starvation rule), one with samples queued beyond what its
     bundles run (the payoff rule's gain), or one for which the move costs nothing. When none can,
     a pass would plan nothing for the donor's surplus, however large it grows. O(pipelines)."""
     estimates, generation = state.estimates, state.generation
-    fenced, releases = state.fenced, state.planned_releases
     sleep_s = estimates.sleep_s(donor)
-    for pid, alloc in generation.items():  # the pipelines generation_demand() reads
-        if pid == donor or pid in fenced or pid in releases:
+    for pid, remaining in generation_demand(state, durable_demand).items():
+        if pid == donor:
             continue
-        remaining = state.remaining(pid)
-        if remaining <= 0:
-            continue
-        held = alloc.held
+        held = generation[pid].held
         if not held:
             return True
         if queued_samples(state, pid, remaining, held) > 0 or sleep_s + estimates.wake_s(pid) <= 0:
