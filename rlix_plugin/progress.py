@@ -1,7 +1,8 @@
 """Pipeline-side progress streams and their coalescing: the hot path of the hooks.
 
 A backend feeds ``begin`` / ``bump`` / ``end`` here from the rollout loop and gets
-:class:`ProgressReport` values delivered to its ``send`` callable from one background thread.
+:class:`ProgressReport` values delivered to its ``send`` callable from one background thread,
+which runs while a batch is open or a report is undelivered.
 A report is the one record of the progress path: the hook layer builds the ``begin`` report, and
 every later report of the batch is derived from it, so it travels unchanged to the scheduler's
 demand ledger (:mod:`rlix_plugin.scheduler.demand`).
@@ -85,6 +86,8 @@ class ProgressCoalescer:
         """Open the batch ``report`` (a ``BEGIN``, checked by the caller) describes."""
         key = (report.pipeline_id, report.mode, report.adapter_id)
         with self._lock:
+            if self._closed:
+                return  # nothing is delivered after close
             # A begin on a stream whose end never came replaces the stale batch.
             self._streams[key] = _Stream(report)
             self._dirty.pop(key, None)
@@ -146,6 +149,7 @@ class ProgressCoalescer:
             for key in [k for k in self._streams if k[0] == pipeline_id]:
                 del self._streams[key]
                 self._dirty.pop(key, None)
+            self._lock.notify()  # with no batch left open, the delivery thread ends
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until everything accepted so far was delivered. True on success."""
@@ -162,15 +166,18 @@ class ProgressCoalescer:
         return True
 
     def close(self) -> None:
+        """Deliver what was accepted (for up to 5 s), then take nothing more."""
         self.flush()
         with self._lock:
             self._closed = True
+            self._streams.clear()
+            self._dirty.clear()
             self._lock.notify()
 
     # -- delivery thread ------------------------------------------------------------------------
 
     def _ensure_thread(self) -> None:
-        if self._thread is None:
+        if self._thread is None and not self._closed:
             self._thread = threading.Thread(target=self._run, name="rlix-progress", daemon=True)
             self._thread.start()
 
@@ -191,11 +198,15 @@ class ProgressCoalescer:
         while True:
             with self._lock:
                 batch, wait = self._take_due()
-                while not batch and not self._closed:
+                while not batch:
+                    if self._closed or not self._streams:
+                        # Nothing left to deliver and no batch open: the thread ends, and the
+                        # next begin starts another. An owner that never calls close (a
+                        # framework that drops its backend) leaves no thread behind.
+                        self._thread = None
+                        return
                     self._lock.wait(wait)
                     batch, wait = self._take_due()
-                if not batch and self._closed:
-                    return
                 self._delivering = len(batch)
             for report in batch:
                 self._deliver(report)

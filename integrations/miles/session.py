@@ -87,6 +87,7 @@ class MilesSession(PipelineSession):
         units = GroupUnits(n_samples_per_prompt)
         batch = check_groups("rollout_batch_size", rollout_batch_size)
         options = dict(backend_options or {})
+        owns_backend = hooks is None
         if hooks is None:
             from rlix_plugin import get_plugin_manager
 
@@ -97,6 +98,10 @@ class MilesSession(PipelineSession):
         self.backend_options = options
         self.autoload = autoload
         self._installation: Installation | None = None
+        # The backend this session built (not one passed in with ``hooks``) is this session's to
+        # close: its threads, and a scheduler made for it alone, end with the session.
+        self._owned_backend = hooks.plugin_manager.backend if owns_backend else None
+        self._backend_closed = False
 
     @property
     def backend(self) -> str:
@@ -119,9 +124,22 @@ class MilesSession(PipelineSession):
             raise InvalidRequestError(f"pipeline {self.pipeline_id!r}: hooks are already installed")
         self._installation = installation
 
+    def register(self) -> None:
+        if self._backend_closed:
+            raise InvalidRequestError(
+                f"pipeline {self.pipeline_id!r}: this session is closed, and the backend it built with it; "
+                "install again for a new session"
+            )
+        super().register()
+
     def closed_steps(self) -> list[CloseStep]:
         installation, self._installation = self._installation, None
-        return [("uninstall", installation.uninstall)] if installation is not None else []
+        steps: list[CloseStep] = [("uninstall", installation.uninstall)] if installation is not None else []
+        backend, self._owned_backend = self._owned_backend, None
+        if backend is not None:
+            self._backend_closed = True
+            steps.append(("close the backend the session built", backend.close))
+        return steps
 
     # -- the train loop's step hooks --------------------------------------------------------------
 

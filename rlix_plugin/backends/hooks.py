@@ -271,7 +271,8 @@ class SchedulerHooks:
 
     def close(self, reason: str = "backend closed") -> None:
         """Unregister every pipeline registered here, deliver what progress is left, and stop this
-        backend's threads. Idempotent; a shared scheduler itself is not closed."""
+        backend's threads. Idempotent; a shared scheduler itself is not closed (one the backend
+        was built with for itself is)."""
         for pipeline_id in self.pipelines:
             try:
                 self.rlix_unregister_pipeline(pipeline_id, reason)

@@ -4,13 +4,14 @@
 event loop in a daemon thread and gives it a synchronous, timeout-bounded face. :class:`LocalPort`
 is the transport (:class:`~.port.SchedulerPort`) the hook layer (:class:`~.hooks.SchedulerHooks`)
 calls; every pipeline registered through a plugin manager has its resizes sent back through that
-manager's ``rlix_resize_infer``, each in a worker thread, so pipelines resize concurrently and the
-scheduling loop is never blocked by a framework.
+manager's ``rlix_resize_infer``, each in a thread of its own, so pipelines resize concurrently and
+the scheduling loop is never blocked by a framework.
 
 Pool size: ``backend_options={"num_gpus": 8, "gpus_per_node": 8}``, or the environment
 (``RLIX_LOCAL_GPUS``, ``RLIX_LOCAL_GPUS_PER_NODE``), or pass ``scheduler=`` to share one
 scheduler among several plugin managers. Managers built without options share one process-wide
-scheduler, so pipelines of one process see each other.
+scheduler, so pipelines of one process see each other. A backend built on a scheduler of its own
+(``num_gpus``) closes it when the backend is closed; the process-wide one is closed at exit.
 
 Persistence is opt-in: ``state_path=`` (a file) keeps every committed change in SQLite (WAL mode,
 :class:`~rlix_plugin.scheduler.store.SqliteStore`), and a scheduler started on a file that holds
@@ -22,6 +23,7 @@ grace, reclaimed. Without the option nothing is written and a new scheduler star
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import logging
 import os
@@ -127,7 +129,10 @@ class LocalScheduler:
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the scheduler loop without waiting (progress)."""
-        self.loop.call_soon_threadsafe(fn, *args)
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # its loop was closed
+            raise SchedulerUnavailableError("the local scheduler is closed") from None
 
     def read(self, fn: Callable[[], T], timeout_s: float = 10.0) -> T:
         """Evaluate ``fn()`` on the loop (a consistent read of the state)."""
@@ -142,7 +147,7 @@ class LocalScheduler:
 
     def waited(self, op: str, grant: Grant, priority: int) -> None:
         """Count how long a ``signal_demand`` or ``request_gpus`` call (``op``) waited for ``grant``."""
-        if self.metrics is not None:
+        if self.metrics is not None and not self._closed:
             self.call_soon(self.metrics.recorder.waited, op, grant.pipeline_id, priority, grant.waited_s)
 
     def decisions(self, since: int = 0, pipeline: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
@@ -176,6 +181,10 @@ class LocalScheduler:
             self._closed = True
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=10.0)
+            if not self._thread.is_alive():
+                # The loop's worker threads (the state file's writes run there) end with it.
+                self.loop.run_until_complete(self.loop.shutdown_default_executor())
+                self.loop.close()
             if self.store is not None:
                 self.store.close()
 
@@ -196,6 +205,8 @@ def default_scheduler() -> LocalScheduler:
             except ValueError as exc:
                 raise InvalidRequestError(f"RLIX_LOCAL_GPUS / RLIX_LOCAL_GPUS_PER_NODE must be ints: {exc}") from None
             _default = LocalScheduler(gpus, per_node)
+            # Stop its loop before the interpreter tears down: nothing of it outlives the program.
+            atexit.register(_default.close)
         return _default
 
 
@@ -204,11 +215,10 @@ class LocalPort:
 
     name = "local"
 
-    def __init__(self, scheduler: LocalScheduler) -> None:
+    def __init__(self, scheduler: LocalScheduler, *, owns_scheduler: bool = False) -> None:
         self.scheduler = scheduler
-        # Resize calls run here, each on its own worker: they may take seconds and several of one
-        # pipeline may be in flight at once (moves on disjoint ranks).
-        self._resize_pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rlix-resize")
+        #: Whether :meth:`close` closes the scheduler too (it was made for this port alone).
+        self.owns_scheduler = owns_scheduler
 
     def register(self, registration: Registration, resize: ResizeHook) -> str:
         service = self.scheduler.service
@@ -234,10 +244,26 @@ class LocalPort:
         )
 
     def _resizer(self, resize: ResizeHook) -> Any:
-        pool = self._resize_pool
-
         async def resizer(pipeline_id: str, remove: tuple[int, ...], add: tuple[int, ...]) -> Any:
-            return await asyncio.get_running_loop().run_in_executor(pool, resize, pipeline_id, remove, add)
+            # Each resize on its own thread, as the Ray backend's resize server runs them: a resize
+            # may take seconds, several of one pipeline may be in flight at once (moves on
+            # disjoint ranks), and no idle worker outlives them.
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[Any] = loop.create_future()
+
+            def run() -> None:
+                result, error = None, None
+                try:
+                    result = resize(pipeline_id, remove, add)
+                except BaseException as exc:
+                    error = exc
+                try:
+                    loop.call_soon_threadsafe(_settle, done, result, error)
+                except RuntimeError:  # the scheduler closed its loop meanwhile: no one waits
+                    log.debug("resize of %s finished after its scheduler closed", pipeline_id)
+
+            threading.Thread(target=run, name=f"rlix-resize-{pipeline_id}", daemon=True).start()
+            return await done
 
         return resizer
 
@@ -285,7 +311,18 @@ class LocalPort:
         return self.scheduler.diagnostic(headline)
 
     def close(self) -> None:
-        self._resize_pool.shutdown(wait=False)
+        if self.owns_scheduler:
+            self.scheduler.close()
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    """Complete ``future`` on its loop, unless its waiter gave up on it (a timed-out resize)."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 def _quietly(fn: Callable[..., Any], *args: Any) -> None:
@@ -313,9 +350,11 @@ def make_backend(
             f"state_path={service_options['state_path']!r} needs num_gpus (and gpus_per_node): the process-wide "
             "scheduler keeps no state file"
         )
+    owns_scheduler = scheduler is None and bool(num_gpus)
     if scheduler is None:
         scheduler = LocalScheduler(num_gpus, gpus_per_node, **service_options) if num_gpus else default_scheduler()
-    return SchedulerHooks(LocalPort(scheduler), resize, progress_interval_s=progress_interval_s, leases=leases)
+    port = LocalPort(scheduler, owns_scheduler=owns_scheduler)
+    return SchedulerHooks(port, resize, progress_interval_s=progress_interval_s, leases=leases)
 
 
 __all__ = ["LocalPort", "LocalScheduler", "default_scheduler", "make_backend"]

@@ -85,7 +85,8 @@ class SchedulerPort(Protocol):
         """The scheduler's view: open demand, holders, pending requests, progress."""
 
     def close(self) -> None:
-        """Stop this transport's threads (the scheduler itself may be shared and is not closed)."""
+        """Stop this transport's threads, and the scheduler when it is this transport's alone
+        (a shared one is not closed)."""
 
 
 __all__ = ["Registration", "ResizeHook", "SchedulerPort"]

@@ -138,10 +138,7 @@ def test_bad_input_is_refused_through_the_hooks(scheduler):
     assert scheduler.snapshot()["open_demand"] == {}
 
 
-def test_default_scheduler_reads_the_environment(monkeypatch):
-    from rlix_plugin.backends import local
-
-    monkeypatch.setattr(local, "_default", None)
+def test_default_scheduler_reads_the_environment(monkeypatch, own_process_wide_scheduler):
     monkeypatch.setenv("RLIX_LOCAL_GPUS", "six")
     with pytest.raises(InvalidRequestError, match="RLIX_LOCAL_GPUS"):
         get_plugin_manager("local", autoload=False)
@@ -149,12 +146,8 @@ def test_default_scheduler_reads_the_environment(monkeypatch):
     monkeypatch.setenv("RLIX_LOCAL_GPUS_PER_NODE", "2")
     first = get_plugin_manager("local", autoload=False).backend.port
     second = get_plugin_manager("local", autoload=False).backend.port
-    try:
-        assert first.scheduler is second.scheduler, "one process-wide scheduler"
-        assert first.scheduler.snapshot()["pool"] == {"num_gpus": 6, "gpus_per_node": 2}
-    finally:
-        first.scheduler.close()
-        monkeypatch.setattr(local, "_default", None)
+    assert first.scheduler is second.scheduler, "one process-wide scheduler"
+    assert first.scheduler.snapshot()["pool"] == {"num_gpus": 6, "gpus_per_node": 2}
 
 
 def test_scheduler_timeout_keeps_its_diagnostic_through_the_local_backend(scheduler):
@@ -166,3 +159,77 @@ def test_scheduler_timeout_keeps_its_diagnostic_through_the_local_backend(schedu
         hooks.signal_demand(pipeline_id="p1", rollout_id=0, step_target=4, timeout_s=0.3)
     assert "p1_actor_infer was not granted within 0.3s" in str(caught.value)
     assert "p1_actor_train: [0, 1]" in caught.value.diagnostic
+
+
+def project_threads():
+    return {t for t in threading.enumerate() if t.name.startswith("rlix-")}
+
+
+def wait_until_ended(threads, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while alive := sorted(t.name for t in threads if t.is_alive()):
+        assert time.monotonic() < deadline, f"still running after close: {alive}"
+        time.sleep(0.005)
+
+
+def test_a_backend_with_a_scheduler_of_its_own_closes_it_and_leaves_no_thread():
+    before = project_threads()
+    pm = get_plugin_manager("local", backend_options={"num_gpus": 2, "gpus_per_node": 2}, autoload=False)
+    pm.register(Engines("p1"), name="engines-p1")
+    hooks = Hooks(pm)
+    hooks.register_pipeline(pipeline_id="p1", clusters={ACTOR_INFER: ClusterSpec(1, (0, 1))})
+    grant = hooks.signal_demand(pipeline_id="p1", rollout_id=0, step_target=4, timeout_s=5)
+    assert grant.dp_ranks, "a resize ran on the backend's own scheduler"
+    hooks.begin_progress_batch(pipeline_id="p1", rollout_id=0, step_target=4)
+    hooks.bump_completed(pipeline_id="p1", rollout_id=0, count=4)
+    scheduler = pm.backend.port.scheduler
+    pm.backend.close()
+    assert scheduler.service.state.pipelines == {}, "closing unregistered the pipeline"
+    with pytest.raises(Exception, match="closed"):
+        scheduler.snapshot()
+    wait_until_ended(project_threads() - before)
+
+
+def test_a_backend_on_a_shared_scheduler_leaves_it_running(scheduler):
+    hooks, _ = pipeline(scheduler, "p1", (0, 1))
+    hooks.plugin_manager.backend.close()
+    assert "p1" not in scheduler.snapshot()["pipelines"], "the scheduler still answers, without p1"
+
+
+def test_the_process_wide_scheduler_is_closed_at_exit(tmp_path):
+    """Its loop thread must not outlive the program into the interpreter's teardown."""
+    import subprocess
+    import sys
+
+    program = (
+        "import atexit, os\n"
+        "from rlix_plugin import get_plugin_manager\n"
+        "from rlix_plugin.backends import local\n"
+        "pm = get_plugin_manager('local', autoload=False)\n"
+        "scheduler = pm.backend.port.scheduler\n"
+        "assert scheduler is local.default_scheduler()\n"
+        "atexit._run_exitfuncs()\n"
+        "print('closed' if scheduler._closed and not scheduler._thread.is_alive() else 'running')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["closed"]
+
+
+def test_a_closed_scheduler_ends_its_loop_and_its_workers(tmp_path):
+    """With a state file its writes run on the loop's worker threads: closing ends those too, and
+    a call after close says the scheduler is closed."""
+    from rlix_plugin.hookspecs import SchedulerUnavailableError
+
+    before = {t for t in threading.enumerate()}
+    sched = LocalScheduler(4, 4, state_path=tmp_path / "state.db")
+    hooks, _ = pipeline(sched, "p1", (0, 1))
+    hooks.signal_demand(pipeline_id="p1", rollout_id=0, step_target=4, timeout_s=5)
+    hooks.plugin_manager.backend.close()
+    sched.close()
+    assert sched.loop.is_closed()
+    wait_until_ended({t for t in threading.enumerate()} - before)
+    with pytest.raises(SchedulerUnavailableError, match="closed"):
+        sched.call_soon(print, "never")
+    with pytest.raises(SchedulerUnavailableError, match="closed"):
+        sched.snapshot()

@@ -138,7 +138,7 @@ def test_unavailable_backend_says_what_to_install(monkeypatch):
         get_plugin_manager("ray", autoload=False)
 
 
-def test_backend_from_env_is_case_insensitive(monkeypatch):
+def test_backend_from_env_is_case_insensitive(monkeypatch, own_process_wide_scheduler):
     monkeypatch.setenv("RLIX_BACKEND", " Local ")  # not the default (noop): read, trimmed, lowered
     pm = get_plugin_manager(autoload=False)
     try:

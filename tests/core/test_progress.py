@@ -140,3 +140,71 @@ def test_bumps_and_ends_of_another_rollout_never_touch_the_open_batch():
     assert fours[1].completed == 1, "only rollout 4's own bump counts"
     assert all(r.kind != END for r in sink.reports if r.rollout_id == 3), "rollout 3's end changed nothing"
     progress.close()
+
+
+def delivery_threads():
+    return [t for t in threading.enumerate() if t.name == "rlix-progress"]
+
+
+def wait_until_gone(threads, timeout_s=5.0):
+    deadline = time.monotonic() + timeout_s
+    while any(t.is_alive() for t in threads):
+        assert time.monotonic() < deadline, f"delivery threads still running: {threads}"
+        time.sleep(0.005)
+
+
+def test_the_delivery_thread_runs_only_while_a_batch_is_open():
+    """A framework that drops its backend without closing it leaves no thread behind: the
+    delivery thread ends with the last open batch, and the next begin starts another."""
+    before = set(delivery_threads())
+    sink = Sink()
+    progress = ProgressCoalescer(sink, min_interval_s=0.01)
+    progress.begin(opened("p", 10))
+    progress.bump("p", 0, "full", None, 0, 4)
+    (thread,) = set(delivery_threads()) - before
+    progress.end("p", 0, "full", None)
+    sink.wait_for(lambda r: r and r[-1].kind == END)
+    wait_until_gone([thread])
+    progress.begin(opened("p", 10, rollout_id=1))
+    progress.bump("p", 1, "full", None, 0, 10)
+    progress.end("p", 1, "full", None)
+    sink.wait_for(lambda r: r[-1].kind == END and r[-1].rollout_id == 1)
+    assert [(r.kind, r.rollout_id, r.completed) for r in sink.reports] == [
+        (BEGIN, 0, 0),
+        (PROGRESS, 0, 4),
+        (END, 0, 4),
+        (BEGIN, 1, 0),
+        (PROGRESS, 1, 10),
+        (END, 1, 10),
+    ]
+    wait_until_gone(set(delivery_threads()) - before)
+
+
+def test_a_closed_coalescer_takes_nothing_and_starts_no_thread():
+    sink = Sink()
+    progress = ProgressCoalescer(sink, min_interval_s=0.01)
+    before = set(delivery_threads())
+    progress.begin(opened("p", 10))
+    sink.wait_for(lambda r: len(r) == 1)
+    progress.close()
+    wait_until_gone(set(delivery_threads()) - before)
+    progress.bump("p", 0, "full", None, 0, 3)
+    progress.end("p", 0, "full", None)
+    progress.begin(opened("p", 10, rollout_id=1))
+    assert set(delivery_threads()) == before
+    assert progress.flush(1.0) and [r.kind for r in sink.reports] == [BEGIN], "nothing is taken after close"
+
+
+def test_forgetting_the_last_open_batch_ends_the_delivery_thread():
+    """A pipeline unregistered (or its generation cluster released) mid-batch takes its open
+    batch with it, and the thread that waited on it ends."""
+    before = set(delivery_threads())
+    sink = Sink()
+    progress = ProgressCoalescer(sink, min_interval_s=0.01)
+    progress.begin(opened("p", 10))
+    sink.wait_for(lambda r: len(r) == 1)
+    (thread,) = set(delivery_threads()) - before
+    progress.forget("p")
+    wait_until_gone([thread])
+    progress.bump("p", 0, "full", None, 0, 3)
+    assert progress.flush(1.0) and [r.kind for r in sink.reports] == [BEGIN]

@@ -46,7 +46,10 @@ def lookup(name: str, namespace: str = NAMESPACE) -> Any:
 
 
 def reset_rlix() -> None:
-    """Kill the rlix scheduler and orchestrator if they run, and wait until their names are free."""
+    """Close the backends :func:`hooks_for` built, kill the rlix scheduler and orchestrator if they
+    run, and wait until their names are free."""
+    while built_backends:
+        built_backends.pop().close()
     for name in (SCHEDULER_NAME, ORCHESTRATOR_NAME):
         handle = lookup(name)
         if handle is not None:
@@ -100,10 +103,23 @@ class EngineStandIn:
         return made
 
 
-def hooks_for(engine: EngineStandIn, **backend_options: Any) -> Hooks:
+def ray_hooks(engine: EngineStandIn, **backend_options: Any) -> Hooks:
+    """The ``ray`` backend's front end, with ``engine`` as its supply side."""
     pm = get_plugin_manager("ray", autoload=False, backend_options=backend_options)
     pm.register(engine, name=f"engine-{engine.pipeline_id}")
     return Hooks(pm)
+
+
+#: The backends :func:`hooks_for` built in the driver, closed by :func:`reset_rlix`. (Actors of
+#: this module, pickled by value with the globals they use, build theirs with :func:`ray_hooks`.)
+built_backends: list[Any] = []
+
+
+def hooks_for(engine: EngineStandIn, **backend_options: Any) -> Hooks:
+    """:func:`ray_hooks` in the driver, its backend closed at the test's :func:`reset_rlix`."""
+    hooks = ray_hooks(engine, **backend_options)
+    built_backends.append(hooks.plugin_manager.backend)
+    return hooks
 
 
 def seed_clusters(train: tuple[int, ...], infer: tuple[int, ...] = (0, 1, 2, 3), tp: int = 1) -> dict[str, ClusterSpec]:
@@ -174,7 +190,7 @@ class PipelineActor:
 
     def __init__(self, pipeline_id: str, clusters: Mapping[str, ClusterSpec], backend_options: dict[str, Any]) -> None:
         self.engine = EngineStandIn(pipeline_id)
-        self.hooks = hooks_for(self.engine, **backend_options)
+        self.hooks = ray_hooks(self.engine, **backend_options)
         self.clusters = dict(clusters)
         self.done = 0
 

@@ -9,6 +9,7 @@ test starts and stops its own.
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
@@ -24,6 +25,21 @@ from .miles_manager import MilesRolloutManager, miles, miles_args  # skips the m
 
 GROUPS, N, VERSION = 4, 3, 5
 PROGRESS = ("rlix_begin_progress_batch", "rlix_bump_completed", "rlix_end_progress_batch")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def miles_event_loop():
+    """miles runs the fully-async worker on a process-wide event loop thread
+    (``miles.utils.async_utils``) that a miles process ends by exiting; this module stops it."""
+    yield
+    async_utils = sys.modules.get("miles.utils.async_utils")
+    holder = getattr(async_utils, "async_loop", None)
+    if holder is not None:
+        holder.loop.call_soon_threadsafe(holder.loop.stop)
+        holder._thread.join(10)
+        assert not holder._thread.is_alive(), "miles' event loop thread did not stop"
+        holder.loop.close()
+        async_utils.async_loop = None
 
 
 @pytest.fixture

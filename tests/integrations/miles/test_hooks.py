@@ -180,15 +180,25 @@ def scheduler():
     sched.close()
 
 
+@pytest.fixture
 def local_front_end(scheduler):
-    pm = get_plugin_manager("local", backend_options={"scheduler": scheduler}, autoload=False)
-    hooks = Hooks(pm)
-    hooks.register_pipeline(pipeline_id="p1", clusters={ACTOR_INFER: ClusterSpec(1, (0, 1, 2, 3))})
-    return hooks, pm.get_plugin("rlix-backend")
+    """Build the front end of pipeline p1 on ``scheduler`` (and its backend, closed after the test)."""
+    backends = []
+
+    def build():
+        pm = get_plugin_manager("local", backend_options={"scheduler": scheduler}, autoload=False)
+        hooks = Hooks(pm)
+        hooks.register_pipeline(pipeline_id="p1", clusters={ACTOR_INFER: ClusterSpec(1, (0, 1, 2, 3))})
+        backends.append(pm.get_plugin("rlix-backend"))
+        return hooks, backends[-1]
+
+    yield build
+    for backend in backends:
+        backend.close()
 
 
-def test_a_begin_before_any_end_replaces_the_stale_batch_on_the_scheduler(scheduler):
-    front, backend = local_front_end(scheduler)
+def test_a_begin_before_any_end_replaces_the_stale_batch_on_the_scheduler(scheduler, local_front_end):
+    front, backend = local_front_end()
     hooks = MilesRLixHooks("p1", N, backend="local", hooks=front)
     hooks.set_rollout(0)
     hooks.begin_progress_batch(0, 8, 0)
@@ -201,16 +211,16 @@ def test_a_begin_before_any_end_replaces_the_stale_batch_on_the_scheduler(schedu
     assert (stream["step_target"], stream["completed"], stream["target_weight_version"]) == (5 * N, N, 1)
 
 
-def test_probe_sees_the_pipeline_on_the_scheduler(scheduler):
-    front, _ = local_front_end(scheduler)
+def test_probe_sees_the_pipeline_on_the_scheduler(scheduler, local_front_end):
+    front, _ = local_front_end()
     probe = MilesRLixHooks("p1", N, backend="local", hooks=front).probe()
     assert probe["registered"] is True and probe["backend"] == "local"
     assert probe["live"] == ["rlix_begin_progress_batch", "rlix_bump_completed", "rlix_end_progress_batch"]
     assert MilesRLixHooks("p9", N, backend="local", hooks=front).probe()["registered"] is False
 
 
-def test_progress_calls_do_not_wait_for_a_stalled_scheduler(scheduler):
-    front, backend = local_front_end(scheduler)
+def test_progress_calls_do_not_wait_for_a_stalled_scheduler(scheduler, local_front_end):
+    front, backend = local_front_end()
     hooks = MilesRLixHooks("p1", N, backend="local", hooks=front)
     hooks.set_rollout(0)
     released = threading.Event()

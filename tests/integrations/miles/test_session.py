@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 
 import pytest
@@ -22,6 +23,7 @@ from rlix_plugin.hookspecs import (
     PipelineLimits,
     Priority,
     SchedulerTimeoutError,
+    SchedulerUnavailableError,
 )
 from rlix_plugin.integrations.miles import (
     LOGGER_NAME,
@@ -343,6 +345,36 @@ def test_close_gives_everything_back_and_is_idempotent(scheduler, control_plane)
     assert manager._rlix_hooks is None, "uninstalled"
     assert set(manager.stats()["states"].values()) == {"offloaded"}, "releasing actor_infer slept its engines"
     assert not session.hooks.plugin_manager.has_plugin("rlix-miles-engines-p1")
+
+
+def test_close_ends_the_backend_the_session_built_and_its_own_scheduler(control_plane):
+    """A session built from a backend name owns that backend: closing the session stops its
+    threads and the scheduler made for it; the closed session cannot register again."""
+    before = {t for t in threading.enumerate() if t.name.startswith("rlix-")}
+    manager = manager_for()
+    session = install(
+        manager,
+        pipeline_id="p1",
+        clusters=seed_clusters(TRAIN["p1"]),
+        n_samples_per_prompt=N,
+        rollout_batch_size=GROUPS,
+        sync_weights=lambda engines: None,
+        backend="local",
+        backend_options={"num_gpus": 4, "gpus_per_node": 4},
+        autoload=False,
+        **memory_checks(manager),
+    )
+    session.signal_rollout_demand(0)
+    own = session.hooks.plugin_manager.backend.port.scheduler
+    assert session.close() is None
+    with pytest.raises(SchedulerUnavailableError, match="closed"):
+        own.snapshot()
+    deadline = time.monotonic() + 10
+    while left := [t.name for t in threading.enumerate() if t.name.startswith("rlix-") and t not in before]:
+        assert time.monotonic() < deadline, f"threads left running after close: {left}"
+        time.sleep(0.01)
+    with pytest.raises(InvalidRequestError, match="session is closed"):
+        session.register()
 
 
 def run_seed(scheduler, *, with_install: bool, **install_extra):
