@@ -177,7 +177,7 @@ class ProgressCoalescer:
     # -- delivery thread ------------------------------------------------------------------------
 
     def _ensure_thread(self) -> None:
-        if self._thread is None and not self._closed:
+        if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="rlix-progress", daemon=True)
             self._thread.start()
 
