@@ -183,7 +183,10 @@ class LocalScheduler:
             self._thread.join(timeout=10.0)
             if not self._thread.is_alive():
                 # The loop's worker threads (the state file's writes run there) end with it.
-                self.loop.run_until_complete(self.loop.shutdown_default_executor())
+                try:
+                    self.loop.run_until_complete(asyncio.wait_for(self.loop.shutdown_default_executor(), 10.0))
+                except TimeoutError:
+                    log.warning("a write of the local scheduler's state did not finish within 10s of close")
                 self.loop.close()
             if self.store is not None:
                 self.store.close()
