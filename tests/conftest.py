@@ -4,11 +4,11 @@ every test module stops the project's threads it started."""
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
+
+from .waiting import project_threads, wait_until_ended
 
 os.environ["RLIX_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 for _name in ("RLIX_BACKEND", "RLIX_BLOCK_PLUGINS", "RLIX_STRICT_PLUGINS", "RLIX_TRACE_HOOKS"):
@@ -26,16 +26,9 @@ def _module_stops_its_threads() -> Iterator[None]:
     """Fail the module that leaves a thread of the project (``rlix-*``) running: a backend or
     scheduler a test opened and never closed. Threads left at exit are what the interpreter's
     teardown trips on, and a product that needs them closed must be closed in its own tests."""
-    before = set(threading.enumerate())
+    before = project_threads()
     yield
-    deadline = time.monotonic() + THREADS_END_WITHIN_S
-    while True:
-        left = sorted(t.name for t in threading.enumerate() if t not in before and t.name.startswith("rlix-"))
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
-    if left:
-        pytest.fail(f"threads of the project still running {THREADS_END_WITHIN_S:g}s after the module ended: {left}")
+    wait_until_ended(project_threads() - before, THREADS_END_WITHIN_S, "the module's threads of the project to end")
 
 
 @pytest.fixture

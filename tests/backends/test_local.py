@@ -18,7 +18,10 @@ from rlix_plugin.hookspecs import (
     PipelineGoneError,
     Priority,
     SchedulerTimeoutError,
+    SchedulerUnavailableError,
 )
+
+from ..waiting import project_threads, wait_until_ended
 
 
 class Engines:
@@ -161,17 +164,6 @@ def test_scheduler_timeout_keeps_its_diagnostic_through_the_local_backend(schedu
     assert "p1_actor_train: [0, 1]" in caught.value.diagnostic
 
 
-def project_threads():
-    return {t for t in threading.enumerate() if t.name.startswith("rlix-")}
-
-
-def wait_until_ended(threads, timeout_s=10.0):
-    deadline = time.monotonic() + timeout_s
-    while alive := sorted(t.name for t in threads if t.is_alive()):
-        assert time.monotonic() < deadline, f"still running after close: {alive}"
-        time.sleep(0.005)
-
-
 def test_a_backend_with_a_scheduler_of_its_own_closes_it_and_leaves_no_thread():
     before = project_threads()
     pm = get_plugin_manager("local", backend_options={"num_gpus": 2, "gpus_per_node": 2}, autoload=False)
@@ -185,9 +177,9 @@ def test_a_backend_with_a_scheduler_of_its_own_closes_it_and_leaves_no_thread():
     scheduler = pm.backend.port.scheduler
     pm.backend.close()
     assert scheduler.service.state.pipelines == {}, "closing unregistered the pipeline"
-    with pytest.raises(Exception, match="closed"):
+    with pytest.raises(SchedulerUnavailableError, match="closed"):
         scheduler.snapshot()
-    wait_until_ended(project_threads() - before)
+    wait_until_ended(project_threads() - before, 10.0, "the backend's threads to end after close")
 
 
 def test_a_backend_on_a_shared_scheduler_leaves_it_running(scheduler):
@@ -196,13 +188,13 @@ def test_a_backend_on_a_shared_scheduler_leaves_it_running(scheduler):
     assert "p1" not in scheduler.snapshot()["pipelines"], "the scheduler still answers, without p1"
 
 
-def test_the_process_wide_scheduler_is_closed_at_exit(tmp_path):
+def test_the_process_wide_scheduler_is_closed_at_exit():
     """Its loop thread must not outlive the program into the interpreter's teardown."""
     import subprocess
     import sys
 
     program = (
-        "import atexit, os\n"
+        "import atexit\n"
         "from rlix_plugin import get_plugin_manager\n"
         "from rlix_plugin.backends import local\n"
         "pm = get_plugin_manager('local', autoload=False)\n"
@@ -219,16 +211,14 @@ def test_the_process_wide_scheduler_is_closed_at_exit(tmp_path):
 def test_a_closed_scheduler_ends_its_loop_and_its_workers(tmp_path):
     """With a state file its writes run on the loop's worker threads: closing ends those too, and
     a call after close says the scheduler is closed."""
-    from rlix_plugin.hookspecs import SchedulerUnavailableError
-
-    before = {t for t in threading.enumerate()}
+    before = set(threading.enumerate())
     sched = LocalScheduler(4, 4, state_path=tmp_path / "state.db")
     hooks, _ = pipeline(sched, "p1", (0, 1))
     hooks.signal_demand(pipeline_id="p1", rollout_id=0, step_target=4, timeout_s=5)
     hooks.plugin_manager.backend.close()
     sched.close()
     assert sched.loop.is_closed()
-    wait_until_ended({t for t in threading.enumerate()} - before)
+    wait_until_ended(set(threading.enumerate()) - before, 10.0, "the scheduler's threads to end after close")
     with pytest.raises(SchedulerUnavailableError, match="closed"):
         sched.call_soon(print, "never")
     with pytest.raises(SchedulerUnavailableError, match="closed"):

@@ -9,6 +9,8 @@ import time
 
 from rlix_plugin.progress import BEGIN, END, PROGRESS, ProgressCoalescer, ProgressReport
 
+from ..waiting import wait_until_ended
+
 
 def opened(pipeline_id, step_target, initial_completed=0, *, version=0, rollout_id=0):
     """The ``BEGIN`` report the hook layer builds for a batch."""
@@ -146,11 +148,8 @@ def delivery_threads():
     return [t for t in threading.enumerate() if t.name == "rlix-progress"]
 
 
-def wait_until_gone(threads, timeout_s=5.0):
-    deadline = time.monotonic() + timeout_s
-    while any(t.is_alive() for t in threads):
-        assert time.monotonic() < deadline, f"delivery threads still running: {threads}"
-        time.sleep(0.005)
+def wait_until_gone(threads):
+    wait_until_ended(threads, 5.0, "the delivery thread to end")
 
 
 def test_the_delivery_thread_runs_only_while_a_batch_is_open():

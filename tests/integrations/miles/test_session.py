@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 
 import pytest
@@ -38,6 +37,7 @@ from rlix_plugin.integrations.miles import (
 )
 from rlix_plugin.scheduler.plan import BATCHED_BETWEEN_ROLLOUTS
 
+from ...waiting import project_threads, wait_until_ended
 from .driver import GROUPS, ROLLOUT_FUNCTION, ROLLOUTS, TRAIN, LocalCalls, N, check_runs, run_pipeline, seed_clusters
 from .miles_manager import (
     ForgetfulManager,
@@ -350,7 +350,7 @@ def test_close_gives_everything_back_and_is_idempotent(scheduler, control_plane)
 def test_close_ends_the_backend_the_session_built_and_its_own_scheduler(control_plane):
     """A session built from a backend name owns that backend: closing the session stops its
     threads and the scheduler made for it; the closed session cannot register again."""
-    before = {t for t in threading.enumerate() if t.name.startswith("rlix-")}
+    before = project_threads()
     manager = manager_for()
     session = install(
         manager,
@@ -369,10 +369,7 @@ def test_close_ends_the_backend_the_session_built_and_its_own_scheduler(control_
     assert session.close() is None
     with pytest.raises(SchedulerUnavailableError, match="closed"):
         own.snapshot()
-    deadline = time.monotonic() + 10
-    while left := [t.name for t in threading.enumerate() if t.name.startswith("rlix-") and t not in before]:
-        assert time.monotonic() < deadline, f"threads left running after close: {left}"
-        time.sleep(0.01)
+    wait_until_ended(project_threads() - before, 10.0, "the session's threads to end after close")
     with pytest.raises(InvalidRequestError, match="session is closed"):
         session.register()
 
